@@ -1,0 +1,13 @@
+//! Code shared by the capyknock XDP program (kernel side) and the `capyknock` binary.
+//!
+//! Everything here is `no_std`, allocation-free and panic-free, so the very same functions run in
+//! the kernel (compiled to BPF) and in userspace, where they are unit-tested, property-tested and
+//! fuzzed. The `user` feature adds the userspace-only impls (`aya::Pod` for map values).
+#![no_std]
+
+pub mod counters;
+pub mod frame;
+pub mod maps;
+
+#[cfg(test)]
+extern crate std;

@@ -1,0 +1,1 @@
+//! `capyknock keygen`: creates a user (id, key, TOTP secret) for the server and client configs.

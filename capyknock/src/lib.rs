@@ -1,0 +1,14 @@
+//! capyknock: single packet authorization with one encrypted UDP knock and a TOTP code.
+//!
+//! The path of a knock through this crate (docs/ARCHITECTURE.md has the picture):
+//! [`capture`] gets candidate packets (XDP ring buffer, libpcap or a UDP socket) ->
+//! [`protocol`] decides, with no I/O, whether a packet grants anything -> [`firewall`] opens the
+//! user's ports for the source address. [`server`] wires these into the daemon; [`client`] and
+//! [`keygen`] are the user's side. `protocol` never imports `capture`, `firewall` or `server`.
+
+pub mod capture;
+pub mod client;
+pub mod firewall;
+pub mod keygen;
+pub mod protocol;
+pub mod server;
