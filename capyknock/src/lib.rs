@@ -10,5 +10,6 @@ pub mod capture;
 pub mod client;
 pub mod firewall;
 pub mod keygen;
+pub mod ports;
 pub mod protocol;
 pub mod server;
