@@ -1,0 +1,146 @@
+//! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
+//!
+//! 1. setup (installs what is missing), 2. `cargo fmt --check`, 3. clippy with `-D warnings` on
+//! all targets, 4. unit and property tests, 5. `cargo check` for Windows, 6. the privileged
+//! end-to-end tests (root only; one at a time). Not root: fails with how to run it, never skips.
+
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::{
+    cmd::{self, command, is_root},
+    setup,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Skip the privileged tests (they need root). The run then reports itself incomplete and
+    /// fails, so this is for quick local iterations only.
+    #[arg(long)]
+    pub unprivileged_only: bool,
+}
+
+/// Test counts summed from `cargo test` output.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds the counts of every `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add(&mut self, lines: &[String]) {
+        for line in lines {
+            let Some(rest) = line.strip_prefix("test result: ") else {
+                continue;
+            };
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn test(opts: &Options) -> anyhow::Result<()> {
+    if !is_root() && !opts.unprivileged_only {
+        bail!(
+            "the privileged tests need root (network namespaces, XDP, nftables).\n\
+             Run: sudo -E env PATH=\"$PATH\" cargo xtask test\n\
+             (or `cargo xtask test --unprivileged-only` for the quick part, which then fails as incomplete)"
+        );
+    }
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut steps: Vec<(&str, f64, bool)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut(&mut Tally) -> anyhow::Result<()>| {
+        println!("\n==> xtask test: {name}");
+        let t = Instant::now();
+        let result = f(&mut tally);
+        steps.push((name, t.elapsed().as_secs_f64(), result.is_ok()));
+        result
+    };
+
+    let result = (|| -> anyhow::Result<()> {
+        step("setup", &mut |_| setup::setup(&setup::Options {}))?;
+        step("fmt", &mut |_| {
+            cmd::run(&mut command("cargo", &["fmt", "--all", "--", "--check"]))
+        })?;
+        step("clippy", &mut |_| {
+            cmd::run(&mut command(
+                "cargo",
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ))
+        })?;
+        step("unit and property tests", &mut |t| {
+            cargo_test(t, &["test", "--workspace", "--exclude", "capyknock-tests"])
+        })?;
+        step("windows check", &mut |_| {
+            cmd::run(&mut command(
+                "cargo",
+                &[
+                    "check",
+                    "-p",
+                    "capyknock",
+                    "--target",
+                    setup::WINDOWS_TARGET,
+                ],
+            ))
+        })?;
+        if opts.unprivileged_only {
+            bail!("privileged tests skipped (--unprivileged-only): this run is incomplete");
+        }
+        step("privileged tests", &mut |t| {
+            cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
+            cargo_test(
+                t,
+                &["test", "-p", "capyknock-tests", "--", "--test-threads=1"],
+            )
+        })?;
+        Ok(())
+    })();
+
+    println!("\n==> xtask test summary");
+    for (name, secs, ok) in &steps {
+        println!(
+            "  {:<26} {:>7.1} s  {}",
+            name,
+            secs,
+            if *ok { "ok" } else { "FAILED" }
+        );
+    }
+    println!("  total {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    result
+}
+
+fn cargo_test(tally: &mut Tally, args: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = command("cargo", args);
+    let (ok, lines) = cmd::run_tee(&mut cmd)?;
+    tally.add(&lines);
+    if !ok {
+        bail!("{} failed", cmd::describe(&cmd));
+    }
+    Ok(())
+}
