@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod frame;
 pub mod maps;
+pub mod siphash;
 pub mod wire;
 
 #[cfg(test)]
