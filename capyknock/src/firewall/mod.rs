@@ -1,2 +1,560 @@
 //! Firewall backends behind one facade: nftables (netlink) on Linux, Windows Firewall, an exec
 //! backend with argv templates, and `none`.
+//!
+//! The daemon drives a [`Firewall`]: [`Firewall::open`] once (creates or repairs our rules
+//! without dropping current grants), [`Firewall::grant`] after each verified knock,
+//! [`Firewall::check_and_repair`] every few seconds (closes expired grants on backends without
+//! kernel timeouts, restores deleted rules), [`Firewall::ban`]/[`Firewall::unban`] from the
+//! control socket. All calls are synchronous and fast (an nftables batch takes well under a
+//! millisecond; exec runs programs), so the daemon calls them from one dedicated task.
+//!
+//! The facade keeps a [`model::Ledger`] of what should be open: repeat knocks extend, banned
+//! addresses get nothing, expired entries are collected, and a deleted table is rebuilt with
+//! every grant's remaining time. Backends only translate ledger changes into firewall
+//! changes ([`Backend`]); tests of the daemon can plug in their own.
+
+pub mod config;
+pub mod exec;
+pub mod model;
+#[cfg(target_os = "linux")]
+pub mod nftables;
+pub mod none;
+pub mod persist;
+#[cfg(windows)]
+pub mod windows;
+pub mod windows_model;
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+pub use config::{ExecConfig, FirewallConfig, FirewallKind};
+pub use model::{Ban, Grant, GrantKey, Ledger};
+
+use crate::ports::PortSpec;
+
+/// What a backend must do; the [`Firewall`] facade decides when.
+///
+/// Every method gets final values: grants are deduplicated, merged with earlier ones (the
+/// `until` given is the one to apply) and never for banned addresses.
+pub trait Backend: fmt::Debug + Send {
+    /// Short name for logs and status (`nftables`, `windows`, `exec`, `none`).
+    fn name(&self) -> &'static str;
+
+    /// True when the firewall itself expires grants and bans (nftables set timeouts); false
+    /// when the facade must remove them when their time is up.
+    fn expires_by_itself(&self) -> bool;
+
+    /// True when the facade should keep the ledger in the state directory, so that after a
+    /// restart it can still close what expired meanwhile.
+    fn persistent_ledger(&self) -> bool;
+
+    /// Grants and bans the firewall holds now, when it can tell (nftables reads its sets back,
+    /// so a restarted daemon knows every grant and its remaining time). `None` means unknown:
+    /// the facade uses the ledger file instead.
+    fn installed(&mut self, _now: SystemTime) -> Result<Option<Ledger>, Error> {
+        Ok(None)
+    }
+
+    /// Opens or refreshes these grants, each until its `until`.
+    fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error>;
+
+    /// Closes these grants (revoked or expired). Closing one that is not open is not an error.
+    fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), Error>;
+
+    /// Bans an address. Returns false when the backend cannot ban (an exec config without
+    /// `ban`): the facade then closes the address's grants instead.
+    fn add_ban(&mut self, ban: &Ban, now: SystemTime) -> Result<bool, Error>;
+
+    /// Lifts a ban. Lifting one that does not exist is not an error.
+    fn remove_ban(&mut self, addr: IpAddr) -> Result<(), Error>;
+
+    /// Whether our rules are all in place (nftables lists its table back). Backends that cannot
+    /// check say true.
+    fn is_intact(&mut self) -> Result<bool, Error> {
+        Ok(true)
+    }
+
+    /// Creates or repairs our rules and makes the firewall hold exactly what `ledger` says,
+    /// without interrupting grants that are already open.
+    fn restore(&mut self, ledger: &Ledger, now: SystemTime) -> Result<(), Error>;
+
+    /// Whether an established connection still uses this (expired) grant, so its rule should
+    /// stay for now. Only asked when `keep_established` is on; default false.
+    fn in_use(&mut self, _key: &GrantKey) -> bool {
+        false
+    }
+
+    /// Removes everything this backend created.
+    fn remove_all(&mut self, ledger: &Ledger) -> Result<(), Error>;
+}
+
+/// Errors of the firewall facade and its backends.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `[firewall]` settings are unusable.
+    #[error("invalid firewall settings")]
+    Config(#[from] config::ConfigError),
+    /// A grant or ban was refused before reaching the firewall.
+    #[error("firewall request refused")]
+    Model(#[from] model::ModelError),
+    /// The backend does not exist on this platform.
+    #[error("the {kind} firewall backend is not available on this system: {hint}")]
+    Unavailable {
+        /// The backend asked for.
+        kind: FirewallKind,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// `backend = "exec"` without `[firewall.exec]`.
+    #[error(
+        "the exec firewall backend needs a [firewall.exec] section with `open` and `close` commands (see docs/FIREWALL.md)"
+    )]
+    NoExecConfig,
+    /// nftables failed.
+    #[cfg(target_os = "linux")]
+    #[error("nftables")]
+    Nftables(#[from] nftables::NftError),
+    /// Windows Firewall failed.
+    #[cfg(windows)]
+    #[error("Windows Firewall")]
+    Windows(#[from] windows::WinFwError),
+    /// Some exec commands failed (each failure is logged; this carries the first).
+    #[error("{failed} firewall `{action}` command(s) failed")]
+    Exec {
+        /// `open`, `close`, `ban` or `unban`.
+        action: &'static str,
+        /// How many failed.
+        failed: usize,
+        /// The first failure.
+        #[source]
+        source: exec::ExecError,
+    },
+    /// The ledger file could not be read.
+    #[error("firewall ledger")]
+    Ledger(#[from] persist::PersistError),
+    /// Our rules are still not in place after a repair.
+    #[error(
+        "the {backend} firewall rules are still incomplete after repairing them; is another program changing them?"
+    )]
+    NotIntact {
+        /// Backend name.
+        backend: &'static str,
+    },
+}
+
+/// Displays an error with its whole `source()` chain on one line: `a: b: c`.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// What [`Firewall::check_and_repair`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Everything was in place.
+    Intact,
+    /// Our rules were missing or damaged and have been restored (logged at warn).
+    Restored,
+}
+
+/// What [`Firewall::grant`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// Grants applied, with the expiry now in force (a repeat knock never shortens one).
+    pub applied: Vec<Grant>,
+    /// Grants refused because their address is banned (logged).
+    pub refused_banned: Vec<GrantKey>,
+}
+
+/// The firewall the daemon drives: one backend plus the ledger of what is open.
+#[derive(Debug)]
+pub struct Firewall {
+    backend: Box<dyn Backend>,
+    ledger: Ledger,
+    ledger_file: Option<PathBuf>,
+    keep_established: bool,
+}
+
+impl Firewall {
+    /// Opens the backend chosen by `config` (`auto`: nftables on Linux, Windows Firewall on
+    /// Windows) for the `protected` ports, dropping UDP to `knock_ports` (nftables; pass an
+    /// empty slice when the knock is read from a plain UDP socket, which must receive it).
+    /// Creates or repairs our rules without dropping grants that are already open, and
+    /// closes grants that expired while the daemon was down. `state_dir` holds the ledger of
+    /// backends without kernel timeouts.
+    pub fn open(
+        config: &FirewallConfig,
+        protected: &[PortSpec],
+        knock_ports: &[u16],
+        state_dir: &Path,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let backend = make_backend(config, protected, knock_ports)?;
+        Self::with_backend(backend, Some(state_dir), config.keep_established)
+    }
+
+    /// Like [`Firewall::open`] with a backend of the caller's (tests, embedding).
+    pub fn with_backend(
+        backend: Box<dyn Backend>,
+        state_dir: Option<&Path>,
+        keep_established: bool,
+    ) -> Result<Self, Error> {
+        Self::open_at(backend, state_dir, keep_established, SystemTime::now())
+    }
+
+    fn open_at(
+        mut backend: Box<dyn Backend>,
+        state_dir: Option<&Path>,
+        keep_established: bool,
+        now: SystemTime,
+    ) -> Result<Self, Error> {
+        let ledger_file = state_dir
+            .filter(|_| backend.persistent_ledger())
+            .map(|dir| persist::ledger_path(dir, backend.name()));
+        let ledger = match backend.installed(now)? {
+            Some(ledger) => ledger,
+            None => match &ledger_file {
+                Some(path) => load_ledger(path, backend.name(), now)?,
+                None => Ledger::new(),
+            },
+        };
+        let mut fw = Self {
+            backend,
+            ledger,
+            ledger_file,
+            keep_established,
+        };
+        fw.expire(now);
+        fw.backend.restore(&fw.ledger, now)?;
+        if !fw.backend.is_intact()? {
+            return Err(Error::NotIntact {
+                backend: fw.backend.name(),
+            });
+        }
+        fw.save();
+        tracing::info!(
+            backend = fw.backend.name(),
+            grants = fw.ledger.grant_count(),
+            bans = fw.ledger.ban_count(),
+            "firewall ready"
+        );
+        Ok(fw)
+    }
+
+    /// Backend name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Opens (or refreshes) grants in one change. A repeat grant extends the time left and
+    /// never shortens it; grants for banned addresses are refused and logged. When the
+    /// firewall refuses the change, nothing of it is recorded.
+    pub fn grant(&mut self, grants: &[Grant]) -> Result<Granted, Error> {
+        self.grant_at(grants, SystemTime::now())
+    }
+
+    fn grant_at(&mut self, grants: &[Grant], now: SystemTime) -> Result<Granted, Error> {
+        let before = self.ledger.clone_entries(grants);
+        let merged = self.ledger.merge_grants(grants, now)?;
+        for key in &merged.refused_banned {
+            tracing::warn!(addr = %key.addr, port = %key.port_spec(), "not granting: address is banned");
+        }
+        if !merged.apply.is_empty() {
+            if let Err(err) = self.backend.add_grants(&merged.apply, now) {
+                self.ledger.restore_entries(before);
+                return Err(err);
+            }
+            for g in &merged.apply {
+                tracing::debug!(addr = %g.addr, port = %g.key().port_spec(), until = ?g.until, "granted");
+            }
+            self.save();
+        }
+        Ok(Granted {
+            applied: merged.apply,
+            refused_banned: merged.refused_banned,
+        })
+    }
+
+    /// Closes every grant of `addr` now; returns how many there were.
+    pub fn revoke(&mut self, addr: IpAddr) -> Result<usize, Error> {
+        let keys = self.ledger.remove_addr(addr);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let result = self.backend.remove_grants(&keys);
+        self.save();
+        result.map(|()| keys.len())
+    }
+
+    /// Bans `addr` until `until` (`None`: until unbanned). A ban beats a grant: the address is
+    /// dropped on every protected port, established connections included, and gets no new
+    /// grants. Banning again replaces the earlier expiry.
+    pub fn ban(&mut self, addr: IpAddr, until: Option<SystemTime>) -> Result<(), Error> {
+        self.ban_at(addr, until, SystemTime::now())
+    }
+
+    fn ban_at(&mut self, addr: IpAddr, until: Option<SystemTime>, now: SystemTime) -> Result<(), Error> {
+        let previous = self.ledger.ban_of(addr);
+        let Some(ban) = self.ledger.set_ban(Ban { addr, until }, now)? else {
+            return Ok(());
+        };
+        match self.backend.add_ban(&ban, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                // No ban command: closing the address's grants is the next best thing; the
+                // ledger refuses it new ones while the ban lasts.
+                let keys = self.ledger.remove_addr(ban.addr);
+                if !keys.is_empty() {
+                    self.backend.remove_grants(&keys)?;
+                }
+            }
+            Err(err) => {
+                self.ledger.remove_ban(ban.addr);
+                if let Some(prev) = previous {
+                    self.ledger.insert_ban(prev, now);
+                }
+                return Err(err);
+            }
+        }
+        tracing::info!(addr = %ban.addr, until = ?ban.until, "banned");
+        self.save();
+        Ok(())
+    }
+
+    /// Lifts the ban of `addr` (also when the ledger does not know it, so a ban left behind by
+    /// an older run can be lifted). Grants it still has apply again.
+    pub fn unban(&mut self, addr: IpAddr) -> Result<(), Error> {
+        let addr = model::canonical_addr(addr)?;
+        self.ledger.remove_ban(addr);
+        self.backend.remove_ban(addr)?;
+        tracing::info!(%addr, "unbanned");
+        self.save();
+        Ok(())
+    }
+
+    /// Whether `addr` is banned now.
+    #[must_use]
+    pub fn is_banned(&self, addr: IpAddr) -> bool {
+        self.ledger.is_banned(addr, SystemTime::now())
+    }
+
+    /// Closes expired grants and bans (on backends without kernel timeouts) and restores our
+    /// rules if they were deleted or changed. Call every few seconds.
+    pub fn check_and_repair(&mut self) -> Result<Health, Error> {
+        self.check_and_repair_at(SystemTime::now())
+    }
+
+    fn check_and_repair_at(&mut self, now: SystemTime) -> Result<Health, Error> {
+        let changed = self.expire(now);
+        let health = if self.backend.is_intact()? {
+            Health::Intact
+        } else {
+            tracing::warn!(
+                backend = self.backend.name(),
+                grants = self.ledger.grant_count(),
+                bans = self.ledger.ban_count(),
+                "firewall rules were deleted or changed outside capyknock; restoring them"
+            );
+            self.backend.restore(&self.ledger, now)?;
+            if !self.backend.is_intact()? {
+                return Err(Error::NotIntact {
+                    backend: self.backend.name(),
+                });
+            }
+            tracing::info!(backend = self.backend.name(), "firewall rules restored");
+            Health::Restored
+        };
+        if changed {
+            self.save();
+        }
+        Ok(health)
+    }
+
+    /// Collects expired entries and, when the backend cannot expire them itself, removes them
+    /// (failures are logged; the next tick does not retry, the ledger file keeps no stale
+    /// entry). Returns whether anything expired.
+    fn expire(&mut self, now: SystemTime) -> bool {
+        let backend = &mut self.backend;
+        let keep_established = self.keep_established;
+        let expired = self
+            .ledger
+            .take_expired(now, |key| keep_established && !backend.expires_by_itself() && backend.in_use(key));
+        if expired.is_empty() {
+            return false;
+        }
+        if !self.backend.expires_by_itself() {
+            if !expired.grants.is_empty() {
+                for key in &expired.grants {
+                    tracing::info!(addr = %key.addr, port = %key.port_spec(), "grant expired; closing");
+                }
+                if let Err(err) = self.backend.remove_grants(&expired.grants) {
+                    tracing::error!(error = %ErrorChain(&err), "closing expired grants failed");
+                }
+            }
+            for addr in &expired.bans {
+                tracing::info!(%addr, "ban expired; lifting");
+                if let Err(err) = self.backend.remove_ban(*addr) {
+                    tracing::error!(%addr, error = %ErrorChain(&err), "lifting an expired ban failed");
+                }
+            }
+        }
+        true
+    }
+
+    /// Removes everything the backend created and forgets all grants and bans.
+    pub fn remove_all(&mut self) -> Result<(), Error> {
+        self.backend.remove_all(&self.ledger)?;
+        self.ledger.clear();
+        if let Some(path) = &self.ledger_file {
+            persist::delete(path)?;
+        }
+        tracing::info!(backend = self.backend.name(), "firewall rules removed");
+        Ok(())
+    }
+
+    /// Grants in force (for `status`).
+    #[must_use]
+    pub fn grants(&self) -> Vec<Grant> {
+        self.ledger.grants().collect()
+    }
+
+    /// Bans in force (for `status`).
+    #[must_use]
+    pub fn bans(&self) -> Vec<Ban> {
+        self.ledger.bans().collect()
+    }
+
+    /// Writes the ledger file, if this backend keeps one. A failure (full disk) is logged and
+    /// otherwise ignored: access keeps working, only a restart would forget what to close.
+    fn save(&self) {
+        if let Some(path) = &self.ledger_file
+            && let Err(err) = persist::save(path, self.backend.name(), &self.ledger)
+        {
+            tracing::error!(
+                error = %ErrorChain(&err),
+                "cannot save the firewall ledger; grants open now may stay open after a restart"
+            );
+        }
+    }
+}
+
+/// Reads the ledger file; a damaged one is moved aside (`.damaged`) with an error in the log,
+/// and the daemon starts with an empty ledger.
+fn load_ledger(path: &Path, backend: &str, now: SystemTime) -> Result<Ledger, Error> {
+    match persist::load(path, backend, now) {
+        Ok(Some(ledger)) => Ok(ledger),
+        Ok(None) => Ok(Ledger::new()),
+        Err(err @ persist::PersistError::Corrupt { .. }) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".damaged");
+            let _ = std::fs::rename(path, &aside);
+            tracing::error!(
+                error = %ErrorChain(&err),
+                moved_to = %Path::new(&aside).display(),
+                "ignoring the damaged firewall ledger; grants it listed will not be closed automatically"
+            );
+            Ok(Ledger::new())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn make_backend(
+    config: &FirewallConfig,
+    protected: &[PortSpec],
+    knock_ports: &[u16],
+) -> Result<Box<dyn Backend>, Error> {
+    let _ = (protected, knock_ports);
+    match config.backend.resolve() {
+        FirewallKind::Nftables => {
+            #[cfg(target_os = "linux")]
+            {
+                Ok(Box::new(nftables::NftBackend::new(
+                    &config.table,
+                    config.priority,
+                    protected,
+                    knock_ports,
+                )?))
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                Err(Error::Unavailable {
+                    kind: FirewallKind::Nftables,
+                    hint: "nftables exists only on Linux; use backend = \"exec\"",
+                })
+            }
+        }
+        FirewallKind::Windows => {
+            #[cfg(windows)]
+            {
+                Ok(Box::new(windows::WindowsBackend::new(protected)?))
+            }
+            #[cfg(not(windows))]
+            {
+                Err(Error::Unavailable {
+                    kind: FirewallKind::Windows,
+                    hint: "Windows Firewall exists only on Windows; use nftables or exec",
+                })
+            }
+        }
+        FirewallKind::Exec => match &config.exec {
+            Some(exec) => Ok(Box::new(exec::ExecBackend::new(exec.clone()))),
+            None => Err(Error::NoExecConfig),
+        },
+        FirewallKind::None | FirewallKind::Auto => Ok(Box::new(none::NoneBackend)),
+    }
+}
+
+/// What [`remove_installed`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Our rules were there and are gone.
+    Removed,
+    /// There was nothing to remove.
+    NothingThere,
+}
+
+/// Removes everything capyknock created in the system firewall without a running daemon
+/// (`capyknock firewall remove`): the nftables table `table` on Linux, every rule named
+/// `capyknock ...` on Windows. Other tables and rules are never touched.
+pub fn remove_installed(table: &str) -> Result<Removed, Error> {
+    config::validate_table_name(table)?;
+    #[cfg(target_os = "linux")]
+    {
+        Ok(if nftables::remove_table(table)? {
+            Removed::Removed
+        } else {
+            Removed::NothingThere
+        })
+    }
+    #[cfg(windows)]
+    {
+        Ok(if windows::remove_all_rules()? > 0 {
+            Removed::Removed
+        } else {
+            Removed::NothingThere
+        })
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        Err(Error::Unavailable {
+            kind: FirewallKind::Auto,
+            hint: "only nftables and Windows Firewall rules can be removed this way; run your exec `close` commands",
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Windows Firewall rule model (platform independent, unit-tested on Linux).
