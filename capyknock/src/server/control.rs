@@ -1,0 +1,660 @@
+//! The control socket: a Unix domain socket (mode 0660, owner root, group from the config) that
+//! speaks line-delimited JSON. `capyknock status|ban|unban|reload` are its clients; fail2ban
+//! reaches it through `capyknock ban`.
+//!
+//! One request per line, one response line per request (docs/OPERATIONS.md):
+//!
+//! ```text
+//! -> {"cmd":"ban","addr":"203.0.113.7","duration_secs":3600}
+//! <- {"ok":true,"message":"banned 203.0.113.7 for 1h"}
+//! -> {"cmd":"status"}
+//! <- {"ok":true,"status":{...}}
+//! -> {"cmd":"nonsense"}
+//! <- {"ok":false,"error":"bad request: unknown variant `nonsense`, ..."}
+//! ```
+//!
+//! Nothing a client sends is trusted: lines are bounded ([`MAX_REQUEST_LINE`]), every read and
+//! write has a timeout, connections are capped, and the daemon core sees only parsed, typed
+//! requests through a bounded channel. Access control is the socket file's permissions (a user
+//! who is neither root nor in the group cannot connect); the peer's uid and pid are logged.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::status::Status;
+
+/// Longest request line accepted, newline included.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// Longest response line a client accepts.
+pub const MAX_RESPONSE_LINE: usize = 16 * 1024 * 1024;
+/// How long a connection may stay idle between requests, and a write may take.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most control connections served at once; more are closed immediately.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Most requests served on one connection.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
+/// Longest ban: a year (longer is refused as a likely mistake; leave the duration out for a ban
+/// that lasts until `unban`).
+pub const MAX_BAN: Duration = Duration::from_hours(366 * 24);
+
+/// A request, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Daemon snapshot.
+    Status {},
+    /// Ban an address: its grants are revoked and its knocks refused.
+    Ban {
+        /// The address.
+        addr: IpAddr,
+        /// Seconds; absent: until unbanned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u64>,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The address.
+        addr: IpAddr,
+    },
+    /// Re-read the configuration.
+    Reload {},
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Human-readable result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The snapshot, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
+}
+
+impl Response {
+    /// Success with a message.
+    #[must_use]
+    pub fn message(msg: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: Some(msg.into()),
+            error: None,
+            status: None,
+        }
+    }
+
+    /// Failure.
+    #[must_use]
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: None,
+            error: Some(msg.into()),
+            status: None,
+        }
+    }
+
+    /// A status snapshot.
+    #[must_use]
+    pub fn status(status: Status) -> Self {
+        Self {
+            ok: true,
+            message: None,
+            error: None,
+            status: Some(Box::new(status)),
+        }
+    }
+}
+
+/// Parses one request line (without its newline). Errors are messages for the client.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let req: Request = serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))?;
+    if let Request::Ban {
+        duration_secs: Some(secs),
+        ..
+    } = req
+        && (secs == 0 || Duration::from_secs(secs) > MAX_BAN)
+    {
+        return Err(format!(
+            "bad request: duration_secs must be 1 to {} (leave it out to ban until unbanned)",
+            MAX_BAN.as_secs()
+        ));
+    }
+    Ok(req)
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The group named in the config does not exist.
+    #[error(
+        "control_group {0:?} does not exist: create it (`groupadd --system {0}`) or remove control_group from the config"
+    )]
+    NoSuchGroup(String),
+    /// Looking the group up failed.
+    #[error("cannot look up group {name:?}")]
+    GroupLookup {
+        /// The group.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error(
+        "another capyknock daemon is already listening on {0}: stop it first (or set another control_socket)"
+    )]
+    InUse(String),
+    /// Creating, binding or setting permissions failed.
+    #[error("cannot set up control socket {path}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a client request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No socket: the daemon is not running, or uses another path.
+    #[error(
+        "no capyknock daemon at {0}: is it running (`systemctl status capyknock`)? Use --socket PATH or --config PATH if it uses another socket"
+    )]
+    NotRunning(String),
+    /// Permission denied.
+    #[error("permission denied on {0}: run as root or as a member of the config's control_group")]
+    Denied(String),
+    /// Other I/O failure.
+    #[error("control socket {path}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable.
+    #[error("unreadable answer from the daemon: {0}")]
+    BadResponse(String),
+}
+
+#[cfg(unix)]
+pub use client::request;
+
+#[cfg(unix)]
+mod client {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        os::unix::net::UnixStream,
+        path::Path,
+    };
+
+    use super::{ClientError, IO_TIMEOUT, MAX_RESPONSE_LINE, Request, Response};
+
+    /// Sends one request to the daemon at `socket` and returns its response.
+    pub fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+        let path = socket.display().to_string();
+        let io = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.clone())
+            }
+            std::io::ErrorKind::PermissionDenied => ClientError::Denied(path.clone()),
+            _ => ClientError::Io {
+                path: path.clone(),
+                source,
+            },
+        };
+        let mut stream = UnixStream::connect(socket).map_err(io)?;
+        // Reload and status can take a moment on a busy daemon: allow three timeouts.
+        stream.set_read_timeout(Some(IO_TIMEOUT * 3)).map_err(io)?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        let mut line = serde_json::to_vec(req)
+            .map_err(|e| ClientError::BadResponse(format!("cannot encode request: {e}")))?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(io)?;
+        let mut reader = BufReader::new(stream.take(MAX_RESPONSE_LINE as u64));
+        let mut answer = Vec::new();
+        reader.read_until(b'\n', &mut answer).map_err(io)?;
+        if answer.last() != Some(&b'\n') {
+            return Err(ClientError::BadResponse(
+                "connection closed before a complete answer".into(),
+            ));
+        }
+        serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub use server::{Command, ControlServer};
+
+#[cfg(target_os = "linux")]
+mod server {
+    use std::{
+        os::unix::fs::PermissionsExt as _,
+        path::{Path, PathBuf},
+        sync::Arc,
+    };
+
+    use tokio::{
+        io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+        net::{UnixListener, UnixStream},
+        sync::{Semaphore, mpsc, oneshot},
+    };
+
+    use super::{
+        ControlError, IO_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_LINE, MAX_REQUESTS_PER_CONNECTION,
+        Request, Response, parse_request,
+    };
+
+    /// A parsed request on its way to the daemon core, with the channel for its answer.
+    #[derive(Debug)]
+    pub struct Command {
+        /// What the client asked.
+        pub request: Request,
+        /// Where the core sends the answer (the client may be gone: ignore send errors).
+        pub reply: oneshot::Sender<Response>,
+    }
+
+    /// The bound control socket.
+    #[derive(Debug)]
+    pub struct ControlServer {
+        listener: UnixListener,
+        path: PathBuf,
+    }
+
+    impl ControlServer {
+        /// Binds `path` with mode 0660, group `group` (root only when `None`). A stale socket
+        /// file is replaced; a live one (another daemon answers) is an error. The socket is
+        /// bound under a temporary name and renamed into place once its permissions are set, so
+        /// no client ever sees it with others.
+        pub fn bind(path: &Path, group: Option<&str>) -> Result<Self, ControlError> {
+            let shown = path.display().to_string();
+            let io = |source| ControlError::Io {
+                path: shown.clone(),
+                source,
+            };
+            let gid = group.map(lookup_group).transpose()?;
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+                && !dir.exists()
+            {
+                std::fs::create_dir_all(dir).map_err(io)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io)?;
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(shown));
+            }
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(format!(".{}.tmp", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            let listener = UnixListener::bind(&tmp).map_err(io)?;
+            let setup = (|| {
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+                if let Some(gid) = gid {
+                    std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+                }
+                std::fs::rename(&tmp, path)
+            })();
+            if let Err(e) = setup {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(e));
+            }
+            Ok(Self {
+                listener,
+                path: path.to_owned(),
+            })
+        }
+
+        /// The socket's path.
+        #[must_use]
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Serves clients until the task is dropped or `commands` closes. Each connection runs
+        /// in its own task, so a slow client never holds up the daemon.
+        pub async fn serve(self, commands: mpsc::Sender<Command>) {
+            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            loop {
+                let stream = match self.listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "control socket accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if commands.is_closed() {
+                    return;
+                }
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!("too many control connections; closing a new one");
+                    continue;
+                };
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    handle(stream, commands).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    impl Drop for ControlServer {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn lookup_group(name: &str) -> Result<u32, ControlError> {
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(ControlError::NoSuchGroup(name.to_owned())),
+            Err(errno) => Err(ControlError::GroupLookup {
+                name: name.to_owned(),
+                source: std::io::Error::from(errno),
+            }),
+        }
+    }
+
+    async fn handle(stream: UnixStream, commands: mpsc::Sender<Command>) {
+        let (uid, pid) = stream
+            .peer_cred()
+            .map_or((u32::MAX, 0), |c| (c.uid(), c.pid().unwrap_or(0)));
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+            let line = match tokio::time::timeout(IO_TIMEOUT, read_line(&mut reader)).await {
+                Ok(Ok(Some(line))) => line,
+                Ok(Ok(None)) | Err(_) => return,
+                Ok(Err(too_long)) => {
+                    let _ = send(&mut write, &Response::error(too_long)).await;
+                    // Read what the client still sends (bounded), so closing does not reset
+                    // the connection before it has read the error.
+                    let _ = write.shutdown().await;
+                    let mut sink = tokio::io::sink();
+                    let mut rest = tokio::io::AsyncReadExt::take(reader, 1 << 20);
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        tokio::io::copy(&mut rest, &mut sink),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let response = match parse_request(&line) {
+                Err(msg) => Response::error(msg),
+                Ok(request) => {
+                    tracing::info!(uid, pid, request = ?request, "control request");
+                    let (reply, answer) = oneshot::channel();
+                    let sent =
+                        tokio::time::timeout(IO_TIMEOUT, commands.send(Command { request, reply }))
+                            .await;
+                    match sent {
+                        Ok(Ok(())) => match tokio::time::timeout(IO_TIMEOUT * 2, answer).await {
+                            Ok(Ok(r)) => r,
+                            _ => Response::error("the daemon did not answer in time"),
+                        },
+                        Ok(Err(_)) => Response::error("the daemon is shutting down"),
+                        Err(_) => Response::error("the daemon is busy; try again"),
+                    }
+                }
+            };
+            if send(&mut write, &response).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads one line of at most [`MAX_REQUEST_LINE`] bytes. `Ok(None)` at end of stream;
+    /// `Err` for an over-long line (the connection is then closed).
+    async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+        reader: &mut R,
+    ) -> Result<Option<Vec<u8>>, String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut line = Vec::new();
+        let mut limited = reader.take(MAX_REQUEST_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => Ok(None),
+            Ok(_) if line.last() == Some(&b'\n') => {
+                line.pop();
+                Ok(Some(line))
+            }
+            Ok(_) if line.len() >= MAX_REQUEST_LINE => {
+                Err(format!("request longer than {MAX_REQUEST_LINE} bytes"))
+            }
+            // End of stream without a newline: treat what came as the last line.
+            Ok(_) => Ok(Some(line)),
+        }
+    }
+
+    async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> Result<(), ()> {
+        let mut bytes = serde_json::to_vec(r).map_err(|_| ())?;
+        bytes.push(b'\n');
+        match tokio::time::timeout(IO_TIMEOUT, write.write_all(&bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Parses a CLI ban duration: `3600`, `90s`, `1h`, `2days`.
+pub fn parse_ban_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}): write e.g. 3600, 10m, 1h or 7d"))?,
+    };
+    if d.is_zero() || d > MAX_BAN || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "ban duration must be whole seconds from 1s to {}",
+            humantime::format_duration(MAX_BAN)
+        ));
+    }
+    Ok(d)
+}
+
+/// The socket to talk to: `--socket`, else the config's `control_socket`, else the default.
+#[must_use]
+pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> std::path::PathBuf {
+    match (socket, config) {
+        (Some(s), _) => s.to_owned(),
+        (None, Some(c)) => super::config::control_socket_of(c),
+        (None, None) => {
+            super::config::control_socket_of(Path::new(super::config::DEFAULT_CONFIG_PATH))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!(
+            parse_request(br#"{"cmd":"status"}"#),
+            Ok(Request::Status {})
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"reload"}"#),
+            Ok(Request::Reload {})
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"ban","addr":"2001:db8::7","duration_secs":60}"#),
+            Ok(Request::Ban {
+                addr: "2001:db8::7".parse().unwrap(),
+                duration_secs: Some(60)
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"unban","addr":"192.0.2.1"}"#),
+            Ok(Request::Unban {
+                addr: "192.0.2.1".parse().unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        for bad in [
+            &br#"{"cmd":"shutdown"}"#[..],
+            br#"{"cmd":"ban"}"#,
+            br#"{"cmd":"ban","addr":"not-an-ip"}"#,
+            br#"{"cmd":"ban","addr":"fe80::1%eth0"}"#,
+            br#"{"cmd":"ban","addr":"192.0.2.1","duration_secs":0}"#,
+            br#"{"cmd":"ban","addr":"192.0.2.1","duration_secs":-1}"#,
+            br#"{"cmd":"ban","addr":"192.0.2.1","duration_secs":99999999999}"#,
+            br#"{"cmd":"status","extra":1}"#,
+            b"status",
+            b"",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Status {},
+            Request::Reload {},
+            Request::Ban {
+                addr: "192.0.2.1".parse().unwrap(),
+                duration_secs: None,
+            },
+            Request::Unban {
+                addr: "::1".parse().unwrap(),
+            },
+        ] {
+            let line = serde_json::to_vec(&r).unwrap();
+            assert_eq!(parse_request(&line), Ok(r));
+        }
+        let line = serde_json::to_string(&Response::error("x")).unwrap();
+        assert_eq!(line, r#"{"ok":false,"error":"x"}"#);
+    }
+
+    #[test]
+    fn ban_durations() {
+        assert_eq!(parse_ban_duration("3600"), Ok(Duration::from_hours(1)));
+        assert_eq!(parse_ban_duration("10m"), Ok(Duration::from_mins(10)));
+        assert_eq!(parse_ban_duration("7d"), Ok(Duration::from_hours(7 * 24)));
+        for bad in ["0", "0s", "-5", "soon", "500ms", "5y"] {
+            assert!(parse_ban_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_request_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_request(&bytes);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn socket_serves_and_bounds_lines() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+        let dir = std::env::temp_dir().join(format!("ck-ctl-{}", std::process::id()));
+        let path = dir.join("run/control.sock");
+        let server = ControlServer::bind(&path, None).unwrap();
+        {
+            use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+            let meta = std::fs::metadata(&path).unwrap();
+            assert!(meta.file_type().is_socket());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        }
+        // A second daemon on the same socket is refused.
+        assert!(matches!(
+            ControlServer::bind(&path, None),
+            Err(ControlError::InUse(_))
+        ));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Command>(4);
+        let serve = tokio::spawn(server.serve(tx));
+        let core = tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                let _ = cmd
+                    .reply
+                    .send(Response::message(format!("{:?}", cmd.request)));
+            }
+        });
+
+        // The blocking client, from a blocking thread.
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || request(&p, &Request::Reload {}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.message.as_deref(), Some("Reload"));
+
+        // Several requests on one connection; garbage gets an error and the connection lives.
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        w.write_all(b"{\"cmd\":\"status\"}\nnot json\n{\"cmd\":\"reload\"}\n")
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut l = String::new();
+            r.read_line(&mut l).await.unwrap();
+            lines.push(serde_json::from_str::<Response>(&l).unwrap());
+        }
+        assert!(lines[0].ok && !lines[1].ok && lines[2].ok, "{lines:?}");
+
+        // An over-long line is answered with an error and the connection closed.
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        let _ = w.write_all(&vec![b'x'; MAX_REQUEST_LINE * 4]).await;
+        let mut l = String::new();
+        r.read_line(&mut l).await.unwrap();
+        let resp: Response = serde_json::from_str(&l).unwrap();
+        assert!(resp.error.unwrap().contains("longer than"));
+        l.clear();
+        assert_eq!(
+            r.read_line(&mut l).await.unwrap(),
+            0,
+            "connection not closed"
+        );
+
+        serve.abort();
+        let _ = serve.await;
+        core.abort();
+        assert!(!path.exists(), "socket file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn unknown_group_is_a_clear_error() {
+        let path = std::env::temp_dir().join(format!("ck-ctl-g-{}.sock", std::process::id()));
+        let err = ControlServer::bind(&path, Some("no-such-group-ck")).unwrap_err();
+        assert!(err.to_string().contains("groupadd"), "{err}");
+    }
+
+    #[test]
+    fn client_reports_missing_daemon() {
+        #[cfg(unix)]
+        {
+            let err = request(Path::new("/nonexistent/ck.sock"), &Request::Status {}).unwrap_err();
+            assert!(matches!(err, ClientError::NotRunning(_)), "{err}");
+        }
+    }
+}

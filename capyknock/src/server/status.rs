@@ -1,0 +1,246 @@
+//! What `capyknock status` shows: a snapshot of the running daemon, serialised as JSON over the
+//! control socket (`status --json` prints it as is) and rendered for humans.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the daemon. Field names are part of the documented `status --json` interface
+/// (docs/OPERATIONS.md); add fields freely, never rename.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// capyknock version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Configuration file in force.
+    pub config: String,
+    /// Time of the last successful (re)load, Unix seconds.
+    pub config_loaded_at: u64,
+    /// Knock ports.
+    pub knock_ports: Vec<u16>,
+    /// Number of configured users.
+    pub users: usize,
+    /// Capture mode and interfaces.
+    pub capture: CaptureStatus,
+    /// Firewall backend.
+    pub firewall: FirewallStatus,
+    /// Pre-filter counters (kernel or userspace), by name.
+    pub prefilter: BTreeMap<String, u64>,
+    /// Verifier outcomes.
+    pub verifier: VerifierStatus,
+    /// Active grants.
+    pub grants: Vec<GrantStatus>,
+    /// Active bans.
+    pub bans: Vec<BanStatus>,
+    /// Rejection log lines suppressed by the log rate limit since start.
+    pub log_lines_suppressed: u64,
+}
+
+/// Capture part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStatus {
+    /// `xdp`, `pcap` or `udp`.
+    pub mode: String,
+    /// Interfaces captured on.
+    pub interfaces: Vec<String>,
+    /// Free-form details (XDP attach mode per interface, ...).
+    pub detail: String,
+}
+
+/// Firewall part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Verifier outcome counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierStatus {
+    /// Knocks that granted access.
+    pub accepted: u64,
+    /// Rejected knocks by reason (the same names as in the rejection log lines).
+    pub rejected: BTreeMap<String, u64>,
+    /// Knocks refused because their source (or requested address) is banned.
+    pub banned: u64,
+    /// Grants the firewall failed to apply.
+    pub firewall_errors: u64,
+}
+
+/// One active grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantStatus {
+    /// The user's nickname.
+    pub nickname: String,
+    /// The address let in.
+    pub addr: IpAddr,
+    /// Ports opened, as `tcp/22`.
+    pub ports: Vec<String>,
+    /// Seconds until it closes.
+    pub expires_in_secs: u64,
+}
+
+/// One active ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanStatus {
+    /// The banned address.
+    pub addr: IpAddr,
+    /// Seconds until it lifts; `None`: until `capyknock unban`.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// Renders `status` for a terminal.
+#[must_use]
+pub fn render_human(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "capyknock {} (up {})", s.version, dur(s.uptime_secs));
+    let _ = writeln!(out, "config:      {} ({} users)", s.config, s.users);
+    let ports: Vec<String> = s.knock_ports.iter().map(u16::to_string).collect();
+    let _ = writeln!(out, "knock ports: udp/{}", ports.join(", udp/"));
+    let ifaces = if s.capture.interfaces.is_empty() {
+        "-".to_owned()
+    } else {
+        s.capture.interfaces.join(", ")
+    };
+    let _ = write!(out, "capture:     {} on {ifaces}", s.capture.mode);
+    if !s.capture.detail.is_empty() {
+        let _ = write!(out, " ({})", s.capture.detail);
+    }
+    out.push('\n');
+    let _ = writeln!(out, "firewall:    {}", s.firewall.backend);
+
+    out.push_str("\npre-filter:\n");
+    if s.prefilter.is_empty() {
+        out.push_str("  (no counters)\n");
+    }
+    for (name, n) in &s.prefilter {
+        let _ = writeln!(out, "  {name:<24} {n}");
+    }
+    out.push_str("\nverifier:\n");
+    let _ = writeln!(out, "  {:<24} {}", "accepted", s.verifier.accepted);
+    for (name, n) in &s.verifier.rejected {
+        let _ = writeln!(out, "  {:<24} {n}", format!("rejected {name}"));
+    }
+    let _ = writeln!(out, "  {:<24} {}", "banned", s.verifier.banned);
+    if s.verifier.firewall_errors > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<24} {}",
+            "firewall errors", s.verifier.firewall_errors
+        );
+    }
+    if s.log_lines_suppressed > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} rejection log lines suppressed by the log rate limit)",
+            s.log_lines_suppressed
+        );
+    }
+
+    let _ = writeln!(out, "\ngrants ({}):", s.grants.len());
+    for g in &s.grants {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<40} {:<24} {} left",
+            g.nickname,
+            g.addr,
+            g.ports.join(","),
+            dur(g.expires_in_secs)
+        );
+    }
+    let _ = writeln!(out, "\nbans ({}):", s.bans.len());
+    for b in &s.bans {
+        match b.expires_in_secs {
+            Some(secs) => {
+                let _ = writeln!(out, "  {:<40} {} left", b.addr, dur(secs));
+            }
+            None => {
+                let _ = writeln!(out, "  {:<40} until unbanned", b.addr);
+            }
+        }
+    }
+    out
+}
+
+fn dur(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            uptime_secs: 3725,
+            config: "/etc/capyknock/server.toml".into(),
+            config_loaded_at: 1_700_000_000,
+            knock_ports: vec![62201],
+            users: 2,
+            capture: CaptureStatus {
+                mode: "xdp".into(),
+                interfaces: vec!["eth0".into()],
+                detail: "eth0: native".into(),
+            },
+            firewall: FirewallStatus {
+                backend: "nftables".into(),
+            },
+            prefilter: BTreeMap::from([("delivered".into(), 3), ("bad_tag".into(), 7)]),
+            verifier: VerifierStatus {
+                accepted: 2,
+                rejected: BTreeMap::from([("replay".into(), 1)]),
+                banned: 0,
+                firewall_errors: 0,
+            },
+            grants: vec![GrantStatus {
+                nickname: "alice".into(),
+                addr: "2001:db8::1".parse().unwrap(),
+                ports: vec!["tcp/22".into()],
+                expires_in_secs: 299,
+            }],
+            bans: vec![
+                BanStatus {
+                    addr: "203.0.113.9".parse().unwrap(),
+                    expires_in_secs: None,
+                },
+                BanStatus {
+                    addr: "203.0.113.10".parse().unwrap(),
+                    expires_in_secs: Some(60),
+                },
+            ],
+            log_lines_suppressed: 0,
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        assert!(json.contains("\"expires_in_secs\":299"), "{json}");
+    }
+
+    #[test]
+    fn human_output_shows_everything() {
+        let text = render_human(&sample());
+        for want in [
+            "capyknock 0.1.0 (up 1h 2m 5s)",
+            "udp/62201",
+            "xdp on eth0 (eth0: native)",
+            "nftables",
+            "bad_tag",
+            "rejected replay",
+            "alice",
+            "2001:db8::1",
+            "tcp/22",
+            "4m 59s left",
+            "203.0.113.9",
+            "until unbanned",
+            "1m left",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+    }
+}
