@@ -8,10 +8,6 @@
 //! Bernstein, "`SipHash`: a fast short-input PRF" (2012); the tests check it against the paper's
 //! test vector for 56 bytes and against the `siphasher` crate for random keys and messages.
 
-#![expect(
-    clippy::inline_always,
-    reason = "the XDP program calls these; BPF has no real function calls for them to go through"
-)]
 
 /// Length of a `SipHash` key.
 pub const KEY_LEN: usize = 16;

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod control;
 pub mod logging;
+pub mod state;
 pub mod status;
