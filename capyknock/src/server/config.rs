@@ -19,7 +19,14 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ports::{PortSpec, Protocol};
+use crate::{
+    firewall::FirewallConfig,
+    ports::{PortSpec, Protocol},
+    protocol::{
+        keys::{TotpSecret, UserId, UserKey},
+        users::{AllowIp, TotpMode, User, Users, UsersError},
+    },
+};
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/capyknock/server.toml";
@@ -67,8 +74,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[log]`: rejection log rate limits.
     pub log: RawLog,
-    /// `[firewall]`: passed to the firewall backend.
-    pub firewall: Option<Spanned<toml::Table>>,
+    /// `[firewall]`: the firewall backend's settings.
+    pub firewall: Option<Spanned<FirewallConfig>>,
     /// `[[user]]` entries.
     #[serde(rename = "user")]
     pub users: Vec<Spanned<RawUser>>,
@@ -237,67 +244,6 @@ pub enum XdpModeChoice {
     Skb,
 }
 
-/// Which address a grant opens for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AllowIpPolicy {
-    /// The packet's source address (the payload's address is ignored).
-    Source,
-    /// The address in the encrypted payload if there is one, else the source.
-    Payload,
-    /// The payload's address must equal the source (or be absent).
-    RequireMatch,
-}
-
-/// How a user's TOTP code is produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TotpModeChoice {
-    /// A human types it from an authenticator app.
-    Prompt,
-    /// The client computes it from the stored secret (machine-to-machine).
-    Derived,
-}
-
-/// A validated user entry. The secret fields are checked for their encoding here; the protocol
-/// module turns them into key material.
-#[derive(Clone, PartialEq, Eq)]
-pub struct UserSettings {
-    /// 32 lowercase hex characters.
-    pub id: String,
-    /// Checked nickname (see [`check_nickname`]).
-    pub nickname: String,
-    /// The 32 key bytes.
-    pub key: [u8; 32],
-    /// The 20 TOTP secret bytes.
-    pub totp_secret: [u8; 20],
-    /// Prompt or derived.
-    pub totp_mode: TotpModeChoice,
-    /// Allowed ports, sorted, no duplicates.
-    pub ports: Vec<PortSpec>,
-    /// How long a grant lasts.
-    pub access: Duration,
-    /// Which address a grant opens for.
-    pub allow_ip: AllowIpPolicy,
-    /// Line of the `[[user]]` header in the file, for messages.
-    pub line: usize,
-}
-
-impl fmt::Debug for UserSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserSettings")
-            .field("id", &self.id)
-            .field("nickname", &self.nickname)
-            .field("key", &"<secret>")
-            .field("totp_secret", &"<secret>")
-            .field("totp_mode", &self.totp_mode)
-            .field("ports", &self.ports)
-            .field("access", &self.access)
-            .field("allow_ip", &self.allow_ip)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Pre-filter rate limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
@@ -347,10 +293,28 @@ pub struct Settings {
     pub limits: Limits,
     /// Rejection log limits.
     pub log: LogLimits,
-    /// The `[firewall]` table, given to the firewall backend as is.
-    pub firewall: toml::Table,
-    /// Users, in file order.
-    pub users: Vec<UserSettings>,
+    /// The `[firewall]` section.
+    pub firewall: FirewallConfig,
+    /// Users, in file order (ids and nicknames unique).
+    pub users: Vec<User>,
+}
+
+impl Settings {
+    /// The users as the verifier's lookup table (derives each user's keys once).
+    pub fn users_table(&self) -> Result<Users, UsersError> {
+        Users::new(self.users.clone())
+    }
+
+    /// Every port any user may open: what the firewall protects.
+    #[must_use]
+    pub fn protected_ports(&self) -> Vec<PortSpec> {
+        let set: BTreeSet<PortSpec> = self
+            .users
+            .iter()
+            .flat_map(|u| u.ports.iter().copied())
+            .collect();
+        set.into_iter().collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,16 +692,10 @@ fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec<Pro
     let mut nicknames = HashSet::new();
     for user in raw.users {
         let line = c.line(&user.span());
-        let Some(u) = validate_user(
-            &mut c,
-            user.into_inner(),
-            line,
-            default_access,
-            &knock_ports,
-        ) else {
+        let Some(u) = validate_user(&mut c, user.into_inner(), default_access, &knock_ports) else {
             continue;
         };
-        if !ids.insert(u.id.clone()) {
+        if !ids.insert(u.id) {
             c.problems.push(Problem {
                 line: Some(line),
                 message: format!(
@@ -758,7 +716,17 @@ fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec<Pro
         users.push(u);
     }
 
-    let firewall = raw.firewall.map(Spanned::into_inner).unwrap_or_default();
+    let firewall = match raw.firewall {
+        None => FirewallConfig::default(),
+        Some(fw) => {
+            let span = fw.span();
+            let fw = fw.into_inner();
+            if let Err(e) = fw.validate() {
+                c.at(&span, format!("{e} (docs/CONFIG.md, section [firewall])"));
+            }
+            fw
+        }
+    };
 
     match (capture, xdp_mode) {
         (Ok(capture), Ok(xdp_mode)) if c.problems.is_empty() => Ok(Settings {
@@ -785,61 +753,61 @@ fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec<Pro
 fn validate_user(
     c: &mut Checker<'_>,
     raw: RawUser,
-    line: usize,
     default_access: Duration,
     knock_ports: &[u16],
-) -> Option<UserSettings> {
+) -> Option<User> {
+    const KEYGEN: &str =
+        "copy it again from the `capyknock keygen` output, or run keygen to create a new user";
     let before = c.problems.len();
-    let id = raw.id.get_ref().clone();
-    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        c.at(
-            &raw.id.span(),
-            "user id must be 32 lowercase hex characters (16 random bytes); run `capyknock keygen` to create a user",
-        );
+    // The parse errors below never echo the value: it may be a secret.
+    let id = raw.id.get_ref().parse::<UserId>();
+    if let Err(e) = &id {
+        c.at(&raw.id.span(), format!("{e}; {KEYGEN}"));
     }
     let nickname = raw.nickname.get_ref().clone();
     if let Err(msg) = check_nickname(&nickname) {
         c.at(&raw.nickname.span(), msg);
     }
-    let key = decode_key(raw.key.get_ref());
-    if key.is_none() {
-        c.at(
-            &raw.key.span(),
-            "key must be standard base64 of 32 bytes (44 characters ending in '='); copy it again from `capyknock keygen` output",
-        );
+    let key = UserKey::from_base64(raw.key.get_ref());
+    if let Err(e) = &key {
+        c.at(&raw.key.span(), format!("key: {e}; {KEYGEN}"));
     }
-    let totp_secret = decode_totp_secret(raw.totp_secret.get_ref());
-    if totp_secret.is_none() {
+    let totp = TotpSecret::from_base32(raw.totp_secret.get_ref());
+    if let Err(e) = &totp {
         c.at(
             &raw.totp_secret.span(),
-            "totp_secret must be base32 (A-Z, 2-7, no padding) of 20 bytes (32 characters); copy it again from `capyknock keygen` output",
+            format!("totp_secret: {e}; {KEYGEN}"),
         );
     }
     let totp_mode = match raw.totp_mode.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("prompt") => TotpModeChoice::Prompt,
-        Some("derived") => TotpModeChoice::Derived,
+        None | Some("prompt") => TotpMode::Prompt,
+        Some("derived") => TotpMode::Derived,
         Some(other) => {
             if let Some(m) = &raw.totp_mode {
                 c.at(
                     &m.span(),
-                    format!("unknown totp_mode {other:?}: use \"prompt\" (authenticator app) or \"derived\" (machine-to-machine)"),
+                    format!(
+                        "unknown totp_mode {other:?}: use \"prompt\" (authenticator app) or \"derived\" (machine-to-machine)"
+                    ),
                 );
             }
-            TotpModeChoice::Prompt
+            TotpMode::Prompt
         }
     };
     let allow_ip = match raw.allow_ip.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("source") => AllowIpPolicy::Source,
-        Some("payload") => AllowIpPolicy::Payload,
-        Some("require-match") => AllowIpPolicy::RequireMatch,
+        None | Some("source") => AllowIp::Source,
+        Some("payload") => AllowIp::Payload,
+        Some("require-match") => AllowIp::RequireMatch,
         Some(other) => {
             if let Some(m) = &raw.allow_ip {
                 c.at(
                     &m.span(),
-                    format!("unknown allow_ip {other:?}: use \"source\", \"payload\" or \"require-match\""),
+                    format!(
+                        "unknown allow_ip {other:?}: use \"source\", \"payload\" or \"require-match\""
+                    ),
                 );
             }
-            AllowIpPolicy::Source
+            AllowIp::Source
         }
     };
     let ports_span = raw.ports.span();
@@ -863,7 +831,9 @@ fn validate_user(
                 if spec.protocol == Protocol::Udp && knock_ports.contains(&spec.port) {
                     c.at(
                         &p.span(),
-                        format!("{spec} is a knock port: knock ports are never opened; pick another port"),
+                        format!(
+                            "{spec} is a knock port: knock ports are never opened; pick another port"
+                        ),
                     );
                 } else if !ports.insert(spec) {
                     c.at(&p.span(), format!("{spec} is listed twice: remove one"));
@@ -876,16 +846,15 @@ fn validate_user(
     if c.problems.len() != before {
         return None;
     }
-    Some(UserSettings {
-        id,
+    Some(User {
+        id: id.ok()?,
         nickname,
-        key: key?,
-        totp_secret: totp_secret?,
+        key: key.ok()?,
+        totp: totp.ok()?,
         totp_mode,
         ports: ports.into_iter().collect(),
         access,
         allow_ip,
-        line,
     })
 }
 
@@ -982,72 +951,6 @@ fn positive(c: &mut Checker<'_>, value: Option<Spanned<u32>>, default: u32, key:
     }
 }
 
-/// Decodes standard base64 (with padding) of exactly 32 bytes.
-fn decode_key(s: &str) -> Option<[u8; 32]> {
-    let bytes = base64_decode(s)?;
-    bytes.try_into().ok()
-}
-
-/// Decodes RFC 4648 base32 without padding of exactly 20 bytes.
-fn decode_totp_secret(s: &str) -> Option<[u8; 20]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(20);
-    let mut acc: u64 = 0;
-    let mut bits = 0u32;
-    for b in s.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'2'..=b'7' => b - b'2' + 26,
-            _ => return None,
-        };
-        acc = (acc << 5) | u64::from(v);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out.try_into().ok()
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let bytes = s.as_bytes();
-    let pad = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-    if pad > 2 {
-        return None;
-    }
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    for (i, &b) in bytes.iter().enumerate() {
-        if i >= bytes.len() - pad {
-            break;
-        }
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Non-canonical encodings (leftover bits set) are refused.
-    (acc == 0).then_some(out)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Writing: the reference file and new user entries (used by `capyknock keygen`).
 // ---------------------------------------------------------------------------------------------
@@ -1069,65 +972,30 @@ pub fn render_default(knock_port: u16) -> String {
     )
 }
 
-/// A user to add to a server configuration, with its secrets already encoded as the file wants
-/// them (see docs/CONFIG.md): never logged, only written to the 0600 file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NewUser {
-    /// 32 lowercase hex characters.
-    pub id: String,
-    /// Nickname ([`check_nickname`]).
-    pub nickname: String,
-    /// Standard base64 of the 32-byte key.
-    pub key_base64: String,
-    /// Base32 (no padding) of the 20-byte TOTP secret.
-    pub totp_secret_base32: String,
-    /// Prompt or derived.
-    pub totp_mode: TotpModeChoice,
-    /// Allowed ports.
-    pub ports: Vec<PortSpec>,
-    /// Own access duration, or `None` for the server default.
-    pub access: Option<Duration>,
-    /// Address policy.
-    pub allow_ip: AllowIpPolicy,
-}
-
-impl fmt::Debug for NewUser {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewUser")
-            .field("id", &self.id)
-            .field("nickname", &self.nickname)
-            .field("ports", &self.ports)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The `[[user]]` block for `user`, with a leading blank line and a comment naming it.
+/// The `[[user]]` block for `user`, with a leading blank line and a comment naming it. Holds
+/// the user's secrets: write it only to the 0600 config file ([`add_user`] does).
 #[must_use]
-pub fn render_user(user: &NewUser) -> String {
+pub fn render_user(user: &User) -> String {
     use std::fmt::Write as _;
     let ports: Vec<String> = user.ports.iter().map(|p| format!("\"{p}\"")).collect();
     let mode = match user.totp_mode {
-        TotpModeChoice::Prompt => "prompt",
-        TotpModeChoice::Derived => "derived",
+        TotpMode::Prompt => "prompt",
+        TotpMode::Derived => "derived",
     };
-    let allow_ip = match user.allow_ip {
-        AllowIpPolicy::Source => "source",
-        AllowIpPolicy::Payload => "payload",
-        AllowIpPolicy::RequireMatch => "require-match",
-    };
-    let mut out = format!(
+    let mut out = String::new();
+    let _ = write!(
+        out,
         "\n# {nick}, added by capyknock keygen.\n[[user]]\nid = \"{id}\"\nnickname = \"{nick}\"\n\
-         key = \"{key}\"\ntotp_secret = \"{secret}\"\ntotp_mode = \"{mode}\"\nports = [{ports}]\n",
+         key = \"{key}\"\ntotp_secret = \"{secret}\"\ntotp_mode = \"{mode}\"\nports = [{ports}]\n\
+         access = \"{access}\"\nallow_ip = \"{allow_ip}\"\n",
         nick = user.nickname,
         id = user.id,
-        key = user.key_base64,
-        secret = user.totp_secret_base32,
+        key = user.key.to_base64_secret(),
+        secret = user.totp.to_base32_secret(),
         ports = ports.join(", "),
+        access = humantime::format_duration(user.access),
+        allow_ip = user.allow_ip.as_str(),
     );
-    if let Some(access) = user.access {
-        let _ = writeln!(out, "access = \"{}\"", humantime::format_duration(access));
-    }
-    let _ = writeln!(out, "allow_ip = \"{allow_ip}\"");
     out
 }
 
@@ -1152,7 +1020,7 @@ pub enum AddUserError {
 /// (knock port `knock_port`) holding it when `path` does not exist. The result is validated
 /// before it is written (a duplicate id or nickname is refused), and written atomically with
 /// mode 0600. A running daemon picks it up on `capyknock reload`.
-pub fn add_user(path: &Path, user: &NewUser, knock_port: u16) -> Result<Settings, AddUserError> {
+pub fn add_user(path: &Path, user: &User, knock_port: u16) -> Result<Settings, AddUserError> {
     let existing = match std::fs::metadata(path) {
         Ok(_) => Some(read_checked(path)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -1248,16 +1116,16 @@ ports = ["tcp/22", "udp/51820"]
         }
     }
 
-    fn new_user(nick: &str, id: &str) -> NewUser {
-        NewUser {
-            id: id.into(),
+    fn new_user(nick: &str, id: &str) -> User {
+        User {
+            id: id.parse().unwrap(),
             nickname: nick.into(),
-            key_base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
-            totp_secret_base32: "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT".into(),
-            totp_mode: TotpModeChoice::Derived,
+            key: UserKey::from_bytes(core::array::from_fn(|i| i as u8)),
+            totp: TotpSecret::from_base32("AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT").unwrap(),
+            totp_mode: TotpMode::Derived,
             ports: vec![PortSpec::tcp(22), PortSpec::tcp(443)],
-            access: Some(Duration::from_mins(10)),
-            allow_ip: AllowIpPolicy::RequireMatch,
+            access: Duration::from_mins(10),
+            allow_ip: AllowIp::RequireMatch,
         }
     }
 
@@ -1290,6 +1158,7 @@ ports = ["tcp/22", "udp/51820"]
         assert_eq!(s.revoke_removed_users, d.revoke_removed_users);
         assert_eq!(s.limits, d.limits);
         assert_eq!(s.log, d.log);
+        assert_eq!(s.firewall, FirewallConfig::default());
         assert!(s.users.is_empty());
     }
 
@@ -1305,8 +1174,14 @@ ports = ["tcp/22", "udp/51820"]
         assert_eq!(s.users.len(), 1);
         let u = &s.users[0];
         assert_eq!(u.nickname, "alice");
-        assert_eq!(u.key, core::array::from_fn(|i| i as u8));
-        assert_eq!(u.totp_secret, core::array::from_fn(|i| i as u8));
+        assert_eq!(
+            u.key,
+            UserKey::from_bytes(core::array::from_fn(|i| i as u8))
+        );
+        assert_eq!(
+            u.totp,
+            TotpSecret::from_base32("AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT").unwrap()
+        );
         assert_eq!(u.access, Duration::from_mins(5));
     }
 
@@ -1314,12 +1189,11 @@ ports = ["tcp/22", "udp/51820"]
     fn user_fields_parse() {
         let s = p(ALICE).unwrap();
         let u = &s.users[0];
-        assert_eq!(u.id, "00112233445566778899aabbccddeeff");
+        assert_eq!(u.id.to_string(), "00112233445566778899aabbccddeeff");
         assert_eq!(u.ports, vec![PortSpec::tcp(22), PortSpec::udp(51820)]);
-        assert_eq!(u.totp_mode, TotpModeChoice::Prompt);
-        assert_eq!(u.allow_ip, AllowIpPolicy::Source);
+        assert_eq!(u.totp_mode, TotpMode::Prompt);
+        assert_eq!(u.allow_ip, AllowIp::Source);
         assert_eq!(u.access, DEFAULT_ACCESS);
-        assert_eq!(u.line, 2);
     }
 
     #[test]
@@ -1364,6 +1238,11 @@ ports = ["tcp/22", "udp/51820"]
         assert_eq!(pr[0].line, Some(8));
         let pr = problems("[serveur]\n");
         assert_eq!(pr[0].line, Some(1));
+        let pr = problems("[server]\n\n[firewall]\nbackend = \"iptables\"\n");
+        assert_eq!(pr[0].line, Some(4), "{pr:?}");
+        let pr = problems("[firewall]\ntable = \"bad table\"\n");
+        assert_eq!(pr[0].line, Some(1), "{pr:?}");
+        assert!(pr[0].message.contains("table"), "{pr:?}");
     }
 
     #[test]
@@ -1424,27 +1303,6 @@ ports = ["tcp/22", "udp/51820"]
     }
 
     #[test]
-    fn encodings_are_strict() {
-        for bad in [
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh9=",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8==",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh-=",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd",
-        ] {
-            assert!(decode_key(bad).is_none(), "{bad}");
-        }
-        for bad in [
-            "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQ",
-            "aaaqeayeaudaocajbifqydiob4ibceqt",
-            "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQ1",
-            "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT====",
-        ] {
-            assert!(decode_totp_secret(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
     fn rendered_default_and_user_round_trip() {
         let text = render_default(40000);
         let s = p(&text).unwrap();
@@ -1456,9 +1314,10 @@ ports = ["tcp/22", "udp/51820"]
         let s = p(&text).unwrap();
         let u = &s.users[0];
         assert_eq!(u.nickname, "bob");
-        assert_eq!(u.id, "ff112233445566778899aabbccddeeff");
-        assert_eq!(u.totp_mode, TotpModeChoice::Derived);
-        assert_eq!(u.allow_ip, AllowIpPolicy::RequireMatch);
+        assert_eq!(u.id.to_string(), "ff112233445566778899aabbccddeeff");
+        assert_eq!(u.totp_mode, TotpMode::Derived);
+        assert_eq!(u.allow_ip, AllowIp::RequireMatch);
+        assert_eq!(u.key, new_user("x", "ff112233445566778899aabbccddeeff").key);
         assert_eq!(u.access, Duration::from_mins(10));
         assert_eq!(u.ports, vec![PortSpec::tcp(22), PortSpec::tcp(443)]);
     }
@@ -1539,24 +1398,6 @@ ports = ["tcp/22", "udp/51820"]
         #[test]
         fn parse_never_panics(text in "\\PC{0,400}") {
             let _ = p(&text);
-        }
-
-        #[test]
-        fn base64_round_trips(bytes in proptest::array::uniform32(proptest::num::u8::ANY)) {
-            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            let mut s = String::new();
-            for chunk in bytes.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..4 {
-                    if i <= chunk.len() {
-                        s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                    } else {
-                        s.push('=');
-                    }
-                }
-            }
-            proptest::prop_assert_eq!(decode_key(&s), Some(bytes));
         }
     }
 }
