@@ -14,6 +14,11 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Create a user: random id, key and TOTP secret in the server and client configs, and a QR
+    /// code for the authenticator app.
+    Keygen(capyknock::keygen::KeygenArgs),
+    /// Knock: open your ports on a server, checking before and after (ssh: --proxy).
+    Knock(capyknock::client::KnockArgs),
     /// Print the XDP program's verdict counters after running it on a crafted frame (diagnostic;
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
@@ -33,13 +38,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Error: {err:#}");
-            ExitCode::FAILURE
+            // `knock` documents its exit statuses (`capyknock knock --help`).
+            err.downcast_ref::<capyknock::client::KnockError>()
+                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Keygen(args) => capyknock::keygen::run(&args).map(drop).map_err(Into::into),
+        Command::Knock(args) => capyknock::client::knock(&args)
+            .map(drop)
+            .map_err(Into::into),
         #[cfg(target_os = "linux")]
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;
