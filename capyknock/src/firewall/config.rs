@@ -211,7 +211,7 @@ impl ExecConfig {
         if self.ban.is_some() != self.unban.is_some() {
             return Err(ConfigError::BanWithoutUnban);
         }
-        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_mins(1) {
             return Err(ConfigError::BadTimeout(self.timeout));
         }
         Ok(())
@@ -245,7 +245,9 @@ mod duration_str {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
                 humantime::parse_duration(v).map_err(|e| {
-                    E::custom(format_args!("invalid duration {v:?} ({e}): write e.g. \"5s\""))
+                    E::custom(format_args!(
+                        "invalid duration {v:?} ({e}): write e.g. \"5s\""
+                    ))
                 })
             }
         }
@@ -310,10 +312,9 @@ mod tests {
             err,
             FromTomlError::Invalid(ConfigError::BadTable(_))
         ));
-        let err = parse(
-            "[firewall.exec]\nopen = [\"a\"]\nclose = [\"b\"]\nban = [\"c\", \"{addr}\"]\n",
-        )
-        .unwrap_err();
+        let err =
+            parse("[firewall.exec]\nopen = [\"a\"]\nclose = [\"b\"]\nban = [\"c\", \"{addr}\"]\n")
+                .unwrap_err();
         assert!(matches!(
             err,
             FromTomlError::Invalid(ConfigError::BanWithoutUnban)

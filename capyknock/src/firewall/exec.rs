@@ -133,11 +133,17 @@ impl TryFrom<Vec<String>> for Template {
 
     fn try_from(source: Vec<String>) -> Result<Self, Self::Error> {
         let mut parts = source.iter();
-        let program = parts.next().filter(|p| !p.is_empty()).ok_or(TemplateError::NoProgram)?;
+        let program = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(TemplateError::NoProgram)?;
         if program.contains('\0') {
             return Err(TemplateError::Nul(program.clone()));
         }
-        if parse_arg(program)?.iter().any(|p| matches!(p, Piece::Var(_))) {
+        if parse_arg(program)?
+            .iter()
+            .any(|p| matches!(p, Piece::Var(_)))
+        {
             return Err(TemplateError::VarInProgram(program.clone()));
         }
         let args = parts.map(|a| parse_arg(a)).collect::<Result<Vec<_>, _>>()?;
@@ -361,12 +367,12 @@ pub enum ExecError {
 /// Runs `argv` without a shell, killing it after `timeout`. Returns its output when it exits
 /// with status 0.
 pub fn run(argv: &[OsString], timeout: Duration) -> Result<Output, ExecError> {
-    let Some((program, args)) = argv.split_first() else {
+    let Some((program, rest)) = argv.split_first() else {
         return Err(ExecError::Template(TemplateError::NoProgram));
     };
     let name = program.to_string_lossy().into_owned();
     let mut cmd = Command::new(program);
-    cmd.args(args)
+    cmd.args(rest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -401,8 +407,12 @@ pub fn run(argv: &[OsString], timeout: Duration) -> Result<Output, ExecError> {
     };
     // The pipes close when the child exits, unless it left a background process holding them:
     // then we stop waiting for its output after a short grace period.
-    let stdout = stdout.and_then(|rx| rx.recv_timeout(OUTPUT_GRACE).ok()).unwrap_or_default();
-    let stderr = stderr.and_then(|rx| rx.recv_timeout(OUTPUT_GRACE).ok()).unwrap_or_default();
+    let stdout = stdout
+        .and_then(|rx| rx.recv_timeout(OUTPUT_GRACE).ok())
+        .unwrap_or_default();
+    let stderr = stderr
+        .and_then(|rx| rx.recv_timeout(OUTPUT_GRACE).ok())
+        .unwrap_or_default();
     tracing::trace!(program = %name, elapsed = ?started.elapsed(), %status, "exec finished");
     if !status.success() {
         return Err(ExecError::Failed {
@@ -454,7 +464,12 @@ impl ExecBackend {
         Self { config }
     }
 
-    fn run_template(&self, what: &'static str, template: &Template, vars: &Vars) -> Result<(), ExecError> {
+    fn run_template(
+        &self,
+        what: &'static str,
+        template: &Template,
+        vars: &Vars,
+    ) -> Result<(), ExecError> {
         let argv = template.render(vars).map_err(ExecError::Template)?;
         let out = run(&argv, self.config.timeout)?;
         tracing::debug!(
@@ -536,7 +551,11 @@ impl Backend for ExecBackend {
             Some(None) => 0,
             Some(Some(left)) => ceil_secs(left).max(1),
         };
-        self.run_all("ban", template, std::iter::once(Vars::for_addr(ban.addr, timeout)))?;
+        self.run_all(
+            "ban",
+            template,
+            std::iter::once(Vars::for_addr(ban.addr, timeout)),
+        )?;
         Ok(true)
     }
 
@@ -595,32 +614,66 @@ mod tests {
 
     #[test]
     fn substitutes_per_argument() {
-        let t = tpl(&["/usr/sbin/ipset", "add", "ck{ipver}", "{addr},{proto}:{port}", "timeout", "{timeout}", "{{lit}}"])
-            .unwrap();
+        let t = tpl(&[
+            "/usr/sbin/ipset",
+            "add",
+            "ck{ipver}",
+            "{addr},{proto}:{port}",
+            "timeout",
+            "{timeout}",
+            "{{lit}}",
+        ])
+        .unwrap();
         let argv = t.render(&vars("192.0.2.1")).unwrap();
         assert_eq!(
             argv,
-            ["/usr/sbin/ipset", "add", "ck4", "192.0.2.1,tcp:22", "timeout", "30", "{lit}"]
-                .map(OsString::from)
+            [
+                "/usr/sbin/ipset",
+                "add",
+                "ck4",
+                "192.0.2.1,tcp:22",
+                "timeout",
+                "30",
+                "{lit}"
+            ]
+            .map(OsString::from)
         );
     }
 
     #[test]
     fn empty_argument_is_kept() {
         let t = tpl(&["/bin/x", "", "{port}"]).unwrap();
-        assert_eq!(t.render(&vars("a")).unwrap(), ["/bin/x", "", "22"].map(OsString::from));
+        assert_eq!(
+            t.render(&vars("a")).unwrap(),
+            ["/bin/x", "", "22"].map(OsString::from)
+        );
     }
 
     #[test]
     fn rejects_bad_templates() {
         assert_eq!(tpl(&[]), Err(TemplateError::NoProgram));
         assert_eq!(tpl(&[""]), Err(TemplateError::NoProgram));
-        assert!(matches!(tpl(&["{addr}"]), Err(TemplateError::VarInProgram(_))));
-        assert!(matches!(tpl(&["/bin/{proto}"]), Err(TemplateError::VarInProgram(_))));
-        assert!(matches!(tpl(&["x", "{adr}"]), Err(TemplateError::UnknownVar { .. })));
-        assert!(matches!(tpl(&["x", "{ADDR}"]), Err(TemplateError::UnknownVar { .. })));
+        assert!(matches!(
+            tpl(&["{addr}"]),
+            Err(TemplateError::VarInProgram(_))
+        ));
+        assert!(matches!(
+            tpl(&["/bin/{proto}"]),
+            Err(TemplateError::VarInProgram(_))
+        ));
+        assert!(matches!(
+            tpl(&["x", "{adr}"]),
+            Err(TemplateError::UnknownVar { .. })
+        ));
+        assert!(matches!(
+            tpl(&["x", "{ADDR}"]),
+            Err(TemplateError::UnknownVar { .. })
+        ));
         for bad in ["{addr", "addr}", "{{addr}", "{a{ddr}"] {
-            assert!(matches!(tpl(&["x", bad]), Err(TemplateError::Brace(_))), "{bad}");
+            assert!(
+                matches!(tpl(&["x", bad]), Err(TemplateError::Brace(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(tpl(&["x", "a\0b"]), Err(TemplateError::Nul(_))));
         assert!(matches!(tpl(&["x\0"]), Err(TemplateError::Nul(_))));
@@ -658,7 +711,10 @@ mod tests {
         let t = tpl(&["/bin/x", "{addr}"]).unwrap();
         for bad in ["a\0b", "-rf", "--help"] {
             assert!(
-                matches!(t.render(&vars(bad)), Err(TemplateError::BadValue { var: "addr", .. })),
+                matches!(
+                    t.render(&vars(bad)),
+                    Err(TemplateError::BadValue { var: "addr", .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -673,7 +729,14 @@ mod tests {
         };
         let v = Vars::for_grant(&key, 61);
         assert_eq!(
-            (v.addr.as_str(), v.family.as_str(), v.ipver.as_str(), v.proto.as_str(), v.port.as_str(), v.timeout.as_str()),
+            (
+                v.addr.as_str(),
+                v.family.as_str(),
+                v.ipver.as_str(),
+                v.proto.as_str(),
+                v.port.as_str(),
+                v.timeout.as_str()
+            ),
             ("fe80::1", "ipv6", "6", "udp", "51820", "61")
         );
     }
@@ -730,11 +793,17 @@ mod tests {
         ));
         assert!(started.elapsed() < Duration::from_secs(5));
         let argv = ["/nonexistent/program"].map(OsString::from);
-        assert!(matches!(run(&argv, Duration::from_secs(1)), Err(ExecError::Spawn { .. })));
+        assert!(matches!(
+            run(&argv, Duration::from_secs(1)),
+            Err(ExecError::Spawn { .. })
+        ));
         // The environment is cleared apart from PATH.
         let argv = ["sh", "-c", "echo \"$HOME|$PATH\""].map(OsString::from);
         let out = run(&argv, Duration::from_secs(5)).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("|{SAFE_PATH}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("|{SAFE_PATH}")
+        );
     }
 
     #[cfg(unix)]

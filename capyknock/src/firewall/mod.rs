@@ -308,7 +308,12 @@ impl Firewall {
         self.ban_at(addr, until, SystemTime::now())
     }
 
-    fn ban_at(&mut self, addr: IpAddr, until: Option<SystemTime>, now: SystemTime) -> Result<(), Error> {
+    fn ban_at(
+        &mut self,
+        addr: IpAddr,
+        until: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<(), Error> {
         let previous = self.ledger.ban_of(addr);
         let Some(ban) = self.ledger.set_ban(Ban { addr, until }, now)? else {
             return Ok(());
@@ -391,9 +396,9 @@ impl Firewall {
     fn expire(&mut self, now: SystemTime) -> bool {
         let backend = &mut self.backend;
         let keep_established = self.keep_established;
-        let expired = self
-            .ledger
-            .take_expired(now, |key| keep_established && !backend.expires_by_itself() && backend.in_use(key));
+        let expired = self.ledger.take_expired(now, |key| {
+            keep_established && !backend.expires_by_itself() && backend.in_use(key)
+        });
         if expired.is_empty() {
             return false;
         }

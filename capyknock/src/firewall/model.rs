@@ -17,7 +17,7 @@ use crate::ports::{PortSpec, Protocol};
 
 /// Longest access one grant can give. Longer grants are shortened to this (and logged): a
 /// kernel timeout or a timer that far out is almost surely a configuration mistake.
-pub const MAX_GRANT_DURATION: Duration = Duration::from_secs(31 * 24 * 60 * 60);
+pub const MAX_GRANT_DURATION: Duration = Duration::from_hours(31 * 24);
 
 /// Most grants the ledger holds at once; grants beyond are refused. Grants come only from
 /// authenticated knocks, so this is a bound on memory, not a limit anyone should meet.
@@ -179,7 +179,7 @@ pub fn remaining(until: SystemTime, now: SystemTime) -> Option<Duration> {
 #[must_use]
 pub fn ceil_millis(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let ms = if d.subsec_nanos() % 1_000_000 == 0 {
+    let ms = if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms.saturating_add(1)
@@ -398,7 +398,10 @@ impl Ledger {
     #[must_use]
     pub fn ban_of(&self, addr: IpAddr) -> Option<Ban> {
         let addr = addr.to_canonical();
-        self.bans.get(&addr).map(|until| Ban { addr, until: *until })
+        self.bans.get(&addr).map(|until| Ban {
+            addr,
+            until: *until,
+        })
     }
 
     /// Whether `addr` is banned at `now`.
@@ -455,9 +458,10 @@ impl Ledger {
 
     /// Bans.
     pub fn bans(&self) -> impl Iterator<Item = Ban> + '_ {
-        self.bans
-            .iter()
-            .map(|(addr, until)| Ban { addr: *addr, until: *until })
+        self.bans.iter().map(|(addr, until)| Ban {
+            addr: *addr,
+            until: *until,
+        })
     }
 
     /// Number of grants.
@@ -521,13 +525,19 @@ mod tests {
     #[test]
     fn repeat_grant_extends_and_never_shortens() {
         let mut l = Ledger::new();
-        let m = l.merge_grants(&[grant("192.0.2.1", 22, t(60))], t(0)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.1", 22, t(60))], t(0))
+            .unwrap();
         assert_eq!(m.apply, vec![grant("192.0.2.1", 22, t(60))]);
         // A later knock with a longer grant extends.
-        let m = l.merge_grants(&[grant("192.0.2.1", 22, t(100))], t(10)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.1", 22, t(100))], t(10))
+            .unwrap();
         assert_eq!(m.apply[0].until, t(100));
         // A shorter one keeps the longer expiry, and the firewall is told the kept value.
-        let m = l.merge_grants(&[grant("192.0.2.1", 22, t(50))], t(20)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.1", 22, t(50))], t(20))
+            .unwrap();
         assert_eq!(m.apply[0].until, t(100));
         assert_eq!(l.grant_count(), 1);
     }
@@ -547,16 +557,22 @@ mod tests {
             .unwrap();
         assert_eq!(
             m.apply,
-            vec![grant("192.0.2.1", 22, t(90)), grant("192.0.2.1", 443, t(30))]
+            vec![
+                grant("192.0.2.1", 22, t(90)),
+                grant("192.0.2.1", 443, t(30))
+            ]
         );
     }
 
     #[test]
     fn expired_entry_is_replaced_not_extended() {
         let mut l = Ledger::new();
-        l.merge_grants(&[grant("192.0.2.1", 22, t(10))], t(0)).unwrap();
+        l.merge_grants(&[grant("192.0.2.1", 22, t(10))], t(0))
+            .unwrap();
         // Not yet collected, expired: the new grant stands alone.
-        let m = l.merge_grants(&[grant("192.0.2.1", 22, t(25))], t(20)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.1", 22, t(25))], t(20))
+            .unwrap();
         assert_eq!(m.apply[0].until, t(25));
     }
 
@@ -600,22 +616,39 @@ mod tests {
             l.merge_grants(&[grant("192.0.2.1", 0, t(60))], t(0)),
             Err(ModelError::PortZero { .. })
         ));
-        assert!(l.set_ban(Ban { addr: ip("::"), until: None }, t(0)).is_err());
+        assert!(
+            l.set_ban(
+                Ban {
+                    addr: ip("::"),
+                    until: None
+                },
+                t(0)
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn durations_are_capped() {
         let mut l = Ledger::new();
         let far = t(0) + MAX_GRANT_DURATION * 3;
-        let m = l.merge_grants(&[grant("192.0.2.1", 22, far)], t(0)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.1", 22, far)], t(0))
+            .unwrap();
         assert_eq!(m.apply[0].until, t(0) + MAX_GRANT_DURATION);
     }
 
     #[test]
     fn banned_addresses_get_no_grants() {
         let mut l = Ledger::new();
-        l.set_ban(Ban { addr: ip("192.0.2.9"), until: Some(t(100)) }, t(0))
-            .unwrap();
+        l.set_ban(
+            Ban {
+                addr: ip("192.0.2.9"),
+                until: Some(t(100)),
+            },
+            t(0),
+        )
+        .unwrap();
         let m = l
             .merge_grants(
                 &[grant("192.0.2.9", 22, t(60)), grant("192.0.2.1", 22, t(60))],
@@ -626,7 +659,9 @@ mod tests {
         assert_eq!(m.refused_banned.len(), 1);
         // After the ban expires the address may be granted again.
         assert!(!l.is_banned(ip("192.0.2.9"), t(100)));
-        let m = l.merge_grants(&[grant("192.0.2.9", 22, t(160))], t(100)).unwrap();
+        let m = l
+            .merge_grants(&[grant("192.0.2.9", 22, t(160))], t(100))
+            .unwrap();
         assert_eq!(m.apply.len(), 1);
     }
 
@@ -642,10 +677,22 @@ mod tests {
             t(0),
         )
         .unwrap();
-        l.set_ban(Ban { addr: ip("2001:db8::1"), until: Some(t(10)) }, t(0))
-            .unwrap();
-        l.set_ban(Ban { addr: ip("2001:db8::2"), until: None }, t(0))
-            .unwrap();
+        l.set_ban(
+            Ban {
+                addr: ip("2001:db8::1"),
+                until: Some(t(10)),
+            },
+            t(0),
+        )
+        .unwrap();
+        l.set_ban(
+            Ban {
+                addr: ip("2001:db8::2"),
+                until: None,
+            },
+            t(0),
+        )
+        .unwrap();
         assert!(l.take_expired(t(5), |_| false).is_empty());
         let kept = ip("192.0.2.2");
         let e = l.take_expired(t(10), |k| k.addr == kept);
@@ -681,9 +728,13 @@ mod tests {
     #[test]
     fn restore_entries_undoes_a_merge() {
         let mut l = Ledger::new();
-        l.merge_grants(&[grant("192.0.2.1", 22, t(60))], t(0)).unwrap();
+        l.merge_grants(&[grant("192.0.2.1", 22, t(60))], t(0))
+            .unwrap();
         let before = l.clone();
-        let batch = [grant("192.0.2.1", 22, t(120)), grant("192.0.2.2", 22, t(60))];
+        let batch = [
+            grant("192.0.2.1", 22, t(120)),
+            grant("192.0.2.2", 22, t(60)),
+        ];
         let saved = l.clone_entries(&batch);
         l.merge_grants(&batch, t(1)).unwrap();
         assert_ne!(l, before);
@@ -697,7 +748,7 @@ mod tests {
         assert_eq!(ceil_millis(Duration::from_millis(1500)), 1500);
         assert_eq!(ceil_millis(Duration::from_nanos(1_500_000_001)), 1501);
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
-        assert_eq!(ceil_secs(Duration::from_secs(60)), 60);
+        assert_eq!(ceil_secs(Duration::from_mins(1)), 60);
         assert_eq!(ceil_secs(Duration::from_millis(60_001)), 61);
     }
 

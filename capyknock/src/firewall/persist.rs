@@ -123,14 +123,22 @@ fn encode(ledger: &Ledger, backend: &str) -> Vec<u8> {
 
 /// Parses a ledger file; entries already expired at `now` are kept so the caller can close
 /// them (expiries are capped at `now` + the longest grant).
-fn decode(bytes: &[u8], backend: &str, path: &Path, now: SystemTime) -> Result<Ledger, PersistError> {
+fn decode(
+    bytes: &[u8],
+    backend: &str,
+    path: &Path,
+    now: SystemTime,
+) -> Result<Ledger, PersistError> {
     let corrupt = |why: String| PersistError::Corrupt {
         path: path.to_owned(),
         why,
     };
     let file: FileV1 = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if file.version != VERSION {
-        return Err(corrupt(format!("version {}, expected {VERSION}", file.version)));
+        return Err(corrupt(format!(
+            "version {}, expected {VERSION}",
+            file.version
+        )));
     }
     if file.backend != backend {
         return Err(corrupt(format!(
@@ -231,11 +239,18 @@ fn create_private(path: &Path) -> io::Result<File> {
 
 #[cfg(unix)]
 fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
 }
 
 #[cfg(not(unix))]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "same signature as the unix version"
+)]
 fn sync_dir(_path: &Path) -> io::Result<()> {
     // Windows has no directory fsync; the rename (MoveFileEx with replace) is atomic on NTFS.
     Ok(())
@@ -270,8 +285,14 @@ mod tests {
             t(0),
         )
         .unwrap();
-        l.set_ban(Ban { addr: "198.51.100.7".parse().unwrap(), until: None }, t(0))
-            .unwrap();
+        l.set_ban(
+            Ban {
+                addr: "198.51.100.7".parse().unwrap(),
+                until: None,
+            },
+            t(0),
+        )
+        .unwrap();
         l.set_ban(
             Ban {
                 addr: "2001:db8::66".parse().unwrap(),
@@ -310,7 +331,12 @@ mod tests {
     fn damaged_or_foreign_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = ledger_path(dir.path(), "exec");
-        for junk in [&b"{"[..], b"[]", b"{\"version\":2,\"backend\":\"exec\",\"grants\":[],\"bans\":[]}", b""] {
+        for junk in [
+            &b"{"[..],
+            b"[]",
+            b"{\"version\":2,\"backend\":\"exec\",\"grants\":[],\"bans\":[]}",
+            b"",
+        ] {
             fs::write(&path, junk).unwrap();
             assert!(
                 matches!(load(&path, "exec", t(0)), Err(PersistError::Corrupt { .. })),
@@ -319,13 +345,19 @@ mod tests {
             );
         }
         save(&path, "windows", &sample()).unwrap();
-        assert!(matches!(load(&path, "exec", t(0)), Err(PersistError::Corrupt { .. })));
+        assert!(matches!(
+            load(&path, "exec", t(0)),
+            Err(PersistError::Corrupt { .. })
+        ));
     }
 
     #[test]
     fn unwritable_directory_is_an_error_not_a_panic() {
         let path = Path::new("/nonexistent-capyknock-dir/firewall-exec.json");
-        assert!(matches!(save(path, "exec", &sample()), Err(PersistError::Write { .. })));
+        assert!(matches!(
+            save(path, "exec", &sample()),
+            Err(PersistError::Write { .. })
+        ));
     }
 
     proptest::proptest! {
