@@ -68,6 +68,11 @@ pub struct KnockArgs {
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub wait: u64,
 
+    /// Also write the knock packet to this file (mode 0600), to test the server's replay
+    /// protection: send the same bytes again and nothing must open.
+    #[arg(long, value_name = "PATH")]
+    pub save_packet: Option<PathBuf>,
+
     /// No progress lines (errors are still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,

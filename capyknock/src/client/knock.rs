@@ -91,6 +91,15 @@ pub enum KnockError {
     /// The relay failed.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// `--save-packet` could not write its file.
+    #[error("cannot write the knock packet to {}", path.display())]
+    SavePacket {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl KnockError {
@@ -105,9 +114,10 @@ impl KnockError {
             KnockError::Resolve(_) => EXIT_RESOLVE,
             KnockError::Code(_) => EXIT_NO_CODE,
             KnockError::StillClosed { .. } => EXIT_STILL_CLOSED,
-            KnockError::Send(_) | KnockError::Unreachable { .. } | KnockError::Proxy(_) => {
-                EXIT_ERROR
-            }
+            KnockError::Send(_)
+            | KnockError::Unreachable { .. }
+            | KnockError::Proxy(_)
+            | KnockError::SavePacket { .. } => EXIT_ERROR,
         }
     }
 }
@@ -298,6 +308,14 @@ impl<'a> Knock<'a> {
                 &self.request,
                 now,
             )?;
+            if let Some(path) = &self.args.save_packet {
+                super::atomic::write_private(path, &packet).map_err(|source| {
+                    KnockError::SavePacket {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
             let copies = send::send(&packet, knock_to)?;
             self.progress.say(&format!(
                 "knock sent to {} udp/{} ({copies} copies)",
@@ -479,11 +497,21 @@ mod tests {
             vec![PortSpec::tcp(1)],
             CodeSource::Prompt,
         );
-        let a = args(&["-q", "--no-check", "--otp", "123456"]);
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("knock.bin");
+        let a = args(&[
+            "-q",
+            "--no-check",
+            "--otp",
+            "123456",
+            "--save-packet",
+            saved.to_str().unwrap(),
+        ]);
         assert_eq!(Knock::new(&a, &p).unwrap().run().unwrap(), Outcome::Sent);
         let mut buf = [0u8; 2048];
         let n = knock_rx.recv(&mut buf).unwrap();
         assert_eq!(n, capyknock_common::wire::KNOCK_LEN);
+        assert_eq!(std::fs::read(&saved).unwrap(), &buf[..n]);
     }
 
     #[test]
