@@ -1,20 +1,34 @@
-//! Frame parsing shared by the XDP program and userspace: Ethernet -> IPv4/IPv6 -> UDP.
+//! Frame parsing shared by the XDP program and userspace: Ethernet (up to two VLAN tags) ->
+//! IPv4 (any header length) or IPv6 (a bounded chain of extension headers) -> UDP.
 //!
 //! The parser reads through the [`Frame`] trait, implemented over the packet pointers in the kernel
 //! and over `[u8]` in userspace, so both sides run the same code on the same bytes. Every read is
 //! bounds-checked by the implementation and returns `None` when the frame is too short: a
-//! truncated frame is never an error here, just "not something we recognise".
+//! truncated frame is never an error here, just "not something we recognise". Whether a UDP
+//! datagram is well formed (not a fragment, lengths agreeing) is reported, not judged: the
+//! pre-filter decides (see [`crate::prefilter`]).
+
+#![expect(
+    clippy::inline_always,
+    reason = "the XDP program calls these; BPF has no real function calls for them to go through"
+)]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::counters::Counter;
-
 /// Length of an Ethernet II header without VLAN tags.
 pub const ETH_HLEN: usize = 14;
+/// Length of one 802.1Q / 802.1ad tag.
+pub const VLAN_HLEN: usize = 4;
+/// Most VLAN tags parsed (802.1ad "QinQ" outer tag plus 802.1Q inner tag).
+pub const MAX_VLAN_TAGS: usize = 2;
 /// EtherType of IPv4.
 pub const ETH_P_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86DD;
+/// EtherType of an 802.1Q VLAN tag.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (QinQ service) VLAN tag.
+pub const ETH_P_8021AD: u16 = 0x88A8;
 /// Minimum IPv4 header length (IHL = 5).
 pub const IPV4_MIN_HLEN: usize = 20;
 /// Fixed IPv6 header length.
@@ -23,9 +37,35 @@ pub const IPV6_HLEN: usize = 40;
 pub const UDP_HLEN: usize = 8;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IPv6 hop-by-hop options header.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+/// IPv6 routing header.
+pub const IPPROTO_ROUTING: u8 = 43;
+/// IPv6 fragment header.
+pub const IPPROTO_FRAGMENT: u8 = 44;
+/// IPv6 authentication header (length in 4-byte units).
+pub const IPPROTO_AH: u8 = 51;
+/// IPv6 destination options header.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 mobility header (same generic layout as the options headers).
+pub const IPPROTO_MH: u8 = 135;
+/// Most IPv6 extension headers walked before giving up ("not something we recognise").
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Headers ending beyond this offset are not parsed. No XDP frame without multi-buffer support
+/// is longer than a page, and userspace uses the same bound so both sides agree.
+pub const MAX_HEADER_OFFSET: usize = 4096;
 
 /// Byte-level access to a frame. Implementations bounds-check every read.
 pub trait Frame {
+    /// Length of the frame in bytes.
+    fn len(&self) -> usize;
+
+    /// Whether the frame is empty.
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The `N` bytes at `offset`, or `None` if the frame ends before `offset + N`.
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
@@ -44,6 +84,11 @@ pub trait Frame {
 
 impl Frame for [u8] {
     #[inline]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    #[inline]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let end = offset.checked_add(N)?;
         self.get(offset..end)?.try_into().ok()
@@ -61,69 +106,133 @@ pub struct UdpDatagram {
     pub dst_port: u16,
     /// Offset of the UDP payload from the start of the frame.
     pub payload_offset: usize,
+    /// Payload length announced by the UDP header (its length field minus 8; 0 if smaller).
+    pub payload_len: usize,
+    /// The first fragment of a fragmented datagram (IPv4 MF set, or an IPv6 fragment header
+    /// with M set). Later fragments carry no UDP header and are not parsed at all.
+    pub fragment: bool,
+    /// The UDP length field equals the length the IP header(s) leave for UDP.
+    pub length_consistent: bool,
 }
 
-/// Finds the UDP header of an Ethernet frame carrying IPv4 or IPv6.
+/// Finds the UDP header of an Ethernet frame carrying IPv4 or IPv6, behind up to
+/// [`MAX_VLAN_TAGS`] VLAN tags.
 ///
-/// Returns `None` for anything else: other EtherTypes, other IP protocols, IPv4 fragments other
-/// than the first (their bytes are payload, not a UDP header), IPv6 with extension headers, and
-/// frames too short to hold the headers they announce.
+/// Returns `None` for anything else: other EtherTypes, other IP protocols, non-first fragments
+/// (their bytes are payload, not a UDP header), IPv6 with more than [`MAX_IPV6_EXT_HEADERS`]
+/// extension headers or with ESP, and frames too short to hold the headers they announce.
 #[inline(always)]
 pub fn parse_udp<F: Frame + ?Sized>(frame: &F) -> Option<UdpDatagram> {
-    let ethertype = frame.load_u16(12)?;
-    let l3 = ETH_HLEN;
-    let (src, l4) = match ethertype {
-        ETH_P_IPV4 => {
-            let version_ihl = frame.load_u8(l3)?;
-            if version_ihl >> 4 != 4 {
-                return None;
-            }
-            let ihl = usize::from(version_ihl & 0x0f) * 4;
-            if ihl < IPV4_MIN_HLEN {
-                return None;
-            }
-            let frag = frame.load_u16(l3 + 6)?;
-            if frag & 0x1fff != 0 {
-                // Not the first fragment: no UDP header here.
-                return None;
-            }
-            if frame.load_u8(l3 + 9)? != IPPROTO_UDP {
-                return None;
-            }
-            let src = Ipv4Addr::from(frame.load::<4>(l3 + 12)?);
-            (IpAddr::V4(src), l3 + ihl)
+    let mut ethertype = frame.load_u16(12)?;
+    let mut l3 = ETH_HLEN;
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
         }
-        ETH_P_IPV6 => {
-            if frame.load_u8(l3)? >> 4 != 6 {
-                return None;
-            }
-            if frame.load_u8(l3 + 6)? != IPPROTO_UDP {
-                return None;
-            }
-            let src = Ipv6Addr::from(frame.load::<16>(l3 + 8)?);
-            (IpAddr::V6(src), l3 + IPV6_HLEN)
-        }
-        _ => return None,
-    };
-    let ports = frame.load::<4>(l4)?;
-    Some(UdpDatagram {
-        src,
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        payload_offset: l4 + UDP_HLEN,
-    })
+        ethertype = frame.load_u16(l3 + 2)?;
+        l3 += VLAN_HLEN;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(frame, l3),
+        ETH_P_IPV6 => parse_ipv6(frame, l3),
+        _ => None,
+    }
 }
 
-/// The verdict for one frame: UDP to a knock port is dropped, everything else passes.
-///
-/// `is_knock_port` answers for a destination port in host byte order (a map lookup in the
-/// kernel).
 #[inline(always)]
-pub fn classify<F: Frame + ?Sized>(frame: &F, is_knock_port: impl Fn(u16) -> bool) -> Counter {
-    match parse_udp(frame) {
-        Some(udp) if is_knock_port(udp.dst_port) => Counter::KnockDropped,
-        _ => Counter::NotKnock,
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+    let [version_ihl, _tos, len_hi, len_lo] = frame.load::<4>(l3)?;
+    if version_ihl >> 4 != 4 {
+        return None;
     }
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        return None;
+    }
+    let total_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    let frag = frame.load_u16(l3 + 6)?;
+    if frag & 0x1fff != 0 {
+        // Not the first fragment: no UDP header here.
+        return None;
+    }
+    if frame.load_u8(l3 + 9)? != IPPROTO_UDP {
+        return None;
+    }
+    let src = Ipv4Addr::from(frame.load::<4>(l3 + 12)?);
+    let ip_payload = total_len.checked_sub(ihl);
+    udp_at(
+        frame,
+        l3 + ihl,
+        IpAddr::V4(src),
+        frag & 0x2000 != 0,
+        ip_payload,
+    )
+}
+
+#[inline(always)]
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+    let [version, _, _, _, len_hi, len_lo, mut next, _hop] = frame.load::<8>(l3)?;
+    if version >> 4 != 6 {
+        return None;
+    }
+    let payload_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    let src = Ipv6Addr::from(frame.load::<16>(l3 + 8)?);
+    let first = l3 + IPV6_HLEN;
+    let mut l4 = first;
+    let mut fragment = false;
+    let mut walked = 0;
+    while next != IPPROTO_UDP {
+        if walked == MAX_IPV6_EXT_HEADERS || l4 > MAX_HEADER_OFFSET {
+            return None;
+        }
+        walked += 1;
+        let [nh, len] = frame.load::<2>(l4)?;
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
+                l4 += (usize::from(len) + 1) * 8;
+            }
+            IPPROTO_AH => l4 += (usize::from(len) + 2) * 4,
+            IPPROTO_FRAGMENT => {
+                let offset_flags = frame.load_u16(l4 + 2)?;
+                if offset_flags & 0xfff8 != 0 {
+                    // Not the first fragment.
+                    return None;
+                }
+                fragment |= offset_flags & 1 != 0;
+                l4 += 8;
+            }
+            _ => return None,
+        }
+        next = nh;
+    }
+    let ip_payload = payload_len.checked_sub(l4 - first);
+    udp_at(frame, l4, IpAddr::V6(src), fragment, ip_payload)
+}
+
+#[inline(always)]
+fn udp_at<F: Frame + ?Sized>(
+    frame: &F,
+    l4: usize,
+    src: IpAddr,
+    fragment: bool,
+    ip_payload: Option<usize>,
+) -> Option<UdpDatagram> {
+    if l4 > MAX_HEADER_OFFSET {
+        return None;
+    }
+    let [sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, _, _] = frame.load::<8>(l4)?;
+    let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    Some(UdpDatagram {
+        src,
+        src_port: u16::from_be_bytes([sp_hi, sp_lo]),
+        dst_port: u16::from_be_bytes([dp_hi, dp_lo]),
+        payload_offset: l4 + UDP_HLEN,
+        payload_len: udp_len.saturating_sub(UDP_HLEN),
+        fragment,
+        length_consistent: udp_len >= UDP_HLEN && ip_payload == Some(udp_len),
+    })
 }
 
 #[cfg(test)]
@@ -131,114 +240,249 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    const KNOCK: u16 = 62201;
-
     fn eth(ethertype: u16) -> Vec<u8> {
         let mut f = std::vec![0u8; 12];
         f.extend_from_slice(&ethertype.to_be_bytes());
         f
     }
 
+    fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&40000u16.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
     fn ipv4_udp(options: usize, frag: u16, dport: u16) -> Vec<u8> {
         let mut f = eth(ETH_P_IPV4);
         let ihl = 5 + options / 4;
+        let payload = b"hi!!";
+        let total = (ihl * 4 + 8 + payload.len()) as u16;
         f.push(0x40 | ihl as u8);
-        f.extend_from_slice(&[0, 0, 0, 0, 0]);
+        f.push(0);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(&frag.to_be_bytes());
         f.extend_from_slice(&[64, IPPROTO_UDP, 0, 0]);
         f.extend_from_slice(&[192, 0, 2, 7, 192, 0, 2, 1]);
         f.extend(std::iter::repeat_n(1u8, options));
-        f.extend_from_slice(&40000u16.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0, 12, 0, 0, b'h', b'i', b'!', b'!']);
+        f.extend_from_slice(&udp(dport, payload));
         f
     }
 
-    fn ipv6_udp(next: u8, dport: u16) -> Vec<u8> {
+    /// IPv6 with the given extension headers (each `(type, bytes)`) before UDP.
+    fn ipv6_udp(ext: &[(u8, Vec<u8>)], dport: u16) -> Vec<u8> {
+        let payload = udp(dport, b"hi");
+        let ext_len: usize = ext.iter().map(|(_, b)| b.len()).sum();
         let mut f = eth(ETH_P_IPV6);
-        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 12, next, 64]);
+        let first = ext.first().map_or(IPPROTO_UDP, |(t, _)| *t);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((ext_len + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[first, 64]);
         let mut src = [0u8; 16];
         src[0] = 0x20;
         src[1] = 0x01;
         src[15] = 7;
         f.extend_from_slice(&src);
         f.extend_from_slice(&[0u8; 16]);
-        f.extend_from_slice(&40000u16.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0, 12, 0, 0]);
+        for (i, (_, bytes)) in ext.iter().enumerate() {
+            let next = ext.get(i + 1).map_or(IPPROTO_UDP, |(t, _)| *t);
+            let mut b = bytes.clone();
+            b[0] = next;
+            f.extend_from_slice(&b);
+        }
+        f.extend_from_slice(&payload);
         f
     }
 
-    fn verdict(f: &[u8]) -> Counter {
-        classify(f, |p| p == KNOCK)
+    fn opts(units: u8) -> Vec<u8> {
+        let mut b = std::vec![0u8; (usize::from(units) + 1) * 8];
+        b[1] = units;
+        b
+    }
+
+    fn frag_hdr(offset_flags: u16) -> Vec<u8> {
+        let mut b = std::vec![0u8; 8];
+        b[2..4].copy_from_slice(&offset_flags.to_be_bytes());
+        b
+    }
+
+    fn vlan(mut f: Vec<u8>, tags: &[u16]) -> Vec<u8> {
+        let inner = f.split_off(12);
+        for t in tags {
+            f.extend_from_slice(&t.to_be_bytes());
+            f.extend_from_slice(&[0, 42]);
+        }
+        f.extend_from_slice(&inner);
+        f
     }
 
     #[test]
-    fn ipv4_knock_is_dropped_other_port_passes() {
-        assert_eq!(verdict(&ipv4_udp(0, 0, KNOCK)), Counter::KnockDropped);
-        assert_eq!(verdict(&ipv4_udp(0, 0, 53)), Counter::NotKnock);
+    fn ipv4_udp_is_found() {
+        let f = ipv4_udp(0, 0, 62201);
+        let u = parse_udp(f.as_slice()).unwrap();
+        assert_eq!(u.dst_port, 62201);
+        assert_eq!(u.src_port, 40000);
+        assert_eq!(u.payload_len, 4);
+        assert!(u.length_consistent && !u.fragment);
     }
 
     #[test]
     fn ipv4_options_shift_the_udp_header() {
-        let f = ipv4_udp(40, 0, KNOCK);
+        let f = ipv4_udp(40, 0, 9);
         let udp = parse_udp(f.as_slice()).unwrap();
         assert_eq!(udp.payload_offset, ETH_HLEN + 60 + UDP_HLEN);
         assert_eq!(udp.src, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
-        assert_eq!(verdict(&f), Counter::KnockDropped);
+        assert!(udp.length_consistent);
     }
 
     #[test]
-    fn first_fragment_is_dropped_later_fragments_pass() {
-        assert_eq!(verdict(&ipv4_udp(0, 0x2000, KNOCK)), Counter::KnockDropped);
-        assert_eq!(verdict(&ipv4_udp(0, 0x0010, KNOCK)), Counter::NotKnock);
+    fn first_fragment_is_flagged_later_fragments_are_not_udp() {
+        let first = parse_udp(ipv4_udp(0, 0x2000, 9).as_slice()).unwrap();
+        assert!(first.fragment);
+        let df = parse_udp(ipv4_udp(0, 0x4000, 9).as_slice()).unwrap();
+        assert!(!df.fragment);
+        assert!(parse_udp(ipv4_udp(0, 0x0010, 9).as_slice()).is_none());
+        assert!(parse_udp(ipv4_udp(0, 0x2010, 9).as_slice()).is_none());
     }
 
     #[test]
-    fn ipv6_knock_is_dropped() {
-        let f = ipv6_udp(IPPROTO_UDP, KNOCK);
-        assert_eq!(verdict(&f), Counter::KnockDropped);
-        let udp = parse_udp(f.as_slice()).unwrap();
-        assert_eq!(udp.src_port, 40000);
-        assert_eq!(udp.payload_offset, ETH_HLEN + IPV6_HLEN + UDP_HLEN);
+    fn udp_length_must_match_ip_length() {
+        let mut f = ipv4_udp(0, 0, 9);
+        let udp_len_at = ETH_HLEN + 20 + 4;
+        f[udp_len_at + 1] += 1;
+        assert!(!parse_udp(f.as_slice()).unwrap().length_consistent);
+        f[udp_len_at + 1] -= 1;
+        // IP total length shorter than IHL: no room for anything.
+        f[ETH_HLEN + 2] = 0;
+        f[ETH_HLEN + 3] = 10;
+        assert!(!parse_udp(f.as_slice()).unwrap().length_consistent);
+        // UDP length below the header size.
+        let mut f = ipv4_udp(0, 0, 9);
+        f[ETH_HLEN + 2] = 0;
+        f[ETH_HLEN + 3] = 24;
+        f[udp_len_at] = 0;
+        f[udp_len_at + 1] = 4;
+        let u = parse_udp(f.as_slice()).unwrap();
+        assert!(!u.length_consistent);
+        assert_eq!(u.payload_len, 0);
     }
 
     #[test]
-    fn tcp_and_arp_pass() {
-        assert_eq!(verdict(&ipv6_udp(6, KNOCK)), Counter::NotKnock);
+    fn ipv6_plain_and_with_extension_headers() {
+        let f = ipv6_udp(&[], 9);
+        let u = parse_udp(f.as_slice()).unwrap();
+        assert_eq!(u.payload_offset, ETH_HLEN + IPV6_HLEN + UDP_HLEN);
+        assert!(u.length_consistent && !u.fragment);
+
+        let ext = std::vec![
+            (IPPROTO_HOPOPTS, opts(0)),
+            (IPPROTO_ROUTING, opts(2)),
+            (IPPROTO_DSTOPTS, opts(1)),
+        ];
+        let f = ipv6_udp(&ext, 9);
+        let u = parse_udp(f.as_slice()).unwrap();
+        assert_eq!(
+            u.payload_offset,
+            ETH_HLEN + IPV6_HLEN + 8 + 24 + 16 + UDP_HLEN
+        );
+        assert!(u.length_consistent);
+        assert_eq!(u.dst_port, 9);
+    }
+
+    #[test]
+    fn ipv6_authentication_header_counts_in_four_byte_units() {
+        let mut ah = std::vec![0u8; 16];
+        ah[1] = 2; // (2 + 2) * 4 = 16 bytes
+        let f = ipv6_udp(&[(IPPROTO_AH, ah)], 9);
+        let u = parse_udp(f.as_slice()).unwrap();
+        assert_eq!(u.payload_offset, ETH_HLEN + IPV6_HLEN + 16 + UDP_HLEN);
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        let first = ipv6_udp(&[(IPPROTO_FRAGMENT, frag_hdr(1))], 9);
+        assert!(parse_udp(first.as_slice()).unwrap().fragment);
+        let atomic = ipv6_udp(&[(IPPROTO_FRAGMENT, frag_hdr(0))], 9);
+        assert!(!parse_udp(atomic.as_slice()).unwrap().fragment);
+        let later = ipv6_udp(&[(IPPROTO_FRAGMENT, frag_hdr(8 << 3))], 9);
+        assert!(parse_udp(later.as_slice()).is_none());
+    }
+
+    #[test]
+    fn ipv6_extension_chain_is_bounded() {
+        let ok: Vec<_> = (0..MAX_IPV6_EXT_HEADERS)
+            .map(|_| (IPPROTO_DSTOPTS, opts(0)))
+            .collect();
+        assert!(parse_udp(ipv6_udp(&ok, 9).as_slice()).is_some());
+        let too_many: Vec<_> = (0..=MAX_IPV6_EXT_HEADERS)
+            .map(|_| (IPPROTO_DSTOPTS, opts(0)))
+            .collect();
+        assert!(parse_udp(ipv6_udp(&too_many, 9).as_slice()).is_none());
+        // ESP cannot be walked.
+        assert!(parse_udp(ipv6_udp(&[(50, opts(0))], 9).as_slice()).is_none());
+    }
+
+    #[test]
+    fn vlan_tags() {
+        for tags in [
+            &[ETH_P_8021Q][..],
+            &[ETH_P_8021AD, ETH_P_8021Q],
+            &[ETH_P_8021Q, ETH_P_8021Q],
+        ] {
+            let f = vlan(ipv4_udp(0, 0, 9), tags);
+            let u = parse_udp(f.as_slice()).unwrap();
+            assert_eq!(
+                u.payload_offset,
+                ETH_HLEN + 4 * tags.len() + 20 + 8,
+                "{tags:?}"
+            );
+            let f = vlan(ipv6_udp(&[], 9), tags);
+            assert!(parse_udp(f.as_slice()).is_some());
+        }
+        let three = vlan(ipv4_udp(0, 0, 9), &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q]);
+        assert!(parse_udp(three.as_slice()).is_none());
+    }
+
+    #[test]
+    fn tcp_arp_and_bad_versions_are_not_udp() {
+        assert!(parse_udp(ipv6_udp(&[(6, opts(0))], 9).as_slice()).is_none());
         let mut arp = eth(0x0806);
         arp.extend_from_slice(&[0u8; 28]);
-        assert_eq!(verdict(&arp), Counter::NotKnock);
-    }
-
-    #[test]
-    fn bad_ihl_and_version_pass() {
-        let mut f = ipv4_udp(0, 0, KNOCK);
+        assert!(parse_udp(arp.as_slice()).is_none());
+        let mut f = ipv4_udp(0, 0, 9);
         f[ETH_HLEN] = 0x44;
-        assert_eq!(verdict(&f), Counter::NotKnock);
+        assert!(parse_udp(f.as_slice()).is_none());
         f[ETH_HLEN] = 0x65;
-        assert_eq!(verdict(&f), Counter::NotKnock);
+        assert!(parse_udp(f.as_slice()).is_none());
     }
 
     #[test]
     fn every_truncation_is_safe() {
-        for full in [ipv4_udp(8, 0, KNOCK), ipv6_udp(IPPROTO_UDP, KNOCK)] {
-            let header_end = parse_udp(full.as_slice()).unwrap().payload_offset - UDP_HLEN + 4;
+        let ext = std::vec![(IPPROTO_HOPOPTS, opts(1)), (IPPROTO_FRAGMENT, frag_hdr(0))];
+        for full in [
+            ipv4_udp(8, 0, 9),
+            ipv6_udp(&[], 9),
+            ipv6_udp(&ext, 9),
+            vlan(ipv4_udp(0, 0, 9), &[ETH_P_8021AD, ETH_P_8021Q]),
+        ] {
+            let header_end = parse_udp(full.as_slice()).unwrap().payload_offset;
             for len in 0..full.len() {
-                let expected = if len >= header_end {
-                    Counter::KnockDropped
-                } else {
-                    Counter::NotKnock
-                };
-                assert_eq!(verdict(&full[..len]), expected, "len {len}");
+                let parsed = parse_udp(&full[..len]);
+                assert_eq!(parsed.is_some(), len >= header_end, "len {len}");
             }
         }
     }
 
     proptest::proptest! {
         #[test]
-        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = verdict(&bytes);
+        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Some(u) = parse_udp(bytes.as_slice()) {
+                proptest::prop_assert!(u.payload_offset <= bytes.len());
+            }
         }
     }
 }

@@ -8,6 +8,8 @@
 pub mod counters;
 pub mod frame;
 pub mod maps;
+pub mod prefilter;
+pub mod ratelimit;
 pub mod siphash;
 pub mod wire;
 

@@ -1,39 +1,103 @@
 //! The capyknock XDP program.
 //!
 //! Sees every frame on the interface before the network stack. UDP to a knock port (the
-//! `KNOCK_PORTS` map, filled by userspace) is dropped here, so no socket and no ICMP error ever
-//! answers a knock or a scan; everything else passes untouched. Each verdict is counted in the
-//! per-CPU `COUNTERS` map. The parsing logic lives in `capyknock-common::frame`, shared with (and
-//! tested in) userspace.
+//! `KNOCK_PORTS` map, filled by userspace) is always dropped here, so no socket and no ICMP error
+//! ever answers a knock or a scan; everything else passes untouched. Among the dropped frames,
+//! only those the pre-filter (`capyknock_common::prefilter`, shared with and tested in userspace)
+//! accepts are copied into the `EVENTS` ring buffer for the daemon: right size and header, known
+//! user, current time step, valid tag, not a recent duplicate, within the rate limits. Each
+//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF has no real function calls for these to go through"
+)]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use capyknock_common::{
     counters::Counter,
-    frame::{Frame, classify},
-    maps::KNOCK_PORTS_MAX,
+    frame::Frame,
+    maps::{
+        Bucket, Config, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, KNOCK_PORTS_MAX, KnockEvent,
+        RECENT_TAGS_MAX, SOURCE_BUCKETS_MAX, SourceKey, Tag, TagKey, USERS_MAX, UserId,
+    },
+    prefilter::{self, Env, Source},
+    ratelimit,
+    wire::KNOCK_LEN,
 };
 
 /// Knock ports, host byte order -> 1.
 #[map(name = "KNOCK_PORTS")]
 static KNOCK_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(KNOCK_PORTS_MAX, 0);
 
+/// User id -> tag key.
+#[map(name = "USERS")]
+static USERS: HashMap<UserId, TagKey> = HashMap::with_max_entries(USERS_MAX, 0);
+
+/// The current time step (index 0).
+#[map(name = "TIME_STEP")]
+static TIME_STEP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Tags of recently delivered knocks.
+#[map(name = "RECENT_TAGS")]
+static RECENT_TAGS: LruHashMap<Tag, u8> = LruHashMap::with_max_entries(RECENT_TAGS_MAX, 0);
+
+/// Per-source rate-limit buckets.
+#[map(name = "SOURCE_BUCKETS")]
+static SOURCE_BUCKETS: LruHashMap<SourceKey, Bucket> =
+    LruHashMap::with_max_entries(SOURCE_BUCKETS_MAX, 0);
+
+/// The global rate-limit bucket (index 0).
+#[map(name = "GLOBAL_BUCKET")]
+static GLOBAL_BUCKET: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Rate limits (index 0); all zero (unlimited) until userspace writes it.
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
 /// Verdict counters, indexed by `Counter`.
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Bounds-checked reads straight from the packet buffer.
+/// Candidates for userspace.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Bounds-checked reads from the packet: direct loads for small fields, the
+/// `bpf_xdp_load_bytes` helper for larger blocks (the verifier cannot follow long copies from
+/// packet pointers at variable offsets).
 struct XdpFrame<'a>(&'a XdpContext);
 
 impl Frame for XdpFrame<'_> {
     #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > capyknock_common::frame::MAX_HEADER_OFFSET {
+            return None;
+        }
+        if N > 8 {
+            let mut out = [0u8; N];
+            // SAFETY: the helper copies at most N bytes into `out`, which is N bytes long, and
+            // checks the packet bounds itself.
+            let rc = unsafe {
+                bpf_xdp_load_bytes(self.0.ctx, offset as u32, out.as_mut_ptr().cast(), N as u32)
+            };
+            return (rc == 0).then_some(out);
+        }
         let start = self.0.data();
         let end = self.0.data_end();
         if start + offset + N > end {
@@ -46,17 +110,128 @@ impl Frame for XdpFrame<'_> {
     }
 }
 
+/// The pre-filter's view of the maps.
+struct KernelEnv<'a> {
+    ctx: &'a XdpContext,
+    now_ns: u64,
+}
+
+impl KernelEnv<'_> {
+    #[inline(always)]
+    fn config(&self) -> Config {
+        CONFIG.get(0).copied().unwrap_or_default()
+    }
+}
+
+impl Env for KernelEnv<'_> {
+    #[inline(always)]
+    fn is_knock_port(&self, port: u16) -> bool {
+        KNOCK_PORTS.get_ptr(port).is_some()
+    }
+
+    #[inline(always)]
+    fn tag_key(&self, user: &UserId) -> Option<TagKey> {
+        // SAFETY: the pointer comes from a successful lookup and stays valid for this run; a
+        // concurrent update from userspace can at worst give a torn key, which fails the tag.
+        USERS.get_ptr(user).map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn time_step(&self) -> u64 {
+        TIME_STEP.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn seen(&self, tag: &Tag) -> bool {
+        RECENT_TAGS.get_ptr(tag).is_some()
+    }
+
+    #[inline(always)]
+    fn remember(&mut self, tag: &Tag) -> bool {
+        RECENT_TAGS.insert(tag, 1, BPF_NOEXIST).is_ok()
+    }
+
+    #[inline(always)]
+    fn forget(&mut self, tag: &Tag) {
+        let _ = RECENT_TAGS.remove(tag);
+    }
+
+    #[inline(always)]
+    fn allow_source(&mut self, key: &SourceKey) -> bool {
+        let limit = self.config().per_source;
+        if limit.is_unlimited() {
+            return true;
+        }
+        match SOURCE_BUCKETS.get_ptr_mut(key) {
+            // SAFETY: valid map value pointer for this run. Updates from two CPUs for the same
+            // source may race; the worst case lets a few extra packets through.
+            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, self.now_ns, &limit) },
+            None => {
+                let mut fresh = Bucket::default();
+                let allowed = ratelimit::allow(&mut fresh.tat_ns, self.now_ns, &limit);
+                let _ = SOURCE_BUCKETS.insert(key, fresh, 0);
+                allowed
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn allow_global(&mut self) -> bool {
+        let limit = self.config().global;
+        match GLOBAL_BUCKET.get_ptr_mut(0) {
+            // SAFETY: valid array slot for this run; races between CPUs as above.
+            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, self.now_ns, &limit) },
+            None => true,
+        }
+    }
+
+    #[inline(always)]
+    fn deliver<F: Frame + ?Sized>(&mut self, _frame: &F, offset: usize, src: &Source) -> bool {
+        let Some(mut entry) = EVENTS.reserve::<KnockEvent>(0) else {
+            return false;
+        };
+        let event = entry.as_mut_ptr();
+        let (family, addr) = match src.addr {
+            core::net::IpAddr::V4(v4) => (FAMILY_V4, v4.to_ipv6_mapped().octets()),
+            core::net::IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+        };
+        // SAFETY: `event` points to a reserved ring-buffer slot of size_of::<KnockEvent>()
+        // bytes, exclusively ours until submit/discard. Every field is written before submit
+        // (the bytes by the helper, which copies exactly KNOCK_LEN bytes into the array).
+        unsafe {
+            (*event).src_addr = addr;
+            (*event).ifindex = (*self.ctx.ctx).ingress_ifindex;
+            (*event).src_port = src.port;
+            (*event).family = family;
+            (*event).pad = 0;
+            let rc = bpf_xdp_load_bytes(
+                self.ctx.ctx,
+                offset as u32,
+                (*event).bytes.as_mut_ptr().cast(),
+                KNOCK_LEN as u32,
+            );
+            if rc != 0 {
+                // Cannot happen: the pre-filter checked the frame holds these bytes.
+                entry.discard(0);
+                return false;
+            }
+        }
+        entry.submit(0);
+        true
+    }
+}
+
 #[xdp]
 pub fn capyknock(ctx: XdpContext) -> u32 {
-    // SAFETY: map lookups return a reference the kernel keeps valid during this run; we only
-    // test for presence.
-    let verdict = classify(&XdpFrame(&ctx), |port| unsafe {
-        KNOCK_PORTS.get(&port).is_some()
-    });
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
+    let mut env = KernelEnv { ctx: &ctx, now_ns };
+    let verdict = prefilter::check_frame(&XdpFrame(&ctx), &mut env);
     count(verdict);
-    match verdict {
-        Counter::KnockDropped => xdp_action::XDP_DROP,
-        Counter::NotKnock => xdp_action::XDP_PASS,
+    if verdict.passes() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod xdp_harness;
 
 use std::path::PathBuf;
 

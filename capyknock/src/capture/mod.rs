@@ -1,5 +1,518 @@
-//! Packet capture: where knock candidates come from. XDP (Linux), with libpcap and plain UDP
-//! socket fallbacks behind the same interface.
+//! Packet capture: where knock candidates come from.
+//!
+//! [`Capture`] hides which of three modes runs, so the daemon does not care:
+//!
+//! - `xdp` (Linux): the XDP program drops every UDP datagram to a knock port before the network
+//!   stack sees it and hands only pre-filtered candidates to userspace through a BPF ring buffer
+//!   ([`xdp`]).
+//! - `pcap` (Linux): libpcap with a `udp dst port` filter on the same interfaces; the userspace
+//!   copy of the pre-filter decides ([`pcap`]). The stack still sees the packets, so the
+//!   firewall must drop the knock port.
+//! - `udp` (any OS): a plain UDP socket bound to the knock port(s), same pre-filter ([`udp`]).
+//!
+//! All three run the very same pre-filter function (`capyknock_common::prefilter`) and count the
+//! same verdicts ([`PrefilterCounters`]). `auto` tries xdp, then pcap, then udp, and logs which it
+//! chose and why.
+
+pub mod userspace;
 
 #[cfg(target_os = "linux")]
+pub mod ifaces;
+#[cfg(target_os = "linux")]
+pub mod pcap;
+pub mod udp;
+#[cfg(target_os = "linux")]
 pub mod xdp;
+
+use std::{fmt, net::SocketAddr};
+
+use capyknock_common::{
+    counters::Counter,
+    maps::{Config, TagKey, UserId},
+    ratelimit::RateLimit,
+    wire::KNOCK_LEN,
+};
+
+/// A packet that passed the pre-filter: worth decrypting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Where it came from.
+    pub src: SocketAddr,
+    /// Interface index it arrived on, where the capture mode knows it.
+    pub ifindex: Option<u32>,
+    /// The whole knock.
+    pub bytes: [u8; KNOCK_LEN],
+}
+
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bytes are ciphertext and a public header; printing their length is enough.
+        f.debug_struct("Candidate")
+            .field("src", &self.src)
+            .field("ifindex", &self.ifindex)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// How to capture, as asked for on the command line or in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// XDP, else pcap, else a UDP socket.
+    #[default]
+    Auto,
+    /// The XDP pre-filter (Linux).
+    Xdp,
+    /// libpcap (Linux).
+    Pcap,
+    /// A UDP socket bound to the knock port(s).
+    Udp,
+}
+
+/// How the XDP program attaches to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver, before any socket buffer is allocated (fastest).
+    Native,
+    /// Generic mode in the network stack; works with every driver.
+    Skb,
+}
+
+impl fmt::Display for XdpAttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+/// The mode a [`Capture`] actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveMode {
+    /// XDP pre-filter in the kernel.
+    Xdp,
+    /// libpcap with the userspace pre-filter.
+    Pcap,
+    /// UDP socket with the userspace pre-filter.
+    Udp,
+}
+
+impl ActiveMode {
+    /// Lower-case name, as on the command line.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Pcap => "pcap",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for ActiveMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rate limit: an average rate with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Candidates per second on average; 0 means unlimited.
+    pub per_second: u32,
+    /// Candidates allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+impl RateLimitConfig {
+    fn to_kernel(self) -> RateLimit {
+        RateLimit::new(self.per_second, self.burst)
+    }
+}
+
+/// What to capture, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Which mode to use.
+    pub mode: CaptureMode,
+    /// Interfaces for xdp and pcap. Empty: every interface that is up, except loopback.
+    pub ifaces: Vec<String>,
+    /// UDP ports knocks are sent to (at least one, never 0).
+    pub knock_ports: Vec<u16>,
+    /// Force an XDP attach mode; `None` tries native and falls back to SKB.
+    pub xdp_mode: Option<XdpAttachMode>,
+    /// Limit per source address (IPv6: per /64).
+    pub per_source: RateLimitConfig,
+    /// Limit over all sources.
+    pub global: RateLimitConfig,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            mode: CaptureMode::Auto,
+            ifaces: Vec::new(),
+            // The protocol's default knock port.
+            knock_ports: vec![62201],
+            xdp_mode: None,
+            // A user knocks a few times a minute; 10/s with bursts of 20 is plenty.
+            per_source: RateLimitConfig {
+                per_second: 10,
+                burst: 20,
+            },
+            // Candidates carry a valid tag, so this only guards against a leaked tag key.
+            global: RateLimitConfig {
+                per_second: 10_000,
+                burst: 10_000,
+            },
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// The rate limits in the form the pre-filter uses.
+    #[must_use]
+    pub fn prefilter_config(&self) -> Config {
+        Config {
+            per_source: self.per_source.to_kernel(),
+            global: self.global.to_kernel(),
+        }
+    }
+}
+
+/// Frame counts per verdict, indexed like [`Counter::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrefilterCounters(pub [u64; Counter::COUNT as usize]);
+
+impl PrefilterCounters {
+    /// The count for one verdict.
+    #[must_use]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0.get(counter.index() as usize).copied().unwrap_or(0)
+    }
+
+    /// The count for the verdict called `name` (see [`Counter::name`]).
+    #[must_use]
+    pub fn by_name(&self, name: &str) -> Option<u64> {
+        Counter::from_name(name).map(|c| self.get(c))
+    }
+
+    /// Adds one to `counter`.
+    pub fn bump(&mut self, counter: Counter) {
+        if let Some(slot) = self.0.get_mut(counter.index() as usize) {
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// Every counter with its name, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (c.name(), self.get(*c)))
+    }
+
+    /// Frames dropped because they were UDP to a knock port (everything but `not_knock`).
+    #[must_use]
+    pub fn knock_port_total(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| !c.passes())
+            .map(|c| self.get(*c))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// `self - earlier`, counter by counter (saturating).
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = *self;
+        for (o, e) in out.0.iter_mut().zip(earlier.0.iter()) {
+            *o = o.saturating_sub(*e);
+        }
+        out
+    }
+}
+
+impl fmt::Display for PrefilterCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, value) in self.iter() {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why capture could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The config lists no knock port, or port 0.
+    #[error("no usable knock port configured (need at least one, 1-65535)")]
+    NoKnockPorts,
+    /// The mode does not exist on this operating system.
+    #[error("{0} capture is only available on Linux; use --capture udp")]
+    Unsupported(&'static str),
+    /// XDP could not be used.
+    #[cfg(target_os = "linux")]
+    #[error("XDP capture unavailable")]
+    Xdp(#[source] xdp::XdpError),
+    /// libpcap could not be used.
+    #[cfg(target_os = "linux")]
+    #[error("pcap capture unavailable")]
+    Pcap(#[source] pcap::PcapError),
+    /// The UDP socket could not be used.
+    #[error("UDP socket capture unavailable")]
+    Udp(#[source] udp::UdpError),
+    /// The capture threads or tasks ended.
+    #[error("capture stopped")]
+    Closed,
+}
+
+/// Knock candidates from whichever mode runs. Dropping it stops capturing (and detaches XDP).
+#[derive(Debug)]
+pub struct Capture {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    #[cfg(target_os = "linux")]
+    Xdp(Box<xdp::XdpCapture>),
+    #[cfg(target_os = "linux")]
+    Pcap(pcap::PcapCapture),
+    Udp(udp::UdpCapture),
+}
+
+impl Capture {
+    /// Starts capturing as `config` says. Must be called from inside a tokio runtime (it
+    /// registers sockets and spawns tasks there).
+    pub fn open(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        if config.knock_ports.is_empty() || config.knock_ports.contains(&0) {
+            return Err(CaptureError::NoKnockPorts);
+        }
+        let backend = match config.mode {
+            CaptureMode::Xdp => open_xdp(config)?,
+            CaptureMode::Pcap => open_pcap(config)?,
+            CaptureMode::Udp => open_udp(config)?,
+            CaptureMode::Auto => open_auto(config)?,
+        };
+        let capture = Self { backend };
+        tracing::info!(
+            mode = %capture.mode(),
+            knock_ports = ?config.knock_ports,
+            "capture started"
+        );
+        Ok(capture)
+    }
+
+    /// The mode that runs.
+    #[must_use]
+    pub fn mode(&self) -> ActiveMode {
+        match self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(_) => ActiveMode::Xdp,
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(_) => ActiveMode::Pcap,
+            Backend::Udp(_) => ActiveMode::Udp,
+        }
+    }
+
+    /// The next candidate. Cancel-safe: usable in `tokio::select!`.
+    pub async fn next(&mut self) -> Result<Candidate, CaptureError> {
+        match &mut self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(x) => x.next().await.map_err(CaptureError::Xdp),
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(p) => p.next().await.ok_or(CaptureError::Closed),
+            Backend::Udp(u) => u.next().await.ok_or(CaptureError::Closed),
+        }
+    }
+
+    /// Replaces the known users: `(user id, tag key)` pairs.
+    pub fn set_users(&mut self, users: &[(UserId, TagKey)]) -> Result<(), CaptureError> {
+        match &mut self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(x) => x.filter_mut().set_users(users).map_err(CaptureError::Xdp),
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(p) => {
+                p.prefilter().set_users(users);
+                Ok(())
+            }
+            Backend::Udp(u) => {
+                u.prefilter().set_users(users);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets the current TOTP time step (call at least once per step).
+    pub fn set_time_step(&mut self, step: u64) -> Result<(), CaptureError> {
+        match &mut self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(x) => x
+                .filter_mut()
+                .set_time_step(step)
+                .map_err(CaptureError::Xdp),
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(p) => {
+                p.prefilter().set_time_step(step);
+                Ok(())
+            }
+            Backend::Udp(u) => {
+                u.prefilter().set_time_step(step);
+                Ok(())
+            }
+        }
+    }
+
+    /// The verdict counters so far.
+    pub fn counters(&self) -> Result<PrefilterCounters, CaptureError> {
+        match &self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(x) => x.filter().counters().map_err(CaptureError::Xdp),
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(p) => Ok(p.prefilter().counters()),
+            Backend::Udp(u) => Ok(u.prefilter().counters()),
+        }
+    }
+
+    /// Stops capturing and detaches from the interfaces (what dropping does, with a log line).
+    pub fn shutdown(self) {
+        tracing::info!(mode = %self.mode(), "capture stopped");
+        drop(self);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_xdp(config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    xdp::XdpCapture::open(config)
+        .map(|x| Backend::Xdp(Box::new(x)))
+        .map_err(CaptureError::Xdp)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_xdp(_config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    Err(CaptureError::Unsupported("xdp"))
+}
+
+#[cfg(target_os = "linux")]
+fn open_pcap(config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    pcap::PcapCapture::open(config)
+        .map(Backend::Pcap)
+        .map_err(CaptureError::Pcap)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_pcap(_config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    Err(CaptureError::Unsupported("pcap"))
+}
+
+fn open_udp(config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    udp::UdpCapture::open(config)
+        .map(Backend::Udp)
+        .map_err(CaptureError::Udp)
+}
+
+fn open_auto(config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    match open_xdp(config) {
+        Ok(b) => {
+            tracing::info!("capture auto: using xdp");
+            return Ok(b);
+        }
+        Err(err) => tracing::warn!(
+            reason = %ErrorChain(&err),
+            "capture auto: xdp unavailable, trying pcap"
+        ),
+    }
+    match open_pcap(config) {
+        Ok(b) => {
+            tracing::info!("capture auto: using pcap (the firewall must drop the knock port)");
+            return Ok(b);
+        }
+        Err(err) => tracing::warn!(
+            reason = %ErrorChain(&err),
+            "capture auto: pcap unavailable, trying a udp socket"
+        ),
+    }
+    let b = open_udp(config)?;
+    tracing::info!("capture auto: using a udp socket");
+    Ok(b)
+}
+
+/// Displays an error with all its causes: `outer: cause: root cause`.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_by_name_and_display() {
+        let mut c = PrefilterCounters::default();
+        c.bump(Counter::BadTag);
+        c.bump(Counter::BadTag);
+        c.bump(Counter::NotKnock);
+        assert_eq!(c.by_name("bad_tag"), Some(2));
+        assert_eq!(c.by_name("nope"), None);
+        assert_eq!(c.knock_port_total(), 2);
+        let text = c.to_string();
+        assert!(text.starts_with("not_knock=1 malformed=0"), "{text}");
+        assert!(text.contains("bad_tag=2"));
+        let later = {
+            let mut l = c;
+            l.bump(Counter::Delivered);
+            l
+        };
+        assert_eq!(later.since(&c).get(Counter::Delivered), 1);
+        assert_eq!(later.since(&c).get(Counter::BadTag), 0);
+    }
+
+    #[test]
+    fn default_config_is_limited_and_valid() {
+        let c = CaptureConfig::default();
+        let k = c.prefilter_config();
+        assert!(!k.per_source.is_unlimited());
+        assert!(!k.global.is_unlimited());
+        assert_eq!(k.per_source.interval_ns, 100_000_000);
+    }
+
+    #[test]
+    fn candidate_debug_hides_bytes() {
+        let c = Candidate {
+            src: "192.0.2.7:40000".parse().unwrap(),
+            ifindex: Some(3),
+            bytes: [0xAB; KNOCK_LEN],
+        };
+        let text = format!("{c:?}");
+        assert!(!text.contains("171"), "{text}");
+        assert!(text.contains("192.0.2.7:40000"));
+    }
+
+    #[tokio::test]
+    async fn no_knock_port_is_an_error() {
+        let config = CaptureConfig {
+            mode: CaptureMode::Udp,
+            knock_ports: vec![],
+            ..CaptureConfig::default()
+        };
+        assert!(matches!(
+            Capture::open(&config),
+            Err(CaptureError::NoKnockPorts)
+        ));
+    }
+}

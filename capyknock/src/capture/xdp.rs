@@ -1,80 +1,140 @@
-//! Loads the capyknock XDP program, fills its maps, attaches it to interfaces and reads its
-//! counters. The program itself is `capyknock-ebpf`; `build.rs` compiles it into [`OBJECT`].
+//! Loads the capyknock XDP program, fills its maps, attaches it to interfaces, reads its counters
+//! and consumes its ring buffer with tokio's `AsyncFd`. The program itself is `capyknock-ebpf`;
+//! `build.rs` compiles it into [`OBJECT`].
+//!
+//! [`XdpFilter`] is the loaded program with its maps (also used directly by the
+//! `BPF_PROG_TEST_RUN` tests); [`XdpCapture`] is the attached program plus the ring buffer
+//! reader, the `xdp` mode of [`super::Capture`]. Dropping either detaches from every interface.
+
+use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use capyknock_common::{counters::Counter, maps};
+use capyknock_common::{
+    counters::Counter,
+    maps::{self, Config, FAMILY_V4, KnockEvent, TagKey, UserId},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    Candidate, CaptureConfig, PrefilterCounters, XdpAttachMode,
+    ifaces::{self, IfaceError},
+};
 
 /// The compiled XDP object, embedded in the binary.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capyknock-xdp"));
 
+/// Oldest kernel the program runs on: `bpf_xdp_load_bytes` arrived in Linux 5.18 (ring buffers
+/// in 5.8, bounded loops in 5.3).
+pub const MIN_KERNEL: (u32, u32) = (5, 18);
+
 /// Why the XDP program could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    #[error("cannot load the XDP object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")]
+    /// Not allowed to create BPF maps or load programs.
+    #[error(
+        "no permission to load BPF programs: run as root, or grant CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON"
+    )]
+    NoPermission(#[source] aya::EbpfError),
+    /// The running kernel lacks what the program needs.
+    #[error(
+        "kernel {release} is too old for the XDP pre-filter (needs Linux {}.{} or newer)",
+        MIN_KERNEL.0,
+        MIN_KERNEL.1
+    )]
+    KernelTooOld {
+        /// `uname -r`.
+        release: String,
+    },
+    /// Loading failed for another reason.
+    #[error("cannot load the XDP object into the kernel")]
     Load(#[source] aya::EbpfError),
+    /// The object lacks a map or program this binary expects.
     #[error("the XDP object has no {0:?}: binary and eBPF program are out of step")]
     Missing(&'static str),
+    /// The verifier or the kernel refused the program.
     #[error("XDP program rejected by the kernel")]
     Program(#[source] ProgramError),
-    #[error("cannot attach XDP to interface {iface:?}")]
+    /// An interface problem.
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    /// Attaching failed.
+    #[error("cannot attach XDP to interface {iface:?} in {mode} mode")]
     Attach {
+        /// The interface.
         iface: String,
+        /// The mode tried last.
+        mode: XdpAttachMode,
+        /// What the kernel said.
         #[source]
         source: ProgramError,
     },
-    #[error("invalid interface name {0:?}")]
-    BadInterface(String),
+    /// A map access failed.
     #[error("BPF map {name} access failed")]
     Map {
+        /// The map.
         name: &'static str,
+        /// What the kernel said.
         #[source]
         source: MapError,
     },
-}
-
-/// Frame counts per verdict, summed over CPUs, indexed like [`Counter::ALL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counters(pub [u64; Counter::COUNT as usize]);
-
-impl Counters {
-    /// The count for one verdict.
-    #[must_use]
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.0.get(counter.index() as usize).copied().unwrap_or(0)
-    }
+    /// Too many users for the kernel map.
+    #[error(
+        "{count} users configured, the XDP pre-filter holds at most {}",
+        maps::USERS_MAX
+    )]
+    TooManyUsers {
+        /// How many were given.
+        count: usize,
+    },
+    /// Too many knock ports for the kernel map.
+    #[error(
+        "{count} knock ports configured, the XDP pre-filter holds at most {}",
+        maps::KNOCK_PORTS_MAX
+    )]
+    TooManyPorts {
+        /// How many were given.
+        count: usize,
+    },
+    /// The ring buffer could not be registered with tokio.
+    #[error("cannot watch the XDP ring buffer")]
+    Watch(#[source] io::Error),
 }
 
 /// The loaded (and verified) XDP program with its maps.
 #[derive(Debug)]
 pub struct XdpFilter {
     ebpf: Ebpf,
+    links: Vec<(String, XdpLinkId, XdpAttachMode)>,
 }
 
 impl XdpFilter {
-    /// Loads the program into the kernel and sets the knock ports.
+    /// Loads the program into the kernel and sets the knock ports. Rate limits start unlimited
+    /// and the users map empty.
     pub fn load(knock_ports: &[u16]) -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(XdpError::Load)?;
+        check_kernel()?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load_error)?;
         program_mut(&mut ebpf)?.load().map_err(XdpError::Program)?;
-        let mut filter = Self { ebpf };
+        let mut filter = Self {
+            ebpf,
+            links: Vec::new(),
+        };
         filter.set_knock_ports(knock_ports)?;
         Ok(filter)
     }
 
     /// Replaces the set of knock ports.
     pub fn set_knock_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
-        let map_err = |source| XdpError::Map {
-            name: maps::KNOCK_PORTS,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut(maps::KNOCK_PORTS)
-            .ok_or(XdpError::Missing(maps::KNOCK_PORTS))?;
-        let mut map: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(map_err)?;
+        if ports.len() > maps::KNOCK_PORTS_MAX as usize {
+            return Err(XdpError::TooManyPorts { count: ports.len() });
+        }
+        let map_err = map_err(maps::KNOCK_PORTS);
+        let mut map: HashMap<_, u16, u8> =
+            HashMap::try_from(self.map_mut(maps::KNOCK_PORTS)?).map_err(map_err)?;
         let stale: Vec<u16> = map.keys().filter_map(Result::ok).collect();
         for port in stale.iter().filter(|p| !ports.contains(p)) {
             map.remove(port).map_err(map_err)?;
@@ -85,31 +145,108 @@ impl XdpFilter {
         Ok(())
     }
 
-    /// Attaches to `iface`. With `mode` `None`, tries native (driver) mode first and falls back to
-    /// generic SKB mode, logging the fallback.
-    pub fn attach(&mut self, iface: &str, mode: Option<XdpMode>) -> Result<XdpLinkId, XdpError> {
-        if iface.is_empty() || iface.len() > 15 || iface.contains(['\0', '/']) {
-            return Err(XdpError::BadInterface(iface.to_owned()));
+    /// Replaces the known users: user id -> tag key.
+    pub fn set_users(&mut self, users: &[(UserId, TagKey)]) -> Result<(), XdpError> {
+        if users.len() > maps::USERS_MAX as usize {
+            return Err(XdpError::TooManyUsers { count: users.len() });
         }
+        let map_err = map_err(maps::USERS);
+        let mut map: HashMap<_, UserId, TagKey> =
+            HashMap::try_from(self.map_mut(maps::USERS)?).map_err(map_err)?;
+        let stale: Vec<UserId> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !users.iter().any(|(u, _)| u == id))
+            .collect();
+        for id in &stale {
+            map.remove(id).map_err(map_err)?;
+        }
+        for (id, key) in users {
+            map.insert(id, key, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the current TOTP time step.
+    pub fn set_time_step(&mut self, step: u64) -> Result<(), XdpError> {
+        let map_err = map_err(maps::TIME_STEP);
+        let mut array: Array<_, u64> =
+            Array::try_from(self.map_mut(maps::TIME_STEP)?).map_err(map_err)?;
+        array.set(0, step, 0).map_err(map_err)
+    }
+
+    /// Sets the rate limits.
+    pub fn set_config(&mut self, config: &Config) -> Result<(), XdpError> {
+        let map_err = map_err(maps::CONFIG);
+        let mut array: Array<_, Config> =
+            Array::try_from(self.map_mut(maps::CONFIG)?).map_err(map_err)?;
+        array.set(0, config, 0).map_err(map_err)
+    }
+
+    /// Attaches to `iface`. With `mode` `None`, tries native (driver) mode first and falls back to
+    /// generic SKB mode, logging the fallback. Returns the mode used.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: Option<XdpAttachMode>,
+    ) -> Result<XdpAttachMode, XdpError> {
+        let ifindex = ifaces::index(iface)?;
         let program = program_mut(&mut self.ebpf)?;
-        let attach_err = |source| XdpError::Attach {
-            iface: iface.to_owned(),
-            source,
+        let attach_err = |mode| {
+            move |source| XdpError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            }
         };
-        match mode {
-            Some(mode) => program.attach(iface, mode).map_err(attach_err),
-            None => match program.attach(iface, XdpMode::Driver) {
-                Ok(link) => Ok(link),
+        let (link, used) = match mode {
+            Some(mode) => (
+                program
+                    .attach_to_if_index(ifindex, aya_mode(mode))
+                    .map_err(attach_err(mode))?,
+                mode,
+            ),
+            None => match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(link) => (link, XdpAttachMode::Native),
                 Err(err) => {
-                    tracing::warn!(iface, error = %err, "native XDP unavailable, using SKB mode");
-                    program.attach(iface, XdpMode::Skb).map_err(attach_err)
+                    tracing::warn!(
+                        iface,
+                        error = %err,
+                        "native XDP unavailable on this interface, using SKB mode"
+                    );
+                    let link = program
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(attach_err(XdpAttachMode::Skb))?;
+                    (link, XdpAttachMode::Skb)
                 }
             },
+        };
+        tracing::info!(iface, ifindex, mode = %used, "XDP pre-filter attached");
+        self.links.push((iface.to_owned(), link, used));
+        Ok(used)
+    }
+
+    /// The interfaces attached to, with their modes.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, XdpAttachMode)> {
+        self.links.iter().map(|(i, _, m)| (i.as_str(), *m))
+    }
+
+    /// Detaches from every interface (dropping the filter does the same).
+    pub fn detach_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let Ok(program) = program_mut(&mut self.ebpf) else {
+            return;
+        };
+        for (iface, link, _) in links {
+            match program.detach(link) {
+                Ok(()) => tracing::info!(iface, "XDP pre-filter detached"),
+                Err(err) => tracing::warn!(iface, error = %err, "XDP detach failed"),
+            }
         }
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns its XDP action.
-    /// No interface needed; counters are updated as for a real frame.
+    /// No interface needed; maps, counters and the ring buffer are updated as for a real frame.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
         let program = program_mut(&mut self.ebpf)?;
         let opts = TestRunOptions {
@@ -123,23 +260,129 @@ impl XdpFilter {
     }
 
     /// Current verdict counters, summed over all CPUs.
-    pub fn counters(&self) -> Result<Counters, XdpError> {
-        let map_err = |source| XdpError::Map {
-            name: maps::COUNTERS,
-            source,
-        };
+    pub fn counters(&self) -> Result<PrefilterCounters, XdpError> {
+        let map_err = map_err(maps::COUNTERS);
         let map = self
             .ebpf
             .map(maps::COUNTERS)
             .ok_or(XdpError::Missing(maps::COUNTERS))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
-        let mut out = Counters::default();
+        let mut out = PrefilterCounters::default();
         for (counter, slot) in Counter::ALL.iter().zip(out.0.iter_mut()) {
             let per_cpu = array.get(&counter.index(), 0).map_err(map_err)?;
-            *slot = per_cpu.iter().sum();
+            *slot = per_cpu.iter().fold(0, |a, b| a.saturating_add(*b));
         }
         Ok(out)
     }
+
+    /// Takes the ring buffer out of the program's maps, for a reader. Can be done once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, XdpError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(XdpError::Missing(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, XdpError> {
+        self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// Turns one ring-buffer record into a candidate; `None` for a record of the wrong shape.
+#[must_use]
+pub fn parse_event(record: &[u8]) -> Option<Candidate> {
+    let event = KnockEvent::from_bytes(record)?;
+    let v6 = std::net::Ipv6Addr::from(event.src_addr);
+    let ip = if event.family == FAMILY_V4 {
+        std::net::IpAddr::V4(v6.to_ipv4_mapped()?)
+    } else {
+        std::net::IpAddr::V6(v6)
+    };
+    Some(Candidate {
+        src: SocketAddr::new(ip, event.src_port),
+        ifindex: Some(event.ifindex),
+        bytes: event.bytes,
+    })
+}
+
+/// The `xdp` capture mode: the attached program and its ring buffer, watched by tokio.
+pub struct XdpCapture {
+    filter: XdpFilter,
+    events: AsyncFd<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for XdpCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpCapture")
+            .field("filter", &self.filter)
+            .field("events_fd", &self.events.as_raw_fd())
+            .finish()
+    }
+}
+
+impl XdpCapture {
+    /// Loads the program, configures it and attaches it to the configured interfaces (every
+    /// interface that is up, except loopback, if none). Must run inside a tokio runtime.
+    pub fn open(config: &CaptureConfig) -> Result<Self, XdpError> {
+        let ifaces = ifaces::resolve(&config.ifaces)?;
+        let mut filter = XdpFilter::load(&config.knock_ports)?;
+        filter.set_config(&config.prefilter_config())?;
+        for (iface, _) in &ifaces {
+            // An error here drops `filter`, detaching from the interfaces done so far.
+            filter.attach(iface, config.xdp_mode)?;
+        }
+        let ring = filter.take_events()?;
+        let fd = ring.as_raw_fd();
+        // SAFETY: the ring buffer owns its map fd; it stays open and the same for as long as
+        // the `AsyncFd` owns the `RingBuf`.
+        let events = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| XdpError::Watch(e.into_parts().1))?;
+        tracing::debug!(fd, "watching the XDP ring buffer");
+        Ok(Self { filter, events })
+    }
+
+    /// The next candidate from the ring buffer. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Candidate, XdpError> {
+        loop {
+            let mut guard = self.events.readable_mut().await.map_err(XdpError::Watch)?;
+            while let Some(record) = guard.get_inner_mut().next() {
+                if let Some(candidate) = parse_event(&record) {
+                    return Ok(candidate);
+                }
+                tracing::warn!(len = record.len(), "malformed XDP ring buffer record");
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// The loaded program.
+    #[must_use]
+    pub fn filter(&self) -> &XdpFilter {
+        &self.filter
+    }
+
+    /// The loaded program, for map updates.
+    pub fn filter_mut(&mut self) -> &mut XdpFilter {
+        &mut self.filter
+    }
+}
+
+fn aya_mode(mode: XdpAttachMode) -> XdpMode {
+    match mode {
+        XdpAttachMode::Native => XdpMode::Driver,
+        XdpAttachMode::Skb => XdpMode::Skb,
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError + Copy {
+    move |source| XdpError::Map { name, source }
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
@@ -147,4 +390,89 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
         .ok_or(XdpError::Missing(maps::XDP_PROGRAM))?
         .try_into()
         .map_err(XdpError::Program)
+}
+
+/// Refuses kernels older than [`MIN_KERNEL`] with a clear message, before the verifier gives an
+/// obscure one.
+fn check_kernel() -> Result<(), XdpError> {
+    let release = kernel_release();
+    match parse_release(&release) {
+        Some(version) if version < MIN_KERNEL => Err(XdpError::KernelTooOld { release }),
+        _ => Ok(()),
+    }
+}
+
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain old data; uname fills it and cannot fail with a valid pointer.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    if unsafe { libc::uname(&raw mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates `release`, which lives as long as `uts`.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `"6.18.44-foo"` -> `(6, 18)`.
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Names the common load failures: no permission (EPERM/EACCES anywhere in the chain) or a
+/// kernel that does not know a map type or helper (EINVAL while creating maps).
+fn classify_load_error(err: aya::EbpfError) -> XdpError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return XdpError::NoPermission(err);
+        }
+        source = e.source();
+    }
+    XdpError::Load(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release_parses() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0"), Some((5, 4)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(parse_release("5.4.0").unwrap() < MIN_KERNEL);
+        assert!(parse_release("5.18.0").unwrap() >= MIN_KERNEL);
+        assert!(parse_release("6.1").unwrap() >= MIN_KERNEL);
+    }
+
+    #[test]
+    fn events_become_candidates() {
+        let mut raw = vec![0u8; KnockEvent::SIZE];
+        raw[..16].copy_from_slice(
+            &std::net::Ipv4Addr::new(192, 0, 2, 7)
+                .to_ipv6_mapped()
+                .octets(),
+        );
+        raw[16..20].copy_from_slice(&3u32.to_ne_bytes());
+        raw[20..22].copy_from_slice(&40000u16.to_ne_bytes());
+        raw[22] = FAMILY_V4;
+        let c = parse_event(&raw).unwrap();
+        assert_eq!(c.src, "192.0.2.7:40000".parse().unwrap());
+        assert_eq!(c.ifindex, Some(3));
+        raw[22] = maps::FAMILY_V6;
+        let c = parse_event(&raw).unwrap();
+        assert_eq!(c.src, "[::ffff:192.0.2.7]:40000".parse().unwrap());
+        // An IPv4 event whose address is not IPv4-mapped is refused.
+        raw[22] = FAMILY_V4;
+        raw[0] = 0x20;
+        assert!(parse_event(&raw).is_none());
+        assert!(parse_event(&raw[1..]).is_none());
+    }
 }

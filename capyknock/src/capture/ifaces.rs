@@ -1,0 +1,129 @@
+//! Network interfaces for the xdp and pcap modes: checking names, finding indexes, and choosing
+//! the default set (every interface that is up, except loopback) when none is configured.
+//!
+//! Everything here asks the kernel through the calling thread's network namespace (netlink via
+//! `getifaddrs`, `if_nametoindex`), never `/sys`, which shows the namespace it was mounted in.
+
+use std::ffi::{CStr, CString};
+
+/// Why an interface cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    /// Not a possible interface name.
+    #[error("invalid interface name {0:?} (1-15 characters, no '/', no NUL)")]
+    BadName(String),
+    /// No interface of that name in this network namespace.
+    #[error("interface {0:?} does not exist")]
+    Missing(String),
+    /// No interface to default to.
+    #[error("no network interface is up (besides loopback); name one with --iface")]
+    NoneUp,
+    /// Listing interfaces failed.
+    #[error("cannot list network interfaces")]
+    List(#[source] std::io::Error),
+}
+
+/// Checks that `name` could be an interface name (`IFNAMSIZ` - 1 bytes, no `/` or NUL).
+pub fn check_name(name: &str) -> Result<(), IfaceError> {
+    if name.is_empty() || name.len() > 15 || name.contains(['\0', '/']) || name.contains(' ') {
+        return Err(IfaceError::BadName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The index of interface `name`.
+pub fn index(name: &str) -> Result<u32, IfaceError> {
+    check_name(name)?;
+    let c_name = CString::new(name).map_err(|_| IfaceError::BadName(name.to_owned()))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(IfaceError::Missing(name.to_owned()));
+    }
+    Ok(index)
+}
+
+/// `configured` if not empty (each checked to exist), else every interface that is up and not
+/// loopback, sorted by name.
+pub fn resolve(configured: &[String]) -> Result<Vec<(String, u32)>, IfaceError> {
+    if !configured.is_empty() {
+        return configured
+            .iter()
+            .map(|name| index(name).map(|i| (name.clone(), i)))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for name in up_non_loopback()? {
+        if let Ok(i) = index(&name) {
+            out.push((name, i));
+        }
+    }
+    if out.is_empty() {
+        return Err(IfaceError::NoneUp);
+    }
+    Ok(out)
+}
+
+/// Names of the interfaces that are up and not loopback.
+fn up_non_loopback() -> Result<Vec<String>, IfaceError> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head` on success; freed below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(IfaceError::List(std::io::Error::last_os_error()));
+    }
+    let mut names = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        let flags = ifa.ifa_flags;
+        let up = flags & libc::IFF_UP as u32 != 0;
+        let loopback = flags & libc::IFF_LOOPBACK as u32 != 0;
+        if up && !loopback && !ifa.ifa_name.is_null() {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+            if let Ok(name) = name.to_str()
+                && !names.iter().any(|n: &String| n == name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a/b", "x\0", "sixteen-chars-xx", "with space"] {
+            assert!(
+                matches!(check_name(bad), Err(IfaceError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_name("eth0").is_ok());
+    }
+
+    #[test]
+    fn loopback_exists_and_missing_is_reported() {
+        assert!(index("lo").unwrap() > 0);
+        let err = index("ck-no-such0").unwrap_err();
+        assert!(matches!(err, IfaceError::Missing(_)));
+        assert!(err.to_string().contains("ck-no-such0"));
+        assert!(resolve(&["ck-no-such0".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn default_set_never_has_loopback() {
+        if let Ok(list) = resolve(&[]) {
+            assert!(list.iter().all(|(n, _)| n != "lo"));
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! UDP socket capture: a plain socket bound to each knock port (dual-stack where the OS allows),
+//! with the userspace pre-filter. Works on every OS and needs no capture privileges, but the knock
+//! port is a real open socket: a scanner gets no ICMP "port unreachable" from it, which is the
+//! same silence as a filtered port, yet it is the weakest mode (every datagram wakes userspace).
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+
+use super::{
+    Candidate, CaptureConfig,
+    userspace::{SharedPrefilter, UserPrefilter},
+};
+
+/// Candidates queued between the socket tasks and [`UdpCapture::next`].
+pub const QUEUE_LEN: usize = 1024;
+
+/// Why the UDP socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    /// Binding failed (port in use, or no permission for a low port).
+    #[error("cannot bind a UDP socket to knock port {port}")]
+    Bind {
+        /// The knock port.
+        port: u16,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Receives knocks on UDP sockets.
+#[derive(Debug)]
+pub struct UdpCapture {
+    rx: mpsc::Receiver<Candidate>,
+    prefilter: SharedPrefilter,
+    tasks: Vec<JoinHandle<()>>,
+    local: Vec<SocketAddr>,
+}
+
+impl UdpCapture {
+    /// Binds every knock port and starts receiving. Must run inside a tokio runtime.
+    pub fn open(config: &CaptureConfig) -> Result<Self, UdpError> {
+        let prefilter = SharedPrefilter::new(UserPrefilter::new(
+            &config.knock_ports,
+            config.prefilter_config(),
+        ));
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        let mut sockets = Vec::new();
+        for &port in &config.knock_ports {
+            let socket = bind(port).map_err(|source| UdpError::Bind { port, source })?;
+            sockets.push(socket);
+        }
+        let mut local = Vec::new();
+        let mut tasks = Vec::new();
+        for socket in sockets {
+            if let Ok(addr) = socket.local_addr() {
+                local.push(addr);
+            }
+            tasks.push(tokio::spawn(receive(socket, prefilter.clone(), tx.clone())));
+        }
+        tracing::info!(sockets = ?local, "udp capture listening");
+        Ok(Self {
+            rx,
+            prefilter,
+            tasks,
+            local,
+        })
+    }
+
+    /// The next candidate; `None` once every socket task ended.
+    pub async fn next(&mut self) -> Option<Candidate> {
+        self.rx.recv().await
+    }
+
+    /// The shared pre-filter state.
+    pub fn prefilter(&self) -> std::sync::MutexGuard<'_, UserPrefilter> {
+        self.prefilter.lock()
+    }
+
+    /// The addresses the sockets are bound to.
+    #[must_use]
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+}
+
+impl Drop for UdpCapture {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A dual-stack socket on `[::]:port`, or IPv4 only where the host has no IPv6.
+fn bind(port: u16) -> io::Result<UdpSocket> {
+    let socket = match dual_stack(port) {
+        Ok(s) => s,
+        Err(v6_err) => {
+            tracing::debug!(port, error = %v6_err, "no IPv6 socket, binding IPv4 only");
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+            s
+        }
+    };
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn dual_stack(port: u16) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(false)?;
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(s)
+}
+
+async fn receive(socket: UdpSocket, prefilter: SharedPrefilter, tx: mpsc::Sender<Candidate>) {
+    // One byte more than a knock, so a longer datagram shows as too long, not as a knock.
+    let mut buf = [0u8; KNOCK_LEN + 1];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let payload = buf.get(..n).unwrap_or_default();
+                let mut p = prefilter.lock();
+                let now = p.now_ns();
+                p.check_datagram(payload, from, now, &mut |c| tx.try_send(c).is_ok());
+            }
+            // Windows reports a datagram longer than the buffer as an error (WSAEMSGSIZE).
+            Err(err) if is_message_too_long(&err) => prefilter.lock().count(Counter::WrongSize),
+            Err(err) => {
+                // ICMP errors for earlier sends and the like: not fatal for a receive-only
+                // socket. Yield so a persistent error cannot spin.
+                tracing::debug!(error = %err, "udp capture receive error");
+                tokio::task::yield_now().await;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+fn is_message_too_long(err: &io::Error) -> bool {
+    #[cfg(windows)]
+    {
+        // WSAEMSGSIZE
+        err.raw_os_error() == Some(10040)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = err;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capyknock_common::wire::{HEADER_LEN, Header, NONCE_LEN};
+
+    use super::*;
+    use crate::capture::{Capture, CaptureMode};
+
+    #[tokio::test]
+    async fn knocks_on_loopback_are_delivered_and_junk_counted() {
+        // An unused port from the OS, then our socket on it.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = CaptureConfig {
+            mode: CaptureMode::Udp,
+            knock_ports: vec![port],
+            ..CaptureConfig::default()
+        };
+        let mut capture = Capture::open(&config).unwrap();
+        capture.set_users(&[([1; 16], [2; 16])]).unwrap();
+        capture.set_time_step(7).unwrap();
+
+        let mut knock = [0u8; KNOCK_LEN];
+        knock[..HEADER_LEN]
+            .copy_from_slice(&Header::sealed(&[2; 16], [1; 16], 7, [9; NONCE_LEN]).to_bytes());
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"junk", ("127.0.0.1", port)).unwrap();
+        client
+            .send_to(&[0u8; KNOCK_LEN + 100], ("127.0.0.1", port))
+            .unwrap();
+        client.send_to(&knock, ("127.0.0.1", port)).unwrap();
+        client.send_to(&knock, ("127.0.0.1", port)).unwrap();
+
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), capture.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.src, client.local_addr().unwrap());
+        assert_eq!(got.bytes, knock);
+        // Wait for the duplicate to be judged too.
+        for _ in 0..100 {
+            if capture.counters().unwrap().get(Counter::Duplicate) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let c = capture.counters().unwrap();
+        assert_eq!(c.get(Counter::WrongSize), 2, "{c}");
+        assert_eq!(c.get(Counter::Delivered), 1, "{c}");
+        assert_eq!(c.get(Counter::Duplicate), 1, "{c}");
+        assert_eq!(capture.mode(), crate::capture::ActiveMode::Udp);
+    }
+
+    #[tokio::test]
+    async fn port_in_use_is_a_clear_error() {
+        let taken = std::net::UdpSocket::bind("[::]:0")
+            .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+            .unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let config = CaptureConfig {
+            mode: CaptureMode::Udp,
+            knock_ports: vec![port],
+            ..CaptureConfig::default()
+        };
+        let err = UdpCapture::open(&config).unwrap_err();
+        assert!(err.to_string().contains(&port.to_string()), "{err}");
+    }
+}

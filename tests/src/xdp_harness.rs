@@ -1,0 +1,169 @@
+//! Runs frames through the XDP program (`BPF_PROG_TEST_RUN`, no interface needed) and through
+//! the userspace pre-filter side by side, so tests can demand that both give the same verdict
+//! and deliver the same bytes.
+
+use aya::maps::{MapData, RingBuf};
+use capyknock::capture::{
+    Candidate,
+    userspace::UserPrefilter,
+    xdp::{XdpFilter, parse_event},
+};
+use capyknock_common::{counters::Counter, maps::Config};
+
+use crate::frames::KNOCK_PORT;
+
+/// The user every harness knows.
+pub const USER: [u8; 16] = *b"user-id-0123456\x01";
+/// That user's tag key.
+pub const KEY: [u8; 16] = *b"tag-key-abcdefg\x02";
+/// The current time step of every harness.
+pub const STEP: u64 = 59_000_123;
+
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+
+/// What one side made of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: Counter,
+    /// The candidate handed on, if any.
+    pub candidate: Option<Candidate>,
+}
+
+/// The kernel program and the userspace pre-filter, configured alike.
+pub struct Harness {
+    /// The loaded XDP program.
+    pub filter: XdpFilter,
+    events: RingBuf<MapData>,
+    /// The userspace pre-filter.
+    pub user: UserPrefilter,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("filter", &self.filter)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// Loads the program with knock port [`KNOCK_PORT`], user [`USER`] / [`KEY`], time step
+    /// [`STEP`] and the given rate limits. Needs root.
+    #[must_use]
+    pub fn new(config: Config) -> Self {
+        crate::require_root();
+        let mut filter = XdpFilter::load(&[KNOCK_PORT]).expect("load the XDP program");
+        filter.set_users(&[(USER, KEY)]).unwrap();
+        filter.set_time_step(STEP).unwrap();
+        filter.set_config(&config).unwrap();
+        let events = filter.take_events().unwrap();
+        let mut user = UserPrefilter::new(&[KNOCK_PORT], config);
+        user.set_users(&[(USER, KEY)]);
+        user.set_time_step(STEP);
+        Self {
+            filter,
+            events,
+            user,
+        }
+    }
+
+    /// Sets the time step on both sides.
+    pub fn set_time_step(&mut self, step: u64) {
+        self.filter.set_time_step(step).unwrap();
+        self.user.set_time_step(step);
+    }
+
+    /// Runs `frame` through the kernel program: its verdict (the one counter that went up by
+    /// one; all others must stay), the candidate it put in the ring buffer, and its action,
+    /// which must be `XDP_PASS` exactly for `not_knock`.
+    pub fn kernel(&mut self, frame: &[u8]) -> Outcome {
+        let before = self.filter.counters().unwrap();
+        let action = self.filter.test_run(frame).unwrap();
+        let delta = self.filter.counters().unwrap().since(&before);
+        let changed: Vec<Counter> = Counter::ALL
+            .into_iter()
+            .filter(|c| delta.get(*c) != 0)
+            .collect();
+        assert!(
+            changed.len() == 1 && delta.get(changed[0]) == 1,
+            "counters changed by {delta} for {frame:02x?}"
+        );
+        let verdict = changed[0];
+        let want = if verdict.passes() { XDP_PASS } else { XDP_DROP };
+        assert_eq!(action, want, "XDP action for verdict {}", verdict.name());
+        let candidate = self.events.next().map(|record| {
+            parse_event(&record).unwrap_or_else(|| panic!("bad ring record {:?}", &*record))
+        });
+        assert!(
+            self.events.next().is_none(),
+            "more than one ring record for one frame"
+        );
+        Outcome { verdict, candidate }
+    }
+
+    /// Reads and discards every record in the ring buffer; returns how many there were.
+    pub fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while self.events.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs `frame` through the userspace pre-filter.
+    pub fn user(&mut self, frame: &[u8]) -> Outcome {
+        let mut candidate = None;
+        let now = self.user.now_ns();
+        let verdict = self.user.check_frame(frame, None, now, &mut |c| {
+            candidate = Some(c);
+            true
+        });
+        Outcome { verdict, candidate }
+    }
+
+    /// Runs `frame` through both sides; they must agree (verdict, source, bytes). Returns the
+    /// kernel's outcome.
+    pub fn both(&mut self, frame: &[u8]) -> Outcome {
+        let kernel = self.kernel(frame);
+        let user = self.user(frame);
+        assert_eq!(
+            kernel.verdict,
+            user.verdict,
+            "kernel said {}, userspace {} for {frame:02x?}",
+            kernel.verdict.name(),
+            user.verdict.name()
+        );
+        match (&kernel.candidate, &user.candidate) {
+            (Some(k), Some(u)) => {
+                assert_eq!(k.src, u.src, "candidate source");
+                assert_eq!(k.bytes, u.bytes, "candidate bytes");
+            }
+            (None, None) => {}
+            (k, u) => panic!("kernel candidate {k:?}, userspace {u:?}"),
+        }
+        assert_eq!(
+            kernel.candidate.is_some(),
+            kernel.verdict == Counter::Delivered,
+            "a candidate exactly when delivered"
+        );
+        kernel
+    }
+
+    /// [`Self::both`], and the verdict must be `expected`.
+    pub fn check(&mut self, frame: &[u8], expected: Counter) -> Outcome {
+        let outcome = self.both(frame);
+        assert_eq!(
+            outcome.verdict,
+            expected,
+            "expected {}, got {} for {frame:02x?}",
+            expected.name(),
+            outcome.verdict.name()
+        );
+        outcome
+    }
+}
