@@ -2,6 +2,12 @@
 //!
 //! Every builder makes a well-formed frame (lengths agreeing); tests break one thing at a time
 //! with the offset helpers ([`udp_offset`]) or by wrapping ([`vlan`]).
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers: a builder misused by a test fails that test with a message"
+)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -70,7 +76,7 @@ pub fn ipv4_udp_full(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(options % 4 == 0 && options <= 40);
+    assert!(options.is_multiple_of(4) && options <= 40);
     let mut f = ethernet(0x0800);
     let ihl = 5 + options / 4;
     let total = 4 * ihl + 8 + payload.len();
@@ -88,7 +94,7 @@ pub fn ipv4_udp_full(
     f
 }
 
-/// An IPv6/UDP frame from 2001:db8::7 port 40000 to `dport`.
+/// An IPv6/UDP frame from `2001:db8::7` port 40000 to `dport`.
 #[must_use]
 pub fn ipv6_udp(dport: u16, payload: &[u8]) -> Vec<u8> {
     ipv6_udp_full(SRC_V6, SRC_PORT, &[], dport, payload)

@@ -1,6 +1,13 @@
 //! Runs frames through the XDP program (`BPF_PROG_TEST_RUN`, no interface needed) and through
 //! the userspace pre-filter side by side, so tests can demand that both give the same verdict
 //! and deliver the same bytes.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers: a disagreement or a failed BPF call fails the calling test"
+)]
 
 use aya::maps::{MapData, RingBuf};
 use capyknock::capture::{

@@ -1,7 +1,6 @@
 //! The XDP program's verdicts on crafted frames through `BPF_PROG_TEST_RUN` (no interface
 //! needed), every one compared with the userspace pre-filter on the same bytes: both must give
 //! the same verdict and hand on the same knock. Needs root (loads BPF).
-#![expect(clippy::unwrap_used, reason = "test code")]
 
 use capyknock_common::{
     counters::Counter,
