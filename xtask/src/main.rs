@@ -4,6 +4,7 @@
 //! One module per subcommand, each with an options struct and a function.
 
 mod cmd;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -27,8 +28,9 @@ enum Task {
     Test(test::Options),
     /// Build release and run `capyknock server ARGS` as root.
     Run(run::Options),
-    /// The whole story in throwaway network namespaces (not built yet: see README).
-    Demo,
+    /// The whole story in throwaway network namespaces (root): keygen, knock, replay, ban,
+    /// status.
+    Demo(demo::Options),
 }
 
 fn main() -> ExitCode {
@@ -37,9 +39,7 @@ fn main() -> ExitCode {
         Task::Setup(opts) => setup::setup(&opts),
         Task::Test(opts) => test::test(&opts),
         Task::Run(opts) => run::run(&opts),
-        Task::Demo => Err(anyhow::anyhow!(
-            "the demo is not built yet (it lands with the client issue); README says what works today"
-        )),
+        Task::Demo(opts) => demo::demo(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
