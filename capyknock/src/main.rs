@@ -19,6 +19,18 @@ enum Command {
     Keygen(capyknock::keygen::KeygenArgs),
     /// Knock: open your ports on a server, checking before and after (ssh: --proxy).
     Knock(capyknock::client::KnockArgs),
+    /// Run the daemon in the foreground (logs to stderr; systemd: contrib/systemd).
+    Server(capyknock::server::cli::ServerArgs),
+    /// Check a server configuration without starting anything.
+    CheckConfig(capyknock::server::cli::CheckConfigArgs),
+    /// Ban an address: its grants are revoked and its knocks refused (fail2ban's action).
+    Ban(capyknock::server::cli::BanArgs),
+    /// Lift a ban.
+    Unban(capyknock::server::cli::UnbanArgs),
+    /// Show the daemon's state: capture, firewall, counters, grants, bans.
+    Status(capyknock::server::cli::StatusArgs),
+    /// Make the daemon re-read its configuration (like SIGHUP, but reports the result).
+    Reload(capyknock::server::cli::ReloadArgs),
     /// Print the XDP program's verdict counters after running it on a crafted frame (diagnostic;
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
@@ -26,13 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    capyknock::server::logging::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,6 +57,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Knock(args) => capyknock::client::knock(&args)
             .map(drop)
             .map_err(Into::into),
+        Command::Server(args) => Ok(capyknock::server::cli::server(&args)?),
+        Command::CheckConfig(args) => Ok(capyknock::server::cli::check_config(&args)?),
+        Command::Ban(args) => Ok(capyknock::server::cli::ban(&args)?),
+        Command::Unban(args) => Ok(capyknock::server::cli::unban(&args)?),
+        Command::Status(args) => Ok(capyknock::server::cli::status(&args)?),
+        Command::Reload(args) => Ok(capyknock::server::cli::reload(&args)?),
         #[cfg(target_os = "linux")]
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;

@@ -1,8 +1,19 @@
 //! The daemon: configuration, state directory, control socket, and the wiring of capture ->
 //! protocol -> firewall.
+//!
+//! [`config`] reads and validates the file; [`daemon`] runs the core task (capture -> verify ->
+//! worker) with signals and reload ([`reload`]); [`worker`] owns the firewall and the state
+//! directory ([`state`]); [`control`] is the control socket and its client; [`logging`] writes
+//! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`cli`] holds
+//! the server-side subcommands.
 
+pub mod cli;
 pub mod config;
 pub mod control;
+#[cfg(target_os = "linux")]
+pub mod daemon;
 pub mod logging;
+pub mod reload;
 pub mod state;
 pub mod status;
+pub mod worker;

@@ -62,8 +62,6 @@ pub struct VerifierStatus {
     pub accepted: u64,
     /// Rejected knocks by reason (the same names as in the rejection log lines).
     pub rejected: BTreeMap<String, u64>,
-    /// Knocks refused because their source (or requested address) is banned.
-    pub banned: u64,
     /// Grants the firewall failed to apply.
     pub firewall_errors: u64,
 }
@@ -122,7 +120,6 @@ pub fn render_human(s: &Status) -> String {
     for (name, n) in &s.verifier.rejected {
         let _ = writeln!(out, "  {:<24} {n}", format!("rejected {name}"));
     }
-    let _ = writeln!(out, "  {:<24} {}", "banned", s.verifier.banned);
     if s.verifier.firewall_errors > 0 {
         let _ = writeln!(
             out,
@@ -191,7 +188,6 @@ mod tests {
             verifier: VerifierStatus {
                 accepted: 2,
                 rejected: BTreeMap::from([("replay".into(), 1)]),
-                banned: 0,
                 firewall_errors: 0,
             },
             grants: vec![GrantStatus {

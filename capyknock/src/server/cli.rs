@@ -1,0 +1,323 @@
+//! The server-side subcommands: `server`, `check-config`, `ban`, `unban`, `status [--json]`,
+//! `reload`. Their arguments (clap) and entry points, so `main.rs` stays a thin dispatcher.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use super::{
+    config::{self, CaptureChoice, ConfigError, DEFAULT_CONFIG_PATH},
+    control::{self, ClientError, MAX_BAN, Request},
+    status,
+};
+use crate::firewall::{ErrorChain, FirewallKind};
+
+/// `capyknock server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Configuration file.
+    #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Interface to capture on; repeat for several. Replaces the config's `interfaces`.
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// Capture mode: auto, xdp, pcap or udp. Replaces the config's `capture`.
+    #[arg(long, value_name = "MODE")]
+    pub capture: Option<CaptureChoice>,
+    /// Firewall backend: auto, nftables, windows, exec or none. Replaces `[firewall] backend`.
+    #[arg(long, value_name = "BACKEND")]
+    pub firewall: Option<FirewallKind>,
+}
+
+/// `capyknock check-config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Configuration file to check.
+    #[arg(value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    pub path: PathBuf,
+}
+
+/// Where the control socket is: `--socket`, else the config's `control_socket`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArgs {
+    /// Control socket of the daemon.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Server configuration to read `control_socket` from.
+    #[arg(long, short, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> PathBuf {
+        control::socket_path(self.socket.as_deref(), self.config.as_deref())
+    }
+}
+
+/// `capyknock ban`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BanArgs {
+    /// Address to ban (IPv4 or IPv6).
+    pub addr: IpAddr,
+    /// How long: seconds, or "10m", "1h", "7d". Leave out (or "forever", or -1) to ban until
+    /// `capyknock unban`. Longer than a year is shortened to a year.
+    #[arg(allow_negative_numbers = true)]
+    pub duration: Option<String>,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// `capyknock unban`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnbanArgs {
+    /// Address to unban.
+    pub addr: IpAddr,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// `capyknock status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print the daemon's JSON snapshot (fields documented in docs/OPERATIONS.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// `capyknock reload`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// Why a server-side command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The daemon failed.
+    #[cfg(target_os = "linux")]
+    #[error("the daemon stopped")]
+    Daemon(#[source] super::daemon::DaemonError),
+    /// The daemon could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Not available on this operating system.
+    #[error("{0} is only available on Linux for now")]
+    Unsupported(&'static str),
+}
+
+/// `capyknock server`: runs the daemon in the foreground until SIGTERM/SIGINT.
+pub fn server(args: &ServerArgs) -> Result<(), CliError> {
+    #[cfg(target_os = "linux")]
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("capyknock")
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        let opts = super::daemon::Options {
+            config: args.config.clone(),
+            ifaces: args.ifaces.clone(),
+            capture: args.capture,
+            firewall: args.firewall,
+        };
+        runtime
+            .block_on(super::daemon::run(opts))
+            .map_err(CliError::Daemon)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = args;
+        Err(CliError::Unsupported("the daemon"))
+    }
+}
+
+/// `capyknock check-config`: validates a configuration and prints what it sets up.
+pub fn check_config(args: &CheckConfigArgs) -> Result<(), CliError> {
+    let s = config::load(&args.path)?;
+    #[cfg(target_os = "linux")]
+    if let Some(group) = &s.control_group
+        && nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        return Err(CliError::Usage(format!(
+            "{}: control_group {group:?} does not exist: create it (`groupadd --system {group}`) \
+             or remove control_group",
+            args.path.display()
+        )));
+    }
+    s.users_table()
+        .map_err(|e| CliError::Usage(format!("{}: {}", args.path.display(), ErrorChain(&e))))?;
+    let ports: Vec<String> = s
+        .protected_ports()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("{}: OK", args.path.display());
+    println!("  knock ports:     udp/{:?}", s.knock_ports);
+    println!(
+        "  capture:         {} on {}",
+        s.capture.as_str(),
+        if s.interfaces.is_empty() {
+            "every interface that is up".to_owned()
+        } else {
+            s.interfaces.join(", ")
+        }
+    );
+    println!("  firewall:        {}", s.firewall.backend);
+    println!("  protected ports: {}", ports.join(", "));
+    println!("  users:           {}", s.users.len());
+    println!("  state directory: {}", s.state_dir.display());
+    println!("  control socket:  {}", s.control_socket.display());
+    Ok(())
+}
+
+/// `capyknock ban ADDR [DURATION]`.
+pub fn ban(args: &BanArgs) -> Result<(), CliError> {
+    let duration = match args.duration.as_deref() {
+        None | Some("forever" | "-1") => None,
+        Some(d) => Some(ban_duration(d)?),
+    };
+    let reply = ask(
+        &args.socket,
+        &Request::Ban {
+            addr: args.addr,
+            duration_secs: duration.map(|d| d.as_secs()),
+        },
+    )?;
+    println!("{reply}");
+    Ok(())
+}
+
+/// `capyknock unban ADDR`.
+pub fn unban(args: &UnbanArgs) -> Result<(), CliError> {
+    println!(
+        "{}",
+        ask(&args.socket, &Request::Unban { addr: args.addr })?
+    );
+    Ok(())
+}
+
+/// `capyknock reload`.
+pub fn reload(args: &ReloadArgs) -> Result<(), CliError> {
+    println!("{}", ask(&args.socket, &Request::Reload {})?);
+    Ok(())
+}
+
+/// `capyknock status [--json]`.
+pub fn status(args: &StatusArgs) -> Result<(), CliError> {
+    let response = control::request(&args.socket.path(), &Request::Status {})?;
+    let (true, Some(status)) = (response.ok, response.status) else {
+        return Err(CliError::Refused(
+            response
+                .error
+                .unwrap_or_else(|| "the daemon sent no status".into()),
+        ));
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|e| CliError::Refused(format!("cannot print the status: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", status::render_human(&status));
+    }
+    Ok(())
+}
+
+/// Sends `req`; the daemon's message on success, its error as [`CliError::Refused`].
+fn ask(socket: &SocketArgs, req: &Request) -> Result<String, CliError> {
+    let response = control::request(&socket.path(), req)?;
+    if response.ok {
+        Ok(response.message.unwrap_or_else(|| "ok".into()))
+    } else {
+        Err(CliError::Refused(
+            response.error.unwrap_or_else(|| "refused".into()),
+        ))
+    }
+}
+
+/// Parses a ban duration, shortening one longer than [`MAX_BAN`] (fail2ban's growing ban times
+/// must never make a ban fail).
+fn ban_duration(text: &str) -> Result<Duration, CliError> {
+    let long = text
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| humantime::parse_duration(text).ok())
+        .filter(|d| *d > MAX_BAN);
+    if long.is_some() {
+        eprintln!(
+            "note: bans last at most {}; shortened",
+            humantime::format_duration(MAX_BAN)
+        );
+        return Ok(MAX_BAN);
+    }
+    control::parse_ban_duration(text).map_err(CliError::Usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_durations_from_fail2ban() {
+        assert_eq!(ban_duration("600").unwrap(), Duration::from_mins(10));
+        assert_eq!(ban_duration("1h").unwrap(), Duration::from_hours(1));
+        assert_eq!(ban_duration("99999999999").unwrap(), MAX_BAN);
+        assert!(ban_duration("0").is_err());
+        assert!(ban_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        enum T {
+            Ban(BanArgs),
+            Server(ServerArgs),
+        }
+        let T::Ban(b) =
+            T::try_parse_from(["x", "ban", "192.0.2.1", "-1", "--socket", "/s"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(b.duration.as_deref(), Some("-1"));
+        assert_eq!(b.socket.path(), PathBuf::from("/s"));
+        let T::Server(s) = T::try_parse_from([
+            "x",
+            "server",
+            "--config",
+            "/c.toml",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--capture",
+            "udp",
+            "--firewall",
+            "none",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.ifaces, ["eth0", "eth1"]);
+        assert_eq!(s.capture, Some(CaptureChoice::Udp));
+        assert_eq!(s.firewall, Some(FirewallKind::None));
+        assert!(T::try_parse_from(["x", "server", "--capture", "ebpf"]).is_err());
+    }
+}

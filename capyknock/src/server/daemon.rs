@@ -1,0 +1,822 @@
+//! `capyknock server`: the daemon that wires capture -> verifier -> firewall, with the control
+//! socket, signals, reload and the state directory.
+//!
+//! Start-up: load and validate the config, bind the control socket (refusing to start when
+//! another daemon answers on it), load the state directory, start capture, open the firewall
+//! (without dropping grants that are still running), then tell systemd we are ready.
+//!
+//! One task, the core, owns the verifier, the users, the ban list and the capture. It never
+//! waits for a disk or a firewall: those belong to the [`worker`](super::worker) thread, which it
+//! feeds through a bounded channel; config files are read on the blocking pool. Control clients
+//! are served by their own tasks and reach the core through a bounded channel.
+//!
+//! Shutdown (SIGTERM, SIGINT): stop serving the control socket, stop capture (detaching XDP),
+//! save the replay state and bans, and leave the firewall as it is, so current grants run out on
+//! their own. After a kill -9 the next start finds the same state on disk and in the firewall.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use super::{
+    config::{self, CaptureChoice, ConfigError, Settings, XdpModeChoice},
+    control::{Command, ControlError, ControlServer, Request, Response},
+    logging::{self, RejectionLimiter},
+    reload,
+    state::{Bans, StateDir, StateError},
+    status::{BanStatus, CaptureStatus, FirewallStatus, Status, VerifierStatus},
+    worker::{Effect, Worker},
+};
+use crate::{
+    capture::{
+        Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig,
+        XdpAttachMode,
+    },
+    firewall::{self, ErrorChain, Firewall, FirewallKind},
+    protocol::{
+        totp::step_of,
+        users::{Users, UsersError},
+        verify::{self, RejectReason, Verdict, Verifier},
+    },
+};
+
+/// Effects queued for the worker before the core starts refusing (and logging) new ones.
+const EFFECT_QUEUE: usize = 4096;
+/// Control requests queued for the core.
+const CONTROL_QUEUE: usize = 16;
+/// How often the core's timer runs (time step, log summary).
+const TICK: Duration = Duration::from_secs(1);
+/// Every this many ticks: firewall check and repair, pruning.
+const REPAIR_TICKS: u64 = 5;
+
+/// What `capyknock server` was asked to do: the config file and the command-line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// `--iface`: replaces the config's interfaces when not empty.
+    pub ifaces: Vec<String>,
+    /// `--capture`: replaces the config's capture mode.
+    pub capture: Option<CaptureChoice>,
+    /// `--firewall`: replaces the config's firewall backend.
+    pub firewall: Option<FirewallKind>,
+}
+
+impl Options {
+    /// Applies the command-line overrides to settings read from the file.
+    fn apply(&self, mut settings: Settings) -> Settings {
+        if !self.ifaces.is_empty() {
+            settings.interfaces.clone_from(&self.ifaces);
+        }
+        if let Some(c) = self.capture {
+            settings.capture = c;
+        }
+        if let Some(f) = self.firewall {
+            settings.firewall.backend = f;
+        }
+        settings
+    }
+}
+
+/// Why the daemon could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The users' keys could not be prepared.
+    #[error("cannot prepare the users' keys")]
+    Users(#[source] UsersError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The state directory is unusable.
+    #[error("state directory")]
+    State(#[from] StateError),
+    /// Capture could not start, or stopped.
+    #[error("capture")]
+    Capture(#[from] CaptureError),
+    /// The firewall could not be set up.
+    #[error("firewall")]
+    Firewall(#[from] firewall::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// The worker thread could not start, or died.
+    #[error("the firewall/state worker thread {0}")]
+    Worker(&'static str),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Must run inside a multi-threaded tokio runtime.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let mut signals = Signals::install()?;
+    let Started {
+        mut core,
+        control_task,
+        control_rx,
+        reload_rx,
+        worker,
+    } = start(opts)?;
+    let result = core.run(&mut signals, control_rx, reload_rx).await;
+    shutdown(core, control_task, worker).await;
+    result
+}
+
+/// The signals the daemon handles.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        let make = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Self {
+            term: make(SignalKind::terminate())?,
+            int: make(SignalKind::interrupt())?,
+            hup: make(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// A started daemon, ready for its main loop.
+struct Started {
+    core: Core,
+    control_task: tokio::task::JoinHandle<()>,
+    control_rx: mpsc::Receiver<Command>,
+    reload_rx: mpsc::Receiver<(Loaded, Option<oneshot::Sender<Response>>)>,
+    worker: std::thread::JoinHandle<Firewall>,
+}
+
+/// Start-up, in the order of the module docs; any failure stops the daemon with its reason.
+fn start(opts: Options) -> Result<Started, DaemonError> {
+    let settings = opts.apply(config::load(&opts.config)?);
+    let users = settings.users_table().map_err(DaemonError::Users)?;
+    if users.is_empty() {
+        tracing::warn!(
+            config = %settings.path.display(),
+            "no users configured: every knock will be refused (add one with `capyknock keygen`)"
+        );
+    }
+    // Bind the socket first: a second daemon must stop before touching capture or firewall.
+    let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
+
+    let now = SystemTime::now();
+    let state = StateDir::open(&settings.state_dir)?;
+    let (replay, _) = state.load_replay(unix(now));
+    let (mut bans, _) = state.load_bans(unix(now));
+
+    let mut capture = Capture::open(&capture_config(&settings))?;
+    let knock_drop: &[u16] = if capture.mode() == crate::capture::ActiveMode::Udp {
+        // The socket must receive the knocks: the firewall must not drop them.
+        &[]
+    } else {
+        &settings.knock_ports
+    };
+    let protected = settings.protected_ports();
+    let mut fw = Firewall::open(
+        &settings.firewall,
+        &protected,
+        knock_drop,
+        &settings.state_dir,
+    )?;
+    reconcile_bans(&mut fw, &mut bans, now);
+    let firewall_name = fw.name();
+    set_users(&mut capture, &users)?;
+    capture.set_time_step(step_of(unix(now)))?;
+
+    let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
+    let worker = Worker::new(fw, state);
+    let worker = std::thread::Builder::new()
+        .name("capyknock-fw".into())
+        .spawn(move || worker.run(effects_rx))
+        .map_err(|_| DaemonError::Worker("could not start"))?;
+    // Save the reconciled ban list right away.
+    let _ = effects.try_send(Effect::SaveBans(Box::new(bans.clone())));
+
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let control_path = control.path().to_owned();
+    let control_task = tokio::spawn(control.serve(control_tx));
+
+    let verifier = Verifier::new(
+        verify::Settings {
+            freshness: settings.freshness,
+        },
+        replay,
+    );
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let core = Core {
+        started: Instant::now(),
+        loaded_at: unix(SystemTime::now()),
+        limiter: RejectionLimiter::new(settings.log, Instant::now()),
+        protected,
+        opts,
+        settings,
+        users,
+        verifier,
+        bans,
+        capture,
+        firewall_name,
+        effects,
+        reload_tx,
+        reloading: false,
+        accepted: 0,
+        rejected: RejectReason::ALL.iter().map(|r| (r.name(), 0)).collect(),
+        replay_dirty: false,
+        last_step: step_of(unix(now)),
+        ticks: 0,
+        fatal: None,
+    };
+    let ready = format!(
+        "knock ports {:?} ({}), firewall {}, {} users",
+        core.settings.knock_ports,
+        core.capture.mode(),
+        core.firewall_name,
+        core.users.len()
+    );
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        knock_ports = ?core.settings.knock_ports,
+        capture = %core.capture.mode(),
+        firewall = core.firewall_name,
+        users = core.users.len(),
+        control_socket = %control_path.display(),
+        "capyknock daemon ready"
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&ready),
+    ]);
+    Ok(Started {
+        core,
+        control_task,
+        control_rx,
+        reload_rx,
+        worker,
+    })
+}
+
+/// Stops serving, stops capture (detaching XDP), saves the state; leaves the firewall as it is.
+async fn shutdown(
+    core: Core,
+    control_task: tokio::task::JoinHandle<()>,
+    worker: std::thread::JoinHandle<Firewall>,
+) {
+    notify(&[sd_notify::NotifyState::Stopping]);
+    control_task.abort();
+    let _ = control_task.await;
+    let Core {
+        capture,
+        verifier,
+        bans,
+        effects,
+        ..
+    } = core;
+    capture.shutdown();
+    let _ = effects
+        .send(Effect::Shutdown {
+            replay: Box::new(verifier.replay().clone()),
+            bans: Box::new(bans),
+        })
+        .await;
+    drop(effects);
+    // The firewall comes back and is dropped as it is: grants run out by themselves.
+    if !matches!(
+        tokio::task::spawn_blocking(move || worker.join()).await,
+        Ok(Ok(_))
+    ) {
+        tracing::error!("the firewall/state worker ended abnormally");
+    }
+    tracing::info!("capyknock daemon stopped; current grants stay until they expire");
+}
+
+/// The result of loading a config on the blocking pool, for a reload.
+type Loaded = Result<(Settings, Users), String>;
+
+/// The core task's state. See the module docs.
+struct Core {
+    opts: Options,
+    settings: Settings,
+    users: Users,
+    verifier: Verifier,
+    bans: Bans,
+    capture: Capture,
+    firewall_name: &'static str,
+    protected: Vec<crate::ports::PortSpec>,
+    effects: mpsc::Sender<Effect>,
+    reload_tx: mpsc::Sender<(Loaded, Option<oneshot::Sender<Response>>)>,
+    reloading: bool,
+    limiter: RejectionLimiter,
+    started: Instant,
+    loaded_at: u64,
+    accepted: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    replay_dirty: bool,
+    last_step: u64,
+    ticks: u64,
+    fatal: Option<DaemonError>,
+}
+
+impl Core {
+    async fn run(
+        &mut self,
+        signals: &mut Signals,
+        mut control: mpsc::Receiver<Command>,
+        mut reloads: mpsc::Receiver<(Loaded, Option<oneshot::Sender<Response>>)>,
+    ) -> Result<(), DaemonError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // `biased`: signals, control and timers are served before the next candidate, so a
+            // flood of knocks cannot starve them.
+            tokio::select! {
+                biased;
+                _ = signals.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = signals.int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = signals.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.start_reload(None);
+                }
+                Some((loaded, reply)) = reloads.recv() => self.finish_reload(loaded, reply),
+                Some(cmd) = control.recv() => self.control(cmd),
+                _ = tick.tick() => self.tick(),
+                candidate = self.capture.next() => match candidate {
+                    Ok(c) => self.knock(&c),
+                    Err(err) => {
+                        tracing::error!(error = %ErrorChain(&err), "capture stopped; exiting");
+                        return Err(err.into());
+                    }
+                },
+            }
+            if let Some(err) = self.fatal.take() {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// One candidate: ban check, verify, log, hand the grant to the worker.
+    fn knock(&mut self, c: &Candidate) {
+        let now = unix(SystemTime::now());
+        let src = c.src.ip().to_canonical();
+        if self.bans.is_banned(src, now) {
+            self.rejected_line(RejectReason::Banned, src, None);
+            return;
+        }
+        let verdict = self.verifier.verify(&self.users, &c.bytes, src, now);
+        let replay = self
+            .verifier
+            .take_changed()
+            .then(|| Box::new(self.verifier.replay().clone()));
+        match verdict {
+            Verdict::Grant(g) if g.addr != src && self.bans.is_banned(g.addr, now) => {
+                // The user asked for a banned address.
+                self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
+                if let Some(r) = replay {
+                    self.send(Effect::SaveReplay(r));
+                }
+            }
+            Verdict::Grant(grant) => {
+                self.accepted += 1;
+                let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
+                logging::accepted(
+                    &grant.nickname,
+                    src,
+                    grant.addr,
+                    &ports.join(","),
+                    grant.duration,
+                );
+                if !self.send(Effect::Grant { grant, replay }) {
+                    self.replay_dirty = true;
+                }
+            }
+            Verdict::Reject(r) => {
+                self.rejected_line(r.reason, src, r.nickname.as_deref());
+                if let Some(r) = replay
+                    && !self.send(Effect::SaveReplay(r))
+                {
+                    self.replay_dirty = true;
+                }
+            }
+        }
+    }
+
+    fn rejected_line(&mut self, reason: RejectReason, src: IpAddr, nickname: Option<&str>) {
+        if let Some(n) = self.rejected.get_mut(reason.name()) {
+            *n += 1;
+        }
+        if self.limiter.allow(src, Instant::now()) {
+            logging::rejected(reason.name(), src, nickname);
+        }
+    }
+
+    /// Queues an effect without waiting; false (logged) when the worker is behind or gone.
+    fn send(&mut self, effect: Effect) -> bool {
+        match self.effects.try_send(effect) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                tracing::error!(
+                    effect = effect_name(&e),
+                    "the firewall/state worker is {EFFECT_QUEUE} changes behind; dropping one"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.fatal = Some(DaemonError::Worker("stopped"));
+                false
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let now_wall = SystemTime::now();
+        let now = unix(now_wall);
+        let step = step_of(now);
+        if step != self.last_step {
+            match self.capture.set_time_step(step) {
+                Ok(()) => self.last_step = step,
+                Err(err) => {
+                    tracing::error!(error = %ErrorChain(&err), "cannot update the pre-filter's time step");
+                }
+            }
+        }
+        if let Some(count) = self.limiter.take_summary(Instant::now()) {
+            logging::suppressed(count);
+        }
+        if self.ticks.is_multiple_of(REPAIR_TICKS) {
+            self.send(Effect::Repair);
+            self.verifier.prune(now);
+            if self.verifier.take_changed() {
+                self.replay_dirty = true;
+            }
+            if self.bans.prune(now) {
+                self.send(Effect::SaveBans(Box::new(self.bans.clone())));
+            }
+        }
+        if self.replay_dirty
+            && self.send(Effect::SaveReplay(Box::new(self.verifier.replay().clone())))
+        {
+            self.replay_dirty = false;
+        }
+    }
+
+    fn control(&mut self, cmd: Command) {
+        let Command { request, reply } = cmd;
+        match request {
+            Request::Status {} => {
+                let status = Box::new(self.status());
+                if let Err(mpsc::error::TrySendError::Full(Effect::Status { reply, .. })) =
+                    self.effects.try_send(Effect::Status { status, reply })
+                {
+                    let _ = reply.send(Response::error("the daemon is busy; try again"));
+                }
+            }
+            Request::Reload {} => self.start_reload(Some(reply)),
+            Request::Ban {
+                addr,
+                duration_secs,
+            } => self.ban(addr, duration_secs, reply),
+            Request::Unban { addr } => {
+                let addr = addr.to_canonical();
+                let was = self.bans.unban(addr);
+                tracing::info!(target: logging::KNOCK_TARGET, %addr, was_banned = was, "address unbanned");
+                self.worker_reply(
+                    Effect::Unban {
+                        addr,
+                        bans: Box::new(self.bans.clone()),
+                        reply: None,
+                    },
+                    reply,
+                );
+            }
+        }
+    }
+
+    fn ban(&mut self, addr: IpAddr, duration_secs: Option<u64>, reply: oneshot::Sender<Response>) {
+        let addr = addr.to_canonical();
+        if let Err(err) = firewall::model::canonical_addr(addr) {
+            let _ = reply.send(Response::error(err.to_string()));
+            return;
+        }
+        let now = SystemTime::now();
+        let until = duration_secs.map(|s| now + Duration::from_secs(s));
+        if let Err(err) = self.bans.ban(addr, until.map(unix)) {
+            let _ = reply.send(Response::error(err.to_string()));
+            return;
+        }
+        tracing::info!(
+            target: logging::KNOCK_TARGET,
+            %addr,
+            duration = %duration_secs.map_or_else(|| "until unbanned".to_owned(), |s| humantime::format_duration(Duration::from_secs(s)).to_string()),
+            "address banned"
+        );
+        self.worker_reply(
+            Effect::Ban {
+                addr,
+                until,
+                bans: Box::new(self.bans.clone()),
+                reply: None,
+            },
+            reply,
+        );
+    }
+
+    /// Sends a ban/unban effect whose answer the worker gives to the control client.
+    fn worker_reply(&mut self, mut effect: Effect, reply: oneshot::Sender<Response>) {
+        match &mut effect {
+            Effect::Ban { reply: slot, .. } | Effect::Unban { reply: slot, .. } => {
+                *slot = Some(reply);
+            }
+            _ => {}
+        }
+        if let Err(e) = self.effects.try_send(effect) {
+            let e = e.into_inner();
+            if let Effect::Ban {
+                reply: Some(reply), ..
+            }
+            | Effect::Unban {
+                reply: Some(reply), ..
+            } = e
+            {
+                let _ = reply.send(Response::error(
+                    "the ban list is updated, but the firewall worker is busy; the change \
+                     reaches the firewall with the next one",
+                ));
+            }
+        }
+    }
+
+    fn start_reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        if self.reloading {
+            if let Some(reply) = reply {
+                let _ = reply.send(Response::error("a reload is already running; try again"));
+            }
+            return;
+        }
+        self.reloading = true;
+        notify(&[sd_notify::NotifyState::Reloading]);
+        let path = self.settings.path.clone();
+        let opts = self.opts.clone();
+        let tx = self.reload_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let loaded = config::load(&path)
+                .map_err(|e| e.to_string())
+                .map(|s| opts.apply(s))
+                .and_then(|s| match s.users_table() {
+                    Ok(users) => Ok((s, users)),
+                    Err(e) => Err(ErrorChain(&e).to_string()),
+                });
+            let _ = tx.blocking_send((loaded, reply));
+        });
+    }
+
+    fn finish_reload(&mut self, loaded: Loaded, reply: Option<oneshot::Sender<Response>>) {
+        self.reloading = false;
+        let response = match loaded {
+            Err(err) => {
+                tracing::error!("reload refused, the configuration in force is unchanged: {err}");
+                Response::error(format!(
+                    "reload refused, the configuration in force is unchanged:\n{err}"
+                ))
+            }
+            Ok((new, users)) => self.apply_reload(new, users),
+        };
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(if response.ok {
+                "configuration reloaded"
+            } else {
+                "reload refused; old configuration in force"
+            }),
+        ]);
+        if let Some(reply) = reply {
+            let _ = reply.send(response);
+        }
+    }
+
+    fn apply_reload(&mut self, new: Settings, users: Users) -> Response {
+        let plan = reload::plan(&self.settings, new, &self.protected);
+        if let Err(err) = set_users(&mut self.capture, &users) {
+            // Put the old users back so the pre-filter and the verifier agree.
+            let _ = set_users(&mut self.capture, &self.users);
+            tracing::error!(error = %ErrorChain(&err), "reload refused: cannot update the pre-filter's users");
+            return Response::error(format!(
+                "reload refused: cannot update the pre-filter's users: {}",
+                ErrorChain(&err)
+            ));
+        }
+        self.users = users;
+        self.verifier.set_settings(verify::Settings {
+            freshness: plan.settings.freshness,
+        });
+        self.limiter.set_limits(plan.settings.log);
+        self.settings = plan.settings;
+        self.loaded_at = unix(SystemTime::now());
+        let mut notes = Vec::new();
+        if !plan.needs_restart.is_empty() {
+            let keys = plan.needs_restart.join(", ");
+            tracing::warn!(settings = %keys, "changed settings need a restart; the old values stay in force until then");
+            notes.push(format!("changed, restart to apply: {keys}"));
+        }
+        for port in &plan.unprotected {
+            tracing::warn!(%port, "a user got a port the firewall does not protect yet: it stays as open or closed as it was until a restart");
+            notes.push(format!("{port} is not protected until a restart"));
+        }
+        if !plan.removed.is_empty() {
+            if self.settings.revoke_removed_users {
+                self.send(Effect::RevokeUsers(plan.removed.clone()));
+            }
+            tracing::info!(
+                removed = plan.removed.len(),
+                revoke = self.settings.revoke_removed_users,
+                "removed users can no longer knock"
+            );
+        }
+        tracing::info!(
+            users = self.users.len(),
+            added = plan.added,
+            removed = plan.removed.len(),
+            "configuration reloaded"
+        );
+        let mut msg = format!(
+            "reloaded {}: {} users ({} added, {} removed{})",
+            self.settings.path.display(),
+            self.users.len(),
+            plan.added,
+            plan.removed.len(),
+            if plan.removed.is_empty() {
+                ""
+            } else if self.settings.revoke_removed_users {
+                ", their access revoked"
+            } else {
+                ", their current access runs out by itself"
+            }
+        );
+        for n in notes {
+            msg.push_str("; ");
+            msg.push_str(&n);
+        }
+        Response::message(msg)
+    }
+
+    fn status(&self) -> Status {
+        let now = unix(SystemTime::now());
+        let prefilter = match self.capture.counters() {
+            Ok(c) => c.iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %ErrorChain(&err), "cannot read the pre-filter counters");
+                BTreeMap::new()
+            }
+        };
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self.settings.path.display().to_string(),
+            config_loaded_at: self.loaded_at,
+            knock_ports: self.settings.knock_ports.clone(),
+            users: self.users.len(),
+            capture: CaptureStatus {
+                mode: self.capture.mode().to_string(),
+                interfaces: if self.settings.interfaces.is_empty() {
+                    vec!["all".to_owned()]
+                } else {
+                    self.settings.interfaces.clone()
+                },
+                detail: match self.capture.mode() {
+                    crate::capture::ActiveMode::Xdp => {
+                        format!("xdp_mode {}", xdp_mode_name(self.settings.xdp_mode))
+                    }
+                    _ => String::new(),
+                },
+            },
+            firewall: FirewallStatus {
+                backend: self.firewall_name.to_owned(),
+            },
+            prefilter,
+            verifier: VerifierStatus {
+                accepted: self.accepted,
+                rejected: self
+                    .rejected
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect(),
+                firewall_errors: 0,
+            },
+            grants: Vec::new(),
+            bans: self
+                .bans
+                .iter()
+                .filter(|(a, _)| self.bans.is_banned(*a, now))
+                .map(|(addr, until)| BanStatus {
+                    addr,
+                    expires_in_secs: until.map(|u| u.saturating_sub(now)),
+                })
+                .collect(),
+            log_lines_suppressed: self.limiter.suppressed_total(),
+        }
+    }
+}
+
+/// The capture settings for `settings`.
+fn capture_config(settings: &Settings) -> CaptureConfig {
+    CaptureConfig {
+        mode: match settings.capture {
+            CaptureChoice::Auto => CaptureMode::Auto,
+            CaptureChoice::Xdp => CaptureMode::Xdp,
+            CaptureChoice::Pcap => CaptureMode::Pcap,
+            CaptureChoice::Udp => CaptureMode::Udp,
+        },
+        ifaces: settings.interfaces.clone(),
+        knock_ports: settings.knock_ports.clone(),
+        xdp_mode: match settings.xdp_mode {
+            XdpModeChoice::Auto => None,
+            XdpModeChoice::Native => Some(XdpAttachMode::Native),
+            XdpModeChoice::Skb => Some(XdpAttachMode::Skb),
+        },
+        per_source: RateLimitConfig {
+            per_second: settings.limits.per_source_rate,
+            burst: settings.limits.per_source_burst,
+        },
+        global: RateLimitConfig {
+            per_second: settings.limits.global_rate,
+            burst: settings.limits.global_rate,
+        },
+    }
+}
+
+fn xdp_mode_name(m: XdpModeChoice) -> &'static str {
+    match m {
+        XdpModeChoice::Auto => "auto",
+        XdpModeChoice::Native => "native",
+        XdpModeChoice::Skb => "skb",
+    }
+}
+
+/// Gives the pre-filter the users' ids and tag keys.
+fn set_users(capture: &mut Capture, users: &Users) -> Result<(), CaptureError> {
+    let keys: Vec<_> = users
+        .tag_keys()
+        .map(|(id, key)| (id.0, *key.expose_secret()))
+        .collect();
+    capture.set_users(&keys)
+}
+
+/// Makes the firewall and the saved ban list agree after a start: every saved ban is applied
+/// (a reboot empties nftables), and bans the firewall still holds but the list lost (a damaged
+/// file) are kept.
+fn reconcile_bans(fw: &mut Firewall, bans: &mut Bans, now: SystemTime) {
+    for ban in fw.bans() {
+        if !bans.is_banned(ban.addr, unix(now)) {
+            let _ = bans.ban(ban.addr, ban.until.map(unix));
+        }
+    }
+    for (addr, until) in bans.iter().collect::<Vec<_>>() {
+        let until = until.map(|u| SystemTime::UNIX_EPOCH + Duration::from_secs(u));
+        if let Err(err) = fw.ban(addr, until) {
+            tracing::error!(%addr, error = %ErrorChain(&err), "cannot restore a saved ban in the firewall; knocks from it are still refused");
+        }
+    }
+}
+
+fn effect_name(e: &Effect) -> &'static str {
+    match e {
+        Effect::Grant { .. } => "grant",
+        Effect::SaveReplay(_) => "save replay state",
+        Effect::Ban { .. } => "ban",
+        Effect::Unban { .. } => "unban",
+        Effect::SaveBans(_) => "save bans",
+        Effect::RevokeUsers(_) => "revoke users",
+        Effect::Repair => "firewall check",
+        Effect::Status { .. } => "status",
+        Effect::Shutdown { .. } => "shutdown",
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set); errors are logged, never fatal.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!(error = %err, "sd_notify failed");
+    }
+}

@@ -1,0 +1,146 @@
+//! What a configuration reload changes: which settings take effect at once (users, freshness,
+//! access durations, log limits), which need a restart (ports, interfaces, capture, paths,
+//! firewall), and which users were removed. Pure functions over two [`Settings`]; the daemon
+//! applies the result.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::config::Settings;
+use crate::{ports::PortSpec, protocol::keys::UserId};
+
+/// The outcome of comparing the settings in force with a newly loaded file.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The settings to use from now on: the new file's reloadable settings on top of the
+    /// restart-only settings in force.
+    pub settings: Settings,
+    /// Restart-only settings that differ, as `key` names; they keep their old values.
+    pub needs_restart: Vec<&'static str>,
+    /// Users in the old file and not in the new one.
+    pub removed: Vec<UserId>,
+    /// Users in the new file and not in the old one.
+    pub added: usize,
+    /// Ports of the new users that the firewall does not protect yet (it learns its protected
+    /// ports at start): open to everyone until a restart.
+    pub unprotected: Vec<PortSpec>,
+}
+
+/// Compares `old` (in force, protecting `protected`) with `new` (just loaded and validated).
+#[must_use]
+pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
+    let mut needs_restart = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            needs_restart.push(key);
+        }
+    };
+    check(old.knock_ports != new.knock_ports, "knock_ports");
+    check(old.interfaces != new.interfaces, "interfaces");
+    check(old.capture != new.capture, "capture");
+    check(old.xdp_mode != new.xdp_mode, "xdp_mode");
+    check(old.state_dir != new.state_dir, "state_dir");
+    check(old.control_socket != new.control_socket, "control_socket");
+    check(old.control_group != new.control_group, "control_group");
+    check(old.limits != new.limits, "[limits]");
+    check(old.firewall != new.firewall, "[firewall]");
+
+    let new_ids: HashSet<UserId> = new.users.iter().map(|u| u.id).collect();
+    let old_ids: HashSet<UserId> = old.users.iter().map(|u| u.id).collect();
+    let removed = old
+        .users
+        .iter()
+        .map(|u| u.id)
+        .filter(|id| !new_ids.contains(id))
+        .collect();
+    let added = new
+        .users
+        .iter()
+        .filter(|u| !old_ids.contains(&u.id))
+        .count();
+    let protected: BTreeSet<PortSpec> = protected.iter().copied().collect();
+    let unprotected: BTreeSet<PortSpec> = new
+        .users
+        .iter()
+        .flat_map(|u| u.ports.iter().copied())
+        .filter(|p| !protected.contains(p))
+        .collect();
+
+    let settings = Settings {
+        freshness: new.freshness,
+        default_access: new.default_access,
+        revoke_removed_users: new.revoke_removed_users,
+        log: new.log,
+        users: new.users,
+        ..old.clone()
+    };
+    Plan {
+        settings,
+        needs_restart,
+        removed,
+        added,
+        unprotected: unprotected.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::server::config::parse;
+
+    const USER: &str = r#"
+[[user]]
+id = "ID"
+nickname = "NICK"
+key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+totp_secret = "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT"
+ports = ["PORT"]
+"#;
+
+    fn user(id: char, nick: &str, port: &str) -> String {
+        USER.replace("ID", &id.to_string().repeat(32))
+            .replace("NICK", nick)
+            .replace("PORT", port)
+    }
+
+    fn settings(text: &str) -> Settings {
+        parse(Path::new("/x.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn users_and_timing_apply_the_rest_waits_for_a_restart() {
+        let old = settings(&format!(
+            "[server]\nfreshness = 60\n{}{}",
+            user('a', "alice", "tcp/22"),
+            user('b', "bob", "tcp/22")
+        ));
+        let new = settings(&format!(
+            "[server]\nfreshness = 120\nknock_ports = [4000]\nstate_dir = \"/srv/ck\"\n\
+             [log]\nrejections_per_second = 1\n{}{}",
+            user('a', "alice", "tcp/22"),
+            user('c', "carol", "tcp/3389")
+        ));
+        let p = plan(&old, new, &old.protected_ports());
+        assert_eq!(p.needs_restart, vec!["knock_ports", "state_dir"]);
+        assert_eq!(p.settings.knock_ports, old.knock_ports);
+        assert_eq!(p.settings.state_dir, old.state_dir);
+        assert_eq!(p.settings.freshness.as_secs(), 120);
+        assert_eq!(p.settings.log.per_second, 1);
+        assert_eq!(p.settings.users.len(), 2);
+        assert_eq!(p.removed, vec![old.users[1].id]);
+        assert_eq!(p.added, 1);
+        assert_eq!(p.unprotected, vec![PortSpec::tcp(3389)]);
+    }
+
+    #[test]
+    fn identical_files_change_nothing() {
+        let text = user('a', "alice", "tcp/22");
+        let old = settings(&text);
+        let p = plan(&old, settings(&text), &old.protected_ports());
+        assert!(p.needs_restart.is_empty());
+        assert!(p.removed.is_empty());
+        assert_eq!(p.added, 0);
+        assert!(p.unprotected.is_empty());
+    }
+}

@@ -1,0 +1,536 @@
+//! The effects worker: one dedicated thread that owns the firewall and the state directory, so
+//! the knock path never waits for a disk write, an fsync, a netlink batch or an exec command.
+//!
+//! The daemon core sends [`Effect`]s through a bounded channel without waiting. The worker takes
+//! everything queued at once, saves the newest replay state and ban list first (so a crash never
+//! forgets a knock that opened something), then applies the firewall changes in order, grants
+//! that arrive together in one batch.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    control::Response,
+    state::{Bans, StateDir},
+    status::{GrantStatus, Status},
+};
+use crate::{
+    firewall::{self, ErrorChain, Firewall, GrantKey},
+    protocol::{keys::UserId, replay::ReplayState, verify},
+};
+
+/// Most effects taken from the queue in one round.
+const MAX_BATCH: usize = 1024;
+
+/// Something the worker must do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Open a verified knock's ports; save `replay` first when given.
+    Grant {
+        /// The verifier's grant.
+        grant: verify::Grant,
+        /// The replay state after the knock, when it changed.
+        replay: Option<Box<ReplayState>>,
+    },
+    /// Save the replay state.
+    SaveReplay(Box<ReplayState>),
+    /// Ban `addr` and revoke its grants; save `bans` (which already holds the ban) first.
+    Ban {
+        /// The address.
+        addr: IpAddr,
+        /// When the ban ends.
+        until: Option<SystemTime>,
+        /// The new ban list.
+        bans: Box<Bans>,
+        /// Where to answer the control client.
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// Lift a ban; save `bans` first.
+    Unban {
+        /// The address.
+        addr: IpAddr,
+        /// The new ban list.
+        bans: Box<Bans>,
+        /// Where to answer the control client.
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// Save the ban list (expired bans were pruned).
+    SaveBans(Box<Bans>),
+    /// Close the grants of these users now (removed from the config with
+    /// `revoke_removed_users = true`).
+    RevokeUsers(Vec<UserId>),
+    /// Close expired grants, restore deleted rules.
+    Repair,
+    /// Fill in the grants and answer a `status` request.
+    Status {
+        /// Everything the core knows.
+        status: Box<Status>,
+        /// Where to answer.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Save everything and stop.
+    Shutdown {
+        /// Final replay state.
+        replay: Box<ReplayState>,
+        /// Final ban list.
+        bans: Box<Bans>,
+    },
+}
+
+/// Who a grant belongs to, for `status` and for revoking a removed user.
+#[derive(Debug, Clone)]
+struct Owner {
+    user: UserId,
+    nickname: String,
+}
+
+/// The worker's state.
+#[derive(Debug)]
+pub struct Worker {
+    firewall: Firewall,
+    state: StateDir,
+    owners: HashMap<GrantKey, Owner>,
+    firewall_errors: u64,
+}
+
+impl Worker {
+    /// A worker driving `firewall` and saving into `state`.
+    #[must_use]
+    pub fn new(firewall: Firewall, state: StateDir) -> Self {
+        Self {
+            firewall,
+            state,
+            owners: HashMap::new(),
+            firewall_errors: 0,
+        }
+    }
+
+    /// Runs until the channel closes or a [`Effect::Shutdown`] arrives. Blocking: run it on its
+    /// own thread. Returns the firewall (the daemon drops it without removing anything, so
+    /// grants run out by themselves).
+    #[must_use]
+    pub fn run(mut self, mut rx: mpsc::Receiver<Effect>) -> Firewall {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                break;
+            }
+        }
+        self.firewall
+    }
+
+    /// Handles one batch; true when it held a shutdown.
+    fn process(&mut self, batch: Vec<Effect>) -> bool {
+        // Persist first: the newest replay state and ban list of the whole batch.
+        let replay = batch.iter().rev().find_map(|e| match e {
+            Effect::Grant {
+                replay: Some(r), ..
+            }
+            | Effect::SaveReplay(r)
+            | Effect::Shutdown { replay: r, .. } => Some(r),
+            _ => None,
+        });
+        if let Some(replay) = replay
+            && let Err(err) = self.state.save_replay(replay)
+        {
+            tracing::error!(
+                error = %ErrorChain(&err),
+                "cannot save the replay state; access still works, but a restart before the \
+                 fix could accept a replay of a recent knock"
+            );
+        }
+        let bans = batch.iter().rev().find_map(|e| match e {
+            Effect::Ban { bans, .. }
+            | Effect::Unban { bans, .. }
+            | Effect::SaveBans(bans)
+            | Effect::Shutdown { bans, .. } => Some(bans),
+            _ => None,
+        });
+        if let Some(bans) = bans
+            && let Err(err) = self.state.save_bans(bans)
+        {
+            tracing::error!(
+                error = %ErrorChain(&err),
+                "cannot save the ban list; bans work now but would be lost by a restart"
+            );
+        }
+
+        let mut shutdown = false;
+        let mut grants: Vec<verify::Grant> = Vec::new();
+        for effect in batch {
+            if !matches!(effect, Effect::Grant { .. }) && !grants.is_empty() {
+                self.grant(&std::mem::take(&mut grants));
+            }
+            match effect {
+                Effect::Grant { grant, .. } => grants.push(grant),
+                Effect::SaveReplay(_) | Effect::SaveBans(_) => {}
+                Effect::Ban {
+                    addr, until, reply, ..
+                } => {
+                    let r = self.ban(addr, until);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+                Effect::Unban { addr, reply, .. } => {
+                    let r = match self.firewall.unban(addr) {
+                        Ok(()) => Response::message(format!("unbanned {addr}")),
+                        Err(err) => {
+                            self.firewall_errors += 1;
+                            tracing::error!(%addr, error = %ErrorChain(&err), "firewall unban failed");
+                            Response::error(format!(
+                                "{addr} removed from the ban list, but the firewall refused: {}",
+                                ErrorChain(&err)
+                            ))
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+                Effect::RevokeUsers(users) => self.revoke_users(&users),
+                Effect::Repair => self.repair(),
+                Effect::Status { status, reply } => {
+                    let _ = reply.send(Response::status(self.fill_status(*status)));
+                }
+                Effect::Shutdown { .. } => shutdown = true,
+            }
+        }
+        if !grants.is_empty() {
+            self.grant(&grants);
+        }
+        shutdown
+    }
+
+    fn grant(&mut self, grants: &[verify::Grant]) {
+        let now = SystemTime::now();
+        let mut fw = Vec::new();
+        for g in grants {
+            let until = now + g.duration;
+            for p in &g.ports {
+                let grant = firewall::Grant {
+                    addr: g.addr,
+                    protocol: p.protocol,
+                    port: p.port,
+                    until,
+                };
+                self.owners.insert(
+                    grant.key(),
+                    Owner {
+                        user: g.user,
+                        nickname: g.nickname.clone(),
+                    },
+                );
+                fw.push(grant);
+            }
+        }
+        match self.firewall.grant(&fw) {
+            Ok(done) => {
+                for key in &done.refused_banned {
+                    self.owners.remove(key);
+                }
+            }
+            Err(err) => {
+                self.firewall_errors += 1;
+                for g in &fw {
+                    self.owners.remove(&g.key());
+                }
+                tracing::error!(
+                    error = %ErrorChain(&err),
+                    grants = fw.len(),
+                    "the firewall refused verified knocks; their ports stay closed"
+                );
+            }
+        }
+    }
+
+    fn ban(&mut self, addr: IpAddr, until: Option<SystemTime>) -> Response {
+        let revoked = match self.firewall.revoke(addr) {
+            Ok(n) => n,
+            Err(err) => {
+                self.firewall_errors += 1;
+                tracing::error!(%addr, error = %ErrorChain(&err), "revoking a banned address's grants failed");
+                0
+            }
+        };
+        self.owners.retain(|k, _| k.addr != addr);
+        let how_long = until
+            .and_then(|u| u.duration_since(SystemTime::now()).ok())
+            .map_or_else(
+                || "until unbanned".to_owned(),
+                |d| format!("for {}", humantime::format_duration(round_secs(d))),
+            );
+        match self.firewall.ban(addr, until) {
+            Ok(()) => Response::message(format!(
+                "banned {addr} {how_long} ({revoked} grant{} revoked)",
+                if revoked == 1 { "" } else { "s" }
+            )),
+            Err(err) => {
+                self.firewall_errors += 1;
+                tracing::error!(%addr, error = %ErrorChain(&err), "firewall ban failed");
+                Response::error(format!(
+                    "{addr} is banned from knocking and its grants are revoked, but the firewall \
+                     refused the ban rule: {}",
+                    ErrorChain(&err)
+                ))
+            }
+        }
+    }
+
+    fn revoke_users(&mut self, users: &[UserId]) {
+        let addrs: Vec<IpAddr> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| users.contains(&o.user))
+            .map(|(k, _)| k.addr)
+            .collect();
+        for addr in addrs {
+            match self.firewall.revoke(addr) {
+                Ok(n) => tracing::info!(%addr, grants = n, "removed user's access revoked"),
+                Err(err) => {
+                    self.firewall_errors += 1;
+                    tracing::error!(%addr, error = %ErrorChain(&err), "revoking a removed user's access failed");
+                }
+            }
+            self.owners.retain(|k, _| k.addr != addr);
+        }
+    }
+
+    fn repair(&mut self) {
+        if let Err(err) = self.firewall.check_and_repair() {
+            self.firewall_errors += 1;
+            tracing::error!(error = %ErrorChain(&err), "firewall check failed");
+        }
+        let live: std::collections::HashSet<GrantKey> = self
+            .firewall
+            .grants()
+            .iter()
+            .map(firewall::Grant::key)
+            .collect();
+        self.owners.retain(|k, _| live.contains(k));
+    }
+
+    fn fill_status(&self, mut status: Status) -> Status {
+        let now = SystemTime::now();
+        // One line per (address, user), with its ports.
+        let mut lines: BTreeMap<(IpAddr, String), (Vec<String>, Duration)> = BTreeMap::new();
+        for g in self.firewall.grants() {
+            let Some(left) = g.remaining(now) else {
+                continue;
+            };
+            let nickname = self
+                .owners
+                .get(&g.key())
+                .map_or_else(|| "-".to_owned(), |o| o.nickname.clone());
+            let entry = lines
+                .entry((g.addr, nickname))
+                .or_insert((Vec::new(), left));
+            entry.0.push(g.key().port_spec().to_string());
+            entry.1 = entry.1.max(left);
+        }
+        status.grants = lines
+            .into_iter()
+            .map(|((addr, nickname), (ports, left))| GrantStatus {
+                nickname,
+                addr,
+                ports,
+                expires_in_secs: round_secs(left).as_secs(),
+            })
+            .collect();
+        status.verifier.firewall_errors = self.firewall_errors;
+        status
+    }
+}
+
+/// Rounds up to whole seconds, for display.
+fn round_secs(d: Duration) -> Duration {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::{
+        firewall::{Backend, Ban, Ledger},
+        ports::PortSpec,
+        server::status::{CaptureStatus, FirewallStatus, VerifierStatus},
+    };
+
+    /// A backend that records calls.
+    #[derive(Debug, Default, Clone)]
+    struct Fake(Arc<Mutex<Vec<String>>>);
+
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn expires_by_itself(&self) -> bool {
+            true
+        }
+        fn persistent_ledger(&self) -> bool {
+            false
+        }
+        fn add_grants(
+            &mut self,
+            grants: &[firewall::Grant],
+            _: SystemTime,
+        ) -> Result<(), firewall::Error> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("grant {}", grants.len()));
+            Ok(())
+        }
+        fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), firewall::Error> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("remove {}", keys.len()));
+            Ok(())
+        }
+        fn add_ban(&mut self, ban: &Ban, _: SystemTime) -> Result<bool, firewall::Error> {
+            self.0.lock().unwrap().push(format!("ban {}", ban.addr));
+            Ok(true)
+        }
+        fn remove_ban(&mut self, addr: IpAddr) -> Result<(), firewall::Error> {
+            self.0.lock().unwrap().push(format!("unban {addr}"));
+            Ok(())
+        }
+        fn restore(&mut self, _: &Ledger, _: SystemTime) -> Result<(), firewall::Error> {
+            Ok(())
+        }
+        fn remove_all(&mut self, _: &Ledger) -> Result<(), firewall::Error> {
+            Ok(())
+        }
+    }
+
+    fn grant(nick: &str, n: u8, addr: &str) -> verify::Grant {
+        verify::Grant {
+            user: UserId([n; 16]),
+            nickname: nick.into(),
+            addr: addr.parse().unwrap(),
+            ports: vec![PortSpec::tcp(22), PortSpec::udp(51820)],
+            duration: Duration::from_mins(5),
+        }
+    }
+
+    fn status() -> Box<Status> {
+        Box::new(Status {
+            version: String::new(),
+            uptime_secs: 0,
+            config: String::new(),
+            config_loaded_at: 0,
+            knock_ports: vec![],
+            users: 0,
+            capture: CaptureStatus {
+                mode: String::new(),
+                interfaces: vec![],
+                detail: String::new(),
+            },
+            firewall: FirewallStatus {
+                backend: String::new(),
+            },
+            prefilter: BTreeMap::new(),
+            verifier: VerifierStatus::default(),
+            grants: vec![],
+            bans: vec![],
+            log_lines_suppressed: 0,
+        })
+    }
+
+    #[test]
+    fn batches_grants_saves_first_and_answers() {
+        let dir = std::env::temp_dir().join(format!("ck-worker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).unwrap();
+        let fake = Fake::default();
+        let calls = fake.0.clone();
+        let fw = Firewall::with_backend(Box::new(fake), None, false).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let thread = std::thread::spawn(move || Worker::new(fw, state).run(rx));
+
+        let replay = Box::new(ReplayState::safe_start(1_700_000_000));
+        tx.blocking_send(Effect::Grant {
+            grant: grant("alice", 1, "192.0.2.1"),
+            replay: Some(replay.clone()),
+        })
+        .unwrap();
+        tx.blocking_send(Effect::Grant {
+            grant: grant("bob", 2, "192.0.2.2"),
+            replay: None,
+        })
+        .unwrap();
+        let (tx_reply, answer) = oneshot::channel();
+        tx.blocking_send(Effect::Status {
+            status: status(),
+            reply: tx_reply,
+        })
+        .unwrap();
+        let s = answer.blocking_recv().unwrap().status.unwrap();
+        assert_eq!(s.grants.len(), 2, "{s:?}");
+        assert_eq!(s.grants[0].nickname, "alice");
+        assert_eq!(s.grants[0].ports, vec!["tcp/22", "udp/51820"]);
+        assert!(s.grants[0].expires_in_secs > 290 && s.grants[0].expires_in_secs <= 300);
+        assert!(dir.join(crate::server::state::REPLAY_FILE).exists());
+
+        // A ban revokes the address's grants and is saved.
+        let mut bans = Bans::default();
+        bans.ban("192.0.2.1".parse().unwrap(), None).unwrap();
+        let (tx_reply, answer) = oneshot::channel();
+        tx.blocking_send(Effect::Ban {
+            addr: "192.0.2.1".parse().unwrap(),
+            until: None,
+            bans: Box::new(bans.clone()),
+            reply: Some(tx_reply),
+        })
+        .unwrap();
+        let r = answer.blocking_recv().unwrap();
+        assert_eq!(
+            r.message.as_deref(),
+            Some("banned 192.0.2.1 until unbanned (2 grants revoked)")
+        );
+        let (tx_reply, answer) = oneshot::channel();
+        tx.blocking_send(Effect::Status {
+            status: status(),
+            reply: tx_reply,
+        })
+        .unwrap();
+        let s = answer.blocking_recv().unwrap().status.unwrap();
+        assert_eq!(s.grants.len(), 1);
+        assert_eq!(s.grants[0].nickname, "bob");
+
+        // Removing bob's user revokes his grant.
+        tx.blocking_send(Effect::RevokeUsers(vec![UserId([2; 16])]))
+            .unwrap();
+        tx.blocking_send(Effect::Shutdown {
+            replay,
+            bans: Box::new(bans),
+        })
+        .unwrap();
+        let fw = thread.join().unwrap();
+        assert!(fw.grants().is_empty());
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            vec!["grant 4", "remove 2", "ban 192.0.2.1", "remove 2"],
+            "{calls:?}"
+        );
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.load_bans(0).0.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
