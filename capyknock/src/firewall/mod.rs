@@ -13,6 +13,7 @@
 //! every grant's remaining time. Backends only translate ledger changes into firewall
 //! changes ([`Backend`]); tests of the daemon can plug in their own.
 
+pub mod cli;
 pub mod config;
 pub mod exec;
 pub mod model;

@@ -72,9 +72,13 @@ mod consts {
 }
 
 /// Elements per set-element message. A message must stay under 64 KiB (the element list is one
-/// netlink attribute with a 16-bit length); 256 elements of at most 24-byte keys with timeouts
-/// take about 15 KiB.
-pub const MAX_ELEMS_PER_MSG: usize = 256;
+/// netlink attribute with a 16-bit length); an element with a 24-byte key and a timeout takes
+/// 48 bytes, so 1000 take about 47 KiB.
+pub const MAX_ELEMS_PER_MSG: usize = 1000;
+
+/// Receive buffer room per expected acknowledgement (an ack is a small skb, but the socket
+/// accounts its whole allocation).
+const RCVBUF_PER_ACK: usize = 1024;
 
 /// How long to wait for the kernel to answer a request.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
@@ -238,7 +242,7 @@ impl Drop for ElemList {
 }
 
 // SAFETY: at most MAX_ELEMS_PER_MSG elements of at most 24-byte keys (enforced by the backend,
-// checked in debug builds) serialize to well under nft_nlmsg_maxsize().
+// checked in debug builds) serialize to under 64 KiB, less than nft_nlmsg_maxsize().
 unsafe impl NlMsg for ElemList {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         debug_assert!(self.len <= MAX_ELEMS_PER_MSG, "element list too long");
@@ -384,6 +388,20 @@ impl Netlink {
         if rc != 0 {
             return Err(NetlinkError::Socket(io::Error::last_os_error()));
         }
+        let one: libc::c_int = 1;
+        // SAFETY: as above, reading one c_int. NETLINK_CAP_ACK makes error replies carry only
+        // the failing message's header, not its whole payload; if the kernel lacks it,
+        // replies are just larger.
+        unsafe {
+            let fd = mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket());
+            libc::setsockopt(
+                fd,
+                libc::SOL_NETLINK,
+                libc::NETLINK_CAP_ACK,
+                (&raw const one).cast::<c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let portid = socket.portid();
         // A little more than the largest netlink message, so the slice can start aligned.
         let buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize + 8];
@@ -398,18 +416,10 @@ impl Netlink {
     /// Discards replies left from an earlier failed request (the kernel queues every reply of
     /// a batch before `sendmsg` returns, so after an error some may remain).
     fn drain(&mut self) {
-        // SAFETY: the fd belongs to the live socket; `recv` writes at most `len` bytes into our
-        // buffer, which is valid for that many.
-        unsafe {
-            let fd = mnl::mnl_sys::mnl_socket_get_fd(self.socket.as_raw_socket());
-            while libc::recv(
-                fd,
-                self.buf.as_mut_ptr().cast::<c_void>(),
-                self.buf.len(),
-                libc::MSG_DONTWAIT,
-            ) > 0
-            {}
-        }
+        let fd = self.fd();
+        let (ptr, len) = (self.buf.as_mut_ptr().cast::<c_void>(), self.buf.len());
+        // SAFETY: `recv` writes at most `len` bytes into our buffer, which is valid for that many.
+        while unsafe { libc::recv(fd, ptr, len, libc::MSG_DONTWAIT) } > 0 {}
     }
 
     /// Receives one datagram into the aligned part of the buffer; returns (start, len).
@@ -443,8 +453,11 @@ impl Netlink {
         labels: &[String],
     ) -> Result<(), NetlinkError> {
         self.drain();
-        self.socket.send_all(batch).map_err(NetlinkError::Socket)?;
+        let pages: Vec<&[u8]> = batch.iter().collect();
+        let total: usize = pages.iter().map(|p| p.len()).sum();
         let seqs = batch.sequence_numbers();
+        self.grow_buffers(total, seqs.len());
+        self.send_pages(&pages, total)?;
         let mut pending: std::collections::BTreeSet<u32> = seqs.clone().collect();
         // Kernels from 6.10 also acknowledge the begin and end messages.
         let acked_begin = pending.len() > labels.len();
@@ -472,6 +485,96 @@ impl Netlink {
             }
         }
         Ok(())
+    }
+
+    fn fd(&self) -> libc::c_int {
+        // SAFETY: the socket is live for `self`'s lifetime.
+        unsafe { mnl::mnl_sys::mnl_socket_get_fd(self.socket.as_raw_socket()) }
+    }
+
+    fn sockopt(&self, name: libc::c_int) -> usize {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`, which lives across the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast::<c_void>(),
+                &raw mut len,
+            )
+        };
+        if rc == 0 {
+            usize::try_from(value).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    fn set_sockopt(&self, name: libc::c_int, value: usize) -> bool {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `value`, which lives across
+        // the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&raw const value).cast::<c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+
+    /// Makes the socket buffers large enough for a batch of `bytes` (sent as one datagram) and
+    /// its `acks` acknowledgements, as `nft` does. The FORCE variants need CAP_NET_ADMIN, which
+    /// changing nftables needs anyway; without it the plain limits apply.
+    fn grow_buffers(&self, bytes: usize, acks: usize) {
+        let want_snd = bytes.saturating_add(64 * 1024);
+        if self.sockopt(libc::SO_SNDBUF) < want_snd
+            && !self.set_sockopt(libc::SO_SNDBUFFORCE, want_snd)
+        {
+            self.set_sockopt(libc::SO_SNDBUF, want_snd);
+        }
+        let want_rcv = acks
+            .saturating_mul(RCVBUF_PER_ACK)
+            .saturating_add(256 * 1024);
+        if self.sockopt(libc::SO_RCVBUF) < want_rcv
+            && !self.set_sockopt(libc::SO_RCVBUFFORCE, want_rcv)
+        {
+            self.set_sockopt(libc::SO_RCVBUF, want_rcv);
+        }
+    }
+
+    /// Sends the batch pages as ONE datagram (`sendmsg` with an iovec per page): the kernel
+    /// only treats messages in one datagram as one transaction.
+    fn send_pages(&self, pages: &[&[u8]], total: usize) -> Result<(), NetlinkError> {
+        let mut iov: Vec<libc::iovec> = pages
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr().cast_mut().cast::<c_void>(),
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: all-zero is a valid sockaddr_nl and msghdr.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut addr).cast::<c_void>();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: `msg` points at `addr` and `iov`, and every iovec at a page of the batch; all
+        // live across the call, and sendmsg only reads them.
+        let sent = unsafe { libc::sendmsg(self.fd(), &raw const msg, 0) };
+        match usize::try_from(sent) {
+            Ok(n) if n == total => Ok(()),
+            Ok(_) => Err(NetlinkError::Socket(io::Error::other("short netlink send"))),
+            Err(_) => Err(NetlinkError::Socket(io::Error::last_os_error())),
+        }
     }
 
     /// Runs a dump: `build` writes the payload of the request whose header is given, `each` is
