@@ -19,6 +19,8 @@ enum Command {
     Keygen(capyknock::keygen::KeygenArgs),
     /// Knock: open your ports on a server, checking before and after (ssh: --proxy).
     Knock(capyknock::client::KnockArgs),
+    /// Firewall maintenance: `capyknock firewall remove` deletes everything capyknock created.
+    Firewall(capyknock::firewall::cli::FirewallArgs),
     /// Run the daemon in the foreground (logs to stderr; systemd: contrib/systemd).
     Server(capyknock::server::cli::ServerArgs),
     /// Check a server configuration without starting anything.
@@ -57,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Knock(args) => capyknock::client::knock(&args)
             .map(drop)
             .map_err(Into::into),
+        Command::Firewall(args) => capyknock::firewall::cli::run(&args).map_err(Into::into),
         Command::Server(args) => Ok(capyknock::server::cli::server(&args)?),
         Command::CheckConfig(args) => Ok(capyknock::server::cli::check_config(&args)?),
         Command::Ban(args) => Ok(capyknock::server::cli::ban(&args)?),
