@@ -496,6 +496,9 @@ fn capture_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<(bool, S
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for {}", cmd::describe(cmd)))?;
+    // Ctrl-C reaches the whole foreground process group: a child that died of it is not a
+    // failure of the story.
+    check_interrupted()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
@@ -632,7 +635,8 @@ fn veth(one: (&NetNs, &str, Ipv4Addr), other: (&NetNs, &str, Ipv4Addr)) -> anyho
     Ok(())
 }
 
-/// Deletes `ckdemo-<pid>-*` namespaces whose demo process is gone (killed with -9).
+/// Deletes `ckdemo-<pid>-*` namespaces (and their files) whose demo process is gone (killed
+/// with -9), stopping the daemon left inside.
 fn remove_stale_namespaces() {
     let Some(list) = cmd::output(Command::new("ip").args(["netns", "list"])) else {
         return;
@@ -644,10 +648,37 @@ fn remove_stale_namespaces() {
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        if is_alive(pid) {
+            continue;
         }
+        // Its daemon may still run (it has its own process group): stop what runs inside.
+        let pids =
+            cmd::output(Command::new("ip").args(["netns", "pids", name])).unwrap_or_default();
+        for p in pids
+            .lines()
+            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+        {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(p, libc::SIGTERM);
+            }
+        }
+        if !pids.trim().is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("capyknock-demo-{pid}")));
     }
+}
+
+/// Whether process `pid` runs (a zombie does not count: it is dead, only not yet reaped).
+fn is_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state letter follows the command name, which is in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// A temporary directory (mode 0700), removed on drop.
