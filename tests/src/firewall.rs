@@ -5,6 +5,12 @@
 //!   [client1] 10.77.N.2, fd00:77:N::2 <--> 10.77.N.1, fd00:77:N::1 [server]  echo on [::]:PORT
 //!   [client2] 10.77.M.2, fd00:77:M::2 <--> 10.77.M.1, fd00:77:M::1 [server]  capyknock table
 //! ```
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers: a failed setup step fails the calling test"
+)]
 
 use std::{
     io::{Read as _, Write as _},
@@ -115,12 +121,14 @@ impl Lab {
     }
 
     /// Runs `nft ARGS` in the server namespace; panics on failure, returns stdout.
+    #[expect(clippy::must_use_candidate, reason = "often run for its effect")]
     pub fn nft(&self, args: &[&str]) -> String {
         nft(&self.server, args)
     }
 }
 
 /// Runs `nft ARGS` in `ns`; panics on failure, returns stdout.
+#[expect(clippy::must_use_candidate, reason = "often run for its effect")]
 pub fn nft(ns: &NetNs, args: &[&str]) -> String {
     let out = netns::run(ns.command("nft").args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()

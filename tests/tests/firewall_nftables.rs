@@ -327,7 +327,7 @@ fn cli_firewall_remove() {
     assert_ne!(first, second, "says whether there was anything to remove");
 }
 
-/// Measures what docs/FIREWALL.md quotes: grant() latency, time from grant() to a connection
+/// Measures what docs/FIREWALL.md quotes: `grant()` latency, time from `grant()` to a connection
 /// getting through, and grants per second in one batch.
 #[test]
 fn measure_latency_and_batch_rate() {

@@ -29,7 +29,7 @@ pub fn run(args: &FirewallArgs) -> Result<(), Error> {
             match remove_installed(table)? {
                 Removed::Removed => println!("removed capyknock's firewall rules"),
                 Removed::NothingThere => {
-                    println!("no capyknock firewall rules found; nothing to remove")
+                    println!("no capyknock firewall rules found; nothing to remove");
                 }
             }
             Ok(())

@@ -529,7 +529,7 @@ impl Netlink {
     }
 
     /// Makes the socket buffers large enough for a batch of `bytes` (sent as one datagram) and
-    /// its `acks` acknowledgements, as `nft` does. The FORCE variants need CAP_NET_ADMIN, which
+    /// its `acks` acknowledgements, as `nft` does. The FORCE variants need `CAP_NET_ADMIN`, which
     /// changing nftables needs anyway; without it the plain limits apply.
     fn grow_buffers(&self, bytes: usize, acks: usize) {
         let want_snd = bytes.saturating_add(64 * 1024);

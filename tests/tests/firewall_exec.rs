@@ -1,0 +1,189 @@
+//! The exec backend end to end, in network namespaces with real TCP: its templates drive `nft`
+//! on a table the "admin" made (as they would drive pf, firewalld or ipset), and the daemon's
+//! own timer closes grants, also across a restart (ledger in the state directory). Needs root.
+//!
+//! Commands run from a thread inside the server namespace, so they act on that namespace only.
+#![expect(clippy::unwrap_used, reason = "test code")]
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    thread::sleep,
+    time::{Duration, SystemTime},
+};
+
+use capyknock::{
+    firewall::{ExecConfig, Firewall, FirewallConfig, FirewallKind, Grant, exec::Template},
+    ports::{PortSpec, Protocol},
+};
+use capyknock_tests::firewall::{Lab, SERVICE_PORT};
+
+/// A state directory removed on drop.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ck-exec-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Templates for an admin-made nftables table. The element timeout is an hour on purpose: only
+/// capyknock's `close` ends a grant here, which is what this test checks.
+fn config() -> FirewallConfig {
+    let t = |args: &[&str]| Template::try_from(strings(args)).unwrap();
+    let exec = ExecConfig {
+        open: t(&[
+            "nft",
+            "add element inet admin allow {{ {addr} . {proto} . {port} timeout 1h }}",
+        ]),
+        close: t(&[
+            "nft",
+            "delete element inet admin allow {{ {addr} . {proto} . {port} }}",
+        ]),
+        ban: Some(t(&["nft", "add element inet admin banned {{ {addr} }}"])),
+        unban: Some(t(&["nft", "delete element inet admin banned {{ {addr} }}"])),
+        timeout: Duration::from_secs(3),
+    };
+    FirewallConfig {
+        backend: FirewallKind::Exec,
+        exec: Some(exec),
+        ..FirewallConfig::default()
+    }
+}
+
+fn admin_table(lab: &Lab) {
+    lab.nft(&["add table inet admin"]);
+    lab.nft(&[
+        "add set inet admin allow { type ipv4_addr . inet_proto . inet_service; flags timeout; }",
+    ]);
+    lab.nft(&["add set inet admin banned { type ipv4_addr; }"]);
+    lab.nft(&["add chain inet admin input { type filter hook input priority 0; policy accept; }"]);
+    lab.nft(&[&format!(
+        "add rule inet admin input tcp dport {SERVICE_PORT} ip saddr @banned drop"
+    )]);
+    lab.nft(&[&format!(
+        "add rule inet admin input tcp dport {SERVICE_PORT} ip saddr . meta l4proto . tcp dport @allow accept"
+    )]);
+    lab.nft(&[&format!(
+        "add rule inet admin input tcp dport {SERVICE_PORT} drop"
+    )]);
+}
+
+fn open(lab: &Lab, state: &Path) -> Firewall {
+    lab.server
+        .run(|| Firewall::open(&config(), &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
+}
+
+fn grant(addr: IpAddr, secs: u64) -> Grant {
+    Grant {
+        addr,
+        protocol: Protocol::Tcp,
+        port: SERVICE_PORT,
+        until: SystemTime::now() + Duration::from_secs(secs),
+    }
+}
+
+#[test]
+fn exec_grants_expire_on_the_daemon_timer_and_across_restarts() {
+    let lab = Lab::new("fxe");
+    let state = StateDir::new("a");
+    admin_table(&lab);
+    assert!(!lab.c1_can_connect(lab.c1_v4()));
+
+    let mut fw = open(&lab, &state.0);
+    assert_eq!(fw.name(), "exec");
+    lab.server
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap());
+    assert!(lab.c1_can_connect(lab.c1_v4()), "open ran");
+    assert!(!lab.c2_can_connect());
+    let ledger = state.0.join("firewall-exec.json");
+    assert!(ledger.exists(), "ledger persisted");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&ledger).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    sleep(Duration::from_millis(2300));
+    assert!(
+        lab.c1_can_connect(lab.c1_v4()),
+        "nothing closes it but the daemon"
+    );
+    lab.server.run(|| fw.check_and_repair().unwrap());
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "close ran on expiry");
+
+    // Restart: a grant that expires while the daemon is down is closed when it starts again.
+    lab.server
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap());
+    drop(fw);
+    sleep(Duration::from_millis(2300));
+    assert!(lab.c1_can_connect(lab.c1_v4()), "still open while down");
+    let mut fw = open(&lab, &state.0);
+    assert!(
+        !lab.c1_can_connect(lab.c1_v4()),
+        "closed at start-up from the ledger"
+    );
+    assert!(fw.grants().is_empty());
+
+    // Bans through the ban/unban templates.
+    lab.server.run(|| {
+        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+        fw.ban(lab.c1_v4(), None).unwrap();
+    });
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "banned");
+    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap());
+    assert!(lab.c1_can_connect(lab.c1_v4()), "unbanned, grant applies");
+
+    // A failing command is an error with the program's stderr, and nothing is recorded.
+    lab.nft(&["delete table inet admin"]);
+    let err = lab
+        .server
+        .run(|| fw.grant(&[grant(lab.c2_v4(), 60)]))
+        .unwrap_err();
+    let msg = capyknock::firewall::ErrorChain(&err).to_string();
+    assert!(msg.contains("nft"), "{msg}");
+    assert_eq!(
+        fw.grants().len(),
+        1,
+        "the failed grant is not in the ledger"
+    );
+}
+
+#[test]
+fn exec_without_ban_commands_closes_the_banned_address_grants() {
+    let lab = Lab::new("fxb");
+    let state = StateDir::new("b");
+    admin_table(&lab);
+    let mut config = config();
+    if let Some(exec) = config.exec.as_mut() {
+        exec.ban = None;
+        exec.unban = None;
+    }
+    let mut fw = lab
+        .server
+        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap());
+    lab.server.run(|| {
+        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+    });
+    assert!(lab.c1_can_connect(lab.c1_v4()));
+    lab.server.run(|| fw.ban(lab.c1_v4(), None).unwrap());
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "grants closed by the ban");
+    let g = lab
+        .server
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap());
+    assert!(g.applied.is_empty(), "no new grant while banned");
+}
