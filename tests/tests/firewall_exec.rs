@@ -187,3 +187,60 @@ fn exec_without_ban_commands_closes_the_banned_address_grants() {
         .run(|| fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap());
     assert!(g.applied.is_empty(), "no new grant while banned");
 }
+
+/// The ipset + iptables worked example of docs/FIREWALL.md, exactly as shipped in
+/// contrib/exec (set-up script and config), with real TCP. Needs `ipset` and `iptables`.
+#[test]
+fn contrib_ipset_example_works() {
+    for tool in ["ipset", "iptables", "ip6tables"] {
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is missing: apt-get install ipset iptables (cargo xtask setup does)"
+        );
+    }
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/exec");
+    let lab = Lab::new("fxi");
+    let state = StateDir::new("i");
+    capyknock_tests::netns::run(
+        lab.server
+            .command("sh")
+            .arg(contrib.join("ipset-setup.sh"))
+            .arg(SERVICE_PORT.to_string()),
+    );
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "closed by the set-up");
+    let text = std::fs::read_to_string(contrib.join("ipset.toml")).unwrap();
+    let config = FirewallConfig::from_config_text(&text).unwrap();
+    let mut fw = lab
+        .server
+        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap());
+    lab.server.run(|| {
+        fw.grant(&[grant(lab.c1_v4(), 2), grant(lab.c1_v6(), 60)])
+            .unwrap();
+    });
+    assert!(lab.c1_can_connect(lab.c1_v4()), "ipset grant (IPv4)");
+    assert!(lab.c1_can_connect(lab.c1_v6()), "ipset grant (IPv6)");
+    assert!(!lab.c2_can_connect(), "others stay out");
+    // ipset's own timeout closes it, even without the daemon's timer.
+    sleep(Duration::from_millis(2500));
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "expired in ipset");
+    // Refresh and ban.
+    lab.server.run(|| {
+        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+        fw.grant(&[grant(lab.c1_v4(), 120)]).unwrap();
+    });
+    let list = String::from_utf8_lossy(
+        &capyknock_tests::netns::run(lab.server.command("ipset").args(["list", "capyknock4"]))
+            .stdout,
+    )
+    .into_owned();
+    assert!(list.contains("timeout 11"), "refreshed to ~120 s: {list}");
+    lab.server.run(|| fw.ban(lab.c1_v4(), None).unwrap());
+    assert!(!lab.c1_can_connect(lab.c1_v4()), "banned");
+    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap());
+    assert!(lab.c1_can_connect(lab.c1_v4()), "unbanned");
+    lab.server.run(|| fw.revoke(lab.c1_v6()).unwrap());
+    assert!(!lab.c1_can_connect(lab.c1_v6()), "revoked");
+}

@@ -146,6 +146,17 @@ impl FirewallConfig {
         Ok(())
     }
 
+    /// Reads the `[firewall]` section of a whole config file's text (the `contrib/exec`
+    /// examples, tests), then validates it. A file without the section gives the defaults.
+    pub fn from_config_text(text: &str) -> Result<Self, FromTomlError> {
+        let doc: toml::Table = toml::from_str(text).map_err(FromTomlError::Parse)?;
+        match doc.get("firewall") {
+            None => Self::from_toml(toml::Table::new()),
+            Some(toml::Value::Table(section)) => Self::from_toml(section.clone()),
+            Some(_) => Err(FromTomlError::NotATable),
+        }
+    }
+
     /// Reads the `[firewall]` table as the server config hands it over, then validates it.
     pub fn from_toml(table: toml::Table) -> Result<Self, FromTomlError> {
         let config: FirewallConfig = table.try_into().map_err(FromTomlError::Parse)?;
@@ -163,6 +174,9 @@ pub enum FromTomlError {
     /// Values that parse but cannot work.
     #[error("[firewall]")]
     Invalid(#[source] ConfigError),
+    /// `firewall = ...` is not a table.
+    #[error("`firewall` must be a table: write [firewall] on its own line")]
+    NotATable,
 }
 
 /// Checks an nftables table name: 1-32 of `[A-Za-z0-9_-]`, starting with a letter.
@@ -328,6 +342,29 @@ mod tests {
         assert!(matches!(
             err,
             FromTomlError::Invalid(ConfigError::BadTimeout(_))
+        ));
+    }
+
+    /// The worked examples in contrib/exec must stay valid.
+    #[test]
+    fn contrib_examples_parse() {
+        for (name, text) in [
+            ("ipset", include_str!("../../../contrib/exec/ipset.toml")),
+            (
+                "firewalld",
+                include_str!("../../../contrib/exec/firewalld.toml"),
+            ),
+            ("pf", include_str!("../../../contrib/exec/pf.toml")),
+        ] {
+            let c = FirewallConfig::from_config_text(text)
+                .unwrap_or_else(|e| panic!("{name}: {:?}", anyhow::Error::from(e)));
+            assert_eq!(c.backend, FirewallKind::Exec, "{name}");
+            let exec = c.exec.unwrap();
+            assert!(exec.ban.is_some() && exec.unban.is_some(), "{name}");
+        }
+        assert!(matches!(
+            FirewallConfig::from_config_text("firewall = 1"),
+            Err(FromTomlError::NotATable)
         ));
     }
 
