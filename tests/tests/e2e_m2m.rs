@@ -1,0 +1,57 @@
+//! Machine-to-machine profile end to end: `keygen --totp-mode derived` stores the TOTP secret in
+//! the client profile, and `knock` opens the port with no code typed and no terminal (a backup
+//! job); the server's user entry says `derived`. Needs root.
+
+use std::net::IpAddr;
+
+use capyknock::{client::config::CodeSource, protocol::users::TotpMode};
+use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT, text};
+
+#[test]
+fn derived_profile_knocks_without_a_human() {
+    let mut lab = Lab::new("m2m");
+    let server_ip = IpAddr::V4(lab.client_link.a_v4);
+    let backup = lab.keygen(
+        "backup",
+        "nightly",
+        &server_ip.to_string(),
+        &["--totp-mode", "derived"],
+    );
+    assert!(
+        backup.stdout.contains("Machine profile"),
+        "{}",
+        backup.stdout
+    );
+
+    // Both files agree: derived mode, the same secret.
+    let client = capyknock::client::config::load(&lab.client_config()).unwrap();
+    let profile = client.select(Some("nightly")).unwrap();
+    let CodeSource::Derived(secret) = &profile.code else {
+        panic!("profile is not derived: {profile:?}")
+    };
+    assert_eq!(secret, &backup.secret());
+    let server = capyknock::server::config::load(&lab.server_config()).unwrap();
+    let user = server
+        .users
+        .iter()
+        .find(|u| u.nickname == "backup")
+        .unwrap();
+    assert_eq!(user.totp_mode, TotpMode::Derived);
+
+    lab.start_daemon();
+    assert_eq!(Lab::probe(&lab.client, server_ip, SERVICE_PORT), None);
+    // No code on stdin, no terminal: the profile computes it.
+    let out = lab.knock(&["nightly"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        Lab::probe(&lab.client, server_ip, SERVICE_PORT).as_deref(),
+        Some(BANNER)
+    );
+    assert_eq!(lab.status().verifier.accepted, 1);
+
+    // The next run finds the port open and sends nothing.
+    let out = lab.knock(&["nightly", "--quiet"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "--quiet printed: {}", text(&out));
+    assert_eq!(lab.status().verifier.accepted, 1);
+}
