@@ -40,7 +40,7 @@ pub struct Options {
     /// Use the release build (`cargo build --release`) instead of the debug build.
     #[arg(long)]
     pub release: bool,
-    /// Do not build: use the existing binary.
+    /// Do not run setup nor build: use the existing binary.
     #[arg(long)]
     pub no_build: bool,
     /// Pause for Enter between the steps (for presenting).
@@ -125,7 +125,9 @@ fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     let bin = target.join(profile).join("capyknock");
     if !opts.no_build {
-        let mut args = vec!["build", "-p", "capyknock"];
+        story.say("setup: cargo xtask setup (installs what is missing)");
+        crate::setup::setup(&crate::setup::Options {})?;
+        let mut args = vec!["build", "--quiet", "-p", "capyknock"];
         if opts.release {
             args.push("--release");
         }
