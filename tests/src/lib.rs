@@ -10,6 +10,7 @@
 //! attached to or changed in the machine's own namespace. Tests panic with a message instead of
 //! returning errors, and refuse to run (fail, never skip) when not root.
 
+pub mod daemon;
 pub mod e2e;
 pub mod firewall;
 pub mod frames;

@@ -158,7 +158,11 @@ struct Started {
 }
 
 /// Start-up, in the order of the module docs; any failure stops the daemon with its reason.
-fn start(opts: Options) -> Result<Started, DaemonError> {
+fn start(mut opts: Options) -> Result<Started, DaemonError> {
+    // An absolute path, so status shows it and a reload finds it whatever the cwd.
+    if let Ok(path) = std::fs::canonicalize(&opts.config) {
+        opts.config = path;
+    }
     let settings = opts.apply(config::load(&opts.config)?);
     let users = settings.users_table().map_err(DaemonError::Users)?;
     if users.is_empty() {
