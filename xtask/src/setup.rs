@@ -64,7 +64,7 @@ fn apt_packages() -> anyhow::Result<()> {
         "apt-get install -y --no-install-recommends {}",
         missing.join(" ")
     );
-    if !is_root() || output(&mut Command::new("apt-get").arg("--version")).is_none() {
+    if !is_root() || output(Command::new("apt-get").arg("--version")).is_none() {
         bail!(
             "missing system packages: {}\nInstall them (Debian/Ubuntu) with:\n  sudo apt-get update && sudo {install}\n\
              then run this again.",
@@ -87,7 +87,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 fn toolchains() -> anyhow::Result<()> {
     let rustup = |args: &[&str]| -> anyhow::Result<()> {
-        if output(&mut Command::new("rustup").arg("--version")).is_none() {
+        if output(Command::new("rustup").arg("--version")).is_none() {
             bail!(
                 "rustup not found; install it (https://rustup.rs), then run: rustup {}",
                 args.join(" ")

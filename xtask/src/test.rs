@@ -1,8 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
 //!
-//! 1. setup (installs what is missing), 2. `cargo fmt --check`, 3. clippy with `-D warnings` on
-//! all targets, 4. unit and property tests, 5. `cargo check` for Windows, 6. the privileged
-//! end-to-end tests (root only; one at a time). Not root: fails with how to run it, never skips.
+//! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
+//! targets; unit and property tests; `cargo check` for Windows; the privileged end-to-end tests
+//! (root only, one at a time). Not root: fails with how to run it, never skips.
 
 use std::time::Instant;
 
