@@ -538,7 +538,7 @@ mod tests {
         b.profile = Some("backup-job".into());
         b.knock_port = None;
         b.totp_mode = TotpModeArg::Derived;
-        b.access = Some(Duration::from_secs(60));
+        b.access = Some(Duration::from_mins(1));
         let c = create_with(&b).unwrap();
         assert_eq!(c.knock_port, 4000);
         let server_after = std::fs::read_to_string(&a.server_config).unwrap();
@@ -548,7 +548,7 @@ mod tests {
         let server = server_config::load(&a.server_config).unwrap();
         assert_eq!(server.users.len(), 2);
         assert_eq!(server.users[1].totp_mode, TotpMode::Derived);
-        assert_eq!(server.users[1].access, Duration::from_secs(60));
+        assert_eq!(server.users[1].access, Duration::from_mins(1));
         let client = client_config::load(a.client_config.as_deref().unwrap()).unwrap();
         let p = client.select(Some("backup-job")).unwrap();
         let CodeSource::Derived(secret) = &p.code else {
