@@ -10,6 +10,13 @@ use std::{net::IpAddr, path::PathBuf};
 /// resolve; 4 the port stayed closed after the last attempt; 5 no code could be had (no
 /// terminal and no --otp).
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Exit status:\n  \
+    0  the port answers (or the knock was sent, with --no-check)\n  \
+    1  an unexpected error (sending, no reachable address, relaying)\n  \
+    2  a usage or configuration problem (flags, profile, client config, malformed code)\n  \
+    3  the server name did not resolve\n  \
+    4  the port stayed closed after the last attempt\n  \
+    5  no code could be had (no terminal and no --otp/--otp-stdin)")]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "clap flags: independent switches, not a state machine"
