@@ -99,8 +99,8 @@ pub struct Link {
     pub b_v6: std::net::Ipv6Addr,
 }
 
-/// Connects `a` and `b` with a veth pair on subnet number `subnet` (10.77.`subnet`.0/24 and
-/// fd00:77:`subnet`::/64). IPv6 duplicate address detection is off so addresses work at once.
+/// Connects `a` and `b` with a veth pair on subnet number `subnet` (`10.77.<subnet>.0/24` and
+/// `fd00:77:<subnet>::/64`). IPv6 duplicate address detection is off so addresses work at once.
 #[must_use]
 pub fn connect(a: &NetNs, b: &NetNs, subnet: u8) -> Link {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
