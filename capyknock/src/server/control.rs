@@ -190,6 +190,12 @@ pub enum ClientError {
 #[cfg(unix)]
 pub use client::request;
 
+/// Sends one request to the daemon: only on Unix, where the daemon's control socket exists.
+#[cfg(not(unix))]
+pub fn request(socket: &Path, _req: &Request) -> Result<Response, ClientError> {
+    Err(ClientError::NotRunning(socket.display().to_string()))
+}
+
 #[cfg(unix)]
 mod client {
     use std::{

@@ -113,17 +113,17 @@ pub fn render_human(s: &Status) -> String {
         out.push_str("  (no counters)\n");
     }
     for (name, n) in &s.prefilter {
-        let _ = writeln!(out, "  {name:<24} {n}");
+        let _ = writeln!(out, "  {name:<28} {n}");
     }
     out.push_str("\nverifier:\n");
-    let _ = writeln!(out, "  {:<24} {}", "accepted", s.verifier.accepted);
+    let _ = writeln!(out, "  {:<28} {}", "accepted", s.verifier.accepted);
     for (name, n) in &s.verifier.rejected {
-        let _ = writeln!(out, "  {:<24} {n}", format!("rejected {name}"));
+        let _ = writeln!(out, "  {:<28} {n}", format!("rejected {name}"));
     }
     if s.verifier.firewall_errors > 0 {
         let _ = writeln!(
             out,
-            "  {:<24} {}",
+            "  {:<28} {}",
             "firewall errors", s.verifier.firewall_errors
         );
     }
