@@ -461,7 +461,6 @@ mod tests {
         let calls = fake.0.clone();
         let fw = Firewall::with_backend(Box::new(fake), None, false).unwrap();
         let (tx, rx) = mpsc::channel(16);
-        let thread = std::thread::spawn(move || Worker::new(fw, state).run(rx));
 
         let replay = Box::new(ReplayState::safe_start(1_700_000_000));
         tx.blocking_send(Effect::Grant {
@@ -480,6 +479,8 @@ mod tests {
             reply: tx_reply,
         })
         .unwrap();
+        // Started after the queue is filled: all of it is one batch, the grants one change.
+        let thread = std::thread::spawn(move || Worker::new(fw, state).run(rx));
         let s = answer.blocking_recv().unwrap().status.unwrap();
         assert_eq!(s.grants.len(), 2, "{s:?}");
         assert_eq!(s.grants[0].nickname, "alice");
