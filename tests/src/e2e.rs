@@ -10,10 +10,6 @@
 //!
 //! Everything lives in the namespaces and a temporary directory that [`Lab`] removes on drop
 //! (the daemon is stopped first). Helpers panic with the programs' output on failure.
-#![expect(
-    clippy::panic,
-    reason = "test harness: helpers fail the calling test with a message, as the tests do"
-)]
 
 use std::{
     fs::File,

@@ -3,12 +3,6 @@
 //! wrote; a second user is appended without touching the first; both files are 0600 and agree;
 //! missing flags without a terminal and taken profile names fail clearly, leaving the files
 //! alone. No root needed.
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "test code"
-)]
 
 use std::{
     os::unix::fs::PermissionsExt as _,

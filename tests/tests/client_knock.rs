@@ -2,7 +2,6 @@
 //! documented exit status (0 already open, 2 configuration, 3 resolve, 4 still closed, 5 no
 //! code), the knock packets leaving as UDP datagrams of the protocol's size, and `--proxy`
 //! relaying to an already open port. No root needed.
-#![expect(clippy::unwrap_used, reason = "test code")]
 
 use std::{
     io::{Read as _, Write as _},

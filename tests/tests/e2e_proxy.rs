@@ -2,7 +2,6 @@
 //! knock opens the port, then stdin/stdout are relayed to the service both ways, with
 //! half-close (the client's EOF reaches the service, which answers and closes; the relay then
 //! ends). A second session finds the port open and needs no code. Needs root.
-#![expect(clippy::unwrap_used, reason = "test code")]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

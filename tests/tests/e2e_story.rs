@@ -3,7 +3,6 @@
 //! from the attacker opens nothing -> a second knock is not needed (already open) -> ban ->
 //! access gone, and a fresh knock while banned is refused (exit 4) -> counters in `status`.
 //! Needs root.
-#![expect(clippy::unwrap_used, reason = "test code")]
 
 use std::{net::IpAddr, net::SocketAddr};
 
