@@ -124,7 +124,7 @@ pub enum Error {
     #[error("Windows Firewall")]
     Windows(#[from] windows::WinFwError),
     /// Some exec commands failed (each failure is logged; this carries the first).
-    #[error("{failed} firewall `{action}` command(s) failed")]
+    #[error("{failed} firewall '{action}' command(s) failed")]
     Exec {
         /// `open`, `close`, `ban` or `unban`.
         action: &'static str,
@@ -562,5 +562,326 @@ pub fn remove_installed(table: &str) -> Result<Removed, Error> {
             kind: FirewallKind::Auto,
             hint: "only nftables and Windows Firewall rules can be removed this way; run your exec `close` commands",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::ports::Protocol;
+
+    /// What the fake firewall holds, shared with the test.
+    #[derive(Debug, Default)]
+    struct State {
+        grants: BTreeSet<GrantKey>,
+        bans: BTreeSet<IpAddr>,
+        intact: bool,
+        restores: usize,
+        fail_next: bool,
+        in_use: BTreeSet<GrantKey>,
+    }
+
+    /// A timer-driven backend (like Windows or exec) recording what it is told.
+    #[derive(Debug)]
+    struct Fake {
+        state: Arc<Mutex<State>>,
+        can_ban: bool,
+    }
+
+    fn fail() -> Error {
+        Error::NoExecConfig
+    }
+
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn expires_by_itself(&self) -> bool {
+            false
+        }
+        fn persistent_ledger(&self) -> bool {
+            true
+        }
+        fn add_grants(&mut self, grants: &[Grant], _now: SystemTime) -> Result<(), Error> {
+            let mut s = self.state.lock().unwrap();
+            if std::mem::take(&mut s.fail_next) {
+                return Err(fail());
+            }
+            s.grants.extend(grants.iter().map(Grant::key));
+            Ok(())
+        }
+        fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), Error> {
+            let mut s = self.state.lock().unwrap();
+            for k in keys {
+                s.grants.remove(k);
+            }
+            Ok(())
+        }
+        fn add_ban(&mut self, ban: &Ban, _now: SystemTime) -> Result<bool, Error> {
+            let mut s = self.state.lock().unwrap();
+            if std::mem::take(&mut s.fail_next) {
+                return Err(fail());
+            }
+            if self.can_ban {
+                s.bans.insert(ban.addr);
+            }
+            Ok(self.can_ban)
+        }
+        fn remove_ban(&mut self, addr: IpAddr) -> Result<(), Error> {
+            self.state.lock().unwrap().bans.remove(&addr);
+            Ok(())
+        }
+        fn is_intact(&mut self) -> Result<bool, Error> {
+            Ok(self.state.lock().unwrap().intact)
+        }
+        fn restore(&mut self, ledger: &Ledger, _now: SystemTime) -> Result<(), Error> {
+            let mut s = self.state.lock().unwrap();
+            s.grants = ledger.grants().map(|g| g.key()).collect();
+            s.bans = ledger.bans().map(|b| b.addr).collect();
+            s.intact = true;
+            s.restores += 1;
+            Ok(())
+        }
+        fn in_use(&mut self, key: &GrantKey) -> bool {
+            self.state.lock().unwrap().in_use.contains(key)
+        }
+        fn remove_all(&mut self, _ledger: &Ledger) -> Result<(), Error> {
+            let mut s = self.state.lock().unwrap();
+            s.grants.clear();
+            s.bans.clear();
+            Ok(())
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn grant(addr: &str, port: u16, until: SystemTime) -> Grant {
+        Grant {
+            addr: ip(addr),
+            protocol: Protocol::Tcp,
+            port,
+            until,
+        }
+    }
+
+    fn open(
+        dir: Option<&Path>,
+        keep: bool,
+        can_ban: bool,
+        now: SystemTime,
+    ) -> (Firewall, Arc<Mutex<State>>) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let fake = Fake {
+            state: state.clone(),
+            can_ban,
+        };
+        let fw = Firewall::open_at(Box::new(fake), dir, keep, now).unwrap();
+        (fw, state)
+    }
+
+    #[test]
+    fn timer_backends_close_expired_grants_on_the_tick() {
+        let (mut fw, state) = open(None, false, true, t(0));
+        fw.grant_at(
+            &[grant("192.0.2.1", 22, t(10)), grant("192.0.2.2", 22, t(30))],
+            t(0),
+        )
+        .unwrap();
+        assert_eq!(state.lock().unwrap().grants.len(), 2);
+        assert_eq!(fw.check_and_repair_at(t(5)).unwrap(), Health::Intact);
+        assert_eq!(state.lock().unwrap().grants.len(), 2);
+        fw.check_and_repair_at(t(10)).unwrap();
+        let left: Vec<IpAddr> = state
+            .lock()
+            .unwrap()
+            .grants
+            .iter()
+            .map(|k| k.addr)
+            .collect();
+        assert_eq!(left, vec![ip("192.0.2.2")]);
+        assert_eq!(fw.grants().len(), 1);
+    }
+
+    #[test]
+    fn keep_established_holds_an_expired_grant_while_in_use() {
+        let (mut fw, state) = open(None, true, true, t(0));
+        let g = grant("192.0.2.1", 22, t(10));
+        fw.grant_at(&[g], t(0)).unwrap();
+        state.lock().unwrap().in_use.insert(g.key());
+        fw.check_and_repair_at(t(20)).unwrap();
+        assert_eq!(state.lock().unwrap().grants.len(), 1, "kept while in use");
+        state.lock().unwrap().in_use.clear();
+        fw.check_and_repair_at(t(25)).unwrap();
+        assert!(state.lock().unwrap().grants.is_empty(), "closed once idle");
+    }
+
+    #[test]
+    fn missing_rules_are_restored_from_the_ledger() {
+        let (mut fw, state) = open(None, false, true, t(0));
+        fw.grant_at(&[grant("192.0.2.1", 22, t(60))], t(0)).unwrap();
+        fw.ban_at(ip("192.0.2.9"), None, t(0)).unwrap();
+        {
+            let mut s = state.lock().unwrap();
+            s.grants.clear();
+            s.bans.clear();
+            s.intact = false;
+        }
+        assert_eq!(fw.check_and_repair_at(t(1)).unwrap(), Health::Restored);
+        let s = state.lock().unwrap();
+        assert_eq!(s.grants.len(), 1);
+        assert_eq!(s.bans.len(), 1);
+        assert_eq!(s.restores, 2, "once at open, once on repair");
+    }
+
+    #[test]
+    fn a_refused_change_is_not_recorded() {
+        let (mut fw, state) = open(None, false, true, t(0));
+        fw.grant_at(&[grant("192.0.2.1", 22, t(60))], t(0)).unwrap();
+        state.lock().unwrap().fail_next = true;
+        assert!(
+            fw.grant_at(
+                &[
+                    grant("192.0.2.1", 22, t(120)),
+                    grant("192.0.2.2", 22, t(60))
+                ],
+                t(1)
+            )
+            .is_err()
+        );
+        let grants = fw.grants();
+        assert_eq!(
+            grants,
+            vec![grant("192.0.2.1", 22, t(60))],
+            "ledger rolled back"
+        );
+        state.lock().unwrap().fail_next = true;
+        assert!(fw.ban_at(ip("192.0.2.9"), None, t(1)).is_err());
+        assert!(fw.bans().is_empty(), "failed ban not recorded");
+    }
+
+    #[test]
+    fn without_native_bans_a_ban_closes_grants() {
+        let (mut fw, state) = open(None, false, false, t(0));
+        fw.grant_at(
+            &[
+                grant("192.0.2.1", 22, t(60)),
+                grant("192.0.2.1", 443, t(60)),
+            ],
+            t(0),
+        )
+        .unwrap();
+        fw.ban_at(ip("192.0.2.1"), Some(t(30)), t(1)).unwrap();
+        assert!(state.lock().unwrap().grants.is_empty());
+        assert!(
+            fw.grant_at(&[grant("192.0.2.1", 22, t(60))], t(2))
+                .unwrap()
+                .applied
+                .is_empty()
+        );
+        // The ban ends on the tick; grants work again.
+        fw.check_and_repair_at(t(30)).unwrap();
+        assert_eq!(
+            fw.grant_at(&[grant("192.0.2.1", 22, t(90))], t(31))
+                .unwrap()
+                .applied
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn restart_closes_what_expired_while_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut fw, state) = open(Some(dir.path()), false, true, t(0));
+        fw.grant_at(
+            &[
+                grant("192.0.2.1", 22, t(10)),
+                grant("192.0.2.2", 22, t(100)),
+            ],
+            t(0),
+        )
+        .unwrap();
+        fw.ban_at(ip("192.0.2.9"), Some(t(20)), t(0)).unwrap();
+        drop(fw);
+        // The "firewall" still holds everything while the daemon is down.
+        let held = std::mem::take(&mut *state.lock().unwrap());
+
+        let state = Arc::new(Mutex::new(State {
+            grants: held.grants,
+            bans: held.bans,
+            ..State::default()
+        }));
+        let fake = Fake {
+            state: state.clone(),
+            can_ban: true,
+        };
+        let fw = Firewall::open_at(Box::new(fake), Some(dir.path()), false, t(50)).unwrap();
+        let s = state.lock().unwrap();
+        assert_eq!(
+            s.grants.iter().map(|k| k.addr).collect::<Vec<_>>(),
+            vec![ip("192.0.2.2")],
+            "the expired grant was closed, the live one kept"
+        );
+        assert!(s.bans.is_empty(), "the expired ban was lifted");
+        assert_eq!(fw.grants().len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_ledger_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("firewall-fake.json"), b"{not json").unwrap();
+        let (fw, _) = open(Some(dir.path()), false, true, t(0));
+        assert!(fw.grants().is_empty());
+        assert!(dir.path().join("firewall-fake.json.damaged").exists());
+    }
+
+    #[test]
+    fn exec_without_a_section_and_foreign_platform_backends_are_refused() {
+        let cfg = FirewallConfig {
+            backend: FirewallKind::Exec,
+            ..FirewallConfig::default()
+        };
+        assert!(matches!(
+            Firewall::open(&cfg, &[], &[], Path::new("/nonexistent")),
+            Err(Error::NoExecConfig)
+        ));
+        #[cfg(not(windows))]
+        {
+            let cfg = FirewallConfig {
+                backend: FirewallKind::Windows,
+                ..FirewallConfig::default()
+            };
+            assert!(matches!(
+                Firewall::open(&cfg, &[], &[], Path::new("/nonexistent")),
+                Err(Error::Unavailable { .. })
+            ));
+        }
+        let cfg = FirewallConfig {
+            backend: FirewallKind::None,
+            ..FirewallConfig::default()
+        };
+        let mut fw = Firewall::open(&cfg, &[], &[], Path::new("/nonexistent")).unwrap();
+        assert_eq!(fw.name(), "none");
+        fw.grant(&[grant(
+            "192.0.2.1",
+            22,
+            SystemTime::now() + Duration::from_secs(5),
+        )])
+        .unwrap();
+        assert_eq!(fw.grants().len(), 1);
+        fw.remove_all().unwrap();
+        assert!(fw.grants().is_empty());
     }
 }
