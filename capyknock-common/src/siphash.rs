@@ -8,7 +8,6 @@
 //! Bernstein, "`SipHash`: a fast short-input PRF" (2012); the tests check it against the paper's
 //! test vector for 56 bytes and against the `siphasher` crate for random keys and messages.
 
-
 /// Length of a `SipHash` key.
 pub const KEY_LEN: usize = 16;
 /// Length of the message [`siphash24`] hashes.

@@ -19,7 +19,6 @@
 //! The tag is SipHash-2-4 (under the user's tag key) of bytes `0..56`; the whole 64-byte header
 //! is the AEAD's associated data.
 
-
 /// First four bytes of every knock.
 pub const MAGIC: [u8; 4] = *b"CKnk";
 /// Protocol version carried in byte 4.

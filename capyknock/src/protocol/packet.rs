@@ -98,7 +98,20 @@ pub fn seal_knock(
     payload: &Payload,
     nonce: &[u8; NONCE_LEN],
 ) -> Result<[u8; KNOCK_LEN], PacketError> {
-    let mut body = payload.encode().map_err(PacketError::Payload)?;
+    let body = payload.encode().map_err(PacketError::Payload)?;
+    seal_plaintext(id, key, time_step, &body, nonce)
+}
+
+/// Seals any 176-byte plaintext, valid payload or not: for tests and the fuzzer, which need
+/// authenticated packets carrying malformed payloads.
+pub fn seal_plaintext(
+    id: &UserId,
+    key: &UserKey,
+    time_step: u64,
+    plaintext: &[u8; PLAINTEXT_LEN],
+    nonce: &[u8; NONCE_LEN],
+) -> Result<[u8; KNOCK_LEN], PacketError> {
+    let mut body = Zeroizing::new(*plaintext);
     let header = Header::sealed(key.tag_key().expose_secret(), id.0, time_step, *nonce);
     let header_bytes = header.to_bytes();
     let aead = XChaCha20Poly1305::new(&(*key.aead_key()).into());
