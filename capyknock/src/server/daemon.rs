@@ -594,7 +594,9 @@ impl Core {
         self.reloading = false;
         let response = match loaded {
             Err(err) => {
-                tracing::error!("reload refused, the configuration in force is unchanged: {err}");
+                // One log line (journald splits lines); the client gets the multi-line text.
+                let flat = err.replace("\n  ", " | ").replace('\n', " | ");
+                tracing::error!("reload refused, the configuration in force is unchanged: {flat}");
                 Response::error(format!(
                     "reload refused, the configuration in force is unchanged:\n{err}"
                 ))
