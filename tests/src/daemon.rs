@@ -12,11 +12,6 @@
 //! fixed keys so the tests can build any packet. Everything lives in the namespaces and a
 //! temporary directory removed on drop (the daemon is killed first). The directory is mode 0755
 //! so that the socket's own permissions, not the directory's, decide who may connect.
-#![expect(
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "test harness: helpers fail the calling test with a message, as the tests do"
-)]
 
 use std::{
     fs::File,

@@ -2,7 +2,6 @@
 //! (with `ExecStart` pointing at the built binary), and `systemd-analyze security` rates its
 //! hardening "OK" or better. Needs `systemd-analyze` (Debian package `systemd`); no root.
 //! Run: `cargo test -p capyknock-tests --test daemon_systemd`.
-#![expect(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use std::{path::Path, process::Command};
 
