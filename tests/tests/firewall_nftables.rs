@@ -239,6 +239,38 @@ fn restart_keeps_grants_and_their_timeouts() {
 }
 
 #[test]
+fn changed_settings_rebuild_the_table_and_keep_grants() {
+    let lab = Lab::new("fwp");
+    let mut fw = open(&lab);
+    fw.grant(&[grant(lab.c1_v4(), in_secs(60.0))]).unwrap();
+    fw.ban(lab.c2_v4(), None).unwrap();
+    drop(fw);
+    // A reload with another chain priority and another protected port set: the hook cannot be
+    // changed in place, so the table is recreated, with the grant and the ban.
+    let fw = lab.server.run(|| {
+        let config = FirewallConfig {
+            priority: 5,
+            ..config()
+        };
+        Firewall::open(
+            &config,
+            &[PortSpec::tcp(SERVICE_PORT)],
+            &[],
+            Path::new("/nonexistent-state-dir"),
+        )
+        .unwrap()
+    });
+    assert_eq!(fw.grants().len(), 1);
+    assert_eq!(fw.bans().len(), 1);
+    let listing = lab.nft(&["list", "chain", "inet", "capyknock", "input"]);
+    assert!(listing.contains("priority filter + 5"), "{listing}");
+    assert!(!listing.contains("51820"), "old port rule gone: {listing}");
+    assert!(!listing.contains(&KNOCK_PORT.to_string()), "{listing}");
+    assert!(lab.c1_can_connect(lab.c1_v4()), "grant kept");
+    assert!(!lab.c2_can_connect(), "ban kept");
+}
+
+#[test]
 fn other_tables_are_untouched() {
     let lab = Lab::new("fwo");
     lab.nft(&["add", "table", "inet", "other"]);
