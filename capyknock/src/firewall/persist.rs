@@ -228,10 +228,17 @@ pub fn delete(path: &Path) -> Result<(), PersistError> {
     }
 }
 
-/// Creates (truncating) a file readable only by its owner: the ledger lists users' addresses.
+/// Creates a fresh file readable only by its owner (the ledger lists users' addresses). A
+/// leftover temporary file is removed first and the new one is created exclusively, so a
+/// symlink planted at that path is never followed.
 fn create_private(path: &Path) -> io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     opts.open(path)
@@ -325,6 +332,19 @@ mod tests {
         assert!(!dir.path().join("firewall-exec.json.tmp").exists());
         delete(&path).unwrap();
         delete(&path).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let path = ledger_path(dir.path(), "exec");
+        std::os::unix::fs::symlink(&victim, dir.path().join("firewall-exec.json.tmp")).unwrap();
+        save(&path, "exec", &sample()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(load(&path, "exec", t(0)).unwrap().is_some());
     }
 
     #[test]
