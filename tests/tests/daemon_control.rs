@@ -6,7 +6,9 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
 use capyknock::server::control::Request;
-use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, now, user, wait_for_fresh_step};
+use capyknock_tests::daemon::{
+    DaemonLab, OTHER_SERVICE, SERVICE, knock, now, user, wait_for_fresh_step,
+};
 
 /// A ban closes the address's access at once and refuses its knocks (logged and counted as
 /// `banned`); an unban lets it knock again.
@@ -174,6 +176,33 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
         "reload message"
     );
     lab.wait_connect(SERVICE.port, true, false);
+
+    // A user with a port no one had: the firewall starts protecting it at the reload, and
+    // the grants in force stay.
+    assert!(
+        lab.can_connect(OTHER_SERVICE.port, false),
+        "tcp/23 not yet protected"
+    );
+    let mut carol = user("carol", 3);
+    carol.ports = vec![SERVICE, OTHER_SERVICE];
+    lab.write_config(&[&alice, &carol]);
+    let r = lab.request(&Request::Reload {});
+    assert!(
+        r.ok && r
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("now protecting tcp/23"),
+        "{r:?}"
+    );
+    lab.wait_connect(OTHER_SERVICE.port, false, false);
+    assert!(lab.can_connect(SERVICE.port, false), "alice's grant lost");
+    lab.send(&knock(&carol, &[OTHER_SERVICE], now()), true, 1);
+    lab.wait_connect(OTHER_SERVICE.port, true, true);
+    assert!(
+        !lab.can_connect(OTHER_SERVICE.port, false),
+        "opened for the wrong address"
+    );
     assert!(lab.stop());
 }
 

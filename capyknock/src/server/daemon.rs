@@ -33,7 +33,7 @@ use super::{
     reload,
     state::{Bans, StateDir, StateError},
     status::{BanStatus, CaptureStatus, FirewallStatus, Status, VerifierStatus},
-    worker::{Effect, Worker},
+    worker::{Effect, Reopen, Worker},
 };
 use crate::{
     capture::{
@@ -180,17 +180,17 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let (mut bans, _) = state.load_bans(unix(now));
 
     let mut capture = Capture::open(&capture_config(&settings))?;
-    let knock_drop: &[u16] = if capture.mode() == crate::capture::ActiveMode::Udp {
+    let knock_drop: Vec<u16> = if capture.mode() == crate::capture::ActiveMode::Udp {
         // The socket must receive the knocks: the firewall must not drop them.
-        &[]
+        Vec::new()
     } else {
-        &settings.knock_ports
+        settings.knock_ports.clone()
     };
     let protected = settings.protected_ports();
     let mut fw = Firewall::open(
         &settings.firewall,
         &protected,
-        knock_drop,
+        &knock_drop,
         &settings.state_dir,
     )?;
     reconcile_bans(&mut fw, &mut bans, now);
@@ -199,7 +199,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     capture.set_time_step(step_of(unix(now)))?;
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
-    let worker = Worker::new(fw, state);
+    let worker = Worker::new(fw, state).with_reopen(Reopen {
+        config: settings.firewall.clone(),
+        knock_drop,
+        state_dir: settings.state_dir.clone(),
+    });
     let worker = std::thread::Builder::new()
         .name("capyknock-fw".into())
         .spawn(move || worker.run(effects_rx))
@@ -240,6 +244,18 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         ticks: 0,
         fatal: None,
     };
+    announce(&core, &control_path);
+    Ok(Started {
+        core,
+        control_task,
+        control_rx,
+        reload_rx,
+        worker,
+    })
+}
+
+/// Logs that the daemon is ready and tells systemd.
+fn announce(core: &Core, control_path: &std::path::Path) {
     let ready = format!(
         "knock ports {:?} ({}), firewall {}, {} users",
         core.settings.knock_ports,
@@ -260,13 +276,6 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&ready),
     ]);
-    Ok(Started {
-        core,
-        control_task,
-        control_rx,
-        reload_rx,
-        worker,
-    })
 }
 
 /// Stops serving, stops capture (detaching XDP), saves the state; leaves the firewall as it is.
@@ -640,9 +649,15 @@ impl Core {
             tracing::warn!(settings = %keys, "changed settings need a restart; the old values stay in force until then");
             notes.push(format!("changed, restart to apply: {keys}"));
         }
-        for port in &plan.unprotected {
-            tracing::warn!(%port, "a user got a port the firewall does not protect yet: it stays as open or closed as it was until a restart");
-            notes.push(format!("{port} is not protected until a restart"));
+        if !plan.unprotected.is_empty() {
+            // Protect the union: a port no user has any more stays protected (closed to
+            // everyone) until a restart rather than opening to the world.
+            let mut ports: std::collections::BTreeSet<_> = self.protected.iter().copied().collect();
+            ports.extend(plan.unprotected.iter().copied());
+            self.protected = ports.into_iter().collect();
+            self.send(Effect::Protect(self.protected.clone()));
+            let new: Vec<String> = plan.unprotected.iter().map(ToString::to_string).collect();
+            notes.push(format!("now protecting {}", new.join(", ")));
         }
         if !plan.removed.is_empty() {
             if self.settings.revoke_removed_users {
@@ -808,6 +823,7 @@ fn effect_name(e: &Effect) -> &'static str {
         Effect::Unban { .. } => "unban",
         Effect::SaveBans(_) => "save bans",
         Effect::RevokeUsers(_) => "revoke users",
+        Effect::Protect(_) => "protect ports",
         Effect::Repair => "firewall check",
         Effect::Status { .. } => "status",
         Effect::Shutdown { .. } => "shutdown",

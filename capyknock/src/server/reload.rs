@@ -1,6 +1,6 @@
 //! What a configuration reload changes: which settings take effect at once (users, freshness,
-//! access durations, log limits), which need a restart (ports, interfaces, capture, paths,
-//! firewall), and which users were removed. Pure functions over two [`Settings`]; the daemon
+//! access durations, log limits), which need a restart (knock ports, interfaces, capture, paths,
+//! limits, firewall settings), which users were removed, and which ports need protecting. Pure functions over two [`Settings`]; the daemon
 //! applies the result.
 
 use std::collections::{BTreeSet, HashSet};
@@ -20,8 +20,8 @@ pub struct Plan {
     pub removed: Vec<UserId>,
     /// Users in the new file and not in the old one.
     pub added: usize,
-    /// Ports of the new users that the firewall does not protect yet (it learns its protected
-    /// ports at start): open to everyone until a restart.
+    /// Ports of the new users that the firewall does not protect yet: the daemon has the
+    /// firewall protect them too (their union with the ports protected so far).
     pub unprotected: Vec<PortSpec>,
 }
 

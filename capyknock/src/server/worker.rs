@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -20,7 +21,8 @@ use super::{
     status::{GrantStatus, Status},
 };
 use crate::{
-    firewall::{self, ErrorChain, Firewall, GrantKey},
+    firewall::{self, ErrorChain, Firewall, FirewallConfig, GrantKey},
+    ports::PortSpec,
     protocol::{keys::UserId, replay::ReplayState, verify},
 };
 
@@ -64,6 +66,9 @@ pub enum Effect {
     /// Close the grants of these users now (removed from the config with
     /// `revoke_removed_users = true`).
     RevokeUsers(Vec<UserId>),
+    /// Protect these ports from now on (a reload gave a user a port no one had): the firewall
+    /// is opened again with them, keeping every grant and ban.
+    Protect(Vec<PortSpec>),
     /// Close expired grants, restore deleted rules.
     Repair,
     /// Fill in the grants and answer a `status` request.
@@ -96,6 +101,18 @@ pub struct Worker {
     state: StateDir,
     owners: HashMap<GrantKey, Owner>,
     firewall_errors: u64,
+    reopen: Option<Reopen>,
+}
+
+/// How the firewall was opened, so it can be opened again with more protected ports.
+#[derive(Debug, Clone)]
+pub struct Reopen {
+    /// The `[firewall]` settings in force.
+    pub config: FirewallConfig,
+    /// UDP ports the firewall drops (the knock ports, or none in udp capture mode).
+    pub knock_drop: Vec<u16>,
+    /// The state directory (ledger of timer-driven backends).
+    pub state_dir: PathBuf,
 }
 
 impl Worker {
@@ -107,7 +124,15 @@ impl Worker {
             state,
             owners: HashMap::new(),
             firewall_errors: 0,
+            reopen: None,
         }
+    }
+
+    /// Lets [`Effect::Protect`] reopen the firewall as it was opened.
+    #[must_use]
+    pub fn with_reopen(mut self, reopen: Reopen) -> Self {
+        self.reopen = Some(reopen);
+        self
     }
 
     /// Runs until the channel closes or a [`Effect::Shutdown`] arrives. Blocking: run it on its
@@ -200,6 +225,7 @@ impl Worker {
                     }
                 }
                 Effect::RevokeUsers(users) => self.revoke_users(&users),
+                Effect::Protect(ports) => self.protect(&ports),
                 Effect::Repair => self.repair(),
                 Effect::Status { status, reply } => {
                     let _ = reply.send(Response::status(self.fill_status(*status)));
@@ -307,6 +333,28 @@ impl Worker {
         }
     }
 
+    fn protect(&mut self, ports: &[PortSpec]) {
+        let Some(r) = &self.reopen else {
+            tracing::warn!("cannot change the protected ports of this firewall without a restart");
+            return;
+        };
+        match Firewall::open(&r.config, ports, &r.knock_drop, &r.state_dir) {
+            Ok(fw) => {
+                // The old handle is dropped as it is: the rules now belong to the new one.
+                self.firewall = fw;
+                let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                tracing::info!(ports = %ports.join(","), "firewall now protects these ports");
+            }
+            Err(err) => {
+                self.firewall_errors += 1;
+                tracing::error!(
+                    error = %ErrorChain(&err),
+                    "cannot protect the new ports; they stay unprotected until a restart"
+                );
+            }
+        }
+    }
+
     fn repair(&mut self) {
         if let Err(err) = self.firewall.check_and_repair() {
             self.firewall_errors += 1;
@@ -366,7 +414,6 @@ mod tests {
     use super::*;
     use crate::{
         firewall::{Backend, Ban, Ledger},
-        ports::PortSpec,
         server::status::{CaptureStatus, FirewallStatus, VerifierStatus},
     };
 
