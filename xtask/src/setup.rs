@@ -4,7 +4,8 @@
 //!
 //! What and why (docs/TOOLCHAIN.md has the long version):
 //! - apt packages: C libraries for the nftables (libnftnl, libmnl) and pcap bindings, and the
-//!   tools the privileged tests drive (iproute2, nftables, tcpdump).
+//!   tools the privileged tests drive (iproute2, nftables, tcpdump, util-linux, fail2ban,
+//!   systemd-analyze).
 //! - the pinned stable toolchain (rust-toolchain.toml) with clippy and rustfmt, plus the Windows
 //!   target for `cargo check` of the Windows code;
 //! - the pinned nightly with `rust-src`, which compiles the eBPF object (`-Z build-std=core`);
@@ -34,6 +35,13 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "tcpdump",
+    // nsenter and setpriv: run the daemon in a namespace with bpffs reachable, and as a
+    // non-root user in the control-socket test.
+    "util-linux",
+    // fail2ban-regex checks the shipped filter against a real daemon log.
+    "fail2ban",
+    // systemd-analyze verifies the shipped unit.
+    "systemd",
 ];
 
 #[derive(Debug, clap::Args)]
