@@ -136,7 +136,7 @@ const _: () = assert!(KnockEvent::SIZE == 24 + KNOCK_LEN);
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 8);
 
-#[cfg(feature = "user")]
+#[cfg(all(feature = "user", target_os = "linux"))]
 mod pod {
     // SAFETY: `#[repr(C)]` structs of integers and byte arrays with no implicit padding
     // (checked by the size assertions above), so every bit pattern is a valid value.
