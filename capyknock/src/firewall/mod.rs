@@ -60,6 +60,13 @@ pub trait Backend: fmt::Debug + Send {
         Ok(None)
     }
 
+    /// True when a failed change leaves the firewall exactly as before (nftables batches).
+    /// Otherwise part of a failed change may have been applied, and the facade keeps the
+    /// grants in its ledger so they are closed at their end (closing is idempotent).
+    fn atomic(&self) -> bool {
+        false
+    }
+
     /// Opens or refreshes these grants, each until its `until`.
     fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error>;
 
@@ -264,7 +271,9 @@ impl Firewall {
 
     /// Opens (or refreshes) grants in one change. A repeat grant extends the time left and
     /// never shortens it; grants for banned addresses are refused and logged. When the
-    /// firewall refuses the change, nothing of it is recorded.
+    /// firewall refuses the change, an atomic backend (nftables) records nothing of it; other
+    /// backends keep the grants in the ledger, since part of the change may have been made,
+    /// so that they are closed at their end.
     pub fn grant(&mut self, grants: &[Grant]) -> Result<Granted, Error> {
         self.grant_at(grants, SystemTime::now())
     }
@@ -277,7 +286,11 @@ impl Firewall {
         }
         if !merged.apply.is_empty() {
             if let Err(err) = self.backend.add_grants(&merged.apply, now) {
-                self.ledger.restore_entries(before);
+                if self.backend.atomic() {
+                    self.ledger.restore_entries(before);
+                } else {
+                    self.save();
+                }
                 return Err(err);
             }
             for g in &merged.apply {
@@ -592,6 +605,7 @@ mod tests {
     struct Fake {
         state: Arc<Mutex<State>>,
         can_ban: bool,
+        atomic: bool,
     }
 
     fn fail() -> Error {
@@ -607,6 +621,9 @@ mod tests {
         }
         fn persistent_ledger(&self) -> bool {
             true
+        }
+        fn atomic(&self) -> bool {
+            self.atomic
         }
         fn add_grants(&mut self, grants: &[Grant], _now: SystemTime) -> Result<(), Error> {
             let mut s = self.state.lock().unwrap();
@@ -686,6 +703,7 @@ mod tests {
         let fake = Fake {
             state: state.clone(),
             can_ban,
+            atomic: true,
         };
         let fw = Firewall::open_at(Box::new(fake), dir, keep, now).unwrap();
         (fw, state)
@@ -746,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_change_is_not_recorded() {
+    fn a_refused_change_is_rolled_back_on_atomic_backends() {
         let (mut fw, state) = open(None, false, true, t(0));
         fw.grant_at(&[grant("192.0.2.1", 22, t(60))], t(0)).unwrap();
         state.lock().unwrap().fail_next = true;
@@ -769,6 +787,20 @@ mod tests {
         state.lock().unwrap().fail_next = true;
         assert!(fw.ban_at(ip("192.0.2.9"), None, t(1)).is_err());
         assert!(fw.bans().is_empty(), "failed ban not recorded");
+
+        // A non-atomic backend may have applied part of it: keep the grants so they get closed.
+        let state = Arc::new(Mutex::new(State::default()));
+        let fake = Fake {
+            state: state.clone(),
+            can_ban: true,
+            atomic: false,
+        };
+        let mut fw = Firewall::open_at(Box::new(fake), None, false, t(0)).unwrap();
+        state.lock().unwrap().fail_next = true;
+        assert!(fw.grant_at(&[grant("192.0.2.1", 22, t(60))], t(0)).is_err());
+        assert_eq!(fw.grants().len(), 1, "kept for closing");
+        fw.check_and_repair_at(t(60)).unwrap();
+        assert!(fw.grants().is_empty());
     }
 
     #[test]
@@ -826,6 +858,7 @@ mod tests {
         let fake = Fake {
             state: state.clone(),
             can_ban: true,
+            atomic: false,
         };
         let fw = Firewall::open_at(Box::new(fake), Some(dir.path()), false, t(50)).unwrap();
         let s = state.lock().unwrap();

@@ -532,6 +532,10 @@ impl Backend for NftBackend {
         false
     }
 
+    fn atomic(&self) -> bool {
+        true
+    }
+
     fn installed(&mut self, now: SystemTime) -> Result<Option<Ledger>, Error> {
         let mut ledger = Ledger::new();
         if self.table_exists()?.is_none() {
