@@ -453,6 +453,31 @@ mod tests {
     }
 
     #[test]
+    fn load_errors_name_the_cause() {
+        let create = |errno| {
+            aya::EbpfError::MapError(MapError::CreateError {
+                name: "EVENTS".to_owned(),
+                io_error: io::Error::from_raw_os_error(errno),
+            })
+        };
+        let err = classify_load_error(create(libc::EPERM));
+        assert!(matches!(err, XdpError::NoPermission(_)));
+        assert!(err.to_string().contains("CAP_BPF"), "{err}");
+        assert!(matches!(
+            classify_load_error(create(libc::EACCES)),
+            XdpError::NoPermission(_)
+        ));
+        assert!(matches!(
+            classify_load_error(create(libc::EINVAL)),
+            XdpError::Load(_)
+        ));
+        let old = XdpError::KernelTooOld {
+            release: "5.4.0-foo".to_owned(),
+        };
+        assert!(old.to_string().contains("5.4.0-foo") && old.to_string().contains("5.18"));
+    }
+
+    #[test]
     fn events_become_candidates() {
         let mut raw = vec![0u8; KnockEvent::SIZE];
         raw[..16].copy_from_slice(
