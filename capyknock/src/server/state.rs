@@ -411,6 +411,78 @@ mod tests {
     }
 
     #[test]
+    fn a_knock_replayed_after_a_restart_is_refused() {
+        use crate::protocol::{
+            packet::{KnockRequest, Randomness, build_knock},
+            totp::Totp,
+            users::{AllowIp, TotpMode, User, Users},
+            verify::{RejectReason, Settings, Verdict, Verifier},
+        };
+        use crate::{
+            ports::PortSpec,
+            protocol::keys::{TotpSecret, UserKey},
+        };
+        let user = User {
+            id: UserId([1; 16]),
+            nickname: "alice".into(),
+            key: UserKey::from_bytes([2; 32]),
+            totp: TotpSecret::from_bytes([3; 20]),
+            totp_mode: TotpMode::Prompt,
+            ports: vec![PortSpec::tcp(22)],
+            access: std::time::Duration::from_mins(5),
+            allow_ip: AllowIp::Source,
+        };
+        let code = Totp::new(&user.totp).unwrap().code_at(NOW);
+        let packet = build_knock(
+            &user.id,
+            &user.key,
+            &code,
+            &KnockRequest::default(),
+            NOW,
+            &Randomness::os().unwrap(),
+        )
+        .unwrap();
+        let users = Users::new(vec![user]).unwrap();
+        let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let (_tmp, dir) = dir();
+
+        // First run: granted, state saved as the daemon does before opening the firewall.
+        let (replay, _) = dir.load_replay(NOW - 60);
+        let mut v = Verifier::new(Settings::default(), replay);
+        assert!(matches!(
+            v.verify(&users, &packet, src, NOW),
+            Verdict::Grant(_)
+        ));
+        assert!(v.take_changed());
+        dir.save_replay(v.replay()).unwrap();
+        drop(v);
+
+        // Second run (restart): the same packet, from anywhere, is refused.
+        let (replay, outcome) = dir.load_replay(NOW + 5);
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        let mut v = Verifier::new(Settings::default(), replay);
+        let Verdict::Reject(r) = v.verify(
+            &users,
+            &packet,
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+            NOW + 5,
+        ) else {
+            panic!("replay granted after restart");
+        };
+        assert_eq!(r.reason, RejectReason::ReplayedTotp);
+
+        // Restart with the state file lost: still refused (safe start).
+        fs::remove_file(dir.path().join(REPLAY_FILE)).unwrap();
+        let (replay, outcome) = dir.load_replay(NOW + 5);
+        assert_eq!(outcome, LoadOutcome::Missing);
+        let mut v = Verifier::new(Settings::default(), replay);
+        let Verdict::Reject(r) = v.verify(&users, &packet, src, NOW + 5) else {
+            panic!("replay granted after losing the state");
+        };
+        assert_eq!(r.reason, RejectReason::StaleTimestamp);
+    }
+
+    #[test]
     fn missing_replay_state_is_a_safe_start() {
         let (_tmp, dir) = dir();
         let (state, outcome) = dir.load_replay(NOW);
