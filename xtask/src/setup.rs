@@ -42,6 +42,9 @@ const APT_PACKAGES: &[&str] = &[
     "fail2ban",
     // systemd-analyze verifies the shipped unit.
     "systemd",
+    // The exec firewall backend's shipped ipset example is tested end to end.
+    "ipset",
+    "iptables",
 ];
 
 #[derive(Debug, clap::Args)]
