@@ -18,22 +18,22 @@
 //! killed outright (kill -9) are removed at the next start.
 
 use std::{
-    fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd::{self, command, is_root, workspace_root};
+use crate::{
+    cmd::{self, command, is_root, workspace_root},
+    topology::{
+        Daemon, NetNs, TcpService, TempDir, capture, capture_with_stdin, check_interrupted,
+        install_signal_handlers, path_str, remove_stale_namespaces, sleep, veth, write_private,
+    },
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -56,45 +56,13 @@ const SERVICE_PORT: u16 = 22;
 const BANNER: &str = "SSH-2.0-capyknock-demo";
 /// How long a connection attempt waits before calling the port closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The demo's temporary directory is `$TMPDIR/capyknock-demo-<pid>`.
+const TEMP_PREFIX: &str = "capyknock-demo-";
 
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
 const SERVER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
 const SERVER_ATTACKER_SIDE: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 1);
 const ATTACKER_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 2);
-
-/// Set by SIGINT/SIGTERM.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe; the handler
-        // stays valid for the life of the process.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
-
-/// Sleeps in small slices so Ctrl-C is noticed.
-fn sleep(d: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        check_interrupted()?;
-        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
-    }
-    check_interrupted()
-}
 
 pub fn demo(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
@@ -104,7 +72,7 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
         );
     }
     install_signal_handlers();
-    remove_stale_namespaces();
+    remove_stale_namespaces("ckdemo-", TEMP_PREFIX);
     let started = Instant::now();
     let mut story = Story {
         started,
@@ -146,7 +114,7 @@ fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
 /// Everything the story runs in. Fields drop in order: daemon, service, namespaces, files.
 struct World {
     daemon: Option<Daemon>,
-    _service: BannerService,
+    _service: TcpService,
     server: NetNs,
     client: NetNs,
     attacker: NetNs,
@@ -155,7 +123,7 @@ struct World {
 
 impl World {
     fn new(story: &Story) -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
+        let dir = TempDir::new(TEMP_PREFIX)?;
         let tag = std::process::id();
         let server = NetNs::new(&format!("ckdemo-{tag}-server"))?;
         let client = NetNs::new(&format!("ckdemo-{tag}-client"))?;
@@ -163,16 +131,18 @@ impl World {
         veth(
             (&server, "srv-c", SERVER_CLIENT_SIDE),
             (&client, "cli", CLIENT_V4),
+            24,
         )?;
         veth(
             (&server, "srv-a", SERVER_ATTACKER_SIDE),
             (&attacker, "att", ATTACKER_V4),
+            24,
         )?;
         story.say(&format!(
             "namespaces: client {CLIENT_V4} <-> {SERVER_CLIENT_SIDE} server \
              {SERVER_ATTACKER_SIDE} <-> {ATTACKER_V4} attacker"
         ));
-        let service = BannerService::start(&server)?;
+        let service = TcpService::start(&server, SERVICE_PORT, BANNER)?;
         story.say(&format!(
             "server: a TCP service on tcp/{SERVICE_PORT} answers \"{BANNER}\" (stands in for sshd)"
         ));
@@ -187,7 +157,7 @@ impl World {
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        self.dir.path.join(name)
+        self.dir.file(name)
     }
 
     fn daemon(&self) -> anyhow::Result<&Daemon> {
@@ -208,6 +178,7 @@ fn run_story(bin: &Path, story: &mut Story) -> anyhow::Result<()> {
         &world.server,
         &world.file("server.toml"),
         &world.file("server.log"),
+        &["--capture", "xdp", "--firewall", "nftables"],
     )?;
     daemon.wait_ready(bin, &world.file("control.sock"))?;
     world.daemon = Some(daemon);
@@ -291,7 +262,7 @@ fn knock(bin: &Path, world: &World, story: &Story, app: &Authenticator) -> anyho
     let (ok, out) = capture_with_stdin(&mut cmd, &format!("{code}\n"))?;
     show(&out);
     if !ok {
-        world.daemon()?.show_log(story);
+        show_log(world.daemon()?, story);
         bail!("the knock did not open the port");
     }
     check_interrupted()?;
@@ -299,7 +270,7 @@ fn knock(bin: &Path, world: &World, story: &Story, app: &Authenticator) -> anyho
     let after = world.client.run(move || probe(target))?;
     result(&after.describe());
     if !after.is_open() {
-        world.daemon()?.show_log(story);
+        show_log(world.daemon()?, story);
         bail!("the port is still closed after the knock");
     }
     Ok(())
@@ -458,54 +429,6 @@ fn write_server_config(path: &Path, dir: &Path) -> anyhow::Result<()> {
     write_private(path, text.as_bytes())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-/// Runs `cmd`; its stdout and stderr together, or an error with them.
-fn capture(cmd: &mut Command) -> anyhow::Result<String> {
-    let (ok, text) = capture_with_stdin(cmd, "")?;
-    if !ok {
-        bail!("{} failed:\n{text}", cmd::describe(cmd));
-    }
-    Ok(text)
-}
-
-/// Runs `cmd` with `input` on stdin; (success, stdout + stderr).
-fn capture_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<(bool, String)> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", cmd::describe(cmd)))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {}", cmd::describe(cmd)))?;
-    // Ctrl-C reaches the whole foreground process group: a child that died of it is not a
-    // failure of the story.
-    check_interrupted()?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
-}
-
 /// The user's authenticator app: reads the `otpauth://` URI (what scanning the QR code gives)
 /// and shows the current code.
 struct Authenticator {
@@ -548,322 +471,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A named network namespace, deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new(name: &str) -> anyhow::Result<Self> {
-        cmd::run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self {
-            name: name.to_owned(),
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
-        cmd::run(
-            Command::new("ip")
-                .args(["-n", &self.name])
-                .args(args)
-                .stdout(Stdio::null()),
-        )
-    }
-
-    /// A command that runs `program` inside the namespace. `nsenter --net` (not `ip netns
-    /// exec`) keeps the host's /sys, so bpffs stays reachable for the daemon.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(program);
-        cmd
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-        let file = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("open namespace {}", self.name))?;
-        std::thread::spawn(move || {
-            enter(&file)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Enters the network namespace behind `file` on the calling thread.
-fn enter(file: &File) -> anyhow::Result<()> {
-    // SAFETY: the fd is an open namespace file for the duration of the call; setns changes
-    // only the calling thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Connects two namespaces with a veth pair and IPv4 addresses (/24).
-fn veth(one: (&NetNs, &str, Ipv4Addr), other: (&NetNs, &str, Ipv4Addr)) -> anyhow::Result<()> {
-    cmd::run(Command::new("ip").args([
-        "link",
-        "add",
-        one.1,
-        "netns",
-        &one.0.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        other.1,
-        "netns",
-        &other.0.name,
-    ]))?;
-    for (ns, ifname, ip) in [one, other] {
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok(())
-}
-
-/// Deletes `ckdemo-<pid>-*` namespaces (and their files) whose demo process is gone (killed
-/// with -9), stopping the daemon left inside.
-fn remove_stale_namespaces() {
-    let Some(list) = cmd::output(Command::new("ip").args(["netns", "list"])) else {
-        return;
-    };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix("ckdemo-")
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if is_alive(pid) {
-            continue;
-        }
-        // Its daemon may still run (it has its own process group): stop what runs inside.
-        let pids =
-            cmd::output(Command::new("ip").args(["netns", "pids", name])).unwrap_or_default();
-        for p in pids
-            .lines()
-            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
-        {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe {
-                libc::kill(p, libc::SIGTERM);
-            }
-        }
-        if !pids.trim().is_empty() {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("capyknock-demo-{pid}")));
-    }
-}
-
-/// Whether process `pid` runs (a zombie does not count: it is dead, only not yet reaped).
-fn is_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state letter follows the command name, which is in parentheses.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-/// A temporary directory (mode 0700), removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let path = std::env::temp_dir().join(format!("capyknock-demo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// The protected service: a TCP listener in the server namespace that greets with [`BANNER`]
-/// and echoes what it gets. Stops on drop.
-struct BannerService {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BannerService {
-    fn start(ns: &NetNs) -> anyhow::Result<Self> {
-        let file = File::open(format!("/run/netns/{}", ns.name))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let listener = enter(&file).and_then(|()| {
-                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, SERVICE_PORT))?;
-                l.set_nonblocking(true)?;
-                Ok(l)
-            });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        std::thread::spawn(move || serve(stream));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("service thread died"))??;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-/// One connection: the banner, then an echo until EOF (bounded in time).
-fn serve(mut stream: TcpStream) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.write_all(format!("{BANNER}\r\n").as_bytes());
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || stream.write_all(buf.get(..n).unwrap_or_default()).is_err() {
-            break;
-        }
-    }
-}
-
-impl Drop for BannerService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The daemon in the server namespace, in its own process group (so Ctrl-C reaches only the
-/// demo, which then stops it in order). Stopped with SIGTERM on drop, SIGKILL if it lingers.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(bin: &Path, ns: &NetNs, config: &Path, log: &Path) -> anyhow::Result<Self> {
-        let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let child = ns
-            .command(bin)
-            .args(["server", "--config", path_str(config)?])
-            .args(["--capture", "xdp", "--firewall", "nftables"])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .context("cannot start capyknock server")?;
-        Ok(Self {
-            child: Some(child),
-            log: log.to_owned(),
-        })
-    }
-
-    /// Waits until `capyknock status` answers (or the daemon exits).
-    fn wait_ready(&mut self, bin: &Path, socket: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            check_interrupted()?;
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "capyknock server exited ({status}):\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            let ok = Command::new(bin)
-                .args(["status", "--socket", path_str(socket)?])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "capyknock server did not become ready in 20 s:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            sleep(Duration::from_millis(100))?;
-        }
-    }
-
-    fn show_log(&self, story: &Story) {
-        story.say("server log:");
-        show(&std::fs::read_to_string(&self.log).unwrap_or_default());
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Prints the daemon's log so far.
+fn show_log(daemon: &Daemon, story: &Story) {
+    story.say("server log:");
+    show(&std::fs::read_to_string(daemon.log()).unwrap_or_default());
 }

@@ -5,9 +5,11 @@
 
 mod cmd;
 mod demo;
+mod load;
 mod run;
 mod setup;
 mod test;
+mod topology;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,9 @@ enum Task {
     /// The whole story in throwaway network namespaces (root): keygen, knock, replay, ban,
     /// status.
     Demo(demo::Options),
+    /// Flood benchmark of the knock path (root): junk at swept rates while users knock, XDP
+    /// against pcap and udp capture; report in target/load/.
+    Load(load::Options),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Task::Test(opts) => test::test(&opts),
         Task::Run(opts) => run::run(&opts),
         Task::Demo(opts) => demo::demo(&opts),
+        Task::Load(opts) => load::load(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

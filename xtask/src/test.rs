@@ -2,7 +2,9 @@
 //!
 //! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
 //! targets; unit and property tests; `cargo check` for Windows; the privileged end-to-end tests
-//! (root only, one at a time). Not root: fails with how to run it, never skips.
+//! (root only, one at a time); last, `cargo xtask load --quick` on the debug build (about a
+//! minute; a smoke test of the benchmark, which reports its figures without judging them). Not
+//! root: fails with how to run it, never skips.
 
 use std::time::Instant;
 
@@ -114,6 +116,9 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
                 t,
                 &["test", "-p", "capyknock-tests", "--", "--test-threads=1"],
             )
+        })?;
+        step("load benchmark (quick)", &mut |_| {
+            crate::load::load(&crate::load::Options::ci_smoke())
         })?;
         Ok(())
     })();
