@@ -148,12 +148,16 @@ fn run_target(fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<Rep
         .spawn()
         .with_context(|| format!("cannot start {}", describe(&cmd)))?;
     let mut execs = None;
+    let mut fuzz_seconds = None;
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines() {
             let line = line.context("reading libFuzzer output")?;
             eprintln!("{line}");
             if let Some(n) = parse_execs(&line) {
                 execs = Some(n);
+            }
+            if let Some(s) = parse_done_seconds(&line) {
+                fuzz_seconds = Some(s);
             }
         }
     }
@@ -167,8 +171,18 @@ fn run_target(fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<Rep
     Ok(Report {
         target: target.to_owned(),
         execs,
-        seconds: started.elapsed().as_secs_f64(),
+        // libFuzzer's own running time; the wall time also counts the build.
+        seconds: fuzz_seconds.unwrap_or_else(|| started.elapsed().as_secs_f64()),
     })
+}
+
+/// The seconds of libFuzzer's closing line `Done N runs in S second(s)`.
+fn parse_done_seconds(line: &str) -> Option<f64> {
+    let rest = line.trim().strip_prefix("Done ")?;
+    let mut words = rest.split_whitespace();
+    words.next()?;
+    (words.next()? == "runs" && words.next()? == "in").then_some(())?;
+    words.next()?.parse().ok()
 }
 
 /// The execution count from libFuzzer's final stats (`stat::number_of_executed_units: N`) or
@@ -183,7 +197,7 @@ fn parse_execs(line: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_execs;
+    use super::{parse_done_seconds, parse_execs};
 
     #[test]
     fn reads_libfuzzer_counts() {
@@ -197,5 +211,10 @@ mod tests {
             None
         );
         assert_eq!(parse_execs("Done"), None);
+        assert_eq!(
+            parse_done_seconds("Done 999 runs in 61 second(s)"),
+            Some(61.0)
+        );
+        assert_eq!(parse_done_seconds("Done 999 runs"), None);
     }
 }
