@@ -74,6 +74,9 @@ fuzz_target!(|data: &[u8]| {
     if let Verdict::Grant(grant) = &verdict {
         assert!(!grant.ports.is_empty() && grant.ports.len() <= 16);
         // Replaying the very same packet must never grant again.
-        assert!(matches!(verifier.verify(users(), packet, source, NOW), Verdict::Reject(_)));
+        assert!(matches!(
+            verifier.verify(users(), packet, source, NOW),
+            Verdict::Reject(_)
+        ));
     }
 });
