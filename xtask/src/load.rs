@@ -59,7 +59,8 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Seconds of junk per run (1 to 25) [default: 6; with --quick 3].
+    /// Seconds of junk per run [default: 8; with --quick 3]. At most 25: each run's knocks
+    /// are made before it starts and must still be fresh (their TOTP step current) when sent.
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=25))]
     pub duration: Option<u64>,
     /// Offered junk rates of the sweep, packets/s (`10000`, `10k`) or `max` (as fast as the
@@ -79,7 +80,7 @@ pub struct Options {
     #[arg(long, value_name = "PROFILES", num_args = 1.., value_delimiter = ',')]
     pub junk: Vec<Junk>,
     /// Legit knocks per second during each run.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=40))]
     pub legit_rate: u32,
     /// Output folder [default: target/load/<UTC time>].
     #[arg(long, value_name = "DIR")]
@@ -179,7 +180,7 @@ struct Plan {
 impl Plan {
     fn new(opts: &Options) -> anyhow::Result<Self> {
         let quick = opts.quick;
-        let duration = Duration::from_secs(opts.duration.unwrap_or(if quick { 3 } else { 6 }));
+        let duration = Duration::from_secs(opts.duration.unwrap_or(if quick { 3 } else { 8 }));
         let mut rates = if opts.rate.is_empty() {
             if quick {
                 vec![Rate::Pps(20_000), Rate::Max]
@@ -246,6 +247,7 @@ pub fn load(opts: &Options) -> anyhow::Result<()> {
     }
     install_signal_handlers();
     remove_stale_namespaces(NS_PREFIX, TEMP_PREFIX);
+    raise_fd_limit();
     let plan = Plan::new(opts)?;
     let started = Instant::now();
     let started_wall = SystemTime::now();
@@ -348,6 +350,22 @@ fn sanity(runs: &[RunResult], out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lifts the soft limit on open files to the hard one: every pending knock keeps up to a
+/// hundred TCP attempts open.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+        }
+    }
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
@@ -375,9 +393,9 @@ fn build(opts: &Options) -> anyhow::Result<PathBuf> {
 }
 
 /// Users to keygen: enough for a TOTP step of continuous knocking without waits, and at least
-/// one run's worth.
+/// one run's worth (its knocks and the captured one).
 fn users_needed(plan: &Plan) -> usize {
-    (plan.legit_rate as usize * 25).clamp(plan.knocks_per_run() + 1, 4000)
+    (plan.legit_rate as usize * 30).clamp(plan.knocks_per_run() + 1, 4000)
 }
 
 /// Everything the runs share. Fields drop in order: nft monitor, service, namespaces, files.
@@ -630,30 +648,23 @@ fn run_one(
         knock: SocketAddrV4::new(SERVER_CLIENT_SIDE, KNOCK_PORT),
         service: SocketAddrV4::new(SERVER_CLIENT_SIDE, SERVICE_PORT),
     };
-    // The legit packets, made before anything is measured.
-    let profiles = lab.users.take(plan.knocks_per_run())?;
-    let packets = legit::generate(
+    // The legit packets, made before anything is measured; with a flood, one more: the knock
+    // the attacker captured (its owner uses it first, so the attacker's copies are replays).
+    let extra = usize::from(run.is_some());
+    let profiles = lab.users.take(plan.knocks_per_run() + extra)?;
+    let mut packets = legit::generate(
         &lab.bin,
         &lab.sink,
         &lab.dir.file("client.toml"),
         &lab.dir.path,
         &profiles,
     )?;
+    let captured = if extra > 0 { packets.pop() } else { None };
     let knocks: Vec<(Ipv4Addr, Vec<u8>)> =
         packets.into_iter().map(|p| (lab.addrs.next(), p)).collect();
 
-    // The junk: its owner used the captured knock first (so its copies are replays).
-    let pool = match run {
-        Some((junk, _)) => {
-            let captured = legit::generate(
-                &lab.bin,
-                &lab.sink,
-                &lab.dir.file("client.toml"),
-                &lab.dir.path,
-                std::slice::from_ref(&lab.users.junk),
-            )?
-            .pop()
-            .context("no captured knock")?;
+    let pool = match (run, captured) {
+        (Some((junk, _)), Some(captured)) => {
             let owner = captured.clone();
             lab.client.run(move || -> anyhow::Result<()> {
                 let s = UdpSocket::bind((CLIENT_V4, 0))?;
@@ -669,7 +680,7 @@ fn run_one(
                 },
             )?)
         }
-        None => None,
+        _ => None,
     };
 
     let before = Sample::take(&lab.bin, &lab.socket(), pid)?;
@@ -827,6 +838,10 @@ fn compute(
         },
         send_errors: stats.send_errors,
         prefilter_pps: reached as f64 / secs,
+        junk_seen_pct: (stats.sent > 0).then(|| {
+            let legit_copies = (legit.sent * legit::COPIES) as u64;
+            reached.saturating_sub(legit_copies) as f64 * 100.0 / stats.sent as f64
+        }),
         ring_full: prefilter.get("ring_full").copied().unwrap_or(0),
         prefilter,
         udp_rcvbuf_errors: after

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod demo;
+mod fuzz;
 mod load;
 mod run;
 mod setup;
@@ -36,6 +37,8 @@ enum Task {
     /// Flood benchmark of the knock path (root): junk at swept rates while users knock, XDP
     /// against pcap and udp capture; report in target/load/.
     Load(load::Options),
+    /// Run every fuzz target (fuzz/) for N seconds; installs cargo-fuzz if missing.
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Task::Run(opts) => run::run(&opts),
         Task::Demo(opts) => demo::demo(&opts),
         Task::Load(opts) => load::load(&opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,7 +42,7 @@ pub const STEP_SECS: u64 = 30;
 /// How long a knock may take to open before it counts as not honoured.
 pub const KNOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Copies of each knock and the pause between them (what `capyknock knock` does).
-const COPIES: usize = 3;
+pub const COPIES: usize = 3;
 const SPACING: Duration = Duration::from_millis(50);
 /// A new TCP attempt this often, each kept this long.
 const ATTEMPT_EVERY: Duration = Duration::from_millis(1);
@@ -66,12 +66,10 @@ fn unix_now() -> u64 {
 /// The users, and the step each last knocked in.
 #[derive(Debug)]
 pub struct Users {
-    /// Profile names of the legit users.
+    /// Profile names.
     profiles: Vec<String>,
     /// Step each one last knocked in.
     last_step: Vec<Option<u64>>,
-    /// The user whose knock the attacker captured.
-    pub junk: String,
 }
 
 /// What [`Users::create`] needs.
@@ -98,13 +96,12 @@ pub struct UserSetup<'a> {
 }
 
 impl Users {
-    /// Runs `capyknock keygen` for `count` legit users and the junk user, in parallel chains
+    /// Runs `capyknock keygen` for `count` users, in parallel chains
     /// of files merged at the end (keygen appends whole `[[user]]` / `[profile.NAME]` tables
     /// after what is there, so the merge is a concatenation).
     pub fn create(s: &UserSetup<'_>) -> anyhow::Result<Self> {
         const CLIENT_HEADER: &str = "# capyknock load benchmark: machine profiles\n";
-        let mut names: Vec<String> = (1..=s.count).map(|i| format!("u{i:04}")).collect();
-        names.push("junk".to_owned());
+        let names: Vec<String> = (1..=s.count).map(|i| format!("u{i:04}")).collect();
         let mut chains: Vec<Vec<String>> = vec![Vec::new(); KEYGEN_SHARDS];
         for (i, n) in names.iter().enumerate() {
             if let Some(c) = chains.get_mut(i % KEYGEN_SHARDS) {
@@ -158,15 +155,13 @@ impl Users {
         }
         write_private(s.server_config, server_text.as_bytes())?;
         write_private(s.client_config, client_text.as_bytes())?;
-        names.pop();
         Ok(Self {
             last_step: vec![None; names.len()],
             profiles: names,
-            junk: "junk".to_owned(),
         })
     }
 
-    /// Number of legit users.
+    /// Number of users.
     pub fn len(&self) -> usize {
         self.profiles.len()
     }

@@ -83,6 +83,9 @@ pub struct RunResult {
     pub send_errors: u64,
     /// Datagrams to the knock port that got a pre-filter verdict, per second.
     pub prefilter_pps: f64,
+    /// Share of the junk sent that reached the pre-filter (the rest was dropped on the way:
+    /// a full pcap buffer, UDP socket buffer or veth queue), percent.
+    pub junk_seen_pct: Option<f64>,
     /// Pre-filter verdicts in the window (counter deltas, zeros left out).
     pub prefilter: BTreeMap<String, u64>,
     /// Candidates lost because the ring buffer (or userspace queue) was full.
@@ -185,25 +188,50 @@ pub fn highest_flood<'a>(results: &'a [RunResult], mode: &str) -> Option<&'a Run
         .or_else(|| floods.max_by(|a, b| a.achieved_pps.total_cmp(&b.achieved_pps)))
 }
 
+/// The pcap/xdp ratio the CPU goal is judged on: the `mix` run at the highest paced rate, where
+/// every mode was offered the same load (at `max` the sender and the daemon share the two CPUs
+/// and each mode reaches a different rate); `max` when nothing was paced.
+fn ratio_headline(ratios: &[Ratio]) -> Option<(&str, f64)> {
+    let mix: Vec<(&Ratio, Rate)> = ratios
+        .iter()
+        .filter_map(|r| {
+            let rate = r.run.strip_prefix("mix@")?.parse().ok()?;
+            Some((r, rate))
+        })
+        .collect();
+    let pick = mix
+        .iter()
+        .filter(|(r, rate)| *rate != Rate::Max && r.pcap_over_xdp.is_some())
+        .max_by_key(|(_, rate)| *rate)
+        .or_else(|| mix.iter().find(|(r, _)| r.pcap_over_xdp.is_some()))?;
+    Some((pick.0.run.as_str(), pick.0.pcap_over_xdp?))
+}
+
 /// Judges the goals of issue 8.
 pub fn goals(results: &[RunResult], ratios: &[Ratio]) -> Vec<Goal> {
     let mut out = Vec::new();
     let top = highest_flood(results, "xdp");
-    let top_label = top.map(RunResult::label);
 
-    let ratio = top_label
-        .as_ref()
-        .and_then(|l| ratios.iter().find(|r| &r.run == l))
-        .and_then(|r| r.pcap_over_xdp);
+    let headline = ratio_headline(ratios);
     out.push(Goal {
-        what: "XDP at least 5x less CPU per junk packet than pcap (highest flood)".into(),
-        measured: ratio.map_or("no matching xdp and pcap runs".into(), |r| {
+        what: "XDP at least 5x less CPU per junk packet than pcap".into(),
+        measured: headline.map_or("no matching xdp and pcap runs".into(), |(run, r)| {
+            let others: Vec<String> = ratios
+                .iter()
+                .filter(|o| o.run != run)
+                .filter_map(|o| Some(format!("{:.1}x at {}", o.pcap_over_xdp?, o.run)))
+                .collect();
             format!(
-                "pcap/xdp = {r:.1}x at {}",
-                top_label.clone().unwrap_or_default()
+                "pcap/xdp = {r:.1}x at {run} (the highest paced rate: every mode got the same \
+                 load){}",
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", others.join(", "))
+                }
             )
         }),
-        met: ratio.map(|r| r >= 5.0),
+        met: headline.map(|(_, r)| r >= 5.0),
     });
 
     out.push(Goal {
@@ -406,7 +434,7 @@ pub fn markdown(report: &Report) -> String {
         "\n## Runs\n\nLatencies are p50 / p99 / max in ms from sending the knock's first copy. \
          CPU is percent of one core; softirq is machine-wide (all cores). ns/junk is (daemon + \
          softirq) CPU per junk packet sent, above the same mode's idle run.\n\n\
-         | capture | run | offered pps | achieved pps | pre-filter pps | legit ok | firewall ms | \
+         | capture | run | offered pps | achieved pps | junk seen % | legit ok | firewall ms | \
          TCP connect ms | daemon log ms | daemon CPU % | softirq % | ns/junk | daemon ns/junk | \
          ring full | udp rcvbuf drops | RSS MiB |\n\
          | --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | \
@@ -415,13 +443,13 @@ pub fn markdown(report: &Report) -> String {
     for r in &report.runs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {}/{} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} \
+            "| {} | {} | {} | {:.0} | {} | {}/{} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} \
              | {} | {:.1} |",
             r.capture,
             r.label(),
             rate(r.rate),
             r.achieved_pps,
-            r.prefilter_pps,
+            opt(r.junk_seen_pct, 1),
             r.legit.honoured,
             r.legit.sent,
             lat(r.legit.firewall),
@@ -547,6 +575,7 @@ mod tests {
             achieved_pps: 1000.0,
             send_errors: 0,
             prefilter_pps: 1000.0,
+            junk_seen_pct: None,
             prefilter: BTreeMap::new(),
             ring_full: 0,
             udp_rcvbuf_errors: 0,
@@ -589,18 +618,30 @@ mod tests {
     fn ratios_and_goals() {
         let max = Some(Rate::Max);
         let mix = Some(Junk::Mix);
-        let results = vec![
+        let paced = Some(Rate::Pps(1000));
+        let mut results = vec![
             run("xdp", None, None, None),
             run("xdp", mix, max, Some(100.0)),
-            run("pcap", mix, max, Some(800.0)),
+            run("pcap", mix, max, Some(300.0)),
             run("udp", mix, max, Some(300.0)),
         ];
         let r = ratios(&results);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].pcap_over_xdp, Some(8.0));
+        assert_eq!(r[0].pcap_over_xdp, Some(3.0));
         assert_eq!(r[0].udp_over_xdp, Some(3.0));
         let g = goals(&results, &r);
+        assert_eq!(g[0].met, Some(false), "only max: judged there");
+        // A paced run is what the CPU goal is judged on.
+        results.push(run("xdp", mix, paced, Some(100.0)));
+        results.push(run("pcap", mix, paced, Some(800.0)));
+        let r = ratios(&results);
+        assert_eq!(r.len(), 2);
+        let g = goals(&results, &r);
         assert_eq!(g.len(), 6);
+        assert!(
+            g[0].measured.starts_with("pcap/xdp = 8.0x at mix@1000"),
+            "{g:?}"
+        );
         assert!(g.iter().all(|g| g.met == Some(true)), "{g:?}");
         let md = markdown(&Report {
             started: "now".into(),
@@ -618,6 +659,6 @@ mod tests {
             goals: g,
         });
         assert!(md.contains("| xdp | mix@max |"), "{md}");
-        assert!(md.contains("| mix@max | 100 | 8.0 | 3.0 |"), "{md}");
+        assert!(md.contains("| mix@max | 100 | 3.0 | 3.0 |"), "{md}");
     }
 }
