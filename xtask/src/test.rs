@@ -2,7 +2,8 @@
 //!
 //! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
 //! targets; unit and property tests; `cargo check` for Windows; the privileged end-to-end tests
-//! (root only, one at a time); last, `cargo xtask load --quick` on the debug build (about a
+//! (root only, one at a time); a short fuzzing pass (`cargo xtask fuzz`, 20 s per target); last,
+//! `cargo xtask load --quick` on the debug build (about a
 //! minute; a smoke test of the benchmark, which reports its figures without judging them). Not
 //! root: fails with how to run it, never skips.
 
