@@ -172,7 +172,7 @@ impl Lab {
     /// `extra` flags; panics on failure.
     #[must_use]
     pub fn keygen(&self, nickname: &str, profile: &str, server: &str, extra: &[&str]) -> Keygen {
-        let out = run_ok(
+        let out = crate::netns::run(
             Command::new(crate::capyknock_bin())
                 .args(["keygen", "--nickname", nickname, "--profile", profile])
                 .args(["--server", server, "--ports", &SERVICE_PORT.to_string()])
@@ -230,7 +230,7 @@ impl Lab {
     /// `capyknock status --json`.
     #[must_use]
     pub fn status(&self) -> Status {
-        let out = run_ok(
+        let out = crate::netns::run(
             Command::new(crate::capyknock_bin())
                 .args(["status", "--json", "--socket"])
                 .arg(self.socket()),
@@ -246,7 +246,7 @@ impl Lab {
     /// `capyknock ARGS --socket SOCKET` (ban, unban).
     #[must_use]
     pub fn control(&self, args: &[&str]) -> Output {
-        run_ok(
+        crate::netns::run(
             Command::new(crate::capyknock_bin())
                 .args(args)
                 .arg("--socket")
@@ -321,20 +321,6 @@ pub fn in_ns(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
-/// Runs `cmd`, panicking with its output unless it succeeds.
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Runs `cmd` with `input` on stdin, with no controlling terminal (`setsid`), so nothing can
 /// prompt.
