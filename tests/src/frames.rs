@@ -174,11 +174,30 @@ pub fn udp_offset(frame: &[u8]) -> usize {
     match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0800 => 14 + usize::from(frame[14] & 0x0f) * 4,
         0x86DD => {
-            let payload = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
-            // The builders put UDP last, so it starts `udp length` bytes before the end of the
-            // IPv6 payload.
-            let udp_len = frame.len() - 14 - 40;
-            14 + 40 + payload - udp_len
+            // Walk the extension headers the builders write until UDP.
+            let mut next = frame[20];
+            let mut off = 14 + 40;
+            loop {
+                match next {
+                    17 => return off,
+                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                    0 | 43 | 60 => {
+                        next = frame[off];
+                        off += (usize::from(frame[off + 1]) + 1) * 8;
+                    }
+                    // Fragment: 8 bytes.
+                    44 => {
+                        next = frame[off];
+                        off += 8;
+                    }
+                    // Authentication header: (len + 2) * 4 bytes.
+                    51 => {
+                        next = frame[off];
+                        off += (usize::from(frame[off + 1]) + 2) * 4;
+                    }
+                    other => panic!("udp_offset: next header {other}"),
+                }
+            }
         }
         other => panic!("udp_offset: EtherType {other:#06x}"),
     }
