@@ -321,7 +321,6 @@ pub fn in_ns(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
-
 /// Runs `cmd` with `input` on stdin, with no controlling terminal (`setsid`), so nothing can
 /// prompt.
 pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
