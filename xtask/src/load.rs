@@ -155,6 +155,11 @@ const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, CLIENT_NET, 0, 2);
 const SINK_V4: Ipv4Addr = Ipv4Addr::new(10, CLIENT_NET, 255, 254);
 const SERVER_ATTACKER_SIDE: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
 const ATTACKER_V4: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
+/// The calibration link: the attacker's `cal0` (10.96.0.2/24) to a peer that stays down.
+const CALIBRATION_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 2);
+const CALIBRATION_PEER: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// How long each calibration flood runs.
+const CALIBRATION: Duration = Duration::from_secs(2);
 /// Flood time before the first legit knock, so it meets a flood in full swing.
 const WARMUP: Duration = Duration::from_millis(300);
 /// Pause between runs, so one run's backlog is not measured in the next.
@@ -409,6 +414,9 @@ struct Lab {
     sink: NetNs,
     addrs: Addresses,
     users: Users,
+    ksoftirqd: Vec<u32>,
+    /// What sending costs the sender alone, ns per packet, by junk profile and rate.
+    sender_alone: BTreeMap<(Junk, Rate), f64>,
     _state: StateDir,
     dir: TempDir,
 }
@@ -443,32 +451,7 @@ impl Lab {
         let client = ns("client")?;
         let attacker = ns("attacker")?;
         let sink = ns("sink")?;
-        veth(
-            (&server, "srv-c", SERVER_CLIENT_SIDE),
-            (&client, "cli", CLIENT_V4),
-            16,
-        )?;
-        veth(
-            (&server, "srv-a", SERVER_ATTACKER_SIDE),
-            (&attacker, "att", ATTACKER_V4),
-            24,
-        )?;
-        // The sink: its route to 10.98.0.0/16 leads to a veth peer that answers no ARP.
-        cmd::run(Command::new("ip").args([
-            "-n",
-            sink.name(),
-            "link",
-            "add",
-            "snk0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "snk1",
-        ]))?;
-        sink.ip(&["addr", "add", &format!("{SINK_V4}/16"), "dev", "snk0"])?;
-        sink.ip(&["link", "set", "snk0", "up"])?;
-        sink.ip(&["link", "set", "snk1", "up"])?;
+        wire(&server, &client, &attacker, &sink)?;
         check_interrupted()?;
 
         let pool = (plan.legit_rate as usize * 20).clamp(plan.knocks_per_run() + 1, 10_000);
@@ -511,6 +494,8 @@ impl Lab {
             sink,
             addrs,
             users,
+            ksoftirqd: sample::ksoftirqd_pids(),
+            sender_alone: BTreeMap::new(),
             _state: state,
             dir,
         })
@@ -519,6 +504,107 @@ impl Lab {
     fn socket(&self) -> PathBuf {
         self.dir.file("control.sock")
     }
+
+    /// What sending `pool` at `rate` costs the sending thread alone, ns per packet: the same
+    /// flood into the calibration link, whose peer is down (the packets die at the sender's
+    /// own queue, so no receive work is done anywhere). Measured once per profile and rate.
+    fn sender_alone(&mut self, key: (Junk, Rate), pool: &[Vec<u8>]) -> anyhow::Result<f64> {
+        if let Some(ns) = self.sender_alone.get(&key) {
+            return Ok(*ns);
+        }
+        let secs = CALIBRATION.as_secs_f64();
+        let max_packets = match key.1 {
+            Rate::Pps(pps) => (pps as f64 * secs) as u64,
+            Rate::Max => MAX_PACKETS_PER_RUN,
+        };
+        let flood = Flood::start(
+            &self.attacker,
+            SocketAddrV4::new(CALIBRATION_PEER, KNOCK_PORT),
+            pool.to_vec(),
+            key.1,
+            secs,
+            max_packets,
+        )?;
+        sleep(CALIBRATION)?;
+        let stats = flood.stop()?;
+        if stats.sent == 0 {
+            bail!(
+                "the calibration flood sent nothing ({} errors)",
+                stats.send_errors
+            );
+        }
+        let ns = stats.cpu_secs * 1e9 / stats.sent as f64;
+        self.sender_alone.insert(key, ns);
+        Ok(ns)
+    }
+}
+
+/// Links the namespaces (the diagram in the module doc), plus the sink's and the calibration
+/// link's dead ends.
+fn wire(server: &NetNs, client: &NetNs, attacker: &NetNs, sink: &NetNs) -> anyhow::Result<()> {
+    veth(
+        (server, "srv-c", SERVER_CLIENT_SIDE),
+        (client, "cli", CLIENT_V4),
+        16,
+    )?;
+    veth(
+        (server, "srv-a", SERVER_ATTACKER_SIDE),
+        (attacker, "att", ATTACKER_V4),
+        24,
+    )?;
+    // The sink: its route to 10.98.0.0/16 leads to a veth peer that answers no ARP.
+    cmd::run(Command::new("ip").args([
+        "-n",
+        sink.name(),
+        "link",
+        "add",
+        "snk0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "snk1",
+    ]))?;
+    sink.ip(&["addr", "add", &format!("{SINK_V4}/16"), "dev", "snk0"])?;
+    sink.ip(&["link", "set", "snk0", "up"])?;
+    sink.ip(&["link", "set", "snk1", "up"])?;
+    // The calibration link: cal0 in the attacker namespace, its peer cal1 (in the sink)
+    // down, a fixed neighbour so nothing waits for ARP. What goes there is dropped at
+    // cal0's own queue.
+    cmd::run(Command::new("ip").args([
+        "link",
+        "add",
+        "cal0",
+        "netns",
+        attacker.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cal1",
+        "netns",
+        sink.name(),
+    ]))?;
+    attacker.ip(&[
+        "addr",
+        "add",
+        &format!("{CALIBRATION_V4}/24"),
+        "dev",
+        "cal0",
+    ])?;
+    attacker.ip(&["link", "set", "cal0", "up"])?;
+    attacker.ip(&[
+        "neigh",
+        "replace",
+        &CALIBRATION_PEER.to_string(),
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "cal0",
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
 }
 
 /// The server config before the users; keygen appends them.
@@ -608,7 +694,7 @@ fn run_mode(
 fn print_row(r: &RunResult) {
     println!(
         "  {:<5} {:<14} achieved {:>8.0} pps  legit {:>3}/{:<3} fw p99 {:>6} ms  tcp p99 {:>6} \
-         ms  daemon {:>5.2}%  softirq {:>5.1}%  ns/junk {:>6}",
+         ms  daemon {:>5.2}%  ksoftirqd {:>5.1}%  ns/junk {:>6}",
         r.capture,
         r.label(),
         r.achieved_pps,
@@ -621,8 +707,8 @@ fn print_row(r: &RunResult) {
             .tcp
             .map_or("-".into(), |l| format!("{:.2}", l.p99_ms)),
         r.daemon_cpu_pct,
-        r.softirq_cpu_pct,
-        r.cpu_ns_per_junk.map_or("-".into(), |v| format!("{v:.0}")),
+        r.ksoftirqd_cpu_pct,
+        r.ns_per_junk.map_or("-".into(), |v| format!("{v:.0}")),
     );
 }
 
@@ -630,6 +716,7 @@ fn print_row(r: &RunResult) {
 #[derive(Debug, Clone, Copy)]
 struct Rates {
     daemon: f64,
+    ksoftirqd: f64,
     softirq: f64,
 }
 
@@ -683,7 +770,12 @@ fn run_one(
         _ => None,
     };
 
-    let before = Sample::take(&lab.bin, &lab.socket(), pid)?;
+    let sender_alone = match (run, &pool) {
+        (Some(key), Some(pool)) => Some(lab.sender_alone(key, pool)?),
+        _ => None,
+    };
+
+    let before = Sample::take(&lab.bin, &lab.socket(), pid, &lab.ksoftirqd)?;
     let flood = match (run, pool) {
         (Some((_, rate)), Some(pool)) => {
             let max_secs =
@@ -716,10 +808,14 @@ fn run_one(
         Some(f) => f.stop()?,
         None => flood::FloodStats::default(),
     };
-    let after = Sample::take(&lab.bin, &lab.socket(), pid)?;
+    let after = Sample::take(&lab.bin, &lab.socket(), pid, &lab.ksoftirqd)?;
     let knocked = knocked?;
     let legit = summarise(&knocked, &lab.nft, log)?;
-    Ok(compute(mode, run, &before, &after, stats, legit, idle))
+    let flood = FloodCost {
+        stats,
+        sender_alone_ns: sender_alone,
+    };
+    Ok(compute(mode, run, (&before, &after), &flood, legit, idle))
 }
 
 /// The legit knocks' figures.
@@ -775,16 +871,37 @@ fn summarise(knocks: &[KnockResult], nft: &NftWatch, log: &Path) -> anyhow::Resu
     })
 }
 
+/// `after - before` for every counter, zeros left out.
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// What a run's flood did and what sending alone costs the sender per packet.
+#[derive(Debug, Clone, Copy)]
+struct FloodCost {
+    stats: flood::FloodStats,
+    sender_alone_ns: Option<f64>,
+}
+
 /// Counter deltas, CPU shares and per-packet costs of one run.
 fn compute(
     mode: CaptureMode,
     run: Option<(Junk, Rate)>,
-    before: &Sample,
-    after: &Sample,
-    stats: flood::FloodStats,
+    (before, after): (&Sample, &Sample),
+    flood: &FloodCost,
     legit: LegitSummary,
     idle: Option<&Rates>,
 ) -> (RunResult, Rates) {
+    let stats = flood.stats;
     let hz = sample::clock_ticks();
     let secs = after
         .at
@@ -793,16 +910,17 @@ fn compute(
         .max(1e-3);
     let daemon_s = after.daemon_ticks.saturating_sub(before.daemon_ticks) as f64 / hz;
     let softirq_s = after.softirq_ticks.saturating_sub(before.softirq_ticks) as f64 / hz;
+    let ksoftirqd_s = after.ksoftirqd_ticks.saturating_sub(before.ksoftirqd_ticks) as f64 / hz;
     let rates = Rates {
         daemon: daemon_s / secs,
+        ksoftirqd: ksoftirqd_s / secs,
         softirq: softirq_s / secs,
     };
-    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
-        a.iter()
-            .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
-            .filter(|(_, v)| *v > 0)
-            .collect()
-    };
+    // Receive work the kernel did inside the sender's sendmmsg calls: its CPU beyond what the
+    // same sending costs into a dead link.
+    let inline_rx_s = flood
+        .sender_alone_ns
+        .map(|ns| (stats.cpu_secs - ns * 1e-9 * stats.sent as f64).max(0.0));
     let prefilter = delta(&after.status.prefilter, &before.status.prefilter);
     let reached: u64 = prefilter
         .iter()
@@ -819,11 +937,7 @@ fn compute(
         .zip(&before.softirq_per_cpu)
         .map(|(a, b)| a.saturating_sub(*b) as f64 / hz / secs * 100.0)
         .collect();
-    let rx_dropped = after
-        .rx_dropped
-        .iter()
-        .map(|(k, v)| v.saturating_sub(before.rx_dropped.get(k).copied().unwrap_or(0)))
-        .sum();
+    let rx_dropped = delta(&after.rx_dropped, &before.rx_dropped).values().sum();
     let result = RunResult {
         capture: mode.name().to_owned(),
         capture_detail: after.status.capture.detail.clone(),
@@ -863,9 +977,18 @@ fn compute(
             .firewall_errors
             .saturating_sub(before.status.verifier.firewall_errors),
         daemon_cpu_pct: rates.daemon * 100.0,
+        ksoftirqd_cpu_pct: rates.ksoftirqd * 100.0,
+        sender_cpu_pct: stats.cpu_secs / secs * 100.0,
+        sender_alone_ns: flood.sender_alone_ns,
         softirq_cpu_pct: rates.softirq * 100.0,
         softirq_per_cpu_pct,
-        cpu_ns_per_junk: per_junk(daemon_s + softirq_s, idle.map(|i| i.daemon + i.softirq)),
+        ns_per_junk: inline_rx_s.and_then(|inline| {
+            per_junk(
+                daemon_s + ksoftirqd_s + inline,
+                idle.map(|i| i.daemon + i.ksoftirqd),
+            )
+        }),
+        softirq_ns_per_junk: per_junk(daemon_s + softirq_s, idle.map(|i| i.daemon + i.softirq)),
         daemon_ns_per_junk: per_junk(daemon_s, idle.map(|i| i.daemon)),
         rss_peak_mib: after.daemon_hwm_kib as f64 / 1024.0,
         legit,

@@ -16,7 +16,9 @@
 //!
 //! - `tcp`: the first successful TCP connect to the service from that address (a fresh
 //!   non-blocking socket every millisecond, each given up to 100 ms);
-//! - `firewall`: the nftables element for that address appearing (`nft monitor`);
+//! - `firewall`: the nftables element for that address appearing ([`NftWatch`] runs `nft
+//!   monitor`; the run takes the earlier of that and the TCP connect, since `nft` itself may be
+//!   scheduled late on busy CPUs and a connect cannot succeed before the element is there);
 //! - `daemon`: the daemon's "knock accepted" log line (its timestamp against the send time).
 
 use std::{

@@ -100,16 +100,27 @@ pub struct RunResult {
     pub verifier_rejected: BTreeMap<String, u64>,
     /// Grants the firewall failed to apply in the window.
     pub firewall_errors: u64,
-    /// Daemon user + system CPU, percent of one core.
+    /// Daemon CPU (user + system, exact), percent of one core.
     pub daemon_cpu_pct: f64,
-    /// Softirq CPU of the whole machine, percent of one core.
+    /// CPU of the `ksoftirqd` threads (exact), percent of one core.
+    pub ksoftirqd_cpu_pct: f64,
+    /// CPU of the flood's sending thread (exact), percent of one core.
+    pub sender_cpu_pct: f64,
+    /// What sending costs the sender alone, per packet (measured into a dead link with the same
+    /// packets and pacing), nanoseconds.
+    pub sender_alone_ns: Option<f64>,
+    /// Softirq CPU of the whole machine from `/proc/stat` (tick samples), percent of one core.
     pub softirq_cpu_pct: f64,
-    /// Softirq CPU per core, percent.
+    /// The same per core, percent.
     pub softirq_per_cpu_pct: Vec<f64>,
-    /// (daemon + softirq CPU) per junk datagram sent, above the same mode's idle run,
-    /// nanoseconds.
-    pub cpu_ns_per_junk: Option<f64>,
-    /// Daemon CPU alone per junk datagram sent, above idle, nanoseconds.
+    /// What one junk packet cost the receiving side, nanoseconds of CPU: the daemon, the
+    /// `ksoftirqd` threads and the receive work done inside the sender's system calls (its CPU
+    /// beyond `sender_alone_ns`), above the same mode's idle run. Exact run times throughout.
+    pub ns_per_junk: Option<f64>,
+    /// The issue's first formula: (daemon + `/proc/stat` softirq) per junk packet above idle,
+    /// nanoseconds. Tick-sampled; misses the receive work done in the sender's system calls.
+    pub softirq_ns_per_junk: Option<f64>,
+    /// Daemon CPU alone per junk packet above idle, nanoseconds.
     pub daemon_ns_per_junk: Option<f64>,
     /// Daemon peak RSS so far (`VmHWM`), MiB.
     pub rss_peak_mib: f64,
@@ -132,12 +143,16 @@ impl RunResult {
 pub struct Ratio {
     /// The run label.
     pub run: String,
-    /// xdp (daemon + softirq) ns per junk packet.
+    /// xdp's `ns_per_junk`.
     pub xdp_ns: f64,
-    /// pcap/xdp.
+    /// pcap/xdp of `ns_per_junk`.
     pub pcap_over_xdp: Option<f64>,
-    /// udp/xdp.
+    /// udp/xdp of `ns_per_junk`.
     pub udp_over_xdp: Option<f64>,
+    /// pcap/xdp of `softirq_ns_per_junk` (tick-sampled, for reference).
+    pub softirq_pcap_over_xdp: Option<f64>,
+    /// udp/xdp of `softirq_ns_per_junk`.
+    pub softirq_udp_over_xdp: Option<f64>,
 }
 
 /// The ratios for every run label that xdp and another mode both have.
@@ -146,21 +161,32 @@ pub fn ratios(results: &[RunResult]) -> Vec<Ratio> {
         results
             .iter()
             .find(|r| r.capture == mode && r.label() == label)
-            .and_then(|r| r.cpu_ns_per_junk)
+    };
+    // Below a nanosecond the denominator is noise: no ratio.
+    let over = |v: Option<f64>, x: Option<f64>| match (v, x) {
+        (Some(v), Some(x)) if x >= 1.0 => Some(v / x),
+        _ => None,
     };
     results
         .iter()
         .filter(|r| r.capture == "xdp" && r.junk.is_some())
         .filter_map(|x| {
             let label = x.label();
-            let xdp_ns = x.cpu_ns_per_junk?;
-            // Below a tenth of a nanosecond the measurement is noise: no ratio.
-            let over = |m: &str| find(m, &label).filter(|_| xdp_ns > 0.1).map(|v| v / xdp_ns);
+            let pcap = find("pcap", &label);
+            let udp = find("udp", &label);
             Some(Ratio {
-                pcap_over_xdp: over("pcap"),
-                udp_over_xdp: over("udp"),
+                pcap_over_xdp: over(pcap.and_then(|r| r.ns_per_junk), x.ns_per_junk),
+                udp_over_xdp: over(udp.and_then(|r| r.ns_per_junk), x.ns_per_junk),
+                softirq_pcap_over_xdp: over(
+                    pcap.and_then(|r| r.softirq_ns_per_junk),
+                    x.softirq_ns_per_junk,
+                ),
+                softirq_udp_over_xdp: over(
+                    udp.and_then(|r| r.softirq_ns_per_junk),
+                    x.softirq_ns_per_junk,
+                ),
                 run: label,
-                xdp_ns,
+                xdp_ns: x.ns_per_junk?,
             })
         })
         .collect()
@@ -430,21 +456,49 @@ pub fn markdown(report: &Report) -> String {
         };
         let _ = writeln!(s, "| {} | {} | {met} |", g.what, g.measured);
     }
+    s.push_str(&knock_table(&report.runs));
+    s.push_str(&cpu_table(&report.runs));
     s.push_str(
-        "\n## Runs\n\nLatencies are p50 / p99 / max in ms from sending the knock's first copy. \
-         CPU is percent of one core; softirq is machine-wide (all cores). ns/junk is (daemon + \
-         softirq) CPU per junk packet sent, above the same mode's idle run.\n\n\
-         | capture | run | offered pps | achieved pps | junk seen % | legit ok | firewall ms | \
-         TCP connect ms | daemon log ms | daemon CPU % | softirq % | ns/junk | daemon ns/junk | \
-         ring full | udp rcvbuf drops | RSS MiB |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | \
-         ---: | ---: | ---: |\n",
+        "\n## CPU per junk packet against XDP\n\n`ns/junk` ratios (exact run times); in \
+         brackets the same from `/proc/stat` softirq ticks.\n\n\
+         | run | xdp ns/junk | pcap/xdp | udp/xdp |\n| --- | ---: | ---: | ---: |\n",
     );
-    for r in &report.runs {
+    for r in &report.ratios {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {} | {}/{} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} \
-             | {} | {:.1} |",
+            "| {} | {:.0} | {} ({}) | {} ({}) |",
+            r.run,
+            r.xdp_ns,
+            opt(r.pcap_over_xdp, 1),
+            opt(r.softirq_pcap_over_xdp, 1),
+            opt(r.udp_over_xdp, 1),
+            opt(r.softirq_udp_over_xdp, 1),
+        );
+    }
+    s.push_str(&verdicts(&report.runs));
+    s.push_str("\n## Junk profiles\n\n");
+    for j in Junk::ALL {
+        let _ = writeln!(s, "- `{j}`: {}", j.describe());
+    }
+    s
+}
+
+/// Offered and achieved load, and the legit knocks.
+fn knock_table(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "\n## Legit knocks under load\n\nLatencies are p50 / p99 / max in ms from sending the \
+         knock's first copy: to the nftables element being in place (the earlier of `nft \
+         monitor` seeing it and a TCP connect succeeding), to the first successful TCP connect, \
+         and to the daemon's \"knock accepted\" log line. Junk seen: the share of the junk sent \
+         that reached the pre-filter.\n\n\
+         | capture | run | offered pps | achieved pps | junk seen % | legit ok | firewall ms | \
+         TCP connect ms | daemon log ms |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- |\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {} | {}/{} | {} | {} | {} |",
             r.capture,
             r.label(),
             rate(r.rate),
@@ -455,33 +509,44 @@ pub fn markdown(report: &Report) -> String {
             lat(r.legit.firewall),
             lat(r.legit.tcp),
             lat(r.legit.daemon_log),
+        );
+    }
+    s
+}
+
+/// What each run cost.
+fn cpu_table(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "\n## CPU and memory\n\nPercent of one core. Daemon, ksoftirqd and sender are exact run \
+         times; softirq is machine-wide `/proc/stat` tick samples. ns/junk: CPU one junk packet \
+         cost the receiving side (daemon + ksoftirqd + the sender's CPU beyond what sending \
+         alone costs it), above the same mode's idle run; softirq ns/junk: (daemon + softirq \
+         ticks) the same way.\n\n\
+         | capture | run | daemon % | ksoftirqd % | sender % | sender alone ns | softirq % | \
+         ns/junk | softirq ns/junk | daemon ns/junk | ring full | udp rcvbuf drops | rx dropped \
+         | RSS MiB |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | \
+         ---: | ---: |\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.capture,
+            r.label(),
             r.daemon_cpu_pct,
+            r.ksoftirqd_cpu_pct,
+            r.sender_cpu_pct,
+            opt(r.sender_alone_ns, 0),
             r.softirq_cpu_pct,
-            opt(r.cpu_ns_per_junk, 0),
+            opt(r.ns_per_junk, 0),
+            opt(r.softirq_ns_per_junk, 0),
             opt(r.daemon_ns_per_junk, 0),
             r.ring_full,
             r.udp_rcvbuf_errors,
+            r.rx_dropped,
             r.rss_peak_mib,
         );
-    }
-    s.push_str(
-        "\n## CPU per junk packet against XDP\n\n| run | xdp ns/junk | pcap/xdp | udp/xdp |\n\
-         | --- | ---: | ---: | ---: |\n",
-    );
-    for r in &report.ratios {
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {} | {} |",
-            r.run,
-            r.xdp_ns,
-            opt(r.pcap_over_xdp, 1),
-            opt(r.udp_over_xdp, 1)
-        );
-    }
-    s.push_str(&verdicts(&report.runs));
-    s.push_str("\n## Junk profiles\n\n");
-    for j in Junk::ALL {
-        let _ = writeln!(s, "- `{j}`: {}", j.describe());
     }
     s
 }
@@ -531,13 +596,22 @@ pub fn summary(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<5} {:<16} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
-        "mode", "run", "achieved", "legit", "fw p99", "tcp p99", "daemon%", "softirq%", "ns/junk"
+        "{:<5} {:<16} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "mode",
+        "run",
+        "achieved",
+        "legit",
+        "fw p99",
+        "tcp p99",
+        "daemon%",
+        "ksoftirq%",
+        "softirq%",
+        "ns/junk"
     );
     for r in &report.runs {
         let _ = writeln!(
             s,
-            "{:<5} {:<16} {:>10.0} {:>9} {:>9} {:>8} {:>8.2} {:>8.1} {:>8}",
+            "{:<5} {:<16} {:>10.0} {:>9} {:>8} {:>8} {:>8.2} {:>8.1} {:>8.1} {:>8}",
             r.capture,
             r.label(),
             r.achieved_pps,
@@ -545,8 +619,9 @@ pub fn summary(report: &Report) -> String {
             opt(r.legit.firewall.map(|l| l.p99_ms), 2),
             opt(r.legit.tcp.map(|l| l.p99_ms), 2),
             r.daemon_cpu_pct,
+            r.ksoftirqd_cpu_pct,
             r.softirq_cpu_pct,
-            opt(r.cpu_ns_per_junk, 0),
+            opt(r.ns_per_junk, 0),
         );
     }
     for g in &report.goals {
@@ -584,9 +659,13 @@ mod tests {
             verifier_rejected: BTreeMap::new(),
             firewall_errors: 0,
             daemon_cpu_pct: 1.0,
+            ksoftirqd_cpu_pct: 1.0,
+            sender_cpu_pct: 50.0,
+            sender_alone_ns: Some(500.0),
             softirq_cpu_pct: 10.0,
             softirq_per_cpu_pct: vec![5.0, 5.0],
-            cpu_ns_per_junk: ns,
+            ns_per_junk: ns,
+            softirq_ns_per_junk: ns,
             daemon_ns_per_junk: ns,
             rss_peak_mib: 12.0,
             legit: LegitSummary {
@@ -659,6 +738,9 @@ mod tests {
             goals: g,
         });
         assert!(md.contains("| xdp | mix@max |"), "{md}");
-        assert!(md.contains("| mix@max | 100 | 3.0 | 3.0 |"), "{md}");
+        assert!(
+            md.contains("| mix@max | 100 | 3.0 (3.0) | 3.0 (3.0) |"),
+            "{md}"
+        );
     }
 }

@@ -1,8 +1,16 @@
 //! What the benchmark reads from the system before and after each run: the daemon's CPU time
-//! and peak RSS (`/proc/PID/stat`, `/proc/PID/status`), the machine's softirq time
-//! (`/proc/stat`), the UDP receive-buffer drops and interface counters of the server namespace
-//! (`/proc/PID/net/snmp` and `/proc/PID/net/dev` show the namespace of PID, the daemon's), and
-//! the daemon's own counters (`capyknock status --json`).
+//! and peak RSS (`/proc/PID/stat`, `/proc/PID/status`), the CPU time of the `ksoftirqd`
+//! threads, the machine's softirq time (`/proc/stat`), the UDP receive-buffer drops and
+//! interface drops of the server namespace (`/proc/PID/net/snmp` and `/proc/PID/net/dev` show
+//! the namespace of PID, the daemon's), and the daemon's own counters (`capyknock status
+//! --json`).
+//!
+//! A task's utime + stime in `/proc/PID/stat` add up to the scheduler's exact run time (only
+//! the split between user and system is sampled), so the daemon's and the `ksoftirqd` threads'
+//! figures are exact. The columns of `/proc/stat` are tick samples (this kernel has no
+//! `IRQ_TIME_ACCOUNTING`): the softirq column is what the issue asked for, machine-wide, but it
+//! misses softirq work done inside another task's system call (a veth delivers the packets it
+//! is sent in the sender's own `sendmmsg`), so the report prefers the exact figures.
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
 
@@ -26,6 +34,8 @@ pub struct Sample {
     pub daemon_ticks: u64,
     /// Daemon peak resident set size so far (`VmHWM`), KiB.
     pub daemon_hwm_kib: u64,
+    /// CPU time of the `ksoftirqd/N` threads, ticks (softirq work deferred to them).
+    pub ksoftirqd_ticks: u64,
     /// Softirq time summed over all CPUs, ticks (`/proc/stat`, machine-wide: on veth the
     /// receive path of every namespace runs there).
     pub softirq_ticks: u64,
@@ -41,11 +51,15 @@ pub struct Sample {
 
 impl Sample {
     /// Reads everything for the daemon `pid`, whose control socket is `socket`.
-    pub fn take(bin: &Path, socket: &Path, pid: u32) -> anyhow::Result<Self> {
+    pub fn take(bin: &Path, socket: &Path, pid: u32, ksoftirqd: &[u32]) -> anyhow::Result<Self> {
         let status = Status::read(bin, socket)?;
         let at = Instant::now();
         let daemon_ticks = proc_cpu_ticks(pid)?;
         let daemon_hwm_kib = proc_hwm_kib(pid)?;
+        let ksoftirqd_ticks = ksoftirqd
+            .iter()
+            .filter_map(|p| proc_cpu_ticks(*p).ok())
+            .sum();
         let (softirq_ticks, softirq_per_cpu) = softirq()?;
         let udp_rcvbuf_errors = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))
             .ok()
@@ -58,6 +72,7 @@ impl Sample {
             at,
             daemon_ticks,
             daemon_hwm_kib,
+            ksoftirqd_ticks,
             softirq_ticks,
             softirq_per_cpu,
             udp_rcvbuf_errors,
@@ -119,6 +134,20 @@ impl Status {
         }
         serde_json::from_slice(&out.stdout).context("capyknock status --json printed bad JSON")
     }
+}
+
+/// The pids of the `ksoftirqd/N` kernel threads.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
 }
 
 /// utime + stime of `pid`, in ticks.
@@ -219,6 +248,12 @@ mod tests {
         let (total, per_cpu) = softirq().unwrap();
         assert!(!per_cpu.is_empty());
         assert!(total >= per_cpu.iter().copied().max().unwrap_or(0));
+    }
+
+    #[test]
+    fn ksoftirqd_threads_are_found() {
+        // One per CPU on any Linux with softirqs.
+        assert!(!ksoftirqd_pids().is_empty());
     }
 
     #[test]
