@@ -1,21 +1,26 @@
 //! `cargo xtask load`: floods the knock port with junk while real users knock, on the real
 //! daemon, in throwaway namespaces, once per capture mode (xdp, pcap, udp), and reports what it
-//! cost and whether the users got in.
+//! cost and whether the users got in. docs/PERFORMANCE.md explains the method and the figures.
 //!
 //! ```text
 //!   [client] cli 10.98.0.2/16 + 10.98.x.y ---- 10.98.0.1 srv-c [server] srv-a 10.97.0.1 ---- 10.97.0.2 att [attacker]
 //!            legit knocks, TCP probes              capyknock server             junk flood (sendmmsg)
 //!                                                  nftables, tcp/22 service
-//!   [sink] snk0 10.98.255.254/16 -- snk1: `capyknock knock --save-packet` makes the legit packets here;
-//!          what it sends goes nowhere
+//!   [sink] snk0 10.98.255.254/16 -- snk1 (up, answers nothing): `capyknock knock --save-packet`
+//!          makes the legit packets here, and what it sends goes nowhere
+//!   [attacker] cal0 10.96.0.2/24 -- cal1 [sink] (down): the calibration link, where floods
+//!          cost the sender alone
 //! ```
 //!
 //! Per capture mode the daemon starts once; then an idle run (legit knocks only), the `mix`
 //! junk at each offered rate, and each single junk profile at the sender's maximum. Every run
-//! samples the daemon's counters, CPU and RSS and the machine's softirq time before and after
-//! ([`sample`]), floods ([`flood`]) and knocks ([`legit`]) at the same time, and ends up as one
-//! row of the report ([`report`]) in `target/load/<time>/` (`report.md`, `results.json`, the
-//! daemon logs).
+//! samples the daemon's counters, CPU and RSS, the `ksoftirqd` threads' CPU and the machine's
+//! softirq time before and after ([`sample`]), floods ([`flood`]) and knocks ([`legit`]) at the
+//! same time, and ends up as one row of the report ([`report`]) in `target/load/<time>/`
+//! (`report.md`, `results.json`, the daemon logs). What sending costs the sender alone is
+//! measured once per junk profile and rate on the calibration link, so that the receive work
+//! the kernel does inside the sender's `sendmmsg` calls (a veth delivers there) can be counted
+//! to the receiving side.
 //!
 //! Namespaces (`ckload-<pid>-*`), the daemon, `nft monitor` and the files are removed on every
 //! exit, Ctrl-C included (see [`crate::topology`]). Only root can run it.
@@ -256,6 +261,8 @@ pub fn load(opts: &Options) -> anyhow::Result<()> {
     let plan = Plan::new(opts)?;
     let started = Instant::now();
     let started_wall = SystemTime::now();
+    // Before the build: the load average says what else the machine was doing.
+    let machine = report::Machine::describe();
     let stamp = humantime::format_rfc3339_seconds(started_wall).to_string();
     let out = opts.out.clone().unwrap_or_else(|| {
         let name: String = stamp.chars().filter(char::is_ascii_digit).collect();
@@ -298,7 +305,7 @@ pub fn load(opts: &Options) -> anyhow::Result<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" "),
-        machine: report::Machine::describe(),
+        machine,
         settings: Settings {
             duration_secs: plan.duration.as_secs(),
             legit_per_sec: plan.legit_rate,
