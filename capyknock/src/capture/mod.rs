@@ -441,21 +441,7 @@ fn open_auto(config: &CaptureConfig) -> Result<Backend, CaptureError> {
     Ok(b)
 }
 
-/// Displays an error with all its causes: `outer: cause: root cause`.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            write!(f, ": {err}")?;
-            source = err.source();
-        }
-        Ok(())
-    }
-}
+pub use crate::error_chain::ErrorChain;
 
 #[cfg(test)]
 mod tests {

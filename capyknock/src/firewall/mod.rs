@@ -154,21 +154,7 @@ pub enum Error {
     },
 }
 
-/// Displays an error with its whole `source()` chain on one line: `a: b: c`.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
+pub use crate::error_chain::ErrorChain;
 
 /// What [`Firewall::check_and_repair`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
