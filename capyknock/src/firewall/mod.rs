@@ -573,7 +573,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::ports::Protocol;
 
     /// What the fake firewall holds, shared with the test.
     #[derive(Debug, Default)]
@@ -662,22 +661,7 @@ mod tests {
         }
     }
 
-    fn t(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn grant(addr: &str, port: u16, until: SystemTime) -> Grant {
-        Grant {
-            addr: ip(addr),
-            protocol: Protocol::Tcp,
-            port,
-            until,
-        }
-    }
+    use super::model::tests::{grant, ip, t};
 
     fn open(
         dir: Option<&Path>,

@@ -500,20 +500,21 @@ fn cap_until(until: SystemTime, now: SystemTime) -> SystemTime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
-    fn t(secs: u64) -> SystemTime {
+    /// A fixed wall-clock time plus `secs` (shared with the facade's tests).
+    pub(in crate::firewall) fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
     }
 
-    fn ip(s: &str) -> IpAddr {
+    pub(in crate::firewall) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn grant(addr: &str, port: u16, until: SystemTime) -> Grant {
+    pub(in crate::firewall) fn grant(addr: &str, port: u16, until: SystemTime) -> Grant {
         Grant {
             addr: ip(addr),
             protocol: Protocol::Tcp,
