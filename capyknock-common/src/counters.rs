@@ -7,7 +7,7 @@
 //! listed in the order the pre-filter checks them.
 
 /// What happened to one frame. The discriminant is the index into the `COUNTERS` map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, strum::VariantArray)]
 #[repr(u32)]
 pub enum Counter {
     /// Not UDP to a knock port: passed on to the stack untouched.
@@ -38,24 +38,11 @@ pub enum Counter {
 }
 
 impl Counter {
-    /// Number of counters, the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 12;
+    /// Every counter, in index order (derived from the declaration, so none can be left out).
+    pub const ALL: &'static [Counter] = <Self as strum::VariantArray>::VARIANTS;
 
-    /// Every counter, in index order.
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::NotKnock,
-        Counter::Malformed,
-        Counter::WrongSize,
-        Counter::BadHeader,
-        Counter::UnknownUser,
-        Counter::StaleStep,
-        Counter::BadTag,
-        Counter::Duplicate,
-        Counter::RateLimitedSource,
-        Counter::RateLimitedGlobal,
-        Counter::RingFull,
-        Counter::Delivered,
-    ];
+    /// Number of counters, the size of the `COUNTERS` map.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
 
     /// Index into the `COUNTERS` map.
     #[must_use]
@@ -125,14 +112,14 @@ mod tests {
 
     #[test]
     fn names_are_unique_snake_case_and_round_trip() {
-        for a in Counter::ALL {
+        for &a in Counter::ALL {
             assert!(
                 a.name()
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b == b'_')
             );
             assert_eq!(Counter::from_name(a.name()), Some(a));
-            for b in Counter::ALL {
+            for &b in Counter::ALL {
                 if a != b {
                     assert_ne!(a.name(), b.name());
                 }
@@ -143,7 +130,11 @@ mod tests {
 
     #[test]
     fn only_not_knock_passes() {
-        let passing: std::vec::Vec<_> = Counter::ALL.into_iter().filter(|c| c.passes()).collect();
+        let passing: std::vec::Vec<_> = Counter::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.passes())
+            .collect();
         assert_eq!(passing, [Counter::NotKnock]);
     }
 }

@@ -32,9 +32,6 @@ use crate::{
     wire::{self, HEADER_LEN, Header, KNOCK_LEN},
 };
 
-/// Largest distance between a knock's time step and the current one that still counts as fresh.
-pub const STEP_WINDOW: u64 = 1;
-
 /// Where a datagram came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
@@ -114,7 +111,7 @@ pub fn check_payload<F: Frame + ?Sized, E: Env>(
     let Some(key) = env.tag_key(&parsed.user_id) else {
         return Counter::UnknownUser;
     };
-    if parsed.time_step.abs_diff(env.time_step()) > STEP_WINDOW {
+    if parsed.time_step.abs_diff(env.time_step()) > wire::STEP_SKEW {
         return Counter::StaleStep;
     }
     let expected = wire::header_tag(&key, &wire::tagged_part(&header));

@@ -63,6 +63,14 @@ pub const TAG_KEY_LEN: usize = 16;
 /// TOTP time step length in seconds (RFC 6238 default).
 pub const TIME_STEP_SECONDS: u64 = 30;
 
+/// Steps either side of the server's current time step that still count as current: for the
+/// header's time step (checked by the pre-filter, in the kernel and in userspace, and again by
+/// the verifier) and for the TOTP code (RFC 6238 section 5.2 recommends at most one).
+pub const STEP_SKEW: u64 = 1;
+
+/// The UDP port knocks go to when the configuration names none.
+pub const DEFAULT_KNOCK_PORT: u16 = 62201;
+
 const _: () = assert!(KNOCK_LEN == 256);
 const _: () = assert!(TAG_OFFSET + TAG_LEN == HEADER_LEN);
 

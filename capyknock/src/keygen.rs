@@ -290,7 +290,7 @@ fn plan(args: &KeygenArgs, ask: &mut Ask<'_>) -> Result<Plan, KeygenError> {
 fn server_defaults(path: &Path, wanted: Option<u16>) -> Result<(u16, Duration), KeygenError> {
     if !path.exists() {
         return Ok((
-            wanted.unwrap_or(server_config::DEFAULT_KNOCK_PORT),
+            wanted.unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT),
             server_config::DEFAULT_ACCESS,
         ));
     }
@@ -299,7 +299,7 @@ fn server_defaults(path: &Path, wanted: Option<u16>) -> Result<(u16, Duration), 
         .knock_ports
         .first()
         .copied()
-        .unwrap_or(server_config::DEFAULT_KNOCK_PORT);
+        .unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT);
     match wanted {
         None => Ok((first, settings.default_access)),
         Some(p) if settings.knock_ports.contains(&p) => Ok((p, settings.default_access)),

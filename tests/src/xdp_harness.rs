@@ -93,7 +93,8 @@ impl Harness {
         let action = self.filter.test_run(frame).unwrap();
         let delta = self.filter.counters().unwrap().since(&before);
         let changed: Vec<Counter> = Counter::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|c| delta.get(*c) != 0)
             .collect();
         assert!(

@@ -353,7 +353,7 @@ fn xdp_pcap_and_udp_modes_deliver_the_same_candidates() {
     assert_eq!(runs[2].1.mode, ActiveMode::Udp);
     // Verdicts on knock-port traffic are identical (not_knock differs by design: pcap and the
     // socket only see the knock port).
-    for c in Counter::ALL.into_iter().filter(|c| !c.passes()) {
+    for &c in Counter::ALL.iter().filter(|c| !c.passes()) {
         let counts: Vec<u64> = runs.iter().map(|(_, r)| r.counters.get(c)).collect();
         assert!(
             counts.windows(2).all(|w| w[0] == w[1]),

@@ -13,7 +13,7 @@ use std::{
 };
 
 use capyknock::{
-    firewall::{ExecConfig, Firewall, FirewallConfig, FirewallKind, Grant, exec::Template},
+    firewall::{ExecConfig, Firewall, FirewallConfig, FirewallKind, PortGrant, exec::Template},
     ports::{PortSpec, Protocol},
 };
 use capyknock_tests::firewall::{Lab, SERVICE_PORT};
@@ -87,8 +87,8 @@ fn open(lab: &Lab, state: &Path) -> Firewall {
         .run(|| Firewall::open(&config(), &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
 }
 
-fn grant(addr: IpAddr, secs: u64) -> Grant {
-    Grant {
+fn grant(addr: IpAddr, secs: u64) -> PortGrant {
+    PortGrant {
         addr,
         protocol: Protocol::Tcp,
         port: SERVICE_PORT,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use capyknock::{
-    firewall::{Firewall, FirewallConfig, FirewallKind, Grant, Health},
+    firewall::{Firewall, FirewallConfig, FirewallKind, Health, PortGrant},
     ports::{PortSpec, Protocol},
 };
 use capyknock_tests::firewall::{Lab, SERVICE_PORT, echo_ok};
@@ -42,8 +42,8 @@ fn open(lab: &Lab) -> Firewall {
     })
 }
 
-fn grant(addr: IpAddr, until: SystemTime) -> Grant {
-    Grant {
+fn grant(addr: IpAddr, until: SystemTime) -> PortGrant {
+    PortGrant {
         addr,
         protocol: Protocol::Tcp,
         port: SERVICE_PORT,
@@ -402,7 +402,7 @@ fn measure_latency_and_batch_rate() {
     // Big batches.
     let mut rates = Vec::new();
     for n in [1_000u32, 10_000, 50_000] {
-        let batch: Vec<Grant> = (0..n)
+        let batch: Vec<PortGrant> = (0..n)
             .map(|i| grant(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), in_secs(60.0)))
             .collect();
         let t = Instant::now();

@@ -153,8 +153,7 @@ impl Default for CaptureConfig {
         Self {
             mode: CaptureMode::Auto,
             ifaces: Vec::new(),
-            // The protocol's default knock port.
-            knock_ports: vec![62201],
+            knock_ports: vec![capyknock_common::wire::DEFAULT_KNOCK_PORT],
             xdp_mode: None,
             // A user knocks a few times a minute; 10/s with bursts of 20 is plenty.
             per_source: RateLimitConfig {

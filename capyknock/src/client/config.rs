@@ -629,7 +629,7 @@ fn validate_profile(text: &str, name: &str, raw: RawProfile) -> Result<Profile, 
     }
     let knock_port = c
         .port(raw.knock_port, "knock_port")
-        .unwrap_or(crate::server::config::DEFAULT_KNOCK_PORT);
+        .unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT);
     let ports = c.ports(raw.ports);
     let check_port = match raw.check_port {
         Some(p) => c.port(Some(p), "check_port"),

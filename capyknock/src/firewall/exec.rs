@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Backend, Error,
     config::ExecConfig,
-    model::{Ban, Grant, GrantKey, Ledger, ceil_secs},
+    model::{Ban, GrantKey, Ledger, PortGrant, ceil_secs},
 };
 
 /// Most bytes of a command's stdout/stderr kept for logs; the rest is read and discarded.
@@ -529,7 +529,7 @@ impl Backend for ExecBackend {
         true
     }
 
-    fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error> {
+    fn add_grants(&mut self, grants: &[PortGrant], now: SystemTime) -> Result<(), Error> {
         let items = grants.iter().filter_map(|g| {
             g.remaining(now)
                 .map(|left| Vars::for_grant(&g.key(), ceil_secs(left).max(1)))
@@ -569,7 +569,7 @@ impl Backend for ExecBackend {
     }
 
     fn restore(&mut self, ledger: &Ledger, now: SystemTime) -> Result<(), Error> {
-        let grants: Vec<Grant> = ledger.grants().collect();
+        let grants: Vec<PortGrant> = ledger.grants().collect();
         let granted = self.add_grants(&grants, now);
         let mut banned = Ok(());
         for ban in ledger.bans() {

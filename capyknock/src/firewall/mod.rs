@@ -33,7 +33,7 @@ use std::{
 };
 
 pub use config::{ExecConfig, FirewallConfig, FirewallKind};
-pub use model::{Ban, Grant, GrantKey, Ledger};
+pub use model::{Ban, GrantKey, Ledger, PortGrant};
 
 use crate::ports::PortSpec;
 
@@ -68,7 +68,7 @@ pub trait Backend: fmt::Debug + Send {
     }
 
     /// Opens or refreshes these grants, each until its `until`.
-    fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error>;
+    fn add_grants(&mut self, grants: &[PortGrant], now: SystemTime) -> Result<(), Error>;
 
     /// Closes these grants (revoked or expired). Closing one that is not open is not an error.
     fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), Error>;
@@ -169,7 +169,7 @@ pub enum Health {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
     /// Grants applied, with the expiry now in force (a repeat knock never shortens one).
-    pub applied: Vec<Grant>,
+    pub applied: Vec<PortGrant>,
     /// Grants refused because their address is banned (logged).
     pub refused_banned: Vec<GrantKey>,
 }
@@ -260,11 +260,11 @@ impl Firewall {
     /// firewall refuses the change, an atomic backend (nftables) records nothing of it; other
     /// backends keep the grants in the ledger, since part of the change may have been made,
     /// so that they are closed at their end.
-    pub fn grant(&mut self, grants: &[Grant]) -> Result<Granted, Error> {
+    pub fn grant(&mut self, grants: &[PortGrant]) -> Result<Granted, Error> {
         self.grant_at(grants, SystemTime::now())
     }
 
-    fn grant_at(&mut self, grants: &[Grant], now: SystemTime) -> Result<Granted, Error> {
+    fn grant_at(&mut self, grants: &[PortGrant], now: SystemTime) -> Result<Granted, Error> {
         let before = self.ledger.clone_entries(grants);
         let merged = self.ledger.merge_grants(grants, now)?;
         for key in &merged.refused_banned {
@@ -434,7 +434,7 @@ impl Firewall {
 
     /// Grants in force (for `status`).
     #[must_use]
-    pub fn grants(&self) -> Vec<Grant> {
+    pub fn grants(&self) -> Vec<PortGrant> {
         self.ledger.grants().collect()
     }
 
@@ -610,12 +610,12 @@ mod tests {
         fn atomic(&self) -> bool {
             self.atomic
         }
-        fn add_grants(&mut self, grants: &[Grant], _now: SystemTime) -> Result<(), Error> {
+        fn add_grants(&mut self, grants: &[PortGrant], _now: SystemTime) -> Result<(), Error> {
             let mut s = self.state.lock().unwrap();
             if std::mem::take(&mut s.fail_next) {
                 return Err(fail());
             }
-            s.grants.extend(grants.iter().map(Grant::key));
+            s.grants.extend(grants.iter().map(PortGrant::key));
             Ok(())
         }
         fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), Error> {

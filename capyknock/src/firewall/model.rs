@@ -1,5 +1,5 @@
 //! The declarative model every firewall backend implements, with no I/O and the clock passed in:
-//! [`Grant`]s (an address may reach one protocol/port until a point in time), [`Ban`]s, and the
+//! [`PortGrant`]s (an address may reach one protocol/port until a point in time), [`Ban`]s, and the
 //! [`Ledger`] that holds what is open right now, merges repeat grants, and says what has expired.
 //!
 //! Backends with kernel timeouts (nftables) use the ledger to restore a deleted table and to
@@ -33,7 +33,7 @@ pub const MAX_BANS: usize = 65_536;
 /// (`until - now`, rounded up to the millisecond) at the moment it applies the batch, so a grant
 /// closes in the kernel even if the daemon dies; timer-driven backends compare it with the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Grant {
+pub struct PortGrant {
     /// Address allowed in (the knock's source, or the address the user stated).
     pub addr: IpAddr,
     /// Transport protocol.
@@ -44,7 +44,7 @@ pub struct Grant {
     pub until: SystemTime,
 }
 
-impl Grant {
+impl PortGrant {
     /// The (address, protocol, port) this grant opens.
     #[must_use]
     pub fn key(&self) -> GrantKey {
@@ -85,8 +85,8 @@ impl GrantKey {
 
     /// This key with an expiry.
     #[must_use]
-    pub fn until(self, until: SystemTime) -> Grant {
-        Grant {
+    pub fn until(self, until: SystemTime) -> PortGrant {
+        PortGrant {
             addr: self.addr,
             protocol: self.protocol,
             port: self.port,
@@ -236,7 +236,7 @@ impl Ledger {
     /// or ports refuse the whole call, before anything is recorded.
     pub fn merge_grants(
         &mut self,
-        grants: &[Grant],
+        grants: &[PortGrant],
         now: SystemTime,
     ) -> Result<MergedGrants, ModelError> {
         let mut wanted: BTreeMap<GrantKey, SystemTime> = BTreeMap::new();
@@ -291,7 +291,7 @@ impl Ledger {
     /// The current entries for the keys of `grants` (`None`: absent), to hand back to
     /// [`Ledger::restore_entries`] if the firewall refuses the change.
     #[must_use]
-    pub fn clone_entries(&self, grants: &[Grant]) -> Vec<(GrantKey, Option<SystemTime>)> {
+    pub fn clone_entries(&self, grants: &[PortGrant]) -> Vec<(GrantKey, Option<SystemTime>)> {
         grants
             .iter()
             .filter_map(|g| {
@@ -323,7 +323,7 @@ impl Ledger {
     /// keeping the later expiry if the key is already known. Entries already expired are kept,
     /// so that [`Ledger::take_expired`] hands them to the backend to close; invalid ones and
     /// ones beyond [`MAX_GRANTS`] are ignored.
-    pub fn insert_grant(&mut self, grant: Grant, now: SystemTime) {
+    pub fn insert_grant(&mut self, grant: PortGrant, now: SystemTime) {
         let Ok(addr) = canonical_addr(grant.addr) else {
             return;
         };
@@ -446,12 +446,12 @@ impl Ledger {
 
     /// Active grants (including ones past their `until` that [`Ledger::take_expired`] has not
     /// collected yet).
-    pub fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
+    pub fn grants(&self) -> impl Iterator<Item = PortGrant> + '_ {
         self.grants.iter().map(|(k, until)| k.until(*until))
     }
 
     /// Grants of one address.
-    pub fn grants_of(&self, addr: IpAddr) -> impl Iterator<Item = Grant> + '_ {
+    pub fn grants_of(&self, addr: IpAddr) -> impl Iterator<Item = PortGrant> + '_ {
         let addr = addr.to_canonical();
         self.grants().filter(move |g| g.addr == addr)
     }
@@ -487,7 +487,7 @@ impl Ledger {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MergedGrants {
     /// Grants to apply, with their merged expiry.
-    pub apply: Vec<Grant>,
+    pub apply: Vec<PortGrant>,
     /// Grants left out because their address is banned.
     pub refused_banned: Vec<GrantKey>,
 }
@@ -514,8 +514,8 @@ pub(super) mod tests {
         s.parse().unwrap()
     }
 
-    pub(in crate::firewall) fn grant(addr: &str, port: u16, until: SystemTime) -> Grant {
-        Grant {
+    pub(in crate::firewall) fn grant(addr: &str, port: u16, until: SystemTime) -> PortGrant {
+        PortGrant {
             addr: ip(addr),
             protocol: Protocol::Tcp,
             port,
@@ -585,7 +585,7 @@ pub(super) mod tests {
             .merge_grants(
                 &[
                     grant("192.0.2.1", 22, t(5)),
-                    Grant {
+                    PortGrant {
                         addr: mapped,
                         protocol: Protocol::Udp,
                         port: 53,
@@ -756,8 +756,8 @@ pub(super) mod tests {
     #[test]
     fn ledger_bound() {
         let mut l = Ledger::new();
-        let many: Vec<Grant> = (0..MAX_GRANTS as u32)
-            .map(|i| Grant {
+        let many: Vec<PortGrant> = (0..MAX_GRANTS as u32)
+            .map(|i| PortGrant {
                 addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
                 protocol: Protocol::Tcp,
                 port: 22,

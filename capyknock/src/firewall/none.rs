@@ -5,7 +5,7 @@ use std::{net::IpAddr, time::SystemTime};
 
 use super::{
     Backend, Error,
-    model::{Ban, Grant, GrantKey, Ledger},
+    model::{Ban, GrantKey, Ledger, PortGrant},
 };
 
 /// Logs every change at `info` instead of making it.
@@ -25,7 +25,7 @@ impl Backend for NoneBackend {
         false
     }
 
-    fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error> {
+    fn add_grants(&mut self, grants: &[PortGrant], now: SystemTime) -> Result<(), Error> {
         for g in grants {
             tracing::info!(
                 addr = %g.addr,

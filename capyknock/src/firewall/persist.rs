@@ -148,7 +148,7 @@ fn decode(
     }
     let mut ledger = Ledger::new();
     for g in file.grants {
-        let grant = super::model::Grant {
+        let grant = super::model::PortGrant {
             addr: g.addr,
             protocol: g.port.protocol,
             port: g.port.port,
@@ -266,7 +266,7 @@ fn sync_dir(_path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{firewall::model::Grant, ports::Protocol};
+    use crate::{firewall::model::PortGrant, ports::Protocol};
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -276,13 +276,13 @@ mod tests {
         let mut l = Ledger::new();
         l.merge_grants(
             &[
-                Grant {
+                PortGrant {
                     addr: "192.0.2.1".parse().unwrap(),
                     protocol: Protocol::Tcp,
                     port: 22,
                     until: t(60),
                 },
-                Grant {
+                PortGrant {
                     addr: "2001:db8::1".parse().unwrap(),
                     protocol: Protocol::Udp,
                     port: 51820,

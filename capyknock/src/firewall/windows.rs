@@ -34,7 +34,7 @@ use windows::{
 
 use super::{
     Backend, Error,
-    model::{Ban, Grant, GrantKey, Ledger},
+    model::{Ban, GrantKey, Ledger, PortGrant},
     windows_model::{self as wm, Connection, RuleSpec},
 };
 use crate::ports::PortSpec;
@@ -338,7 +338,7 @@ impl Backend for WindowsBackend {
         true
     }
 
-    fn add_grants(&mut self, grants: &[Grant], _now: SystemTime) -> Result<(), Error> {
+    fn add_grants(&mut self, grants: &[PortGrant], _now: SystemTime) -> Result<(), Error> {
         let specs: Vec<RuleSpec> = grants.iter().map(|g| wm::grant_rule(&g.key())).collect();
         Ok(self.ensure(&specs)?)
     }

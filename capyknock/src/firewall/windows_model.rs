@@ -190,7 +190,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::firewall::model::{Ban, Grant};
+    use crate::firewall::model::{Ban, PortGrant};
 
     fn key(addr: &str, protocol: Protocol, port: u16) -> GrantKey {
         GrantKey {
@@ -243,7 +243,7 @@ mod tests {
         let mut ledger = Ledger::new();
         ledger
             .merge_grants(
-                &[Grant {
+                &[PortGrant {
                     addr: "192.0.2.1".parse().unwrap(),
                     protocol: Protocol::Tcp,
                     port: 22,

@@ -12,11 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{
-    keys::UserId,
-    payload::PacketId,
-    totp::{TOTP_SKEW_STEPS, step_of},
-};
+use super::{keys::UserId, payload::PacketId, totp::step_of};
 
 /// Most (user, step) entries or packet ids kept. Far above what real users produce (a few per
 /// user); reaching it means refusing new grants until entries expire.
@@ -110,7 +106,7 @@ impl ReplayState {
     /// Drops entries no knock could match any more at `now_unix`: steps older than the TOTP
     /// window, packet ids past their freshness.
     pub fn prune(&mut self, now_unix: u64) {
-        let oldest_step = step_of(now_unix).saturating_sub(TOTP_SKEW_STEPS);
+        let oldest_step = step_of(now_unix).saturating_sub(capyknock_common::wire::STEP_SKEW);
         self.steps.retain(|&(_, step)| step >= oldest_step);
         self.packets.retain(|_, &mut expires| expires >= now_unix);
     }

@@ -6,16 +6,13 @@
 
 use std::{fmt, str::FromStr};
 
-use capyknock_common::wire::TIME_STEP_SECONDS;
+use capyknock_common::wire::{STEP_SKEW, TIME_STEP_SECONDS};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::keys::TotpSecret;
 
 /// Digits in a code.
 pub const TOTP_DIGITS: usize = 6;
-/// Steps of skew accepted either side of the server's current step (RFC 6238 section 5.2
-/// recommends at most one).
-pub const TOTP_SKEW_STEPS: u64 = 1;
 
 /// Why a code did not parse or a TOTP could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +124,8 @@ impl Totp {
     #[must_use]
     pub fn check(&self, code: &TotpCode, now_unix: u64, preferred_step: u64) -> Option<u64> {
         let now = step_of(now_unix);
-        let lo = now.saturating_sub(TOTP_SKEW_STEPS);
-        let hi = now.saturating_add(TOTP_SKEW_STEPS);
+        let lo = now.saturating_sub(STEP_SKEW);
+        let hi = now.saturating_add(STEP_SKEW);
         let preferred = (lo..=hi)
             .contains(&preferred_step)
             .then_some(preferred_step);

@@ -30,21 +30,17 @@ use crate::{
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/capyknock/server.toml";
-/// Default UDP knock port.
-pub const DEFAULT_KNOCK_PORT: u16 = 62201;
 /// Default state directory (systemd `StateDirectory=capyknock`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/capyknock";
 /// Default control socket (systemd `RuntimeDirectory=capyknock`).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/capyknock/control.sock";
-/// Default freshness window: a knock's timestamp may differ from the server clock by this much.
-pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(90);
 /// Default access duration for users that do not set their own.
 pub const DEFAULT_ACCESS: Duration = Duration::from_mins(5);
 
 /// Most knock ports one server watches (the XDP map's size).
 pub const MAX_KNOCK_PORTS: usize = capyknock_common::maps::KNOCK_PORTS_MAX as usize;
 /// Most users one configuration may hold.
-pub const MAX_USERS: usize = 4096;
+pub const MAX_USERS: usize = capyknock_common::maps::USERS_MAX as usize;
 /// Most ports one user may be allowed.
 pub const MAX_USER_PORTS: usize = 64;
 /// Most interfaces one server captures on.
@@ -530,7 +526,7 @@ fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec<Pro
     let s = raw.server;
 
     let knock_ports = match s.knock_ports {
-        None => vec![DEFAULT_KNOCK_PORT],
+        None => vec![capyknock_common::wire::DEFAULT_KNOCK_PORT],
         Some(ports) => {
             let span = ports.span();
             let list = ports.into_inner();
@@ -646,7 +642,7 @@ fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec<Pro
     let freshness = duration_in(
         &mut c,
         s.freshness,
-        DEFAULT_FRESHNESS,
+        crate::protocol::verify::DEFAULT_FRESHNESS,
         FRESHNESS_RANGE,
         "freshness",
     );
@@ -1132,11 +1128,14 @@ ports = ["tcp/22", "udp/51820"]
     #[test]
     fn empty_file_gives_defaults() {
         let s = p("").unwrap();
-        assert_eq!(s.knock_ports, vec![DEFAULT_KNOCK_PORT]);
+        assert_eq!(
+            s.knock_ports,
+            vec![capyknock_common::wire::DEFAULT_KNOCK_PORT]
+        );
         assert_eq!(s.capture, CaptureChoice::Auto);
         assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(s.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
-        assert_eq!(s.freshness, DEFAULT_FRESHNESS);
+        assert_eq!(s.freshness, crate::protocol::verify::DEFAULT_FRESHNESS);
         assert_eq!(s.default_access, DEFAULT_ACCESS);
         assert!(!s.revoke_removed_users);
         assert!(s.users.is_empty());

@@ -29,7 +29,7 @@ pub const BANS_FILE: &str = "bans.json";
 /// Largest state file read; anything bigger is treated as corrupt.
 pub const MAX_FILE_BYTES: u64 = 32 << 20;
 /// Most bans kept.
-pub const MAX_BANS: usize = 1 << 16;
+pub use crate::firewall::model::MAX_BANS;
 /// Version of the ban list file.
 pub const BANS_VERSION: u32 = 1;
 

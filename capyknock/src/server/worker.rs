@@ -35,7 +35,7 @@ pub enum Effect {
     /// Open a verified knock's ports; save `replay` first when given.
     Grant {
         /// The verifier's grant.
-        grant: verify::Grant,
+        grant: verify::Access,
         /// The replay state after the knock, when it changed.
         replay: Option<Box<ReplayState>>,
     },
@@ -192,7 +192,7 @@ impl Worker {
         }
 
         let mut shutdown = false;
-        let mut grants: Vec<verify::Grant> = Vec::new();
+        let mut grants: Vec<verify::Access> = Vec::new();
         for effect in batch {
             if !matches!(effect, Effect::Grant { .. }) && !grants.is_empty() {
                 self.grant(&std::mem::take(&mut grants));
@@ -239,13 +239,13 @@ impl Worker {
         shutdown
     }
 
-    fn grant(&mut self, grants: &[verify::Grant]) {
+    fn grant(&mut self, grants: &[verify::Access]) {
         let now = SystemTime::now();
         let mut fw = Vec::new();
         for g in grants {
             let until = now + g.duration;
             for p in &g.ports {
-                let grant = firewall::Grant {
+                let grant = firewall::PortGrant {
                     addr: g.addr,
                     protocol: p.protocol,
                     port: p.port,
@@ -364,7 +364,7 @@ impl Worker {
             .firewall
             .grants()
             .iter()
-            .map(firewall::Grant::key)
+            .map(firewall::PortGrant::key)
             .collect();
         self.owners.retain(|k, _| live.contains(k));
     }
@@ -433,7 +433,7 @@ mod tests {
         }
         fn add_grants(
             &mut self,
-            grants: &[firewall::Grant],
+            grants: &[firewall::PortGrant],
             _: SystemTime,
         ) -> Result<(), firewall::Error> {
             self.0
@@ -465,8 +465,8 @@ mod tests {
         }
     }
 
-    fn grant(nick: &str, n: u8, addr: &str) -> verify::Grant {
-        verify::Grant {
+    fn grant(nick: &str, n: u8, addr: &str) -> verify::Access {
+        verify::Access {
             user: UserId([n; 16]),
             nickname: nick.into(),
             addr: addr.parse().unwrap(),

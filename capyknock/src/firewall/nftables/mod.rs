@@ -52,7 +52,7 @@ use self::raw::{
 };
 use super::{
     Backend, Error,
-    model::{Ban, Grant, GrantKey, Ledger, ceil_millis},
+    model::{Ban, GrantKey, Ledger, PortGrant, ceil_millis},
 };
 use crate::ports::{PortSpec, Protocol};
 
@@ -367,14 +367,14 @@ impl NftBackend {
 
     /// Adds every live grant and ban of `ledger` to `tx`.
     fn add_ledger(&self, tx: &mut Tx, ledger: &Ledger, now: SystemTime) {
-        let grants: Vec<Grant> = ledger.grants().collect();
+        let grants: Vec<PortGrant> = ledger.grants().collect();
         self.add_grant_elems(tx, &grants, now);
         for ban in ledger.bans() {
             self.add_ban_elem(tx, &ban, now);
         }
     }
 
-    fn add_grant_elems(&self, tx: &mut Tx, grants: &[Grant], now: SystemTime) {
+    fn add_grant_elems(&self, tx: &mut Tx, grants: &[PortGrant], now: SystemTime) {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for g in grants {
@@ -583,7 +583,7 @@ impl Backend for NftBackend {
         Ok(Some(ledger))
     }
 
-    fn add_grants(&mut self, grants: &[Grant], now: SystemTime) -> Result<(), Error> {
+    fn add_grants(&mut self, grants: &[PortGrant], now: SystemTime) -> Result<(), Error> {
         let mut tx = Tx::new();
         self.add_grant_elems(&mut tx, grants, now);
         Ok(self.send(tx, "granting access")?)
