@@ -4,6 +4,8 @@
 //! the kernel (compiled to BPF) and in userspace, where they are unit-tested, property-tested and
 //! fuzzed. The `user` feature adds the userspace-only impls (`aya::Pod` for map values).
 #![no_std]
+// The only `unsafe` is the `aya::Pod` impls of the map values (`maps::pod`).
+#![deny(unsafe_code)]
 
 pub mod counters;
 pub mod frame;

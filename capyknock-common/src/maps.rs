@@ -137,6 +137,10 @@ const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 8);
 
 #[cfg(all(feature = "user", target_os = "linux"))]
+#[allow(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe trait: the impls promise plain old data"
+)]
 mod pod {
     // SAFETY: `#[repr(C)]` structs of integers and byte arrays with no implicit padding
     // (checked by the size assertions above), so every bit pattern is a valid value.

@@ -6,6 +6,11 @@
 //! user's ports for the source address. [`server`] wires these into the daemon; [`client`] and
 //! [`keygen`] are the user's side. `protocol` never imports `capture`, `firewall` or `server`.
 
+// `unsafe` only in the modules that talk to foreign interfaces, each allowing it by name:
+// `capture::xdp` (the eBPF loader and ring buffer), `firewall::nftables::raw` (libnftnl) and
+// `firewall::windows` (COM).
+#![deny(unsafe_code)]
+
 pub mod capture;
 pub mod client;
 pub mod error_chain;

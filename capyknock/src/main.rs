@@ -1,5 +1,7 @@
 //! The `capyknock` binary: a thin command line over the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -101,7 +101,7 @@ fn sigterm_detaches_saves_and_leaves_grants() {
         link_info(&lab)
     );
     assert!(!lab.socket().exists(), "control socket left behind");
-    assert!(lab.file("state/replay.json").exists());
+    assert!(lab.file("state/replay.slots").exists());
     assert!(lab.file("state/bans.json").exists());
     // Grants run out on their own.
     assert!(

@@ -19,14 +19,15 @@ fn replays_refused(lab: &Lab) -> u64 {
         + get(&s.verifier.rejected, "replayed_totp")
 }
 
-/// A code for a TOTP step in the server's window (current step +-1) that is not in `used`,
-/// which it joins: each (user, step) opens at most once.
+/// A code for a TOTP step in the server's window (current step +-1) above every step in `used`,
+/// which it joins: a user's codes open once each, in increasing order of their steps.
 fn unused_code(key: &capyknock_tests::e2e::Keygen, used: &mut Vec<u64>) -> String {
     let now = unix_now() / 30;
-    let step = [now + 1, now, now - 1]
+    let last = used.iter().copied().max();
+    let step = [now - 1, now, now + 1]
         .into_iter()
-        .find(|s| !used.contains(s))
-        .unwrap();
+        .find(|s| last.is_none_or(|l| *s > l))
+        .expect("no unused step left in the window");
     used.push(step);
     key.code_at(step * 30).as_str().to_owned()
 }
@@ -116,8 +117,9 @@ fn closed_knock_open_replay_refused_ban_gone() {
         "{status:?}"
     );
 
-    // A fresh, valid code while banned: refused, exit status 4 with the documented message.
-    let next = unused_code(&alice, &mut used);
+    // A fresh, valid code while banned: refused, exit status 4 with the documented message. A
+    // banned source's knock is refused unverified: its code is not used up (`used` unchanged).
+    let next = unused_code(&alice, &mut used.clone());
     let out = lab.knock(
         &["work", "--otp-stdin", "--wait", "2"],
         &format!("{next}\n"),
@@ -138,7 +140,8 @@ fn closed_knock_open_replay_refused_ban_gone() {
             >= 1
     );
 
-    // Unban: the same user can get in again with the code after that.
+
+    // Unban: the same user can get in again with the next code.
     let out = lab.control(&["unban", &client_ip.to_string()]);
     assert!(text(&out).contains("unbanned"), "{}", text(&out));
     let later = unused_code(&alice, &mut used);

@@ -4,8 +4,6 @@
 //! Everything here asks the kernel through the calling thread's network namespace (netlink via
 //! `getifaddrs`, `if_nametoindex`), never `/sys`, which shows the namespace it was mounted in.
 
-use std::ffi::{CStr, CString};
-
 /// Why an interface cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
@@ -34,13 +32,7 @@ pub fn check_name(name: &str) -> Result<(), IfaceError> {
 /// The index of interface `name`.
 pub fn index(name: &str) -> Result<u32, IfaceError> {
     check_name(name)?;
-    let c_name = CString::new(name).map_err(|_| IfaceError::BadName(name.to_owned()))?;
-    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        return Err(IfaceError::Missing(name.to_owned()));
-    }
-    Ok(index)
+    nix::net::if_::if_nametoindex(name).map_err(|_| IfaceError::Missing(name.to_owned()))
 }
 
 /// `configured` if not empty (each checked to exist), else every interface that is up and not
@@ -66,33 +58,17 @@ pub fn resolve(configured: &[String]) -> Result<Vec<(String, u32)>, IfaceError> 
 
 /// Names of the interfaces that are up and not loopback.
 fn up_non_loopback() -> Result<Vec<String>, IfaceError> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `head` on success; freed below.
-    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-        return Err(IfaceError::List(std::io::Error::last_os_error()));
-    }
-    let mut names = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        let flags = ifa.ifa_flags;
-        let up = flags & libc::IFF_UP as u32 != 0;
-        let loopback = flags & libc::IFF_LOOPBACK as u32 != 0;
-        if up && !loopback && !ifa.ifa_name.is_null() {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-            if let Ok(name) = name.to_str()
-                && !names.iter().any(|n: &String| n == name)
-            {
-                names.push(name.to_owned());
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
+    use nix::net::if_::InterfaceFlags;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| IfaceError::List(e.into()))?;
+    let mut names: Vec<String> = addrs
+        .filter(|ifa| {
+            ifa.flags.contains(InterfaceFlags::IFF_UP)
+                && !ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .map(|ifa| ifa.interface_name)
+        .collect();
     names.sort();
+    names.dedup();
     Ok(names)
 }
 

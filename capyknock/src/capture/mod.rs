@@ -22,6 +22,10 @@ pub mod ifaces;
 pub mod pcap;
 pub mod udp;
 #[cfg(target_os = "linux")]
+#[allow(
+    unsafe_code,
+    reason = "the eBPF loader registers the ring buffer's fd with tokio"
+)]
 pub mod xdp;
 
 use std::{fmt, net::SocketAddr};

@@ -403,16 +403,9 @@ fn check_kernel() -> Result<(), XdpError> {
 }
 
 fn kernel_release() -> String {
-    // SAFETY: utsname is plain old data; uname fills it and cannot fail with a valid pointer.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is a valid, writable utsname.
-    if unsafe { libc::uname(&raw mut uts) } != 0 {
-        return String::new();
-    }
-    // SAFETY: uname NUL-terminates `release`, which lives as long as `uts`.
-    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `"6.18.44-foo"` -> `(6, 18)`.

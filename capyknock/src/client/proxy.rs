@@ -148,15 +148,11 @@ impl AsyncWrite for StdoutCloser {
 
 /// Points fd 1 at /dev/null, which closes the pipe to ssh (EOF for the reader) without leaving
 /// fd 1 free for the next file opened.
+/// Nothing else in this process writes to fd 1 after the relay (progress goes to stderr).
 #[cfg(target_os = "linux")]
 fn close_stdout() {
-    use std::os::fd::AsRawFd as _;
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        // SAFETY: both descriptors are valid for the call; dup2 atomically replaces fd 1, which
-        // nothing else in this process writes to after the relay (progress goes to stderr).
-        unsafe {
-            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
-        }
+        let _ = nix::unistd::dup2_stdout(&null);
     }
 }
 

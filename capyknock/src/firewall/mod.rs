@@ -22,6 +22,7 @@ pub mod nftables;
 pub mod none;
 pub mod persist;
 #[cfg(windows)]
+#[allow(unsafe_code, reason = "Windows Firewall's COM API")]
 pub mod windows;
 pub mod windows_model;
 

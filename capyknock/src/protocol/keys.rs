@@ -246,10 +246,18 @@ impl TotpSecret {
         Self(bytes)
     }
 
-    /// Parses unpadded RFC 4648 base32 of 20 bytes (32 characters). Lower case and a trailing
-    /// `=` padding are accepted too, as some tools write them.
+    /// Parses unpadded RFC 4648 base32 of 20 bytes (32 characters). Lower case, spaces and a
+    /// trailing `=` padding are accepted too, as apps and tools show or write them.
     pub fn from_base32(s: &str) -> Result<Self, KeyError> {
-        let upper = zeroize::Zeroizing::new(s.trim().trim_end_matches('=').to_ascii_uppercase());
+        // Upper or lower case, spaces ignored (apps show groups of four), `=` padding allowed.
+        let upper: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+            s.trim()
+                .trim_end_matches('=')
+                .chars()
+                .filter(|c| *c != ' ')
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
+        );
         let bytes = zeroize::Zeroizing::new(
             data_encoding::BASE32_NOPAD
                 .decode(upper.as_bytes())
@@ -385,7 +393,12 @@ mod tests {
             TotpSecret::from_base32("gezdgnbvgy3tqojqgezdgnbvgy3tqojq").unwrap(),
             secret
         );
+        assert_eq!(
+            TotpSecret::from_base32("gezd gnbv gy3t qojq GEZD GNBV GY3T QOJQ").unwrap(),
+            TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap()
+        );
         assert!(TotpSecret::from_base32("GEZDGNBVGY3TQOJQ").is_err());
+        assert!(TotpSecret::from_base32("GEZD\tGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").is_err());
         assert!(TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ1").is_err());
     }
 

@@ -32,7 +32,8 @@ pub enum PayloadError {
     /// A port 0 or an unknown protocol number.
     #[error("invalid port or protocol in payload")]
     BadPort,
-    /// An address no grant can be for (unspecified, multicast, broadcast, loopback).
+    /// An address no grant can be for (unspecified, multicast, broadcast, loopback,
+    /// link-local).
     #[error("address {0} cannot be granted access")]
     BadAddress(IpAddr),
     /// Postcard could not encode or decode it, or it did not fit.
@@ -47,6 +48,9 @@ pub enum PayloadError {
     /// The TOTP field is not six ASCII digits.
     #[error("TOTP field is not {TOTP_DIGITS} digits")]
     TotpDigits,
+    /// Decodable, but not the one canonical encoding (an overlong varint).
+    #[error("payload is not canonically encoded")]
+    NotCanonical,
 }
 
 /// The random id of one knock, remembered by the server so the same packet never opens twice.
@@ -147,16 +151,23 @@ pub(crate) fn check_ports(ports: &[PortSpec]) -> Result<(), PayloadError> {
     Ok(())
 }
 
-/// Whether an address can be the target of a grant.
-pub(crate) fn check_address(ip: IpAddr) -> Result<(), PayloadError> {
+/// The address a grant may be for: canonical (an IPv4-mapped IPv6 address is its IPv4
+/// address, checked as such), and not unspecified, loopback, multicast, broadcast
+/// (`255.255.255.255`) or link-local (`169.254.0.0/16`, `fe80::/10`). Canonicalising comes first, so
+/// `::ffff:127.0.0.1` is refused as the loopback address it is.
+pub(crate) fn check_address(ip: IpAddr) -> Result<IpAddr, PayloadError> {
+    let ip = ip.to_canonical();
     let bad = ip.is_unspecified()
         || ip.is_multicast()
         || ip.is_loopback()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        || match ip {
+            IpAddr::V4(v4) => v4.is_broadcast() || v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
     if bad {
         Err(PayloadError::BadAddress(ip))
     } else {
-        Ok(())
+        Ok(ip)
     }
 }
 
@@ -164,9 +175,8 @@ impl Payload {
     /// Serializes and pads to [`PLAINTEXT_LEN`] bytes, checking the same rules as decoding.
     pub fn encode(&self) -> Result<Zeroizing<[u8; PLAINTEXT_LEN]>, PayloadError> {
         check_ports(&self.ports)?;
-        if let Some(ip) = self.allow_ip {
-            check_address(ip)?;
-        }
+        // An IPv4 address always goes as IPv4, never IPv4-mapped IPv6.
+        let allow_ip = self.allow_ip.map(check_address).transpose()?;
         let wire = Wire {
             version: PAYLOAD_VERSION,
             timestamp: self.timestamp,
@@ -176,7 +186,7 @@ impl Payload {
                 .iter()
                 .map(|p| (p.protocol.number(), p.port))
                 .collect(),
-            allow_ip: self.allow_ip,
+            allow_ip,
             packet_id: self.packet_id.0,
         };
         let mut buf = Zeroizing::new([0u8; PLAINTEXT_LEN]);
@@ -196,6 +206,13 @@ impl Payload {
         if rest.iter().any(|&b| b != 0) {
             return Err(PayloadError::Padding);
         }
+        // One encoding per payload: postcard also reads overlong varints, so re-encode and
+        // compare (decoded bytes and padding together are the whole plaintext).
+        let mut again = Zeroizing::new([0u8; PLAINTEXT_LEN]);
+        postcard::to_slice(&wire, &mut again[..]).map_err(PayloadError::Postcard)?;
+        if again[..] != plaintext[..] {
+            return Err(PayloadError::NotCanonical);
+        }
         if wire.ports.len() > MAX_PORTS {
             return Err(PayloadError::TooManyPorts(wire.ports.len()));
         }
@@ -212,15 +229,13 @@ impl Payload {
             })
             .collect::<Result<Vec<_>, _>>()?;
         check_ports(&ports)?;
-        if let Some(ip) = wire.allow_ip {
-            check_address(ip)?;
-        }
+        let allow_ip = wire.allow_ip.map(check_address).transpose()?;
         let totp = TotpCode::from_digits(wire.totp).ok_or(PayloadError::TotpDigits)?;
         Ok(Payload {
             timestamp: wire.timestamp,
             totp,
             ports,
-            allow_ip: wire.allow_ip,
+            allow_ip,
             packet_id: PacketId(wire.packet_id),
         })
     }
@@ -344,6 +359,98 @@ mod tests {
         let mut buf = raw(&wire());
         buf[PLAINTEXT_LEN - 1] = 1;
         assert_eq!(Payload::decode(&buf), Err(PayloadError::Padding));
+    }
+
+    /// Regression (hardening review): `::ffff:127.0.0.1` stated by a key holder was checked as
+    /// an IPv6 address (fine) and then granted as 127.0.0.1; `::ffff:0.0.0.0`, `::ffff:224.0.0.1`
+    /// and `::ffff:255.255.255.255` passed and failed later in the firewall.
+    #[test]
+    fn ipv4_mapped_addresses_are_checked_as_the_ipv4_address_they_are() {
+        for bad in [
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:224.0.0.1",
+            "::ffff:255.255.255.255",
+            "::ffff:169.254.1.1",
+            "169.254.1.1",
+            "fe80::1",
+            "::1",
+            "ff02::1",
+        ] {
+            let ip: IpAddr = bad.parse().unwrap();
+            let mut w = wire();
+            w.allow_ip = Some(ip);
+            assert!(
+                matches!(Payload::decode(&raw(&w)), Err(PayloadError::BadAddress(_))),
+                "{bad} accepted"
+            );
+            let mut p = sample();
+            p.allow_ip = Some(ip);
+            assert!(p.encode().is_err(), "{bad} encoded");
+        }
+        // A good IPv4-mapped address decodes as IPv4, and a client encodes it as IPv4.
+        let mut w = wire();
+        w.allow_ip = Some("::ffff:192.0.2.7".parse().unwrap());
+        let decoded = Payload::decode(&raw(&w)).unwrap();
+        assert_eq!(decoded.allow_ip, Some("192.0.2.7".parse().unwrap()));
+        let mut p = sample();
+        p.allow_ip = Some("::ffff:192.0.2.7".parse().unwrap());
+        let mut v4 = sample();
+        v4.allow_ip = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(p.encode().unwrap(), v4.encode().unwrap());
+    }
+
+    /// What the decoder does with encodings a careless encoder could produce (docs/PROTOCOL.md
+    /// section 3 states it).
+    #[test]
+    fn non_canonical_and_out_of_range_encodings() {
+        let good = raw(&wire());
+        // Bytes: version, timestamp varint (5), totp (6), ports count (1), proto (6), port
+        // varint (22), allow_ip tag (0), packet id (16).
+        assert_eq!(
+            &good[..12],
+            &[1, 5, b'1', b'2', b'3', b'4', b'5', b'6', 1, 6, 22, 0]
+        );
+        let with = |patch: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = good.to_vec();
+            patch(&mut v);
+            v.truncate(PLAINTEXT_LEN);
+            v.resize(PLAINTEXT_LEN, 0);
+            Payload::decode(&v.try_into().unwrap())
+        };
+        // Port 22 as an overlong two-byte varint (0x96 0x00).
+        let overlong = with(&|v| {
+            v[10] = 0x96;
+            v.insert(11, 0x00);
+        });
+        // Port 65536 (0x80 0x80 0x04) is out of range for a u16.
+        let too_big = with(&|v| {
+            v.splice(10..11, [0x80, 0x80, 0x04]);
+        });
+        // allow_ip enum index 2 (neither IPv4 nor IPv6).
+        let bad_enum = with(&|v| {
+            v[11] = 1;
+            v.insert(12, 2);
+        });
+        assert!(
+            matches!(too_big, Err(PayloadError::Postcard(_))),
+            "{too_big:?}"
+        );
+        assert!(
+            matches!(bad_enum, Err(PayloadError::Postcard(_))),
+            "{bad_enum:?}"
+        );
+        // postcard reads overlong varints; the canonical check refuses them.
+        assert_eq!(overlong, Err(PayloadError::NotCanonical));
+        // tcp/22 and udp/22 are different ports; tcp/22 twice is a duplicate.
+        let mut w = wire();
+        w.ports = vec![(6, 22), (17, 22)];
+        assert!(Payload::decode(&raw(&w)).is_ok());
+        w.ports = vec![(6, 22), (6, 22)];
+        assert!(matches!(
+            Payload::decode(&raw(&w)),
+            Err(PayloadError::DuplicatePort(_))
+        ));
     }
 
     #[test]

@@ -1,45 +1,64 @@
-//! Replay defence: which (user, TOTP step) pairs and which packet ids have already opened
-//! something, and the moment before which nothing is accepted after a start without saved state.
+//! Replay defence: each user's codes are used in increasing order, and never twice.
 //!
-//! RFC 6238 section 5.2: a verifier must not accept the second attempt of the same OTP. So each
-//! (user, step) opens at most once, and each packet id at most once. Entries are dropped once no
-//! packet carrying them could pass the TOTP window or the freshness check any more, so the state
-//! stays small: a few entries per user. Only packets that passed every cryptographic check add
-//! entries, and a hard cap bounds the rest (the verifier then refuses, it never forgets early).
+//! RFC 6238 section 5.2: a verifier must not accept the second attempt of the same OTP. For
+//! every user the state keeps the highest TOTP step that user has used (and the id of the
+//! packet that used it), and refuses any knock whose code is for that step or an earlier one.
+//! Nothing is ever forgotten because time passed, so a server clock stepped forward and back
+//! (NTP, a resumed VM) cannot bring a used code back: the decision needs no clock at all.
 //!
-//! The state is serializable ([`ReplaySnapshot`]) so the daemon keeps it across restarts
-//! (`server::state`).
+//! The state is one small record per user ([`Used`]), at most [`CAPACITY`] of them. Records of
+//! users removed from the configuration are kept (a user added back cannot replay an old knock);
+//! when the state is full, the record with the lowest step is evicted and raises a **floor**
+//! that every user without a record must stay above. Evicting is always safe (the floor covers
+//! the evicted user), and the lowest step is the oldest, so the floor stays far behind the
+//! current step and never refuses a fresh knock.
+//!
+//! After a start whose saved state was missing or damaged, [`ReplayState::safe_start`] refuses
+//! every knock whose (authenticated) timestamp is older than the start, since the lost state
+//! might have held it.
+//!
+//! The daemon makes each new record durable before the firewall opens (`server::replay_store`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use super::{keys::UserId, payload::PacketId, totp::step_of};
+use super::{keys::UserId, payload::PacketId};
 
-/// Most (user, step) entries or packet ids kept. Far above what real users produce (a few per
-/// user); reaching it means refusing new grants until entries expire.
-pub const MAX_ENTRIES: usize = 1 << 16;
+/// Most records kept: twice the users a configuration may hold, so evictions happen only after
+/// many users came and went.
+pub const CAPACITY: usize = 2 * capyknock_common::maps::USERS_MAX as usize;
 
 /// Why the replay state refuses a knock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayError {
-    /// This user's code for this step was already used.
+    /// This user already used this step's code, or a later one.
     StepUsed,
-    /// This packet id was already used.
+    /// This exact packet was the user's last accepted knock.
     PacketUsed,
-    /// The packet was made before the daemon started without saved state.
+    /// The packet was made before a start that found no usable saved state.
     BeforeStart,
-    /// The state is full.
-    Full,
+}
+
+/// The last knock a user was charged for: the TOTP step whose code it carried and its packet
+/// id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// The user.
+    pub user: UserId,
+    /// The highest TOTP step (Unix time / 30) this user has used.
+    pub step: u64,
+    /// The id of the packet that used it.
+    pub packet_id: PacketId,
 }
 
 /// The replay state. See the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayState {
     /// Knocks with a client timestamp before this (Unix seconds) are refused.
     not_before: u64,
-    /// (user, TOTP step) pairs already accepted.
-    steps: HashSet<(UserId, u64)>,
-    /// Packet ids already accepted, with the Unix time after which they fail freshness anyway.
-    packets: HashMap<PacketId, u64>,
+    /// Users without a record must use a step above this.
+    floor_step: u64,
+    /// Every user's last use.
+    used: HashMap<UserId, Used>,
 }
 
 impl ReplayState {
@@ -50,9 +69,29 @@ impl ReplayState {
     pub fn safe_start(now_unix: u64) -> Self {
         Self {
             not_before: now_unix,
-            steps: HashSet::new(),
-            packets: HashMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// A state rebuilt from saved parts. A user listed twice keeps the higher step.
+    #[must_use]
+    pub fn from_parts(
+        not_before: u64,
+        floor_step: u64,
+        used: impl IntoIterator<Item = Used>,
+    ) -> Self {
+        let mut state = Self {
+            not_before,
+            floor_step,
+            used: HashMap::new(),
+        };
+        for u in used {
+            let keep = state.used.get(&u.user).is_none_or(|old| old.step < u.step);
+            if keep {
+                state.used.insert(u.user, u);
+            }
+        }
+        state
     }
 
     /// Knocks with a client timestamp before this are refused.
@@ -61,247 +100,193 @@ impl ReplayState {
         self.not_before
     }
 
-    /// Number of remembered (user, step) pairs and packet ids.
+    /// Users without a record must use a step above this.
+    #[must_use]
+    pub fn floor_step(&self) -> u64 {
+        self.floor_step
+    }
+
+    /// Number of users with a record.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.steps.len() + self.packets.len()
+        self.used.len()
     }
 
-    /// Whether nothing is remembered.
+    /// Whether no user has a record.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.packets.is_empty()
+        self.used.is_empty()
     }
 
-    /// Whether a knock with these values may still be accepted. Changes nothing.
+    /// Every user's last use, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Used> {
+        self.used.values()
+    }
+
+    /// `user`'s last use, if any.
+    #[must_use]
+    pub fn last_used(&self, user: &UserId) -> Option<&Used> {
+        self.used.get(user)
+    }
+
+    /// Whether a knock by `user` with the code of `step`, packet id `packet_id` and client
+    /// timestamp `timestamp` may still be accepted. Changes nothing.
     pub fn check(
         &self,
         user: &UserId,
-        totp_step: u64,
+        step: u64,
         packet_id: &PacketId,
         timestamp: u64,
     ) -> Result<(), ReplayError> {
         if timestamp < self.not_before {
             return Err(ReplayError::BeforeStart);
         }
-        if self.steps.contains(&(*user, totp_step)) {
-            return Err(ReplayError::StepUsed);
-        }
-        if self.packets.contains_key(packet_id) {
-            return Err(ReplayError::PacketUsed);
-        }
-        if self.steps.len() >= MAX_ENTRIES || self.packets.len() >= MAX_ENTRIES {
-            return Err(ReplayError::Full);
-        }
-        Ok(())
-    }
-
-    /// Remembers an accepted knock. `expires` is the Unix time after which the packet fails the
-    /// freshness check by itself.
-    pub fn record(&mut self, user: UserId, totp_step: u64, packet_id: PacketId, expires: u64) {
-        self.steps.insert((user, totp_step));
-        self.packets.insert(packet_id, expires);
-    }
-
-    /// Drops entries no knock could match any more at `now_unix`: steps older than the TOTP
-    /// window, packet ids past their freshness.
-    pub fn prune(&mut self, now_unix: u64) {
-        let oldest_step = step_of(now_unix).saturating_sub(capyknock_common::wire::STEP_SKEW);
-        self.steps.retain(|&(_, step)| step >= oldest_step);
-        self.packets.retain(|_, &mut expires| expires >= now_unix);
-    }
-
-    /// The serializable form, entries sorted so the file is stable.
-    #[must_use]
-    pub fn snapshot(&self) -> ReplaySnapshot {
-        let mut steps: Vec<StepEntry> = self
-            .steps
-            .iter()
-            .map(|&(user, step)| StepEntry { user, step })
-            .collect();
-        steps.sort_unstable_by_key(|e| (e.user, e.step));
-        let mut packets: Vec<PacketEntry> = self
-            .packets
-            .iter()
-            .map(|(&id, &expires)| PacketEntry { id, expires })
-            .collect();
-        packets.sort_unstable_by_key(|e| e.id);
-        ReplaySnapshot {
-            version: SNAPSHOT_VERSION,
-            not_before: self.not_before,
-            steps,
-            packets,
+        match self.used.get(user) {
+            Some(last) if last.packet_id == *packet_id => Err(ReplayError::PacketUsed),
+            Some(last) if step <= last.step => Err(ReplayError::StepUsed),
+            None if step <= self.floor_step => Err(ReplayError::StepUsed),
+            _ => Ok(()),
         }
     }
 
-    /// Restores a saved state, refusing one that is too large or of another version.
-    pub fn from_snapshot(snapshot: &ReplaySnapshot) -> Result<Self, SnapshotError> {
-        if snapshot.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version(snapshot.version));
+    /// Charges `user` for the code of `step` (which [`check`](Self::check) accepted) and
+    /// returns the record to make durable. When the state is full and `user` has no record,
+    /// the record with the lowest step is evicted first and the floor raised to its step.
+    pub fn record(&mut self, user: UserId, step: u64, packet_id: PacketId) -> Used {
+        if self.used.len() >= CAPACITY && !self.used.contains_key(&user) {
+            self.evict_lowest();
         }
-        if snapshot.steps.len() > MAX_ENTRIES || snapshot.packets.len() > MAX_ENTRIES {
-            return Err(SnapshotError::TooLarge);
-        }
-        Ok(Self {
-            not_before: snapshot.not_before,
-            steps: snapshot.steps.iter().map(|e| (e.user, e.step)).collect(),
-            packets: snapshot.packets.iter().map(|e| (e.id, e.expires)).collect(),
-        })
+        let record = Used {
+            user,
+            step,
+            packet_id,
+        };
+        self.used.insert(user, record);
+        record
     }
-}
 
-/// Version of [`ReplaySnapshot`].
-pub const SNAPSHOT_VERSION: u32 = 1;
-
-/// The replay state as saved in the state directory.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplaySnapshot {
-    /// Layout version, [`SNAPSHOT_VERSION`].
-    pub version: u32,
-    /// See [`ReplayState::not_before`].
-    pub not_before: u64,
-    /// Used (user, TOTP step) pairs.
-    pub steps: Vec<StepEntry>,
-    /// Used packet ids.
-    pub packets: Vec<PacketEntry>,
-}
-
-/// A used (user, TOTP step) pair.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepEntry {
-    /// The user.
-    pub user: UserId,
-    /// The TOTP step (Unix time / 30) whose code was used.
-    pub step: u64,
-}
-
-/// A used packet id.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PacketEntry {
-    /// The id.
-    pub id: PacketId,
-    /// Unix time after which the packet would fail freshness anyway.
-    pub expires: u64,
-}
-
-/// Why a saved replay state was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// Another layout version.
-    #[error("replay state has version {0}, this build reads version {SNAPSHOT_VERSION}")]
-    Version(u32),
-    /// More entries than [`MAX_ENTRIES`].
-    #[error("replay state has more than {MAX_ENTRIES} entries")]
-    TooLarge,
+    /// Drops the record with the lowest step, raising the floor to it.
+    fn evict_lowest(&mut self) {
+        let lowest = self.used.values().min_by_key(|u| u.step).copied();
+        if let Some(u) = lowest {
+            self.floor_step = self.floor_step.max(u.step);
+            self.used.remove(&u.user);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::totp::step_of;
 
     const NOW: u64 = 1_700_000_000;
+    const ALICE: UserId = UserId([1; 16]);
+    const BOB: UserId = UserId([2; 16]);
+
+    fn id(n: u8) -> PacketId {
+        PacketId([n; 16])
+    }
 
     #[test]
-    fn a_step_and_a_packet_id_are_used_once() {
+    fn a_code_is_used_once_and_only_later_codes_follow() {
         let mut s = ReplayState::safe_start(0);
-        let alice = UserId([1; 16]);
-        let bob = UserId([2; 16]);
         let step = step_of(NOW);
-        assert_eq!(s.check(&alice, step, &PacketId([1; 16]), NOW), Ok(()));
-        s.record(alice, step, PacketId([1; 16]), NOW + 90);
+        assert_eq!(s.check(&ALICE, step, &id(1), NOW), Ok(()));
+        s.record(ALICE, step, id(1));
         assert_eq!(
-            s.check(&alice, step, &PacketId([2; 16]), NOW),
+            s.check(&ALICE, step, &id(1), NOW),
+            Err(ReplayError::PacketUsed)
+        );
+        assert_eq!(
+            s.check(&ALICE, step, &id(2), NOW),
             Err(ReplayError::StepUsed)
         );
         assert_eq!(
-            s.check(&bob, step, &PacketId([1; 16]), NOW),
-            Err(ReplayError::PacketUsed)
+            s.check(&ALICE, step - 1, &id(3), NOW),
+            Err(ReplayError::StepUsed)
         );
-        assert_eq!(s.check(&alice, step + 1, &PacketId([2; 16]), NOW), Ok(()));
-        assert_eq!(s.check(&bob, step, &PacketId([2; 16]), NOW), Ok(()));
+        assert_eq!(s.check(&ALICE, step + 1, &id(4), NOW), Ok(()));
+        // Other users are independent.
+        assert_eq!(s.check(&BOB, step, &id(5), NOW), Ok(()));
+    }
+
+    #[test]
+    fn nothing_is_forgotten_when_the_clock_moves() {
+        // The check takes no clock: however far "now" moves, a used step stays used.
+        let mut s = ReplayState::safe_start(0);
+        s.record(ALICE, 100, id(1));
+        for timestamp in [0, 3_000, NOW, NOW + 600, u64::MAX] {
+            assert_eq!(
+                s.check(&ALICE, 100, &id(2), timestamp),
+                Err(ReplayError::StepUsed)
+            );
+            assert_eq!(
+                s.check(&ALICE, 99, &id(2), timestamp),
+                Err(ReplayError::StepUsed)
+            );
+        }
     }
 
     #[test]
     fn safe_start_refuses_older_knocks() {
         let s = ReplayState::safe_start(NOW);
-        let id = UserId([1; 16]);
         assert_eq!(
-            s.check(&id, 1, &PacketId([0; 16]), NOW - 1),
+            s.check(&ALICE, 1, &id(0), NOW - 1),
             Err(ReplayError::BeforeStart)
         );
-        assert_eq!(s.check(&id, 1, &PacketId([0; 16]), NOW), Ok(()));
+        assert_eq!(s.check(&ALICE, 1, &id(0), NOW), Ok(()));
     }
 
     #[test]
-    fn prune_keeps_what_could_still_match() {
+    fn a_full_state_evicts_the_oldest_record_under_a_floor() {
         let mut s = ReplayState::safe_start(0);
-        let id = UserId([1; 16]);
-        let step = step_of(NOW);
-        s.record(id, step - 2, PacketId([1; 16]), NOW - 1);
-        s.record(id, step - 1, PacketId([2; 16]), NOW);
-        s.record(id, step, PacketId([3; 16]), NOW + 90);
-        s.prune(NOW);
-        assert_eq!(s.check(&id, step - 2, &PacketId([9; 16]), NOW), Ok(()));
+        for i in 0..CAPACITY {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            s.record(UserId(id), 1_000 + i as u64, PacketId([1; 16]));
+        }
+        let oldest = UserId([0; 16]);
+        assert_eq!(s.len(), CAPACITY);
+        // A new user pushes out the record with the lowest step, which becomes the floor.
+        s.record(UserId([0xee; 16]), 5_000, PacketId([2; 16]));
+        assert_eq!(s.len(), CAPACITY);
+        assert!(s.last_used(&oldest).is_none());
+        assert_eq!(s.floor_step(), 1_000);
+        // The evicted user still cannot reuse that step; a later one works.
         assert_eq!(
-            s.check(&id, step - 1, &PacketId([9; 16]), NOW),
+            s.check(&oldest, 1_000, &id(9), NOW),
             Err(ReplayError::StepUsed)
         );
-        assert_eq!(s.check(&id, step + 5, &PacketId([1; 16]), NOW), Ok(()));
-        assert_eq!(
-            s.check(&id, step + 5, &PacketId([2; 16]), NOW),
-            Err(ReplayError::PacketUsed)
-        );
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.check(&oldest, 1_001, &id(9), NOW), Ok(()));
     }
 
     #[test]
-    fn full_state_refuses_instead_of_forgetting() {
-        let mut s = ReplayState::safe_start(0);
-        for i in 0..MAX_ENTRIES as u64 {
-            s.steps.insert((UserId([0; 16]), i));
-        }
-        assert_eq!(
-            s.check(&UserId([1; 16]), 0, &PacketId([0; 16]), NOW),
-            Err(ReplayError::Full)
+    fn from_parts_keeps_the_highest_step_per_user() {
+        let s = ReplayState::from_parts(
+            7,
+            3,
+            [
+                Used {
+                    user: ALICE,
+                    step: 10,
+                    packet_id: id(1),
+                },
+                Used {
+                    user: ALICE,
+                    step: 12,
+                    packet_id: id(2),
+                },
+                Used {
+                    user: ALICE,
+                    step: 11,
+                    packet_id: id(3),
+                },
+            ],
         );
-    }
-
-    #[test]
-    fn snapshot_round_trip_through_json() {
-        let mut s = ReplayState::safe_start(NOW - 100);
-        s.record(UserId([1; 16]), 7, PacketId([5; 16]), NOW);
-        s.record(UserId([2; 16]), 8, PacketId([6; 16]), NOW + 1);
-        let json = serde_json::to_string(&s.snapshot()).unwrap();
-        let back = ReplayState::from_snapshot(&serde_json::from_str(&json).unwrap()).unwrap();
-        assert_eq!(back, s);
-        assert!(
-            json.contains("\"01010101010101010101010101010101\""),
-            "{json}"
-        );
-    }
-
-    #[test]
-    fn snapshot_checks() {
-        let mut snap = ReplayState::safe_start(0).snapshot();
-        snap.version = 2;
-        assert_eq!(
-            ReplayState::from_snapshot(&snap),
-            Err(SnapshotError::Version(2))
-        );
-        let mut snap = ReplayState::safe_start(0).snapshot();
-        snap.packets = vec![
-            PacketEntry {
-                id: PacketId([0; 16]),
-                expires: 0
-            };
-            MAX_ENTRIES + 1
-        ];
-        assert_eq!(
-            ReplayState::from_snapshot(&snap),
-            Err(SnapshotError::TooLarge)
-        );
+        assert_eq!(s.not_before(), 7);
+        assert_eq!(s.floor_step(), 3);
+        assert_eq!(s.last_used(&ALICE).map(|u| u.step), Some(12));
+        assert_eq!(s.len(), 1);
     }
 }

@@ -118,25 +118,21 @@ impl Totp {
         TotpCode(digits)
     }
 
-    /// The step whose code is `code`, among the server's current step (`now_unix / 30`) and one
-    /// step either side; `preferred_step` (the client's announced step) is tried first when it
-    /// is in that window. `None` if no step in the window matches.
+    /// The step whose code is `code`, among the server's current step (`now_unix / 30`) and
+    /// [`STEP_SKEW`] steps either side; `None` if no step in that window matches. When the code
+    /// matches more than one step (two steps' codes can collide, about one chance in a
+    /// million), the **highest** is returned: that is the step the replay state records as
+    /// used, so the same six digits cannot be accepted again for any step of the window.
     #[must_use]
-    pub fn check(&self, code: &TotpCode, now_unix: u64, preferred_step: u64) -> Option<u64> {
+    pub fn check(&self, code: &TotpCode, now_unix: u64) -> Option<u64> {
         let now = step_of(now_unix);
         let lo = now.saturating_sub(STEP_SKEW);
         let hi = now.saturating_add(STEP_SKEW);
-        let preferred = (lo..=hi)
-            .contains(&preferred_step)
-            .then_some(preferred_step);
-        preferred
-            .into_iter()
-            .chain((lo..=hi).filter(|s| Some(*s) != preferred))
-            .find(|&step| {
-                step.checked_mul(TIME_STEP_SECONDS)
-                    .and_then(|t| self.inner.check(code.as_str(), t))
-                    == Some(step)
-            })
+        (lo..=hi).rev().find(|&step| {
+            step.checked_mul(TIME_STEP_SECONDS)
+                .and_then(|t| self.inner.check(code.as_str(), t))
+                == Some(step)
+        })
     }
 }
 
@@ -189,7 +185,7 @@ mod tests {
             let six = &expected[2..];
             assert_eq!(totp.code_at(t).as_str(), six, "t={t}");
             let code: TotpCode = six.parse().unwrap();
-            assert_eq!(totp.check(&code, t, step_of(t)), Some(step_of(t)));
+            assert_eq!(totp.check(&code, t), Some(step_of(t)));
         }
     }
 
@@ -200,7 +196,7 @@ mod tests {
         for (t, code) in [(1_111_111_109u64, "081804"), (1_234_567_890, "005924")] {
             let parsed: TotpCode = code.parse().unwrap();
             assert_eq!(parsed.as_str(), code);
-            assert_eq!(totp.check(&parsed, t, 0), Some(step_of(t)));
+            assert_eq!(totp.check(&parsed, t), Some(step_of(t)));
         }
     }
 
@@ -217,7 +213,7 @@ mod tests {
         ] {
             let t = now.checked_add_signed(offset).unwrap();
             let code = totp.code_at(t);
-            let got = totp.check(&code, now, step_of(t));
+            let got = totp.check(&code, now);
             assert_eq!(got.is_some(), accepted, "offset {offset}");
             if accepted {
                 assert_eq!(got, Some(step_of(t)));
@@ -226,14 +222,28 @@ mod tests {
     }
 
     #[test]
-    fn preferred_step_outside_window_is_ignored_safely() {
+    fn edges_of_time_are_safe() {
         let totp = rfc_totp();
-        let now = 1_234_567_890;
-        let code = totp.code_at(now);
-        assert_eq!(totp.check(&code, now, u64::MAX), Some(step_of(now)));
-        assert_eq!(totp.check(&code, now, 0), Some(step_of(now)));
-        assert_eq!(totp.check(&code, 0, 0), None);
-        assert_eq!(totp.check(&code, u64::MAX, u64::MAX), None);
+        let code = totp.code_at(1_234_567_890);
+        assert_eq!(totp.check(&code, 0), None);
+        assert_eq!(totp.check(&code, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_code_matching_two_steps_counts_as_the_higher() {
+        // This secret's codes for steps 56666666 and 56666667 are both 773037 (found by a
+        // search; two adjacent codes collide about once in a million secrets).
+        let mut secret = [0u8; 20];
+        secret[..8].copy_from_slice(&1_702_862u64.to_be_bytes());
+        let totp = Totp::new(&TotpSecret::from_bytes(secret)).unwrap();
+        let step = 56_666_666;
+        let t = step * TIME_STEP_SECONDS;
+        assert_eq!(totp.code_at(t).as_str(), "773037");
+        assert_eq!(totp.code_at(t + TIME_STEP_SECONDS).as_str(), "773037");
+        let code: TotpCode = "773037".parse().unwrap();
+        // Whichever of the two steps the server is in, the higher one is the step used.
+        assert_eq!(totp.check(&code, t), Some(step + 1));
+        assert_eq!(totp.check(&code, t + TIME_STEP_SECONDS), Some(step + 1));
     }
 
     #[test]
@@ -264,7 +274,14 @@ mod tests {
             let totp = Totp::new(&TotpSecret::from_bytes(secret)).unwrap();
             let code = totp.code_at(t);
             prop_assert_eq!(code.as_str().len(), 6);
-            prop_assert_eq!(totp.check(&code, t, step_of(t)), Some(step_of(t)));
+            // The code's own step, or the step after it in the rare case that both codes are
+            // the same (the higher step is the one recorded).
+            let step = totp.check(&code, t);
+            prop_assert!(step == Some(step_of(t)) || step == Some(step_of(t) + 1), "{step:?}");
+            if let Some(s) = step {
+                let again = totp.code_at(s * TIME_STEP_SECONDS);
+                prop_assert_eq!(again.as_str(), code.as_str());
+            }
         }
 
         #[test]

@@ -16,7 +16,7 @@ use super::{
     keys::UserId,
     packet::open,
     payload::Payload,
-    replay::{ReplayError, ReplayState},
+    replay::{ReplayError, ReplayState, Used},
     totp::step_of,
     users::{AllowIp, Users},
 };
@@ -71,12 +71,14 @@ pub enum RejectReason {
     StaleTimestamp,
     /// The TOTP code is wrong for every step of the window.
     BadTotp,
-    /// The user's code for this step was already used.
+    /// The user already used this step's code, or a later one.
     ReplayedTotp,
     /// This exact packet was already used.
     ReplayedPacket,
-    /// The replay state is full (refusing is safer than forgetting).
-    ReplayStateFull,
+    /// The daemon cannot make the replay state durable (state directory read-only, damaged
+    /// disk), so it refuses new grants rather than risk accepting a replay after a restart.
+    /// Decided by the daemon after the verifier accepted the knock.
+    StateUnavailable,
     /// A requested port is not among the user's ports.
     PortNotAllowed,
     /// The address rules of the user refuse the requested or source address.
@@ -106,7 +108,7 @@ impl RejectReason {
             RejectReason::BadTotp => "bad_totp",
             RejectReason::ReplayedTotp => "replayed_totp",
             RejectReason::ReplayedPacket => "replayed_packet",
-            RejectReason::ReplayStateFull => "replay_state_full",
+            RejectReason::StateUnavailable => "state_unavailable",
             RejectReason::PortNotAllowed => "port_not_allowed",
             RejectReason::AddressNotAllowed => "address_not_allowed",
         }
@@ -123,7 +125,7 @@ impl RejectReason {
                 | RejectReason::BadTotp
                 | RejectReason::ReplayedTotp
                 | RejectReason::ReplayedPacket
-                | RejectReason::ReplayStateFull
+                | RejectReason::StateUnavailable
                 | RejectReason::PortNotAllowed
                 | RejectReason::AddressNotAllowed
         )
@@ -199,7 +201,7 @@ pub enum Verdict {
 pub struct Verifier {
     settings: Settings,
     replay: ReplayState,
-    changed: bool,
+    used: Option<Used>,
 }
 
 impl Verifier {
@@ -210,7 +212,7 @@ impl Verifier {
         Self {
             settings,
             replay,
-            changed: false,
+            used: None,
         }
     }
 
@@ -225,25 +227,18 @@ impl Verifier {
         self.settings = settings;
     }
 
-    /// The replay state, for saving.
+    /// The replay state.
     #[must_use]
     pub fn replay(&self) -> &ReplayState {
         &self.replay
     }
 
-    /// Whether the replay state changed since the last call. The daemon saves the state when
-    /// this is true, **before** applying the grant to the firewall, so a crash never forgets a
-    /// knock that opened something.
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
-    }
-
-    /// Drops replay entries that can no longer matter (the verifier also does this itself on
-    /// every grant).
-    pub fn prune(&mut self, now_unix: u64) {
-        let before = self.replay.len();
-        self.replay.prune(now_unix);
-        self.changed |= self.replay.len() != before;
+    /// The use the last [`verify`](Self::verify) charged, if it charged one (it does once
+    /// every cryptographic check passed, whatever the policy checks then decided). The daemon
+    /// makes it durable **before** it applies the grant to the firewall, so no crash can
+    /// forget a knock that opened something.
+    pub fn take_used(&mut self) -> Option<Used> {
+        self.used.take()
     }
 
     /// Decides about one packet received from `source` at `now_unix` (server clock, Unix
@@ -255,6 +250,7 @@ impl Verifier {
         source: IpAddr,
         now_unix: u64,
     ) -> Verdict {
+        self.used = None;
         match self.check(users, bytes, source, now_unix) {
             Ok(grant) => Verdict::Grant(grant),
             Err(rejection) => Verdict::Reject(rejection),
@@ -317,14 +313,16 @@ impl Verifier {
             return Err(reject(RejectReason::StaleTimestamp));
         }
 
-        // 7. TOTP, one step of skew around our clock; the client's step tried first.
+        // 7. TOTP, one step of skew around our clock; the highest matching step is the one
+        //    used.
         let totp_step = entry
             .totp
-            .check(&payload.totp, now, header.time_step)
+            .check(&payload.totp, now)
             .ok_or_else(|| reject(RejectReason::BadTotp))?;
 
-        // 8. One-time use of (user, step) and of the packet id. Every cryptographic check has
-        //    passed: only now may the state change.
+        // 8. One-time use: the packet is not the user's last one, and its step is above the
+        //    last step the user used. Every cryptographic check has passed: only now may the
+        //    state change.
         self.replay
             .check(&id, totp_step, &payload.packet_id, payload.timestamp)
             .map_err(|e| {
@@ -332,16 +330,9 @@ impl Verifier {
                     ReplayError::StepUsed => RejectReason::ReplayedTotp,
                     ReplayError::PacketUsed => RejectReason::ReplayedPacket,
                     ReplayError::BeforeStart => RejectReason::StaleTimestamp,
-                    ReplayError::Full => RejectReason::ReplayStateFull,
                 })
             })?;
-        let expires = payload
-            .timestamp
-            .saturating_add(self.settings.freshness.as_secs());
-        self.replay.prune(now);
-        self.replay
-            .record(id, totp_step, payload.packet_id, expires);
-        self.changed = true;
+        self.used = Some(self.replay.record(id, totp_step, payload.packet_id));
 
         // 9. Policy: ports, then address.
         if !payload.ports.iter().all(|p| user.ports.contains(p)) {
@@ -448,8 +439,9 @@ mod tests {
         assert_eq!(g.addr, SRC);
         assert_eq!(g.ports, alice.ports);
         assert_eq!(g.duration, Duration::from_hours(1));
-        assert!(v.take_changed());
-        assert!(!v.take_changed());
+        let used = v.take_used().unwrap();
+        assert_eq!((used.user, used.step), (alice.id, step_of(NOW)));
+        assert!(v.take_used().is_none());
     }
 
     #[test]
@@ -500,7 +492,10 @@ mod tests {
             let mut v = verifier();
             let r = v.verify(&users, &p, SRC, NOW);
             assert!(reason(&r).is_some(), "bit {bit} accepted");
-            assert!(!v.take_changed(), "bit {bit} changed the replay state");
+            assert!(
+                v.take_used().is_none(),
+                "bit {bit} changed the replay state"
+            );
         }
         // And the untouched packet still passes.
         grant(verifier().verify(&users, &packet, SRC, NOW));
@@ -521,7 +516,7 @@ mod tests {
             let r = v.verify(&users(), &long, SRC, NOW);
             assert_eq!(reason(&r), Some(RejectReason::WrongSize));
         }
-        assert!(!v.take_changed());
+        assert!(v.take_used().is_none());
         grant(v.verify(&users(), &packet, SRC, NOW));
     }
 
@@ -533,11 +528,11 @@ mod tests {
         grant(v.verify(&users(), &packet, SRC, NOW));
         assert_eq!(
             reason(&v.verify(&users(), &packet, SRC, NOW)),
-            Some(RejectReason::ReplayedTotp)
+            Some(RejectReason::ReplayedPacket)
         );
         assert_eq!(
             reason(&v.verify(&users(), &packet, OTHER, NOW + 1)),
-            Some(RejectReason::ReplayedTotp)
+            Some(RejectReason::ReplayedPacket)
         );
     }
 
@@ -572,7 +567,7 @@ mod tests {
             assert!(
                 matches!(
                     reason(&r),
-                    Some(RejectReason::ReplayedTotp | RejectReason::StaleStep)
+                    Some(RejectReason::ReplayedPacket | RejectReason::StaleStep)
                 ),
                 "at +{}: {r:?}",
                 later - t
@@ -581,22 +576,39 @@ mod tests {
     }
 
     #[test]
-    fn packet_id_replay_is_caught_even_if_the_step_entry_is_gone() {
+    fn an_older_knock_is_refused_after_a_newer_one() {
+        // Captured at NOW, held back, replayed after alice knocked again in the next step.
+        let alice = user(1, "alice");
+        let mut v = verifier();
+        let old = knock(&alice);
+        grant(v.verify(
+            &users(),
+            &knock_at(&alice, NOW + 30, &KnockRequest::default()),
+            SRC,
+            NOW + 30,
+        ));
+        assert_eq!(
+            reason(&v.verify(&users(), &old, OTHER, NOW + 31)),
+            Some(RejectReason::ReplayedTotp)
+        );
+    }
+
+    #[test]
+    fn a_server_clock_stepped_back_does_not_revive_a_used_code() {
+        // Accepted at NOW; the server's clock then goes forward 600 s and back 95 s: the
+        // same packet and a new packet with the same code are refused at every point where
+        // the header step and TOTP window would otherwise let them through.
         let alice = user(1, "alice");
         let mut v = verifier();
         let packet = knock(&alice);
         grant(v.verify(&users(), &packet, SRC, NOW));
-        // Simulate a lost step entry: rebuild state with only the packet id.
-        let mut snap = v.replay().snapshot();
-        snap.steps.clear();
-        let mut v = Verifier::new(
-            Settings::default(),
-            ReplayState::from_snapshot(&snap).unwrap(),
-        );
-        assert_eq!(
-            reason(&v.verify(&users(), &packet, SRC, NOW)),
-            Some(RejectReason::ReplayedPacket)
-        );
+        for now in [NOW + 600, NOW - 95, NOW - 20, NOW, NOW + 20] {
+            let r = v.verify(&users(), &packet, OTHER, now);
+            assert_ne!(reason(&r), None, "replay accepted at {now}");
+            let again = knock_at(&alice, NOW, &KnockRequest::default());
+            let r = v.verify(&users(), &again, OTHER, now);
+            assert_ne!(reason(&r), None, "same code accepted at {now}");
+        }
     }
 
     #[test]
@@ -605,12 +617,17 @@ mod tests {
         let packet = knock(&alice);
         let mut v = verifier();
         grant(v.verify(&users(), &packet, SRC, NOW));
-        let saved = serde_json::to_vec(&v.replay().snapshot()).unwrap();
+        let saved: Vec<Used> = v.replay().iter().copied().collect();
         drop(v);
-        let replay = ReplayState::from_snapshot(&serde_json::from_slice(&saved).unwrap()).unwrap();
+        let replay = ReplayState::from_parts(0, 0, saved);
         let mut v = Verifier::new(Settings::default(), replay);
         assert_eq!(
             reason(&v.verify(&users(), &packet, OTHER, NOW + 10)),
+            Some(RejectReason::ReplayedPacket)
+        );
+        let again = knock(&alice);
+        assert_eq!(
+            reason(&v.verify(&users(), &again, OTHER, NOW + 10)),
             Some(RejectReason::ReplayedTotp)
         );
     }
@@ -622,7 +639,7 @@ mod tests {
         let mut v = Verifier::new(Settings::default(), ReplayState::safe_start(NOW + 1));
         let r = v.verify(&users(), &packet, SRC, NOW + 1);
         assert_eq!(reason(&r), Some(RejectReason::StaleTimestamp));
-        assert!(!v.take_changed());
+        assert!(v.take_used().is_none());
         grant(v.verify(
             &users(),
             &knock_at(&alice, NOW + 1, &KnockRequest::default()),
@@ -727,7 +744,7 @@ mod tests {
             reason(&v.verify(&users(), &packet, SRC, NOW)),
             Some(RejectReason::BadTotp)
         );
-        assert!(!v.take_changed());
+        assert!(v.take_used().is_none());
         grant(v.verify(&users(), &knock(&alice), SRC, NOW));
     }
 
@@ -840,7 +857,7 @@ mod tests {
             reason(&v.verify(&users(), &packet, SRC, NOW)),
             Some(RejectReason::BadPayload)
         );
-        assert!(!v.take_changed());
+        assert!(v.take_used().is_none());
         let packet = seal_knock(&alice.id, &alice.key, step_of(NOW), &payload, &[1; 24]).unwrap();
         grant(v.verify(&users(), &packet, SRC, NOW));
     }
@@ -850,7 +867,7 @@ mod tests {
         fn random_bytes_never_panic_and_never_grant(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut v = verifier();
             prop_assert!(reason(&v.verify(&users(), &bytes, SRC, NOW)).is_some());
-            prop_assert!(!v.take_changed());
+            prop_assert!(v.take_used().is_none());
         }
 
         #[test]

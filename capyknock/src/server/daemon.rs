@@ -18,6 +18,10 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -31,6 +35,7 @@ use super::{
     control::{Command, ControlError, ControlServer, Request, Response},
     logging::{self, RejectionLimiter},
     reload,
+    replay_store::ReplayStore,
     state::{Bans, StateDir, StateError},
     status::{BanStatus, CaptureStatus, FirewallStatus, Status, VerifierStatus},
     worker::{Effect, Reopen, Worker},
@@ -176,7 +181,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
 
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
-    let (replay, _) = state.load_replay(unix(now));
+    let (replay, replay_store) = open_replay(&state, unix(now));
     let (mut bans, _) = state.load_bans(unix(now));
 
     let mut capture = Capture::open(&capture_config(&settings))?;
@@ -199,11 +204,13 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     capture.set_time_step(step_of(unix(now)))?;
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
-    let worker = Worker::new(fw, state).with_reopen(Reopen {
-        config: settings.firewall.clone(),
-        knock_drop,
-        state_dir: settings.state_dir.clone(),
-    });
+    let replay_durable = Arc::new(AtomicBool::new(false));
+    let worker =
+        Worker::new(fw, state, replay_store, Arc::clone(&replay_durable)).with_reopen(Reopen {
+            config: settings.firewall.clone(),
+            knock_drop,
+            state_dir: settings.state_dir.clone(),
+        });
     let worker = std::thread::Builder::new()
         .name("capyknock-fw".into())
         .spawn(move || worker.run(effects_rx))
@@ -239,7 +246,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         reloading: false,
         accepted: 0,
         rejected: RejectReason::ALL.iter().map(|r| (r.name(), 0)).collect(),
-        replay_dirty: false,
+        replay_durable,
         last_step: step_of(unix(now)),
         ticks: 0,
         fatal: None,
@@ -289,7 +296,6 @@ async fn shutdown(
     let _ = control_task.await;
     let Core {
         capture,
-        verifier,
         bans,
         effects,
         ..
@@ -297,7 +303,6 @@ async fn shutdown(
     capture.shutdown();
     let _ = effects
         .send(Effect::Shutdown {
-            replay: Box::new(verifier.replay().clone()),
             bans: Box::new(bans),
         })
         .await;
@@ -333,7 +338,9 @@ struct Core {
     loaded_at: u64,
     accepted: u64,
     rejected: BTreeMap<&'static str, u64>,
-    replay_dirty: bool,
+    /// Set by the worker: whether uses of codes can be made durable. While false, knocks are
+    /// refused (`state_unavailable`).
+    replay_durable: Arc<AtomicBool>,
     last_step: u64,
     ticks: u64,
     fatal: Option<DaemonError>,
@@ -392,19 +399,21 @@ impl Core {
             return;
         }
         let verdict = self.verifier.verify(&self.users, &c.bytes, src, now);
-        let replay = self
-            .verifier
-            .take_changed()
-            .then(|| Box::new(self.verifier.replay().clone()));
-        match verdict {
-            Verdict::Grant(g) if g.addr != src && self.bans.is_banned(g.addr, now) => {
+        let used = self.verifier.take_used();
+        match (verdict, used) {
+            (Verdict::Grant(g), Some(used))
+                if g.addr != src && self.bans.is_banned(g.addr, now) =>
+            {
                 // The user asked for a banned address.
                 self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
-                if let Some(r) = replay {
-                    self.send(Effect::SaveReplay(r));
-                }
+                self.send(Effect::RecordUse(used));
             }
-            Verdict::Grant(grant) => {
+            (Verdict::Grant(g), Some(used)) if !self.replay_durable.load(Ordering::Acquire) => {
+                // Fail closed: without a durable record, a restart could accept this again.
+                self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
+                self.send(Effect::RecordUse(used));
+            }
+            (Verdict::Grant(grant), Some(used)) => {
                 self.accepted += 1;
                 let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
                 logging::accepted(
@@ -414,16 +423,17 @@ impl Core {
                     &ports.join(","),
                     grant.duration,
                 );
-                if !self.send(Effect::Grant { grant, replay }) {
-                    self.replay_dirty = true;
-                }
+                self.send(Effect::Grant { grant, used });
             }
-            Verdict::Reject(r) => {
+            (Verdict::Grant(g), None) => {
+                // Cannot happen: the verifier charges a use for every grant. Refuse.
+                tracing::error!(nickname = %g.nickname, "a grant without a recorded use; refused");
+                self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
+            }
+            (Verdict::Reject(r), used) => {
                 self.rejected_line(r.reason, src, r.nickname.as_deref());
-                if let Some(r) = replay
-                    && !self.send(Effect::SaveReplay(r))
-                {
-                    self.replay_dirty = true;
+                if let Some(used) = used {
+                    self.send(Effect::RecordUse(used));
                 }
             }
         }
@@ -474,18 +484,14 @@ impl Core {
         }
         if self.ticks.is_multiple_of(REPAIR_TICKS) {
             self.send(Effect::Repair);
-            self.verifier.prune(now);
-            if self.verifier.take_changed() {
-                self.replay_dirty = true;
+            if !self.replay_durable.load(Ordering::Acquire) {
+                self.send(Effect::RecoverReplay(Box::new(
+                    self.verifier.replay().clone(),
+                )));
             }
             if self.bans.prune(now) {
                 self.send(Effect::SaveBans(Box::new(self.bans.clone())));
             }
-        }
-        if self.replay_dirty
-            && self.send(Effect::SaveReplay(Box::new(self.verifier.replay().clone())))
-        {
-            self.replay_dirty = false;
         }
     }
 
@@ -738,6 +744,8 @@ impl Core {
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect(),
                 firewall_errors: 0,
+                replay_state_durable: self.replay_durable.load(Ordering::Acquire),
+                replay_state_users: self.verifier.replay().len(),
             },
             grants: Vec::new(),
             bans: self
@@ -798,6 +806,33 @@ fn set_users(capture: &mut Capture, users: &Users) -> Result<(), CaptureError> {
     capture.set_users(&keys)
 }
 
+/// Loads the replay state and opens its file for the worker. When the file cannot be opened
+/// or created (read-only or broken state directory), the daemon still starts, but refuses
+/// every knock until the worker manages to write it (fail closed, logged loudly).
+fn open_replay(
+    state: &StateDir,
+    now_unix: u64,
+) -> (crate::protocol::replay::ReplayState, Option<ReplayStore>) {
+    let (replay, _, reusable) = ReplayStore::load(state.path(), now_unix);
+    let opened = if reusable {
+        ReplayStore::open(state.path(), &replay)
+    } else {
+        ReplayStore::create(state.path(), &replay)
+    };
+    match opened {
+        Ok(store) => (replay, Some(store)),
+        Err(err) => {
+            tracing::error!(
+                error = %ErrorChain(&err),
+                "CANNOT SAVE THE REPLAY STATE: every knock is refused until it can be saved \
+                 (fix the state directory: space, permissions, read-only mount); bans and the \
+                 firewall work"
+            );
+            (replay, None)
+        }
+    }
+}
+
 /// Makes the firewall and the saved ban list agree after a start: every saved ban is applied
 /// (a reboot empties nftables), and bans the firewall still holds but the list lost (a damaged
 /// file) are kept.
@@ -818,7 +853,8 @@ fn reconcile_bans(fw: &mut Firewall, bans: &mut Bans, now: SystemTime) {
 fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Grant { .. } => "grant",
-        Effect::SaveReplay(_) => "save replay state",
+        Effect::RecordUse(_) => "record a used code",
+        Effect::RecoverReplay(_) => "recover the replay state",
         Effect::Ban { .. } => "ban",
         Effect::Unban { .. } => "unban",
         Effect::SaveBans(_) => "save bans",

@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod reload;
+pub mod replay_store;
 pub mod state;
 pub mod status;
 pub mod worker;

@@ -1,14 +1,14 @@
-//! The state directory: the replay state and the ban list, kept across restarts.
+//! The state directory: the ban list as a JSON file, and the file helpers the replay state
+//! (`server::replay_store`) shares.
 //!
-//! Each is one small JSON file (`replay.json`, `bans.json`), written atomically: a temporary file
-//! in the same directory is written, flushed to disk (fsync), renamed over the old file, and the
-//! directory itself is flushed, so after a crash or power cut the file is either the old or the
-//! new version, never a mix. The files are created with mode 0600 in a directory of mode 0700.
+//! Files are written atomically: a temporary file in the same directory is written, flushed to
+//! disk (fsync), renamed over the old file, and the directory itself is flushed, so after a crash
+//! or power cut the file is either the old or the new version, never a mix. The files are
+//! created with mode 0600 in a directory of mode 0700.
 //!
-//! Loading never stops the daemon: a missing or unreadable file gives a warning in plain words and
-//! a safe start. For the replay state, a safe start refuses every knock made before the daemon
-//! started ([`ReplayState::safe_start`]), so a lost file cannot re-open a replay window; a corrupt
-//! file is kept beside as `*.corrupt` for inspection. A lost ban list is empty (and said so).
+//! Loading never stops the daemon: a missing or unreadable file gives a warning in plain words.
+//! A corrupt file is kept beside as `*.corrupt` for inspection. A lost ban list is empty (and
+//! said so).
 
 use std::{
     collections::BTreeMap,
@@ -20,10 +20,6 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::protocol::replay::{ReplaySnapshot, ReplayState};
-
-/// File name of the replay state.
-pub const REPLAY_FILE: &str = "replay.json";
 /// File name of the ban list.
 pub const BANS_FILE: &str = "bans.json";
 /// Largest state file read; anything bigger is treated as corrupt.
@@ -187,50 +183,6 @@ impl StateDir {
         &self.dir
     }
 
-    /// Loads the replay state; on any problem, warns and returns a safe start at `now_unix`.
-    #[must_use]
-    pub fn load_replay(&self, now_unix: u64) -> (ReplayState, LoadOutcome) {
-        let path = self.dir.join(REPLAY_FILE);
-        let parsed = read_json::<ReplaySnapshot>(&path).and_then(|snap| match snap {
-            None => Ok(None),
-            Some(s) => ReplayState::from_snapshot(&s)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-        });
-        match parsed {
-            Ok(Some(mut state)) => {
-                state.prune(now_unix);
-                info!(path = %path.display(), entries = state.len(), "replay state loaded");
-                (state, LoadOutcome::Loaded)
-            }
-            Ok(None) => {
-                warn!(
-                    path = %path.display(),
-                    "no saved replay state (first start, or the file was deleted): knocks made \
-                     before now are refused, new knocks work normally"
-                );
-                (ReplayState::safe_start(now_unix), LoadOutcome::Missing)
-            }
-            Err(reason) => {
-                let kept_as = keep_corrupt(&path);
-                warn!(
-                    path = %path.display(),
-                    %reason,
-                    kept_as = ?kept_as,
-                    "saved replay state is unusable: starting safe, knocks made before now are \
-                     refused, new knocks work normally"
-                );
-                let outcome = LoadOutcome::Corrupt { reason, kept_as };
-                (ReplayState::safe_start(now_unix), outcome)
-            }
-        }
-    }
-
-    /// Saves the replay state atomically.
-    pub fn save_replay(&self, state: &ReplayState) -> Result<(), StateError> {
-        self.save_json(REPLAY_FILE, &state.snapshot())
-    }
-
     /// Loads the ban list, dropping expired bans; on any problem, warns and returns an empty
     /// list.
     #[must_use]
@@ -323,7 +275,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
 
 /// Moves a bad file to `<name>.corrupt` (replacing an older one) so the next save does not
 /// destroy the evidence.
-fn keep_corrupt(path: &Path) -> Option<PathBuf> {
+pub(super) fn keep_corrupt(path: &Path) -> Option<PathBuf> {
     let mut name = path.file_name()?.to_os_string();
     name.push(".corrupt");
     let target = path.with_file_name(name);
@@ -343,7 +295,7 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `dir/name` atomically: temporary file, fsync, rename, fsync of the directory. On error
 /// the temporary file is removed and the old file is untouched.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
     let result = (|| {
@@ -383,7 +335,6 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::protocol::{keys::UserId, payload::PacketId};
 
     const NOW: u64 = 1_700_000_000;
 
@@ -391,133 +342,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(tmp.path().join("state")).unwrap();
         (tmp, state)
-    }
-
-    #[test]
-    fn replay_state_survives_a_restart() {
-        let (_tmp, dir) = dir();
-        let mut state = ReplayState::safe_start(NOW - 100);
-        state.record(UserId([1; 16]), NOW / 30, PacketId([2; 16]), NOW + 90);
-        dir.save_replay(&state).unwrap();
-        let (loaded, outcome) = dir.load_replay(NOW);
-        assert_eq!(outcome, LoadOutcome::Loaded);
-        assert_eq!(loaded, state);
-        // No temporary file left behind.
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(REPLAY_FILE)]);
-    }
-
-    #[test]
-    fn a_knock_replayed_after_a_restart_is_refused() {
-        use crate::protocol::{
-            packet::{KnockRequest, Randomness, build_knock},
-            totp::Totp,
-            users::{AllowIp, TotpMode, User, Users},
-            verify::{RejectReason, Settings, Verdict, Verifier},
-        };
-        use crate::{
-            ports::PortSpec,
-            protocol::keys::{TotpSecret, UserKey},
-        };
-        let user = User {
-            id: UserId([1; 16]),
-            nickname: "alice".into(),
-            key: UserKey::from_bytes([2; 32]),
-            totp: TotpSecret::from_bytes([3; 20]),
-            totp_mode: TotpMode::Prompt,
-            ports: vec![PortSpec::tcp(22)],
-            access: std::time::Duration::from_mins(5),
-            allow_ip: AllowIp::Source,
-        };
-        let code = Totp::new(&user.totp).unwrap().code_at(NOW);
-        let packet = build_knock(
-            &user.id,
-            &user.key,
-            &code,
-            &KnockRequest::default(),
-            NOW,
-            &Randomness::os().unwrap(),
-        )
-        .unwrap();
-        let users = Users::new(vec![user]).unwrap();
-        let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-        let (_tmp, dir) = dir();
-
-        // First run: granted, state saved as the daemon does before opening the firewall.
-        let (replay, _) = dir.load_replay(NOW - 60);
-        let mut v = Verifier::new(Settings::default(), replay);
-        assert!(matches!(
-            v.verify(&users, &packet, src, NOW),
-            Verdict::Grant(_)
-        ));
-        assert!(v.take_changed());
-        dir.save_replay(v.replay()).unwrap();
-        drop(v);
-
-        // Second run (restart): the same packet, from anywhere, is refused.
-        let (replay, outcome) = dir.load_replay(NOW + 5);
-        assert_eq!(outcome, LoadOutcome::Loaded);
-        let mut v = Verifier::new(Settings::default(), replay);
-        let Verdict::Reject(r) = v.verify(
-            &users,
-            &packet,
-            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
-            NOW + 5,
-        ) else {
-            panic!("replay granted after restart");
-        };
-        assert_eq!(r.reason, RejectReason::ReplayedTotp);
-
-        // Restart with the state file lost: still refused (safe start).
-        fs::remove_file(dir.path().join(REPLAY_FILE)).unwrap();
-        let (replay, outcome) = dir.load_replay(NOW + 5);
-        assert_eq!(outcome, LoadOutcome::Missing);
-        let mut v = Verifier::new(Settings::default(), replay);
-        let Verdict::Reject(r) = v.verify(&users, &packet, src, NOW + 5) else {
-            panic!("replay granted after losing the state");
-        };
-        assert_eq!(r.reason, RejectReason::StaleTimestamp);
-    }
-
-    #[test]
-    fn missing_replay_state_is_a_safe_start() {
-        let (_tmp, dir) = dir();
-        let (state, outcome) = dir.load_replay(NOW);
-        assert_eq!(outcome, LoadOutcome::Missing);
-        assert_eq!(state.not_before(), NOW);
-    }
-
-    #[test]
-    fn corrupt_replay_state_is_a_safe_start_and_kept() {
-        let (_tmp, dir) = dir();
-        for junk in [
-            &b"{not json"[..],
-            b"",
-            b"{\"version\":9,\"not_before\":0,\"steps\":[],\"packets\":[]}",
-            b"\xff\xfe",
-        ] {
-            fs::write(dir.path().join(REPLAY_FILE), junk).unwrap();
-            let (state, outcome) = dir.load_replay(NOW);
-            assert_eq!(state.not_before(), NOW);
-            let LoadOutcome::Corrupt { kept_as, .. } = outcome else {
-                panic!("{outcome:?}")
-            };
-            assert_eq!(fs::read(kept_as.unwrap()).unwrap(), junk);
-            assert!(!dir.path().join(REPLAY_FILE).exists());
-        }
-    }
-
-    #[test]
-    fn loading_prunes_expired_entries() {
-        let (_tmp, dir) = dir();
-        let mut state = ReplayState::safe_start(0);
-        state.record(UserId([1; 16]), NOW / 30 - 10, PacketId([2; 16]), NOW - 200);
-        dir.save_replay(&state).unwrap();
-        let (loaded, _) = dir.load_replay(NOW);
-        assert!(loaded.is_empty());
     }
 
     #[test]

@@ -64,6 +64,17 @@ pub struct VerifierStatus {
     pub rejected: BTreeMap<String, u64>,
     /// Grants the firewall failed to apply.
     pub firewall_errors: u64,
+    /// Whether uses of codes can be saved; while false every knock is refused
+    /// (`state_unavailable`). Absent from daemons before 0.2 (read as true).
+    #[serde(default = "yes")]
+    pub replay_state_durable: bool,
+    /// Users with a saved last use.
+    #[serde(default)]
+    pub replay_state_users: usize,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One active grant.
@@ -116,6 +127,12 @@ pub fn render_human(s: &Status) -> String {
         let _ = writeln!(out, "  {name:<28} {n}");
     }
     out.push_str("\nverifier:\n");
+    if !s.verifier.replay_state_durable {
+        out.push_str(
+            "  REPLAY STATE CANNOT BE SAVED: every knock is refused until the state directory \
+             is writable again (see the log)\n",
+        );
+    }
     let _ = writeln!(out, "  {:<28} {}", "accepted", s.verifier.accepted);
     for (name, n) in &s.verifier.rejected {
         let _ = writeln!(out, "  {:<28} {n}", format!("rejected {name}"));
@@ -189,6 +206,8 @@ mod tests {
                 accepted: 2,
                 rejected: BTreeMap::from([("replay".into(), 1)]),
                 firewall_errors: 0,
+                replay_state_durable: true,
+                replay_state_users: 1,
             },
             grants: vec![GrantStatus {
                 nickname: "alice".into(),

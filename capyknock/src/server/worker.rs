@@ -2,14 +2,21 @@
 //! the knock path never waits for a disk write, an fsync, a netlink batch or an exec command.
 //!
 //! The daemon core sends [`Effect`]s through a bounded channel without waiting. The worker takes
-//! everything queued at once, saves the newest replay state and ban list first (so a crash never
-//! forgets a knock that opened something), then applies the firewall changes in order, grants
-//! that arrive together in one batch.
+//! everything queued at once and, in this order: makes every new use of a code durable in one
+//! flush (`server::replay_store`), saves the newest ban list, then applies the firewall changes
+//! in order, grants that arrive together in one batch. A grant whose use could not be made
+//! durable is not applied (fail closed): no crash can then bring back a knock that opened
+//! something. The worker tells the core through a shared flag
+//! whether the replay state is durable, so the core refuses new knocks while it is not.
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -17,13 +24,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     control::Response,
+    replay_store::ReplayStore,
     state::{Bans, StateDir},
     status::{GrantStatus, Status},
 };
 use crate::{
     firewall::{self, ErrorChain, Firewall, FirewallConfig, GrantKey},
     ports::PortSpec,
-    protocol::{keys::UserId, replay::ReplayState, verify},
+    protocol::{
+        keys::UserId,
+        replay::{ReplayState, Used},
+        verify,
+    },
 };
 
 /// Most effects taken from the queue in one round.
@@ -32,15 +44,19 @@ const MAX_BATCH: usize = 1024;
 /// Something the worker must do.
 #[derive(Debug)]
 pub enum Effect {
-    /// Open a verified knock's ports; save `replay` first when given.
+    /// Open a verified knock's ports, once its use of the code is durable.
     Grant {
         /// The verifier's grant.
         grant: verify::Access,
-        /// The replay state after the knock, when it changed.
-        replay: Option<Box<ReplayState>>,
+        /// The use the verifier charged for it.
+        used: Used,
     },
-    /// Save the replay state.
-    SaveReplay(Box<ReplayState>),
+    /// Make a use durable that opens nothing (a knock refused by policy after its code was
+    /// used up).
+    RecordUse(Used),
+    /// The replay state could not be written: write all of it again (rebuilding the file if
+    /// needed) to become durable again.
+    RecoverReplay(Box<ReplayState>),
     /// Ban `addr` and revoke its grants; save `bans` (which already holds the ban) first.
     Ban {
         /// The address.
@@ -78,10 +94,8 @@ pub enum Effect {
         /// Where to answer.
         reply: oneshot::Sender<Response>,
     },
-    /// Save everything and stop.
+    /// Save the ban list and stop (the replay state is always saved already).
     Shutdown {
-        /// Final replay state.
-        replay: Box<ReplayState>,
         /// Final ban list.
         bans: Box<Bans>,
     },
@@ -99,6 +113,8 @@ struct Owner {
 pub struct Worker {
     firewall: Firewall,
     state: StateDir,
+    replay: Option<ReplayStore>,
+    durable: Arc<AtomicBool>,
     owners: HashMap<GrantKey, Owner>,
     firewall_errors: u64,
     reopen: Option<Reopen>,
@@ -116,12 +132,23 @@ pub struct Reopen {
 }
 
 impl Worker {
-    /// A worker driving `firewall` and saving into `state`.
+    /// A worker driving `firewall`, saving into `state` and making uses durable in `replay`
+    /// (`None` when it could not be opened: grants are then refused until
+    /// [`Effect::RecoverReplay`] succeeds). `durable` is shared with the core: true while the
+    /// replay state can be written.
     #[must_use]
-    pub fn new(firewall: Firewall, state: StateDir) -> Self {
+    pub fn new(
+        firewall: Firewall,
+        state: StateDir,
+        replay: Option<ReplayStore>,
+        durable: Arc<AtomicBool>,
+    ) -> Self {
+        durable.store(replay.is_some(), Ordering::Release);
         Self {
             firewall,
             state,
+            replay,
+            durable,
             owners: HashMap::new(),
             firewall_errors: 0,
             reopen: None,
@@ -157,24 +184,21 @@ impl Worker {
 
     /// Handles one batch; true when it held a shutdown.
     fn process(&mut self, batch: Vec<Effect>) -> bool {
-        // Persist first: the newest replay state and ban list of the whole batch.
-        let replay = batch.iter().rev().find_map(|e| match e {
-            Effect::Grant {
-                replay: Some(r), ..
+        // Persist first: a rewrite of the replay state if it was failing, then every use of
+        // the batch in one flush.
+        for effect in &batch {
+            if let Effect::RecoverReplay(state) = effect {
+                self.recover_replay(state);
             }
-            | Effect::SaveReplay(r)
-            | Effect::Shutdown { replay: r, .. } => Some(r),
-            _ => None,
-        });
-        if let Some(replay) = replay
-            && let Err(err) = self.state.save_replay(replay)
-        {
-            tracing::error!(
-                error = %ErrorChain(&err),
-                "cannot save the replay state; access still works, but a restart before the \
-                 fix could accept a replay of a recent knock"
-            );
         }
+        let charged: Vec<Used> = batch
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Grant { used, .. } | Effect::RecordUse(used) => Some(*used),
+                _ => None,
+            })
+            .collect();
+        let uses_durable = self.save_uses(&charged);
         let bans = batch.iter().rev().find_map(|e| match e {
             Effect::Ban { bans, .. }
             | Effect::Unban { bans, .. }
@@ -198,8 +222,16 @@ impl Worker {
                 self.grant(&std::mem::take(&mut grants));
             }
             match effect {
-                Effect::Grant { grant, .. } => grants.push(grant),
-                Effect::SaveReplay(_) | Effect::SaveBans(_) => {}
+                Effect::Grant { grant, .. } if uses_durable => grants.push(grant),
+                Effect::Grant { grant, .. } => {
+                    tracing::error!(
+                        nickname = %grant.nickname,
+                        addr = %grant.addr,
+                        "knock verified but NOT granted: its use of the code cannot be saved, \
+                         and granting it could let a replay in after a restart"
+                    );
+                }
+                Effect::RecordUse(_) | Effect::RecoverReplay(_) | Effect::SaveBans(_) => {}
                 Effect::Ban {
                     addr, until, reply, ..
                 } => {
@@ -237,6 +269,57 @@ impl Worker {
             self.grant(&grants);
         }
         shutdown
+    }
+
+    /// Makes `uses` durable; whether they are (trivially, when there are none).
+    fn save_uses(&mut self, uses: &[Used]) -> bool {
+        if uses.is_empty() {
+            return true;
+        }
+        let result = match &mut self.replay {
+            Some(store) => store.write(uses).map_err(|e| ErrorChain(&e).to_string()),
+            None => Err("the replay state file could not be opened at start".to_owned()),
+        };
+        self.set_durable(result)
+    }
+
+    fn recover_replay(&mut self, state: &ReplayState) {
+        let uses: Vec<Used> = state.iter().copied().collect();
+        let result = if let Some(store) = self.replay.as_mut() {
+            store
+                .write_fence(state.not_before(), state.floor_step())
+                .and_then(|()| store.write(&uses))
+        } else {
+            ReplayStore::create(self.state.path(), state).map(|store| {
+                self.replay = Some(store);
+            })
+        };
+        if self.set_durable(result.map_err(|e| ErrorChain(&e).to_string())) {
+            tracing::warn!("the replay state can be saved again: new knocks are accepted again");
+        }
+    }
+
+    /// Records whether the replay state is durable, logging a failure loudly.
+    fn set_durable(&mut self, result: Result<(), String>) -> bool {
+        match result {
+            Ok(()) => {
+                self.durable.store(true, Ordering::Release);
+                true
+            }
+            Err(error) => {
+                if self.durable.swap(false, Ordering::AcqRel) {
+                    tracing::error!(
+                        %error,
+                        "CANNOT SAVE THE REPLAY STATE: new knocks are refused until it can be \
+                         saved again (fix the state directory: space, permissions, read-only \
+                         mount); current grants and bans keep working"
+                    );
+                } else {
+                    tracing::debug!(%error, "the replay state still cannot be saved");
+                }
+                false
+            }
+        }
     }
 
     fn grant(&mut self, grants: &[verify::Access]) {
@@ -475,6 +558,54 @@ mod tests {
         }
     }
 
+    fn used(n: u8, step: u64) -> Used {
+        Used {
+            user: UserId([n; 16]),
+            step,
+            packet_id: crate::protocol::payload::PacketId([n; 16]),
+        }
+    }
+
+    #[test]
+    fn grants_whose_use_cannot_be_saved_are_not_applied() {
+        let fake = Fake::default();
+        let calls = fake.0.clone();
+        let fw = Firewall::with_backend(Box::new(fake), None, false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let durable = Arc::new(AtomicBool::new(true));
+        // No replay file could be opened (a read-only state directory at start).
+        let mut worker = Worker::new(fw, state, None, Arc::clone(&durable));
+        assert!(!durable.load(Ordering::Acquire));
+        worker.process(vec![Effect::Grant {
+            grant: grant("alice", 1, "192.0.2.1"),
+            used: used(1, 100),
+        }]);
+        assert!(
+            calls.lock().unwrap().is_empty(),
+            "granted without a durable use"
+        );
+        assert!(!durable.load(Ordering::Acquire));
+
+        // Once the file can be written again, grants are applied again.
+        let mut replay = ReplayState::safe_start(0);
+        replay.record(
+            UserId([1; 16]),
+            100,
+            crate::protocol::payload::PacketId([1; 16]),
+        );
+        worker.process(vec![Effect::RecoverReplay(Box::new(replay))]);
+        assert!(durable.load(Ordering::Acquire));
+        worker.process(vec![Effect::Grant {
+            grant: grant("bob", 2, "192.0.2.2"),
+            used: used(2, 100),
+        }]);
+        assert_eq!(calls.lock().unwrap().clone(), vec!["grant 2"]);
+        let (saved, _, _) = ReplayStore::load(tmp.path(), 0);
+        assert_eq!(saved.last_used(&UserId([1; 16])).map(|u| u.step), Some(100));
+        assert_eq!(saved.last_used(&UserId([2; 16])).map(|u| u.step), Some(100));
+    }
+
     fn status() -> Box<Status> {
         Box::new(Status {
             version: String::new(),
@@ -508,16 +639,17 @@ mod tests {
         let calls = fake.0.clone();
         let fw = Firewall::with_backend(Box::new(fake), None, false).unwrap();
         let (tx, rx) = mpsc::channel(16);
+        let store = ReplayStore::create(&dir, &ReplayState::safe_start(1_700_000_000)).unwrap();
+        let durable = Arc::new(AtomicBool::new(false));
 
-        let replay = Box::new(ReplayState::safe_start(1_700_000_000));
         tx.blocking_send(Effect::Grant {
             grant: grant("alice", 1, "192.0.2.1"),
-            replay: Some(replay.clone()),
+            used: used(1, 100),
         })
         .unwrap();
         tx.blocking_send(Effect::Grant {
             grant: grant("bob", 2, "192.0.2.2"),
-            replay: None,
+            used: used(2, 100),
         })
         .unwrap();
         let (tx_reply, answer) = oneshot::channel();
@@ -527,13 +659,17 @@ mod tests {
         })
         .unwrap();
         // Started after the queue is filled: all of it is one batch, the grants one change.
-        let thread = std::thread::spawn(move || Worker::new(fw, state).run(rx));
+        let worker = Worker::new(fw, state, Some(store), Arc::clone(&durable));
+        let thread = std::thread::spawn(move || worker.run(rx));
         let s = answer.blocking_recv().unwrap().status.unwrap();
         assert_eq!(s.grants.len(), 2, "{s:?}");
         assert_eq!(s.grants[0].nickname, "alice");
         assert_eq!(s.grants[0].ports, vec!["tcp/22", "udp/51820"]);
         assert!(s.grants[0].expires_in_secs > 290 && s.grants[0].expires_in_secs <= 300);
-        assert!(dir.join(crate::server::state::REPLAY_FILE).exists());
+        assert!(durable.load(Ordering::Acquire));
+        // Both uses are durable before the grants were applied.
+        let (saved, _, _) = ReplayStore::load(&dir, 0);
+        assert_eq!(saved.len(), 2);
 
         // A ban revokes the address's grants and is saved.
         let mut bans = Bans::default();
@@ -565,7 +701,6 @@ mod tests {
         tx.blocking_send(Effect::RevokeUsers(vec![UserId([2; 16])]))
             .unwrap();
         tx.blocking_send(Effect::Shutdown {
-            replay,
             bans: Box::new(bans),
         })
         .unwrap();

@@ -30,6 +30,10 @@
 //! with their elements), the two chains' rules are replaced, and the result is listed back and
 //! compared with what it should be. Only our table is ever read or written.
 
+#[allow(
+    unsafe_code,
+    reason = "libnftnl's C API: the one FFI module of the nftables backend"
+)]
 pub mod raw;
 
 use std::{

@@ -1,0 +1,746 @@
+//! The replay state on disk: one fixed-size record per user, overwritten in place and flushed
+//! (`fdatasync`) before the firewall opens for the knock it records.
+//!
+//! `replay.slots` in the state directory is a header record followed by [`CAPACITY`] user
+//! records of [`RECORD_LEN`] bytes each. The file is created once at full size (temporary
+//! file, fsync, rename, fsync of the directory), so later updates never change its size or
+//! its block map: writing one record is a `pwrite` of 64 bytes and an `fdatasync` that has no
+//! metadata to commit, about 0.1-0.2 ms on an ordinary disk where rewriting a whole file with
+//! fsync, rename and directory fsync took several milliseconds. Records are 64-byte aligned,
+//! so none straddles a 512-byte sector, and each carries a CRC-32: a record torn by a power
+//! cut is detected, never misread.
+//!
+//! Because every grant's record is durable before the grant, the one-time guarantee holds
+//! across `kill -9` at any instant and across a power cut or reboot with no start-up fence.
+//! Writes that fail (read-only file system, I/O error) make the daemon refuse new grants
+//! until a write succeeds again. A full disk does not matter: the file's blocks are allocated
+//! once, at creation.
+//!
+//! A missing file is created from a safe start (or from the version 1 `replay.json` of
+//! capyknock 0.1, which is migrated and then removed); a damaged one is moved aside under the
+//! state directory's damaged-file suffix and replaced by a safe start
+//! ([`ReplayState::safe_start`]).
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Read as _},
+    path::{Path, PathBuf},
+};
+
+use super::state::{LoadOutcome, MAX_FILE_BYTES, keep_corrupt, write_atomic};
+use crate::protocol::{
+    keys::UserId,
+    payload::PacketId,
+    replay::{self, ReplayState, Used},
+};
+
+/// File name in the state directory.
+pub const FILE: &str = "replay.slots";
+/// The version 1 file (capyknock 0.1), migrated at the first start of this version.
+pub const V1_FILE: &str = "replay.json";
+/// Length of the header and of each user record.
+pub const RECORD_LEN: usize = 64;
+/// User records in the file: as many as the replay state keeps ([`replay::CAPACITY`]).
+pub const CAPACITY: usize = replay::CAPACITY;
+/// Length of the whole file.
+pub const FILE_LEN: usize = RECORD_LEN * (1 + CAPACITY);
+
+const MAGIC: [u8; 4] = *b"CKrs";
+const VERSION: u32 = 2;
+/// Bytes covered by a record's CRC; the CRC is the last four bytes.
+const CRC_AT: usize = RECORD_LEN - 4;
+
+/// Why the replay state could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the file failed.
+    #[error("cannot create {path}")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing or flushing a record failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A state larger than the file (cannot happen: both hold [`CAPACITY`] records).
+    #[error("{path} cannot hold more than {CAPACITY} users")]
+    Full {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The open file and where each user's record is.
+#[derive(Debug)]
+pub struct ReplayStore {
+    path: PathBuf,
+    file: fs::File,
+    /// Each recorded user's record index and step.
+    slots: HashMap<UserId, (usize, u64)>,
+    /// Free record indices, highest first (records are handed out lowest first).
+    free: Vec<usize>,
+    /// The header as written.
+    not_before: u64,
+    floor_step: u64,
+}
+
+impl ReplayStore {
+    /// Reads the saved state from `dir`. Never fails: a missing file gives a safe start at
+    /// `now_unix` (or the migrated version 1 state), a damaged one is moved aside and gives a
+    /// safe start; both are logged. The flag says whether the file on disk can be reused as it
+    /// is by [`ReplayStore::open`] (otherwise use [`ReplayStore::create`]).
+    #[must_use]
+    pub fn load(dir: &Path, now_unix: u64) -> (ReplayState, LoadOutcome, bool) {
+        let path = dir.join(FILE);
+        match read_file(&path) {
+            Ok(Some(state)) => {
+                tracing::info!(path = %path.display(), users = state.len(), "replay state loaded");
+                (state, LoadOutcome::Loaded, true)
+            }
+            Ok(None) => {
+                if let Some(state) = migrate_v1(dir) {
+                    return (state, LoadOutcome::Loaded, false);
+                }
+                tracing::warn!(
+                    path = %path.display(),
+                    "no saved replay state (first start, or the file was deleted): knocks made \
+                     before now are refused, new knocks work normally"
+                );
+                (
+                    ReplayState::safe_start(now_unix),
+                    LoadOutcome::Missing,
+                    false,
+                )
+            }
+            Err(reason) => {
+                let kept_as = keep_corrupt(&path);
+                tracing::warn!(
+                    path = %path.display(),
+                    %reason,
+                    kept_as = ?kept_as,
+                    "saved replay state is unusable: starting safe, knocks made before now are \
+                     refused, new knocks work normally"
+                );
+                let outcome = LoadOutcome::Corrupt { reason, kept_as };
+                (ReplayState::safe_start(now_unix), outcome, false)
+            }
+        }
+    }
+
+    /// Opens the existing file (which [`ReplayStore::load`] found valid) for updates in place.
+    pub fn open(dir: &Path, state: &ReplayState) -> Result<Self, StoreError> {
+        let path = dir.join(FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Create {
+                path: path.clone(),
+                source,
+            })?;
+        let mut store = Self::with_file(path, file, state);
+        // The same layout `load` just read: record i holds the user at i (checked again, in
+        // case the file changed in between: on any difference, rewrite the records).
+        let bytes = fs::read(&store.path).map_err(|source| StoreError::Create {
+            path: store.path.clone(),
+            source,
+        })?;
+        store.free.clear();
+        for i in (1..=CAPACITY).rev() {
+            let record = bytes
+                .get(i * RECORD_LEN..(i + 1) * RECORD_LEN)
+                .map_or(Record::Damaged, decode_used);
+            match record {
+                Record::Used(u) if state.last_used(&u.user) == Some(&u) => {
+                    store.slots.insert(u.user, (i, u.step));
+                }
+                _ => store.free.push(i),
+            }
+        }
+        let missing: Vec<Used> = state
+            .iter()
+            .filter(|u| !store.slots.contains_key(&u.user))
+            .copied()
+            .collect();
+        store.write(&missing)?;
+        Ok(store)
+    }
+
+    /// Writes a complete new file holding `state` (atomically: temporary file, fsync, rename,
+    /// fsync of the directory), removes a migrated version 1 file, and opens it for updates.
+    pub fn create(dir: &Path, state: &ReplayState) -> Result<Self, StoreError> {
+        let path = dir.join(FILE);
+        if state.len() > CAPACITY {
+            return Err(StoreError::Full { path });
+        }
+        let mut bytes = vec![0u8; FILE_LEN];
+        put_record(
+            &mut bytes,
+            0,
+            &encode_header(state.not_before(), state.floor_step()),
+        );
+        let mut slots = HashMap::new();
+        for (i, used) in (1..=CAPACITY).zip(state.iter()) {
+            put_record(&mut bytes, i, &encode_used(used));
+            slots.insert(used.user, (i, used.step));
+        }
+        write_atomic(dir, FILE, &bytes).map_err(|source| StoreError::Create {
+            path: path.clone(),
+            source,
+        })?;
+        let v1 = dir.join(V1_FILE);
+        if v1.exists() {
+            match fs::remove_file(&v1) {
+                Ok(()) => {
+                    tracing::info!(path = %v1.display(), "version 1 replay state migrated and removed");
+                }
+                Err(err) => {
+                    tracing::warn!(path = %v1.display(), error = %err, "cannot remove the migrated version 1 replay state");
+                }
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Create {
+                path: path.clone(),
+                source,
+            })?;
+        let mut store = Self::with_file(path, file, state);
+        // Records 1..=len are taken, in order.
+        store.free = (slots.len() + 1..=CAPACITY).rev().collect();
+        store.slots = slots;
+        Ok(store)
+    }
+
+    fn with_file(path: PathBuf, file: fs::File, state: &ReplayState) -> Self {
+        Self {
+            path,
+            file,
+            slots: HashMap::new(),
+            free: (1..=CAPACITY).rev().collect(),
+            not_before: state.not_before(),
+            floor_step: state.floor_step(),
+        }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes these uses durable: each user's record is overwritten in place, then one
+    /// `fdatasync` covers them all. Only when this returns `Ok` may their grants be applied.
+    /// A new user takes a free record; when none is left, the record with the lowest step is
+    /// evicted, after the floor has been raised to its step and flushed (as the in-memory
+    /// state does, [`ReplayState::record`]).
+    pub fn write(&mut self, uses: &[Used]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        for used in uses {
+            let slot = match self.slots.get(&used.user) {
+                Some(&(slot, _)) => slot,
+                None => self.take_slot()?,
+            };
+            self.slots.insert(used.user, (slot, used.step));
+            self.write_record(slot, &encode_used(used))?;
+        }
+        self.sync()
+    }
+
+    /// A record for a new user: a free one, or the lowest step's, evicted under a raised floor.
+    fn take_slot(&mut self) -> Result<usize, StoreError> {
+        if let Some(slot) = self.free.pop() {
+            return Ok(slot);
+        }
+        let (user, slot, step) = self
+            .slots
+            .iter()
+            .map(|(user, &(slot, step))| (*user, slot, step))
+            .min_by_key(|&(_, _, step)| step)
+            .ok_or_else(|| StoreError::Full {
+                path: self.path.clone(),
+            })?;
+        self.write_fence(self.not_before, self.floor_step.max(step))?;
+        self.slots.remove(&user);
+        Ok(slot)
+    }
+
+    /// Makes the state's fence durable: its `not_before` and its floor.
+    pub fn write_fence(&mut self, not_before: u64, floor_step: u64) -> Result<(), StoreError> {
+        self.write_record(0, &encode_header(not_before, floor_step))?;
+        self.sync()?;
+        self.not_before = not_before;
+        self.floor_step = floor_step;
+        Ok(())
+    }
+
+    fn write_record(&mut self, index: usize, record: &[u8; RECORD_LEN]) -> Result<(), StoreError> {
+        write_all_at(&self.file, record, (index * RECORD_LEN) as u64).map_err(|source| {
+            StoreError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(|source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads and checks the file: `Ok(None)` if it does not exist, `Err(reason)` if it is damaged.
+fn read_file(path: &Path) -> Result<Option<ReplayState>, String> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let mut bytes = Vec::with_capacity(FILE_LEN);
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    decode_file(&bytes).map(Some)
+}
+
+/// Decodes a whole file: header, then every record; any damage refuses all of it.
+fn decode_file(bytes: &[u8]) -> Result<ReplayState, String> {
+    if bytes.len() != FILE_LEN {
+        return Err(format!("it is {} bytes long, not {FILE_LEN}", bytes.len()));
+    }
+    let header = bytes
+        .get(..RECORD_LEN)
+        .and_then(|h| <&[u8; RECORD_LEN]>::try_from(h).ok())
+        .ok_or("it has no header")?;
+    let (not_before, floor_step) = decode_header(header)?;
+    let mut used = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, record) in bytes.chunks_exact(RECORD_LEN).enumerate().skip(1) {
+        let record = <&[u8; RECORD_LEN]>::try_from(record).map_err(|_| "short record")?;
+        match decode_used(record) {
+            Record::Damaged => return Err(format!("record {i} is damaged (CRC mismatch)")),
+            Record::Free => {}
+            Record::Used(u) => {
+                if !seen.insert(u.user) {
+                    return Err(format!("record {i} repeats a user"));
+                }
+                used.push(u);
+            }
+        }
+    }
+    Ok(ReplayState::from_parts(not_before, floor_step, used))
+}
+
+fn encode_header(not_before: u64, floor_step: u64) -> [u8; RECORD_LEN] {
+    let mut r = [0u8; RECORD_LEN];
+    r[..4].copy_from_slice(&MAGIC);
+    r[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    r[8..12].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    r[12..16].copy_from_slice(&(CAPACITY as u32).to_le_bytes());
+    r[16..24].copy_from_slice(&not_before.to_le_bytes());
+    r[24..32].copy_from_slice(&floor_step.to_le_bytes());
+    seal(&mut r);
+    r
+}
+
+fn decode_header(r: &[u8; RECORD_LEN]) -> Result<(u64, u64), String> {
+    if !crc_ok(r) {
+        return Err("its header is damaged (CRC mismatch)".into());
+    }
+    let (magic, rest) = r.split_first_chunk::<4>().ok_or("short header")?;
+    if *magic != MAGIC {
+        return Err("it is not a capyknock replay state file".into());
+    }
+    let (version, rest) = rest.split_first_chunk::<4>().ok_or("short header")?;
+    let (record_len, rest) = rest.split_first_chunk::<4>().ok_or("short header")?;
+    let (capacity, rest) = rest.split_first_chunk::<4>().ok_or("short header")?;
+    let (not_before, rest) = rest.split_first_chunk::<8>().ok_or("short header")?;
+    let (floor_step, _) = rest.split_first_chunk::<8>().ok_or("short header")?;
+    let version = u32::from_le_bytes(*version);
+    if version != VERSION {
+        return Err(format!(
+            "it has version {version}, this build reads version {VERSION}"
+        ));
+    }
+    if u32::from_le_bytes(*record_len) as usize != RECORD_LEN
+        || u32::from_le_bytes(*capacity) as usize != CAPACITY
+    {
+        return Err("its layout is not this build's".into());
+    }
+    Ok((
+        u64::from_le_bytes(*not_before),
+        u64::from_le_bytes(*floor_step),
+    ))
+}
+
+fn encode_used(u: &Used) -> [u8; RECORD_LEN] {
+    let mut r = [0u8; RECORD_LEN];
+    r[..16].copy_from_slice(&u.user.0);
+    r[16..24].copy_from_slice(&u.step.to_le_bytes());
+    r[24..40].copy_from_slice(&u.packet_id.0);
+    seal(&mut r);
+    r
+}
+
+/// What a user record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// All zeros: no user.
+    Free,
+    /// A user's last use.
+    Used(Used),
+    /// Wrong length or CRC: torn by a power cut, or changed by something else.
+    Damaged,
+}
+
+fn decode_used(r: &[u8]) -> Record {
+    let Ok(r) = <&[u8; RECORD_LEN]>::try_from(r) else {
+        return Record::Damaged;
+    };
+    if r.iter().all(|&b| b == 0) {
+        return Record::Free;
+    }
+    if !crc_ok(r) {
+        return Record::Damaged;
+    }
+    let (user, rest) = r.split_first_chunk::<16>().unwrap_or((&[0; 16], &[]));
+    let (step, rest) = rest.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+    let Some((packet_id, _)) = rest.split_first_chunk::<16>() else {
+        return Record::Damaged;
+    };
+    Record::Used(Used {
+        user: UserId(*user),
+        step: u64::from_le_bytes(*step),
+        packet_id: PacketId(*packet_id),
+    })
+}
+
+fn seal(r: &mut [u8; RECORD_LEN]) {
+    let (body, crc) = r.split_at_mut(CRC_AT);
+    crc.copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+}
+
+fn crc_ok(r: &[u8; RECORD_LEN]) -> bool {
+    let (body, crc) = r.split_at(CRC_AT);
+    crc32fast::hash(body).to_le_bytes() == crc
+}
+
+fn put_record(bytes: &mut [u8], index: usize, record: &[u8; RECORD_LEN]) {
+    if let Some(dst) = bytes.get_mut(index * RECORD_LEN..(index + 1) * RECORD_LEN) {
+        dst.copy_from_slice(record);
+    }
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &fs::File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt as _;
+    while !buf.is_empty() {
+        match file.seek_write(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = buf.get(n..).unwrap_or_default();
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The version 1 file of capyknock 0.1: used (user, step) pairs, packet ids, a start fence.
+#[derive(Debug, serde::Deserialize)]
+struct V1Snapshot {
+    version: u32,
+    not_before: u64,
+    steps: Vec<V1Step>,
+    #[expect(
+        dead_code,
+        reason = "read to accept the file; every packet's step is in `steps`"
+    )]
+    packets: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct V1Step {
+    user: UserId,
+    step: u64,
+}
+
+/// Reads `replay.json` of capyknock 0.1 into the new state: each user's highest used step
+/// (every packet id it lists belongs to a step it also lists, so the steps cover the packets).
+/// `None` if there is none or it is unusable (then moved aside, and the start is safe).
+fn migrate_v1(dir: &Path) -> Option<ReplayState> {
+    let path = dir.join(V1_FILE);
+    let bytes = match fs::File::open(&path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            f.take(MAX_FILE_BYTES).read_to_end(&mut bytes).ok()?;
+            bytes
+        }
+        Err(_) => return None,
+    };
+    let snapshot = serde_json::from_slice::<V1Snapshot>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            if s.version == 1 {
+                Ok(s)
+            } else {
+                Err(format!("version {} is not 1", s.version))
+            }
+        });
+    match snapshot {
+        Ok(s) => {
+            let used = s.steps.iter().map(|e| Used {
+                user: e.user,
+                step: e.step,
+                // Version 1 did not tie packet ids to users; the steps refuse those packets.
+                packet_id: PacketId([0; 16]),
+            });
+            let state = ReplayState::from_parts(s.not_before, 0, used);
+            tracing::info!(path = %path.display(), users = state.len(), "migrating the version 1 replay state");
+            Some(state)
+        }
+        Err(reason) => {
+            let kept_as = keep_corrupt(&path);
+            tracing::warn!(path = %path.display(), %reason, kept_as = ?kept_as, "version 1 replay state is unusable; starting safe");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn used(user: u8, step: u64, packet: u8) -> Used {
+        Used {
+            user: UserId([user; 16]),
+            step,
+            packet_id: PacketId([packet; 16]),
+        }
+    }
+
+    fn reload(dir: &Path) -> (ReplayState, LoadOutcome, bool) {
+        ReplayStore::load(dir, NOW)
+    }
+
+    #[test]
+    fn records_written_are_read_back_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (state, outcome, reusable) = reload(tmp.path());
+        assert_eq!(outcome, LoadOutcome::Missing);
+        assert!(!reusable);
+        assert_eq!(state.not_before(), NOW);
+        let mut store = ReplayStore::create(tmp.path(), &state).unwrap();
+        assert_eq!(fs::metadata(store.path()).unwrap().len(), FILE_LEN as u64);
+        store.write(&[used(1, 10, 1), used(2, 20, 2)]).unwrap();
+        store.write(&[used(1, 11, 3)]).unwrap();
+        drop(store);
+
+        let (back, outcome, reusable) = reload(tmp.path());
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert!(reusable);
+        assert_eq!(back.not_before(), NOW);
+        assert_eq!(back.last_used(&UserId([1; 16])), Some(&used(1, 11, 3)));
+        assert_eq!(back.last_used(&UserId([2; 16])), Some(&used(2, 20, 2)));
+        assert_eq!(back.len(), 2);
+
+        // Reopened in place, it keeps each user's record where it was.
+        let mut store = ReplayStore::open(tmp.path(), &back).unwrap();
+        store.write(&[used(3, 5, 4)]).unwrap();
+        drop(store);
+        assert_eq!(reload(tmp.path()).0.len(), 3);
+        // The file never changes size.
+        assert_eq!(
+            fs::metadata(tmp.path().join(FILE)).unwrap().len(),
+            FILE_LEN as u64
+        );
+    }
+
+    #[test]
+    fn a_torn_record_is_detected_and_the_start_is_safe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
+        store.write(&[used(1, 10, 1)]).unwrap();
+        drop(store);
+        let path = tmp.path().join(FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        // Half of record 1 from a newer write, half from the old one.
+        bytes[RECORD_LEN + 20] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let (state, outcome, reusable) = reload(tmp.path());
+        assert!(
+            matches!(outcome, LoadOutcome::Corrupt { .. }),
+            "{outcome:?}"
+        );
+        assert!(!reusable);
+        assert_eq!(state.not_before(), NOW);
+        assert!(state.is_empty());
+        assert!(!path.exists(), "the damaged file is moved aside");
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let good = {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut s = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
+            s.write(&[used(1, 10, 1), used(2, 10, 2)]).unwrap();
+            fs::read(tmp.path().join(FILE)).unwrap()
+        };
+        assert!(decode_file(&good).is_ok());
+        assert!(decode_file(&good[..good.len() - 1]).is_err());
+        assert!(decode_file(&[]).is_err());
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert!(decode_file(&bad_magic).is_err());
+        // The same user in two records.
+        let mut twice = good.clone();
+        twice.copy_within(RECORD_LEN..2 * RECORD_LEN, 2 * RECORD_LEN);
+        assert!(decode_file(&twice).unwrap_err().contains("repeats"));
+    }
+
+    #[test]
+    fn version_1_state_is_migrated_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let alice = "01".repeat(16);
+        let v1 = format!(
+            r#"{{"version":1,"not_before":{nb},"steps":[{{"user":"{alice}","step":7}},{{"user":"{alice}","step":9}}],"packets":[{{"id":"{p}","expires":5}}]}}"#,
+            nb = NOW - 5,
+            p = "02".repeat(16)
+        );
+        fs::write(tmp.path().join(V1_FILE), v1).unwrap();
+        let (state, outcome, reusable) = reload(tmp.path());
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert!(!reusable);
+        assert_eq!(state.not_before(), NOW - 5);
+        assert_eq!(state.last_used(&UserId([1; 16])).map(|u| u.step), Some(9));
+        ReplayStore::create(tmp.path(), &state).unwrap();
+        assert!(!tmp.path().join(V1_FILE).exists());
+        assert_eq!(
+            reload(tmp.path())
+                .0
+                .last_used(&UserId([1; 16]))
+                .map(|u| u.step),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_lowest_step_under_a_durable_floor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut state = ReplayState::safe_start(0);
+        let mut store = ReplayStore::create(tmp.path(), &state).unwrap();
+        let all: Vec<Used> = (0..CAPACITY)
+            .map(|i| {
+                let user = UserId((i as u128 + 1).to_le_bytes());
+                state.record(user, 1_000 + i as u64, PacketId([1; 16]))
+            })
+            .collect();
+        store.write(&all).unwrap();
+        // One more user: memory and file both evict the lowest step (user 1, step 1000).
+        let extra = state.record(UserId([0xee; 16]), 9_000, PacketId([2; 16]));
+        store.write(&[extra]).unwrap();
+        drop(store);
+        let (back, outcome, _) = reload(tmp.path());
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(back, state);
+        assert_eq!(back.floor_step(), 1_000);
+        assert!(back.last_used(&UserId(1u128.to_le_bytes())).is_none());
+    }
+
+    #[test]
+    fn a_knock_replayed_after_a_restart_is_refused() {
+        use std::net::{IpAddr, Ipv4Addr};
+
+        use crate::{
+            ports::PortSpec,
+            protocol::{
+                keys::{TotpSecret, UserKey},
+                packet::{KnockRequest, Randomness, build_knock},
+                totp::Totp,
+                users::{AllowIp, TotpMode, User, Users},
+                verify::{RejectReason, Settings, Verdict, Verifier},
+            },
+        };
+        let user = User {
+            id: UserId([1; 16]),
+            nickname: "alice".into(),
+            key: UserKey::from_bytes([2; 32]),
+            totp: TotpSecret::from_bytes([3; 20]),
+            totp_mode: TotpMode::Prompt,
+            ports: vec![PortSpec::tcp(22)],
+            access: std::time::Duration::from_mins(5),
+            allow_ip: AllowIp::Source,
+        };
+        let code = Totp::new(&user.totp).unwrap().code_at(NOW);
+        let packet = build_knock(
+            &user.id,
+            &user.key,
+            &code,
+            &KnockRequest::default(),
+            NOW,
+            &Randomness::os().unwrap(),
+        )
+        .unwrap();
+        let users = Users::new(vec![user]).unwrap();
+        let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+        let tmp = tempfile::tempdir().unwrap();
+
+        // First run: granted, its use made durable as the daemon does before the firewall.
+        let (replay, _, _) = ReplayStore::load(tmp.path(), NOW - 60);
+        let mut store = ReplayStore::create(tmp.path(), &replay).unwrap();
+        let mut v = Verifier::new(Settings::default(), replay);
+        assert!(matches!(
+            v.verify(&users, &packet, src, NOW),
+            Verdict::Grant(_)
+        ));
+        store.write(&[v.take_used().unwrap()]).unwrap();
+        drop((v, store));
+
+        // Second run (restart): the same packet, from anywhere, is refused, whatever the clock.
+        for now in [NOW + 5, NOW - 25, NOW + 29] {
+            let (replay, outcome, _) = ReplayStore::load(tmp.path(), now);
+            assert_eq!(outcome, LoadOutcome::Loaded);
+            let mut v = Verifier::new(Settings::default(), replay);
+            let Verdict::Reject(r) = v.verify(&users, &packet, other, now) else {
+                panic!("replay granted after restart at {now}");
+            };
+            assert_eq!(r.reason, RejectReason::ReplayedPacket);
+        }
+
+        // Restart with the state file lost: still refused (safe start).
+        fs::remove_file(tmp.path().join(FILE)).unwrap();
+        let (replay, outcome, _) = ReplayStore::load(tmp.path(), NOW + 5);
+        assert_eq!(outcome, LoadOutcome::Missing);
+        let mut v = Verifier::new(Settings::default(), replay);
+        let Verdict::Reject(r) = v.verify(&users, &packet, src, NOW + 5) else {
+            panic!("replay granted after losing the state");
+        };
+        assert_eq!(r.reason, RejectReason::StaleTimestamp);
+    }
+}
