@@ -140,7 +140,6 @@ fn closed_knock_open_replay_refused_ban_gone() {
             >= 1
     );
 
-
     // Unban: the same user can get in again with the next code.
     let out = lab.control(&["unban", &client_ip.to_string()]);
     assert!(text(&out).contains("unbanned"), "{}", text(&out));

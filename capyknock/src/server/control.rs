@@ -30,8 +30,14 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 pub const MAX_RESPONSE_LINE: usize = 16 * 1024 * 1024;
 /// How long a connection may stay idle between requests, and a write may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most control connections served at once; more are closed immediately.
+/// Most control connections served at once from users other than root (members of
+/// `control_group`); more are answered "busy" and closed.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections kept for root on top of [`MAX_CONNECTIONS`], so clients of the group holding
+/// every shared slot can never lock out the admin or fail2ban (which runs as root).
+pub const ROOT_CONNECTIONS: usize = 4;
+/// At most one "too many control connections" log line per this interval (with a count).
+pub const BUSY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Most requests served on one connection.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
 /// Longest ban: a year (longer is refused as a likely mistake; leave the duration out for a ban
@@ -226,11 +232,15 @@ mod client {
         let mut line = serde_json::to_vec(req)
             .map_err(|e| ClientError::BadResponse(format!("cannot encode request: {e}")))?;
         line.push(b'\n');
-        stream.write_all(&line).map_err(io)?;
+        // A daemon with no free connection answers "busy" and closes at once, maybe before the
+        // request is written: then read its answer rather than report the broken pipe.
+        let written = stream.write_all(&line);
         let mut reader = BufReader::new(stream.take(MAX_RESPONSE_LINE as u64));
         let mut answer = Vec::new();
-        reader.read_until(b'\n', &mut answer).map_err(io)?;
+        let read = reader.read_until(b'\n', &mut answer);
         if answer.last() != Some(&b'\n') {
+            written.map_err(io)?;
+            read.map_err(io)?;
             return Err(ClientError::BadResponse(
                 "connection closed before a complete answer".into(),
             ));
@@ -253,13 +263,67 @@ mod server {
     use tokio::{
         io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
         net::{UnixListener, UnixStream},
-        sync::{Semaphore, mpsc, oneshot},
+        sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     };
 
     use super::{
-        ControlError, IO_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_LINE, MAX_REQUESTS_PER_CONNECTION,
-        Request, Response, parse_request,
+        BUSY_LOG_INTERVAL, ControlError, IO_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_LINE,
+        MAX_REQUESTS_PER_CONNECTION, ROOT_CONNECTIONS, Request, Response, parse_request,
     };
+
+    /// Connection slots: [`MAX_CONNECTIONS`] shared by everyone, [`ROOT_CONNECTIONS`] more for
+    /// root only.
+    #[derive(Debug)]
+    pub(super) struct Slots {
+        shared: Arc<Semaphore>,
+        root: Arc<Semaphore>,
+    }
+
+    impl Slots {
+        pub(super) fn new() -> Self {
+            Self {
+                shared: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                root: Arc::new(Semaphore::new(ROOT_CONNECTIONS)),
+            }
+        }
+
+        /// A slot for a client of user `uid`, if one is free: root takes its own first.
+        pub(super) fn admit(&self, uid: u32) -> Option<OwnedSemaphorePermit> {
+            if uid == 0
+                && let Ok(permit) = Arc::clone(&self.root).try_acquire_owned()
+            {
+                return Some(permit);
+            }
+            Arc::clone(&self.shared).try_acquire_owned().ok()
+        }
+    }
+
+    /// Rate limit of the "busy" log line: one per [`BUSY_LOG_INTERVAL`], with how many were
+    /// refused since the last one.
+    #[derive(Debug, Default)]
+    struct BusyLog {
+        last: Option<std::time::Instant>,
+        refused: u64,
+    }
+
+    impl BusyLog {
+        fn refused(&mut self, uid: u32) {
+            self.refused += 1;
+            let now = std::time::Instant::now();
+            if self
+                .last
+                .is_none_or(|t| now.duration_since(t) >= BUSY_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    uid,
+                    refused = self.refused,
+                    "too many control connections; refusing new ones (each gets a \"busy\" answer)"
+                );
+                self.last = Some(now);
+                self.refused = 0;
+            }
+        }
+    }
 
     /// A parsed request on its way to the daemon core, with the channel for its answer.
     #[derive(Debug)]
@@ -331,7 +395,8 @@ mod server {
         /// Serves clients until the task is dropped or `commands` closes. Each connection runs
         /// in its own task, so a slow client never holds up the daemon.
         pub async fn serve(self, commands: mpsc::Sender<Command>) {
-            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let slots = Slots::new();
+            let mut busy = BusyLog::default();
             loop {
                 let stream = match self.listener.accept().await {
                     Ok((stream, _)) => stream,
@@ -344,8 +409,16 @@ mod server {
                 if commands.is_closed() {
                     return;
                 }
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!("too many control connections; closing a new one");
+                let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+                let Some(permit) = slots.admit(uid) else {
+                    busy.refused(uid);
+                    // The socket's buffer is empty: this small write cannot block.
+                    let mut line = serde_json::to_vec(&Response::error(
+                        "the daemon is busy: too many control connections; try again",
+                    ))
+                    .unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = stream.try_write(&line);
                     continue;
                 };
                 let commands = commands.clone();
@@ -645,6 +718,51 @@ mod tests {
         core.abort();
         assert!(!path.exists(), "socket file left behind");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Regression (hardening review): while 16 idle connections were held, `capyknock ban`
+    /// failed with "connection reset". Root keeps slots of its own.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn root_keeps_slots_when_others_hold_every_shared_one() {
+        let slots = server::Slots::new();
+        let group_member = 1000;
+        let held: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| slots.admit(group_member).unwrap())
+            .collect();
+        assert!(slots.admit(group_member).is_none());
+        let root: Vec<_> = (0..ROOT_CONNECTIONS)
+            .map(|_| slots.admit(0).unwrap())
+            .collect();
+        assert!(slots.admit(0).is_none());
+        drop(held);
+        assert!(slots.admit(group_member).is_some());
+        drop(root);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_client_over_the_limit_is_told_the_daemon_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let server = ControlServer::bind(&path, None).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Command>(4);
+        let serve = tokio::spawn(server.serve(tx));
+        // Idle connections fill every slot this (root or not) user may take.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + ROOT_CONNECTIONS {
+            idle.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || request(&p, &Request::Status {}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!r.ok);
+        assert!(r.error.unwrap().contains("busy"));
+        drop(idle);
+        serve.abort();
     }
 
     #[cfg(target_os = "linux")]
