@@ -55,6 +55,9 @@ fn config() -> FirewallConfig {
         ]),
         ban: Some(t(&["nft", "add element inet admin banned {{ {addr} }}"])),
         unban: Some(t(&["nft", "delete element inet admin banned {{ {addr} }}"])),
+        knock_drop: None,
+        knock_undrop: None,
+        knock_drop_in_ruleset: true,
         timeout: Duration::from_secs(3),
     };
     FirewallConfig {

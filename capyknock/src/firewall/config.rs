@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::exec::Template;
+use super::exec::{Template, Var};
 
 /// Which firewall backend to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -134,6 +134,14 @@ pub enum ConfigError {
     /// A timeout of zero or over a minute.
     #[error("[firewall.exec] timeout = {0:?}: use a value between 100ms and 60s")]
     BadTimeout(Duration),
+    /// `knock_drop`/`knock_undrop` with a placeholder other than `{port}` and `{proto}`.
+    #[error(
+        "[firewall.exec] {0}: only {{port}} and {{proto}} mean something for the knock port; remove the other placeholders"
+    )]
+    KnockDropVars(&'static str),
+    /// `knock_undrop` without `knock_drop`.
+    #[error("[firewall.exec] knock_undrop needs knock_drop")]
+    KnockUndropAlone,
 }
 
 impl FirewallConfig {
@@ -210,6 +218,20 @@ pub struct ExecConfig {
     /// Lifts a ban; required when `ban` is given.
     #[serde(default)]
     pub unban: Option<Template>,
+    /// Makes UDP to one knock port (`{port}`, `{proto}` = `udp`) dropped, so the host never
+    /// answers a knock (ICMP port unreachable) nor hands it to a socket. Run at start and after
+    /// a repair for every knock port, so it must be idempotent. Only `{port}` and `{proto}`
+    /// may appear. Without it (and without `knock_drop_in_ruleset`), the daemon warns at start
+    /// that nothing makes sure the knock port is dropped.
+    #[serde(default)]
+    pub knock_drop: Option<Template>,
+    /// Undoes `knock_drop` for `capyknock firewall remove`. Optional.
+    #[serde(default)]
+    pub knock_undrop: Option<Template>,
+    /// The admin's statement that the firewall's own ruleset drops UDP to the knock ports (pf,
+    /// a static iptables rule): silences the start-up warning when there is no `knock_drop`.
+    #[serde(default)]
+    pub knock_drop_in_ruleset: bool,
     /// Longest a command may run before it is killed. Default 5 s.
     #[serde(default = "default_exec_timeout", with = "duration_str")]
     pub timeout: Duration,
@@ -227,6 +249,20 @@ impl ExecConfig {
         }
         if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_mins(1) {
             return Err(ConfigError::BadTimeout(self.timeout));
+        }
+        for (key, template) in [
+            ("knock_drop", &self.knock_drop),
+            ("knock_undrop", &self.knock_undrop),
+        ] {
+            if template
+                .as_ref()
+                .is_some_and(|t| t.vars().any(|v| !matches!(v, Var::Port | Var::Proto)))
+            {
+                return Err(ConfigError::KnockDropVars(key));
+            }
+        }
+        if self.knock_undrop.is_some() && self.knock_drop.is_none() {
+            return Err(ConfigError::KnockUndropAlone);
         }
         Ok(())
     }
@@ -359,6 +395,11 @@ mod tests {
             let c = FirewallConfig::from_config_text(text)
                 .unwrap_or_else(|e| panic!("{name}: {:?}", anyhow::Error::from(e)));
             assert_eq!(c.backend, FirewallKind::Exec, "{name}");
+            assert_eq!(
+                super::super::stealth_warning(&c, &[62201]),
+                None,
+                "{name} leaves the knock port undropped"
+            );
             let exec = c.exec.unwrap();
             assert!(exec.ban.is_some() && exec.unban.is_some(), "{name}");
         }

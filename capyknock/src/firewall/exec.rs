@@ -85,6 +85,16 @@ pub struct Template {
     args: Vec<Vec<Piece>>,
 }
 
+impl Template {
+    /// The placeholders the template uses.
+    pub fn vars(&self) -> impl Iterator<Item = Var> + '_ {
+        self.args.iter().flatten().filter_map(|p| match p {
+            Piece::Var(v) => Some(*v),
+            Piece::Lit(_) => None,
+        })
+    }
+}
+
 impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.source).finish()
@@ -455,13 +465,28 @@ fn read_bounded(mut r: impl Read) -> Vec<u8> {
 #[derive(Debug)]
 pub struct ExecBackend {
     config: ExecConfig,
+    knock_ports: Vec<u16>,
 }
 
 impl ExecBackend {
-    /// A backend running the templates in `config`.
+    /// A backend running the templates in `config`; `knock_drop` is run for each of
+    /// `knock_ports` when the rules are (re)stored (pass none when knocks are read from a UDP
+    /// socket, which must receive them).
     #[must_use]
-    pub fn new(config: ExecConfig) -> Self {
-        Self { config }
+    pub fn new(config: ExecConfig, knock_ports: &[u16]) -> Self {
+        Self {
+            config,
+            knock_ports: knock_ports.to_vec(),
+        }
+    }
+
+    /// Values for the knock port `port`.
+    fn knock_vars(port: u16) -> Vars {
+        Vars {
+            proto: "udp".to_owned(),
+            port: port.to_string(),
+            ..Vars::default()
+        }
     }
 
     fn run_template(
@@ -569,6 +594,14 @@ impl Backend for ExecBackend {
     }
 
     fn restore(&mut self, ledger: &Ledger, now: SystemTime) -> Result<(), Error> {
+        let dropped = match &self.config.knock_drop {
+            Some(t) => self.run_all(
+                "knock_drop",
+                t,
+                self.knock_ports.iter().map(|&p| Self::knock_vars(p)),
+            ),
+            None => Ok(()),
+        };
         let grants: Vec<PortGrant> = ledger.grants().collect();
         let granted = self.add_grants(&grants, now);
         let mut banned = Ok(());
@@ -577,7 +610,7 @@ impl Backend for ExecBackend {
                 banned = Err(e);
             }
         }
-        granted.and(banned)
+        dropped.and(granted).and(banned)
     }
 
     fn remove_all(&mut self, ledger: &Ledger) -> Result<(), Error> {
@@ -589,7 +622,15 @@ impl Backend for ExecBackend {
                 unbanned = Err(e);
             }
         }
-        closed.and(unbanned)
+        let undropped = match &self.config.knock_undrop {
+            Some(t) => self.run_all(
+                "knock_undrop",
+                t,
+                self.knock_ports.iter().map(|&p| Self::knock_vars(p)),
+            ),
+            None => Ok(()),
+        };
+        closed.and(unbanned).and(undropped)
     }
 }
 
@@ -638,6 +679,61 @@ mod tests {
             ]
             .map(OsString::from)
         );
+    }
+
+    /// Regression (hardening review): with the exec backend nothing dropped the knock port.
+    /// `knock_drop` runs for every knock port whenever the rules are stored, and
+    /// `knock_undrop` when they are removed.
+    #[cfg(unix)]
+    #[test]
+    fn knock_drop_runs_for_every_knock_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = |name: &str| dir.path().join(name).display().to_string();
+        let config = ExecConfig {
+            open: tpl(&["/bin/true"]).unwrap(),
+            close: tpl(&["/bin/true"]).unwrap(),
+            ban: None,
+            unban: None,
+            knock_drop: Some(tpl(&["/usr/bin/touch", &mark("drop-{proto}-{port}")]).unwrap()),
+            knock_undrop: Some(tpl(&["/bin/rm", &mark("drop-{proto}-{port}")]).unwrap()),
+            knock_drop_in_ruleset: false,
+            timeout: Duration::from_secs(5),
+        };
+        config.validate().unwrap();
+        let mut backend = ExecBackend::new(config, &[62201, 4000]);
+        backend.restore(&Ledger::new(), SystemTime::now()).unwrap();
+        assert!(dir.path().join("drop-udp-62201").exists());
+        assert!(dir.path().join("drop-udp-4000").exists());
+        backend.remove_all(&Ledger::new()).unwrap();
+        assert!(!dir.path().join("drop-udp-62201").exists());
+        // udp capture: the knock port must stay open to the daemon's socket, nothing runs.
+        let mut udp_mode = ExecBackend::new(backend.config.clone(), &[]);
+        udp_mode.restore(&Ledger::new(), SystemTime::now()).unwrap();
+        assert!(!dir.path().join("drop-udp-62201").exists());
+    }
+
+    #[test]
+    fn knock_drop_may_use_only_port_and_proto() {
+        let mut config = ExecConfig {
+            open: tpl(&["/bin/true"]).unwrap(),
+            close: tpl(&["/bin/true"]).unwrap(),
+            ban: None,
+            unban: None,
+            knock_drop: Some(tpl(&["/bin/x", "{addr}:{port}"]).unwrap()),
+            knock_undrop: None,
+            knock_drop_in_ruleset: false,
+            timeout: Duration::from_secs(5),
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("knock_drop")
+        );
+        config.knock_drop = None;
+        config.knock_undrop = Some(tpl(&["/bin/x", "{port}"]).unwrap());
+        assert!(config.validate().is_err());
     }
 
     #[test]

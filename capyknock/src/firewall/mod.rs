@@ -485,44 +485,77 @@ fn make_backend(
     protected: &[PortSpec],
     knock_ports: &[u16],
 ) -> Result<Box<dyn Backend>, Error> {
-    let _ = (protected, knock_ports);
-    match config.backend.resolve() {
-        FirewallKind::Nftables => {
-            #[cfg(target_os = "linux")]
-            {
-                Ok(Box::new(nftables::NftBackend::new(
-                    &config.table,
-                    config.priority,
-                    protected,
-                    knock_ports,
-                )?))
-            }
-            #[cfg(not(target_os = "linux"))]
-            {
-                Err(Error::Unavailable {
-                    kind: FirewallKind::Nftables,
-                    hint: "nftables exists only on Linux; use backend = \"exec\"",
-                })
-            }
-        }
-        FirewallKind::Windows => {
-            #[cfg(windows)]
-            {
-                Ok(Box::new(windows::WindowsBackend::new(protected)?))
-            }
-            #[cfg(not(windows))]
-            {
-                Err(Error::Unavailable {
-                    kind: FirewallKind::Windows,
-                    hint: "Windows Firewall exists only on Windows; use nftables or exec",
-                })
-            }
-        }
+    make_backend_of(config.backend, config, protected, knock_ports)
+}
+
+fn make_backend_of(
+    kind: FirewallKind,
+    config: &FirewallConfig,
+    protected: &[PortSpec],
+    knock_ports: &[u16],
+) -> Result<Box<dyn Backend>, Error> {
+    match kind {
+        FirewallKind::Auto => make_backend_of(kind.resolve(), config, protected, knock_ports),
+        #[cfg(target_os = "linux")]
+        FirewallKind::Nftables => Ok(Box::new(nftables::NftBackend::new(
+            &config.table,
+            config.priority,
+            protected,
+            knock_ports,
+        )?)),
+        #[cfg(not(target_os = "linux"))]
+        FirewallKind::Nftables => Err(Error::Unavailable {
+            kind,
+            hint: "nftables exists only on Linux; use backend = \"exec\"",
+        }),
+        #[cfg(windows)]
+        FirewallKind::Windows => Ok(Box::new(windows::WindowsBackend::new(protected)?)),
+        #[cfg(not(windows))]
+        FirewallKind::Windows => Err(Error::Unavailable {
+            kind,
+            hint: "Windows Firewall exists only on Windows; use nftables or exec",
+        }),
         FirewallKind::Exec => match &config.exec {
-            Some(exec) => Ok(Box::new(exec::ExecBackend::new(exec.clone()))),
+            Some(exec) => Ok(Box::new(exec::ExecBackend::new(exec.clone(), knock_ports))),
             None => Err(Error::NoExecConfig),
         },
-        FirewallKind::None | FirewallKind::Auto => Ok(Box::new(none::NoneBackend)),
+        FirewallKind::None => Ok(Box::new(none::NoneBackend)),
+    }
+}
+
+/// What stealth the backend of `config` leaves to the admin, if anything: a warning for the
+/// log at start and for `check-config`. `knock_ports` are the ports that must be dropped (none
+/// when knocks come through a UDP socket).
+#[must_use]
+pub fn stealth_warning(config: &FirewallConfig, knock_ports: &[u16]) -> Option<String> {
+    let ports: Vec<String> = knock_ports.iter().map(|p| format!("udp/{p}")).collect();
+    match config.backend.resolve() {
+        FirewallKind::None => Some(format!(
+            "firewall backend \"none\": capyknock changes no firewall rule, so stealth is your \
+             firewall's job: drop everything to the protected ports{}",
+            if ports.is_empty() {
+                String::new()
+            } else {
+                format!(" and to the knock ports ({})", ports.join(", "))
+            }
+        )),
+        FirewallKind::Exec
+            if !ports.is_empty()
+                && config
+                    .exec
+                    .as_ref()
+                    .is_some_and(|e| e.knock_drop.is_none() && !e.knock_drop_in_ruleset) =>
+        {
+            Some(format!(
+                "[firewall.exec] has no knock_drop: nothing makes sure UDP to the knock ports \
+                 ({}) is dropped, so frames the capture does not drop reach the host's network \
+                 stack (capyknock keeps a socket on them so that no ICMP answer leaves, but \
+                 drop them in the firewall: add knock_drop, or set knock_drop_in_ruleset = true \
+                 if your ruleset drops them; docs/FIREWALL.md)",
+                ports.join(", ")
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -574,6 +607,41 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn stealth_left_to_the_admin_is_said() {
+        let none = FirewallConfig {
+            backend: FirewallKind::None,
+            ..FirewallConfig::default()
+        };
+        let w = stealth_warning(&none, &[62201]).unwrap();
+        assert!(
+            w.contains("stealth is your firewall's job") && w.contains("udp/62201"),
+            "{w}"
+        );
+        let exec = |drop: bool, ruleset: bool| FirewallConfig {
+            backend: FirewallKind::Exec,
+            exec: Some(ExecConfig {
+                open: exec::Template::try_from(vec!["/bin/true".to_owned()]).unwrap(),
+                close: exec::Template::try_from(vec!["/bin/true".to_owned()]).unwrap(),
+                ban: None,
+                unban: None,
+                knock_drop: drop
+                    .then(|| exec::Template::try_from(vec!["/bin/true".to_owned()]).unwrap()),
+                knock_undrop: None,
+                knock_drop_in_ruleset: ruleset,
+                timeout: std::time::Duration::from_secs(5),
+            }),
+            ..FirewallConfig::default()
+        };
+        let w = stealth_warning(&exec(false, false), &[62201]).unwrap();
+        assert!(w.contains("knock_drop"), "{w}");
+        assert_eq!(stealth_warning(&exec(true, false), &[62201]), None);
+        assert_eq!(stealth_warning(&exec(false, true), &[62201]), None);
+        // udp capture reads the port through a socket: nothing to drop.
+        assert_eq!(stealth_warning(&exec(false, false), &[]), None);
+        assert_eq!(stealth_warning(&FirewallConfig::default(), &[62201]), None);
+    }
 
     /// What the fake firewall holds, shared with the test.
     #[derive(Debug, Default)]

@@ -33,6 +33,7 @@ use tokio::{
 use super::{
     config::{self, CaptureChoice, ConfigError, Settings, XdpModeChoice},
     control::{Command, ControlError, ControlServer, Request, Response},
+    knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
     reload,
     replay_store::ReplayStore,
@@ -191,6 +192,16 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     } else {
         settings.knock_ports.clone()
     };
+    // In xdp and pcap modes nothing reads the knock ports: a sink socket keeps the stack from
+    // ever answering them, whatever the firewall does (`knock_sink`).
+    let knock_sink = if knock_drop.is_empty() {
+        KnockSink::default()
+    } else {
+        KnockSink::bind(&knock_drop)
+    };
+    if let Some(warning) = firewall::stealth_warning(&settings.firewall, &knock_drop) {
+        tracing::warn!("{warning}");
+    }
     let protected = settings.protected_ports();
     let mut fw = Firewall::open(
         &settings.firewall,
@@ -247,6 +258,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         accepted: 0,
         rejected: RejectReason::ALL.iter().map(|r| (r.name(), 0)).collect(),
         replay_durable,
+        _knock_sink: knock_sink,
         last_step: step_of(unix(now)),
         ticks: 0,
         fatal: None,
@@ -341,6 +353,8 @@ struct Core {
     /// Set by the worker: whether uses of codes can be made durable. While false, knocks are
     /// refused (`state_unavailable`).
     replay_durable: Arc<AtomicBool>,
+    /// Held for the daemon's lifetime.
+    _knock_sink: KnockSink,
     last_step: u64,
     ticks: u64,
     fatal: Option<DaemonError>,

@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 #[cfg(target_os = "linux")]
 pub mod daemon;
+#[cfg(unix)]
+pub mod knock_sink;
 pub mod logging;
 pub mod reload;
 pub mod replay_store;
