@@ -37,6 +37,17 @@ pub fn wait_for_fresh_step(margin: u64) {
     }
 }
 
+/// Waits until the current TOTP step is at least `min_into` seconds old and has more than
+/// `min_left` seconds left (for knocks dated a little in the past, whose step must still be the
+/// current one or the one before). `min_into + min_left` must stay below 30.
+pub fn wait_into_step(min_into: u64, min_left: u64) {
+    wait_for_fresh_step(min_left);
+    let into = unix_now() % TIME_STEP_SECONDS;
+    if into < min_into {
+        std::thread::sleep(Duration::from_secs(min_into - into));
+    }
+}
+
 /// CPU time the calling thread has used (exact, from the scheduler); zero if the clock cannot be
 /// read.
 #[must_use]

@@ -232,21 +232,22 @@ impl Link {
     /// The first end's address, IPv6 or IPv4.
     #[must_use]
     pub fn a(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.a_v6)
-        } else {
-            IpAddr::V4(self.a_v4)
-        }
+        family(v6, self.a_v4, self.a_v6)
     }
 
     /// The second end's address, IPv6 or IPv4.
     #[must_use]
     pub fn b(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.b_v6)
-        } else {
-            IpAddr::V4(self.b_v4)
-        }
+        family(v6, self.b_v4, self.b_v6)
+    }
+}
+
+/// `v6` if asked for, else `v4`.
+fn family(v6: bool, v4_addr: Ipv4Addr, v6_addr: Ipv6Addr) -> IpAddr {
+    if v6 {
+        IpAddr::V6(v6_addr)
+    } else {
+        IpAddr::V4(v4_addr)
     }
 }
 
@@ -274,6 +275,14 @@ pub fn connect(a: &NetNs, b: &NetNs, subnet: u8) -> Result<Link> {
         ns.link_up(ifname)?;
     }
     Ok(link)
+}
+
+/// A new namespace `ck-<tag>-…` ([`NetNs::unique`]) joined to `to` by [`connect`] on subnet
+/// number `subnet`, `to` on the link's `a` side: a client of a lab's server.
+pub fn attach(to: &NetNs, tag: &str, subnet: u8) -> Result<(NetNs, Link)> {
+    let ns = NetNs::unique(tag)?;
+    let link = connect(to, &ns, subnet)?;
+    Ok((ns, link))
 }
 
 /// Creates a veth pair, one end named `one.1` in `one.0`, the other `other.1` in `other.0`

@@ -44,7 +44,7 @@ use capyknock_testkit::{
     config::ServerToml,
     daemon::{Daemon, DaemonOptions, read_log_from},
     files::{TempDir, replace_private},
-    netns::{Link, NetNs, connect},
+    netns::{Link, NetNs, attach},
     probe::probe_from,
     service::TcpService,
     wait::wait_until,
@@ -133,7 +133,9 @@ pub fn stale_knock(user: &User, unix: u64, age: u64) -> [u8; KNOCK_LEN] {
 pub struct DaemonLab {
     /// The daemon, when running.
     pub daemon: Option<Daemon>,
-    service: Option<TcpService>,
+    /// The protected service (fields drop in order: the daemon first, then the service, the
+    /// namespaces and the directory).
+    _service: TcpService,
     /// Server side.
     pub server: NetNs,
     /// The knocking side.
@@ -158,8 +160,12 @@ impl DaemonLab {
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         let server = NetNs::unique(&format!("{tag}s")).unwrap();
-        let client = NetNs::unique(&format!("{tag}c")).unwrap();
-        let link = connect(&server, &client, SUBNET.fetch_add(1, Ordering::Relaxed)).unwrap();
+        let (client, link) = attach(
+            &server,
+            &format!("{tag}c"),
+            SUBNET.fetch_add(1, Ordering::Relaxed),
+        )
+        .unwrap();
         let greeting = format!("{GREETING}\r\n");
         let service = TcpService::start(
             &server,
@@ -178,7 +184,7 @@ impl DaemonLab {
         .unwrap();
         Self {
             daemon: None,
-            service: Some(service),
+            _service: service,
             server,
             client,
             link,
@@ -443,10 +449,6 @@ impl Drop for DaemonLab {
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
-        // The daemon first (SIGTERM, SIGKILL if it lingers), then the service; the
-        // namespaces and the directory go with the fields.
-        self.daemon = None;
-        self.service = None;
     }
 }
 

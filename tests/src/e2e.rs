@@ -31,7 +31,7 @@ use capyknock_testkit::{
     config::{ServerToml, otpauth_secret, otpauth_uri},
     daemon::{Daemon, DaemonOptions},
     files::write_private,
-    netns::{Link, NetNs, connect},
+    netns::{Link, NetNs, attach},
     probe::probe_from,
     process::{self, run_with_stdin},
     service::TcpService,
@@ -52,7 +52,9 @@ static SUBNET: AtomicU8 = AtomicU8::new(10);
 pub struct Lab {
     /// The daemon, once started (stopped first on drop).
     pub daemon: Option<Daemon>,
-    service: Option<TcpService>,
+    /// The protected service (fields drop in order: the daemon first, then the service, the
+    /// namespaces and the directory).
+    _service: TcpService,
     /// Server side.
     pub server: NetNs,
     /// The legitimate user's machine.
@@ -101,17 +103,16 @@ impl Lab {
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         let server = NetNs::unique(&format!("{tag}s")).unwrap();
-        let client = NetNs::unique(&format!("{tag}c")).unwrap();
-        let attacker = NetNs::unique(&format!("{tag}a")).unwrap();
         let n = SUBNET.fetch_add(2, Ordering::Relaxed);
-        let client_link = connect(&server, &client, n).unwrap();
-        let attacker_link = connect(&server, &attacker, n.wrapping_add(1)).unwrap();
+        let (client, client_link) = attach(&server, &format!("{tag}c"), n).unwrap();
+        let (attacker, attacker_link) =
+            attach(&server, &format!("{tag}a"), n.wrapping_add(1)).unwrap();
         let banner = format!("{BANNER}\r\n");
         let service = TcpService::start(&server, &[SERVICE_PORT], banner.as_bytes()).unwrap();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let lab = Self {
             daemon: None,
-            service: Some(service),
+            _service: service,
             server,
             client,
             attacker,
@@ -279,7 +280,5 @@ impl Drop for Lab {
         if std::thread::panicking() {
             eprintln!("--- server log ---\n{}", self.server_log());
         }
-        self.daemon = None;
-        self.service = None;
     }
 }

@@ -47,10 +47,8 @@ impl Lab {
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         let server = NetNs::unique(&format!("{tag}s")).unwrap();
-        let c1 = NetNs::unique(&format!("{tag}a")).unwrap();
-        let c2 = NetNs::unique(&format!("{tag}b")).unwrap();
-        let l1 = netns::connect(&server, &c1, 31).unwrap();
-        let l2 = netns::connect(&server, &c2, 32).unwrap();
+        let (c1, l1) = netns::attach(&server, &format!("{tag}a"), 31).unwrap();
+        let (c2, l2) = netns::attach(&server, &format!("{tag}b"), 32).unwrap();
         let echo = TcpService::start(&server, &[SERVICE_PORT], b"").unwrap();
         Self {
             echo,

@@ -372,33 +372,24 @@ fn auto_mode_picks_xdp_when_it_can() {
     let server = NetNs::unique("auto").unwrap();
     let client = NetNs::unique("autoc").unwrap();
     let link = netns::connect(&client, &server, 45).unwrap();
-    let mode = server
-        .run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let capture = Capture::open(&capture_config(CaptureMode::Auto, &link)).unwrap();
-                capture.mode()
+    // Capture::open needs a tokio runtime (for its AsyncFd), on a thread inside the namespace.
+    let open = |config: CaptureConfig| {
+        server
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async { Capture::open(&config).map(|c| c.mode()) })
             })
-        })
-        .unwrap();
+            .unwrap()
+    };
+    let mode = open(capture_config(CaptureMode::Auto, &link)).unwrap();
     assert_eq!(mode, ActiveMode::Xdp);
     // A missing interface is a clear error naming it.
-    let err = server
-        .run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut config = capture_config(CaptureMode::Xdp, &link);
-                config.ifaces = vec!["ck-missing0".to_owned()];
-                Capture::open(&config).unwrap_err()
-            })
-        })
-        .unwrap();
+    let mut config = capture_config(CaptureMode::Xdp, &link);
+    config.ifaces = vec!["ck-missing0".to_owned()];
+    let err = open(config).unwrap_err();
     let text = capyknock::capture::ErrorChain(&err).to_string();
     assert!(
         text.contains("ck-missing0") && text.contains("does not exist"),

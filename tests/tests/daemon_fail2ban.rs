@@ -6,7 +6,7 @@
 
 use std::{path::Path, process::Command};
 
-use capyknock_testkit::clock::{unix_now, wait_for_fresh_step};
+use capyknock_testkit::clock::{unix_now, wait_into_step};
 use capyknock_tests::daemon::{
     DaemonLab, OTHER_SERVICE, SERVICE, knock, knock_with_code, stale_knock, user, wrong_code,
 };
@@ -29,10 +29,7 @@ fn filter_matches_the_daemons_key_holder_rejections_only() {
     lab.write_config(&[&alice, &bob]);
     lab.start();
 
-    wait_for_fresh_step(12);
-    if unix_now() % 30 < 4 {
-        std::thread::sleep(std::time::Duration::from_secs(4));
-    }
+    wait_into_step(4, 12);
     let t = unix_now();
     // Two that count (bad code over IPv4, forbidden port over IPv6) ...
     lab.send(

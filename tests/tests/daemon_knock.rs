@@ -3,7 +3,7 @@
 //! why (log line and counter), what a flood does, and that the daemon never answers.
 //! Needs root. Run: `cargo test -p capyknock-tests --test daemon_knock -- --test-threads=1`.
 
-use capyknock_testkit::clock::{unix_now, wait_for_fresh_step};
+use capyknock_testkit::clock::{unix_now, wait_for_fresh_step, wait_into_step};
 use capyknock_tests::daemon::{
     DaemonLab, OTHER_SERVICE, SERVICE, Sniffer, code, describe_ip_frame, knock, knock_with_code,
     stale_knock, user, wrong_code,
@@ -28,10 +28,7 @@ fn valid_knock_opens_and_each_refusal_has_its_reason() {
         "open before any knock"
     );
 
-    wait_for_fresh_step(12);
-    if unix_now() % 30 < 4 {
-        std::thread::sleep(std::time::Duration::from_secs(4));
-    }
+    wait_into_step(4, 12);
     let t = unix_now();
 
     // Wrong TOTP code.

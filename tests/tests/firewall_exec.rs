@@ -83,8 +83,12 @@ fn admin_table(lab: &Lab) {
 }
 
 fn open(lab: &Lab, state: &Path) -> Firewall {
+    open_with(lab, &config(), state)
+}
+
+fn open_with(lab: &Lab, config: &FirewallConfig, state: &Path) -> Firewall {
     lab.server
-        .run(|| Firewall::open(&config(), &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
+        .run(|| Firewall::open(config, &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
         .unwrap()
 }
 
@@ -176,10 +180,7 @@ fn exec_without_ban_commands_closes_the_banned_address_grants() {
         exec.ban = None;
         exec.unban = None;
     }
-    let mut fw = lab
-        .server
-        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap())
-        .unwrap();
+    let mut fw = open_with(&lab, &config, &state.0);
     lab.server
         .run(|| {
             fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
@@ -223,10 +224,7 @@ fn contrib_ipset_example_works() {
     assert!(!lab.c1_can_connect(lab.c1_v4()), "closed by the set-up");
     let text = std::fs::read_to_string(contrib.join("ipset.toml")).unwrap();
     let config = FirewallConfig::from_config_text(&text).unwrap();
-    let mut fw = lab
-        .server
-        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap())
-        .unwrap();
+    let mut fw = open_with(&lab, &config, &state.0);
     lab.server
         .run(|| {
             fw.grant(&[grant(lab.c1_v4(), 2), grant(lab.c1_v6(), 60)])

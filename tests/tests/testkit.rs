@@ -16,7 +16,7 @@ use std::{
 
 use capyknock_testkit::{
     flood::{Flood, Limits, Rate},
-    netns::{self, NetNs},
+    netns::{self, Link, NetNs},
     probe::{Probe, probe_from, wait_for_port},
     service::TcpService,
 };
@@ -24,6 +24,14 @@ use capyknock_tests::{e2e::Lab, require_root};
 
 const PORT: u16 = 7000;
 const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Two namespaces joined on subnet `subnet`.
+fn pair(tag: &str, subnet: u8) -> (NetNs, NetNs, Link) {
+    require_root();
+    let a = NetNs::unique(&format!("{tag}a")).unwrap();
+    let (b, link) = netns::attach(&a, &format!("{tag}b"), subnet).unwrap();
+    (a, b, link)
+}
 
 fn listed(name: &str) -> bool {
     let out =
@@ -52,10 +60,7 @@ fn a_namespace_goes_away_on_drop_even_when_the_test_panics() {
 
 #[test]
 fn the_service_answers_across_a_veth_and_the_probes_see_it_go() {
-    require_root();
-    let a = NetNs::unique("ksa").unwrap();
-    let b = NetNs::unique("ksb").unwrap();
-    let link = netns::connect(&a, &b, 60).unwrap();
+    let (a, b, link) = pair("ks", 60);
     let service = TcpService::start(&a, &[PORT], b"hi there\r\n").unwrap();
     for v6 in [false, true] {
         let target = SocketAddr::new(link.a(v6), PORT);
@@ -76,10 +81,7 @@ fn the_service_answers_across_a_veth_and_the_probes_see_it_go() {
 
 #[test]
 fn udp_and_a_flood_reach_the_other_side_only() {
-    require_root();
-    let a = NetNs::unique("kua").unwrap();
-    let b = NetNs::unique("kub").unwrap();
-    let link = netns::connect(&a, &b, 61).unwrap();
+    let (a, b, link) = pair("ku", 61);
     let to = SocketAddr::new(link.a(false), 9999);
     let socket = a.run(|| UdpSocket::bind(to).unwrap()).unwrap();
     socket
