@@ -53,6 +53,7 @@ pub fn run_one(
         &lab.dir.path,
         &profiles,
     )?;
+    lab.users.mark(&profiles, time_step());
     let captured = if extra > 0 { packets.pop() } else { None };
     let knocks: Vec<(Ipv4Addr, Vec<u8>)> =
         packets.into_iter().map(|p| (lab.addrs.next(), p)).collect();

@@ -164,6 +164,20 @@ impl Users {
             sleep(Duration::from_millis(wait * 1000 + 300))?;
         }
     }
+
+    /// Marks `profiles` as having knocked in `step`: their packets, made by [`generate`] after
+    /// [`Self::take`], carry the code of the step the knock process ran in, which is the next
+    /// one when a step ended meanwhile (without this, the next run's knocks of those users in
+    /// that step were refused as `replayed_totp`).
+    pub fn mark(&mut self, profiles: &[String], step: u64) {
+        for name in profiles {
+            if let Some(i) = self.profiles.iter().position(|p| p == name)
+                && let Some(s) = self.last_step.get_mut(i)
+            {
+                *s = Some(s.map_or(step, |last| last.max(step)));
+            }
+        }
+    }
 }
 
 /// Makes one knock packet per profile with the real client in the sink namespace `sink`.
@@ -212,4 +226,31 @@ pub fn generate(
         out.push(finish(r)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(n: usize) -> Users {
+        Users {
+            profiles: (1..=n).map(|i| format!("u{i:04}")).collect(),
+            last_step: vec![None; n],
+        }
+    }
+
+    #[test]
+    fn taken_users_are_not_taken_again_in_the_step_their_packets_carry() {
+        let mut u = users(3);
+        let taken = u.take(2).unwrap();
+        assert_eq!(taken, ["u0001", "u0002"]);
+        let step = time_step();
+        // The packets were made after the step ended: they carry the next one.
+        u.mark(&taken, step + 1);
+        assert_eq!(u.last_step, [Some(step + 1), Some(step + 1), None]);
+        // Marking never moves a user back.
+        u.mark(&taken[..1], step);
+        assert_eq!(u.last_step[0], Some(step + 1));
+        assert!(u.take(4).is_err(), "more than there are");
+    }
 }
