@@ -130,8 +130,8 @@ mod tests {
             dir.path.clone()
         };
         assert!(!path.exists());
-        let open =
-            TempDir::create(std::env::temp_dir().join("testkit-files-test-755"), 0o755).unwrap();
+        let name = format!("testkit-files-test-755-{}", std::process::id());
+        let open = TempDir::create(std::env::temp_dir().join(name), 0o755).unwrap();
         let mode = std::fs::metadata(&open.path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
     }
