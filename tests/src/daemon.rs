@@ -14,17 +14,14 @@
 //! so that the socket's own permissions, not the directory's, decide who may connect.
 
 use std::{
-    fs::File,
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 use capyknock::{
@@ -33,7 +30,6 @@ use capyknock::{
         keys::{TotpSecret, UserId, UserKey},
         packet::{KnockRequest, Randomness, build_knock},
         totp::{Totp, TotpCode},
-        unix_secs,
         users::{AllowIp, TotpMode, User},
     },
     server::{
@@ -43,17 +39,25 @@ use capyknock::{
     },
 };
 use capyknock_common::wire::KNOCK_LEN;
+use capyknock_testkit::{
+    KNOCK_PORT, Signal,
+    config::ServerToml,
+    daemon::{Daemon, DaemonOptions, read_log_from},
+    files::{TempDir, replace_private},
+    netns::{Link, NetNs, attach},
+    probe::probe_from,
+    service::TcpService,
+    wait::wait_until,
+};
 
-use crate::netns::{Link, NetNs, connect};
-
-/// UDP knock port.
-pub const KNOCK_PORT: u16 = 62201;
 /// The protected service every test user may open.
 pub const SERVICE: PortSpec = PortSpec::tcp(22);
 /// A second service no test user may open.
 pub const OTHER_SERVICE: PortSpec = PortSpec::tcp(23);
 /// How long a TCP probe waits before calling a port closed.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// What the service says first.
+const GREETING: &str = "hello";
 
 static SUBNET: AtomicU8 = AtomicU8::new(100);
 static DIRS: AtomicU8 = AtomicU8::new(0);
@@ -65,36 +69,16 @@ pub fn user(nickname: &str, n: u8) -> User {
     for (i, b) in secret.iter_mut().enumerate() {
         *b = n.wrapping_mul(31).wrapping_add(i as u8);
     }
-    let secret = TotpSecret::from_base32(&base32(&secret)).unwrap_or_else(|e| panic!("{e}"));
     User {
         id: UserId([n; 16]),
         nickname: nickname.to_owned(),
         key: UserKey::from_bytes([n.wrapping_add(100); 32]),
-        totp: secret,
+        totp: TotpSecret::from_bytes(secret),
         totp_mode: TotpMode::Prompt,
         ports: vec![SERVICE],
         access: Duration::from_mins(5),
         allow_ip: AllowIp::Source,
     }
-}
-
-/// RFC 4648 base32 without padding (for building test secrets).
-fn base32(bytes: &[u8]) -> String {
-    const A: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &b in bytes {
-        acc = (acc << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(A[((acc >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(A[((acc << (5 - bits)) & 31) as usize]));
-    }
-    out
 }
 
 /// A code that is wrong for `user` at `unix` (the right one with its first digit changed).
@@ -144,40 +128,30 @@ pub fn stale_knock(user: &User, unix: u64, age: u64) -> [u8; KNOCK_LEN] {
     knock(user, &[SERVICE], unix - age)
 }
 
-/// Current Unix time.
-#[must_use]
-pub fn now() -> u64 {
-    unix_secs(SystemTime::now())
-}
-
-/// Waits until at least `margin` seconds remain in the current 30 s TOTP step.
-pub fn wait_for_fresh_step(margin: u64) {
-    let into = now() % 30;
-    if into + margin >= 30 {
-        std::thread::sleep(Duration::from_secs(30 - into + 1));
-    }
-}
-
 /// Server and client namespaces, a TCP service, a temporary directory, and the daemon.
 #[derive(Debug)]
 pub struct DaemonLab {
-    /// The daemon process, when running.
-    pub daemon: Option<Child>,
-    service: Option<Service>,
+    /// The daemon, when running.
+    pub daemon: Option<Daemon>,
+    /// The protected service (fields drop in order: the daemon first, then the service, the
+    /// namespaces and the directory).
+    _service: TcpService,
     /// Server side.
     pub server: NetNs,
     /// The knocking side.
     pub client: NetNs,
     /// server (a) <-> client (b).
     pub link: Link,
-    /// Temporary directory (config, state, socket, log).
-    pub dir: PathBuf,
+    /// Temporary directory (config, state, socket, log), mode 0755 so that the socket's own
+    /// permissions, not the directory's, decide who may connect.
+    pub dir: TempDir,
     /// Extra `[server]` lines for the next config written.
     pub server_extra: String,
     /// Program and arguments the daemon is started through (after `nsenter`), e.g. `setpriv`
     /// with a reduced capability set.
     pub wrapper: Vec<String>,
-    log_len_at_start: u64,
+    /// Where the current (or last) run's part of the log starts.
+    log_start: u64,
 }
 
 impl DaemonLab {
@@ -185,36 +159,46 @@ impl DaemonLab {
     #[must_use]
     pub fn new(tag: &str) -> Self {
         crate::require_root();
-        let server = NetNs::new(&format!("{tag}s"));
-        let client = NetNs::new(&format!("{tag}c"));
-        let link = connect(&server, &client, SUBNET.fetch_add(1, Ordering::Relaxed));
-        let service = Service::start(&server, &[SERVICE.port, OTHER_SERVICE.port]);
-        let dir = std::env::temp_dir().join(format!(
-            "ck-daemon-{tag}-{}-{}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let server = NetNs::unique(&format!("{tag}s")).unwrap();
+        let (client, link) = attach(
+            &server,
+            &format!("{tag}c"),
+            SUBNET.fetch_add(1, Ordering::Relaxed),
+        )
+        .unwrap();
+        let greeting = format!("{GREETING}\r\n");
+        let service = TcpService::start(
+            &server,
+            &[SERVICE.port, OTHER_SERVICE.port],
+            greeting.as_bytes(),
+        )
+        .unwrap();
+        let dir = TempDir::create(
+            std::env::temp_dir().join(format!(
+                "ck-daemon-{tag}-{}-{}",
+                std::process::id(),
+                DIRS.fetch_add(1, Ordering::Relaxed)
+            )),
+            0o755,
+        )
+        .unwrap();
         Self {
             daemon: None,
-            service: Some(service),
+            _service: service,
             server,
             client,
             link,
             dir,
             server_extra: String::new(),
             wrapper: Vec::new(),
-            log_len_at_start: 0,
+            log_start: 0,
         }
     }
 
     /// A file in the lab's directory.
     #[must_use]
     pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.file(name)
     }
 
     /// The server config path.
@@ -232,14 +216,16 @@ impl DaemonLab {
     /// Writes the server config (mode 0600) with `users`: XDP on the server's veth, nftables,
     /// state and socket in the lab directory, plus [`Self::server_extra`].
     pub fn write_config(&self, users: &[&User]) {
-        let mut text = format!(
-            "[server]\nknock_ports = [{KNOCK_PORT}]\ninterfaces = [\"{}\"]\ncapture = \"xdp\"\n\
-             state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}\n[firewall]\nbackend = \"nftables\"\n",
-            self.link.a_if,
-            self.file("state").display(),
-            self.socket().display(),
-            self.server_extra,
-        );
+        let mut text = ServerToml {
+            comment: None,
+            knock_port: KNOCK_PORT,
+            interfaces: &[&self.link.a_if],
+            state_dir: &self.file("state"),
+            control_socket: &self.socket(),
+            default_access: None,
+            extra: &self.server_extra,
+        }
+        .render();
         for u in users {
             text.push_str(&render_user(u));
         }
@@ -248,18 +234,7 @@ impl DaemonLab {
 
     /// Replaces the config file with `text` (mode 0600).
     pub fn write_raw_config(&self, text: &str) {
-        let path = self.config();
-        let tmp = self.file("server.toml.new");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
-        f.write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("{e}"));
+        replace_private(&self.config(), text.as_bytes()).unwrap();
     }
 
     /// Starts `capyknock server --config ...` in the server namespace (through `nsenter --net`,
@@ -271,94 +246,57 @@ impl DaemonLab {
     /// Like [`Self::start`] with extra command-line arguments.
     pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let log = self.file("server.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        self.log_len_at_start = file.metadata().map_or(0, |m| m.len());
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.server.name()))
-            .arg("--")
-            .args(&self.wrapper)
-            .arg(crate::capyknock_bin())
-            .arg("server")
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap_or_else(|e| panic!("{e}")))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start capyknock server: {e}"));
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = control::request(&self.socket(), &Request::Status {})
-                && r.ok
-            {
-                return;
-            }
-            assert!(
-                self.is_running(),
-                "capyknock server exited:\n{}",
-                self.log()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "capyknock server not ready in 20 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (bin, config, log) = (
+            crate::capyknock_bin(),
+            self.config(),
+            self.file("server.log"),
+        );
+        let mut daemon = Daemon::start(
+            &self.server,
+            &DaemonOptions {
+                bin: &bin,
+                config: &config,
+                log: &log,
+                args,
+                wrapper: &self.wrapper,
+                rust_log: Some("info"),
+                own_process_group: false,
+            },
+        )
+        .unwrap();
+        self.log_start = daemon.log_start();
+        let socket = self.socket();
+        let ready = daemon.wait_ready(Duration::from_secs(20), || {
+            control::request(&socket, &Request::Status {}).is_ok_and(|r| r.ok)
+        });
+        self.daemon = Some(daemon);
+        ready.unwrap();
     }
 
     /// Whether the daemon process is running.
     pub fn is_running(&mut self) -> bool {
-        self.daemon
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// Sends `signal` to the daemon.
-    pub fn signal(&self, signal: libc::c_int) {
-        let child = self.daemon.as_ref().unwrap_or_else(|| panic!("no daemon"));
-        let pid = libc::pid_t::try_from(child.id()).unwrap_or_else(|e| panic!("{e}"));
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert!(rc == 0, "kill: {}", std::io::Error::last_os_error());
+    pub fn signal(&self, signal: Signal) {
+        self.daemon
+            .as_ref()
+            .unwrap_or_else(|| panic!("no daemon"))
+            .signal(signal)
+            .unwrap();
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        self.signal(libc::SIGTERM);
-        self.wait_exit(Duration::from_secs(10))
+        let mut daemon = self.daemon.take().unwrap_or_else(|| panic!("no daemon"));
+        daemon.terminate(Duration::from_secs(10)).unwrap().success()
     }
 
     /// SIGKILL, then reaps the process.
     pub fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        self.wait_exit(Duration::from_secs(10));
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.daemon.take() else {
-            return false;
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon did not exit in {timeout:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut daemon = self.daemon.take().unwrap_or_else(|| panic!("no daemon"));
+        daemon.kill().unwrap();
     }
 
     /// The whole daemon log (all runs).
@@ -367,38 +305,28 @@ impl DaemonLab {
         std::fs::read_to_string(self.file("server.log")).unwrap_or_default()
     }
 
-    /// The log of the current run.
+    /// The log of the current (or last) run.
     #[must_use]
     pub fn run_log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(self.file("server.log")) {
-            let mut all = Vec::new();
-            let _ = f.read_to_end(&mut all);
-            let start = usize::try_from(self.log_len_at_start).unwrap_or(0);
-            text = String::from_utf8_lossy(all.get(start..).unwrap_or_default()).into_owned();
-        }
-        text
+        read_log_from(&self.file("server.log"), self.log_start)
     }
 
     /// Waits up to 5 s for a log line (of this run) containing every one of `parts`; returns it.
     #[expect(clippy::must_use_candidate, reason = "often called only to wait")]
     pub fn wait_log(&self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(line) = self
-                .run_log()
+        let find = || {
+            self.run_log()
                 .lines()
                 .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {parts:?} in:\n{}",
-                self.run_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                .map(str::to_owned)
+        };
+        let mut found = None;
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            found = find();
+            Ok(found.is_some())
+        })
+        .unwrap();
+        found.unwrap_or_else(|| panic!("no log line with {parts:?} in:\n{}", self.run_log()))
     }
 
     /// Lines of this run's log containing every one of `parts`.
@@ -448,60 +376,27 @@ impl DaemonLab {
     /// The server's address on the link, in the family of `v6`.
     #[must_use]
     pub fn server_addr(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.link.a_v6)
-        } else {
-            IpAddr::V4(self.link.a_v4)
-        }
+        self.link.a(v6)
     }
 
     /// The client's address on the link.
     #[must_use]
     pub fn client_addr(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.link.b_v6)
-        } else {
-            IpAddr::V4(self.link.b_v4)
-        }
+        self.link.b(v6)
     }
 
     /// Sends `packet` from the client to the knock port, `copies` times.
     pub fn send(&self, packet: &[u8], v6: bool, copies: usize) {
-        let to = SocketAddr::new(self.server_addr(v6), KNOCK_PORT);
-        let packet = packet.to_vec();
-        self.client.run(move || {
-            let bind: SocketAddr = if v6 {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            let socket = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind: {e}"));
-            for _ in 0..copies {
-                socket
-                    .send_to(&packet, to)
-                    .unwrap_or_else(|e| panic!("send: {e}"));
-            }
-        });
+        let sent = self.send_batch(&vec![packet; copies], v6);
+        assert_eq!(sent, copies, "the kernel took {sent} of {copies} copies");
     }
 
     /// Sends every packet of `packets` once, from one client socket; returns how many the
-    /// kernel took.
+    /// kernel took (ENOBUFS under load is fine for a flood: it counts what went out).
     #[must_use]
-    pub fn send_batch(&self, packets: &[Vec<u8>], v6: bool) -> usize {
+    pub fn send_batch<P: AsRef<[u8]> + Sync>(&self, packets: &[P], v6: bool) -> usize {
         let to = SocketAddr::new(self.server_addr(v6), KNOCK_PORT);
-        self.client.run(move || {
-            let bind: SocketAddr = if v6 {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            let socket = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind: {e}"));
-            // ENOBUFS under load is fine for a flood: count what went out.
-            packets
-                .iter()
-                .filter(|p| socket.send_to(p, to).is_ok())
-                .count()
-        })
+        self.client.send_udp(None, to, packets).unwrap()
     }
 
     /// Whether the client can open a TCP connection to the server's `port` and read the
@@ -509,28 +404,24 @@ impl DaemonLab {
     #[must_use]
     pub fn can_connect(&self, port: u16, v6: bool) -> bool {
         let target = SocketAddr::new(self.server_addr(v6), port);
-        self.client.run(move || {
-            let Ok(mut stream) = TcpStream::connect_timeout(&target, PROBE_TIMEOUT) else {
-                return false;
-            };
-            let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
-            let mut buf = [0u8; 5];
-            stream.read_exact(&mut buf).is_ok() && &buf == b"hello"
-        })
+        probe_from(&self.client, target, PROBE_TIMEOUT)
+            .unwrap()
+            .greeting()
+            == Some(GREETING)
     }
 
     /// Waits up to 5 s for the client to be able (or, with `open = false`, unable) to connect.
     pub fn wait_connect(&self, port: u16, v6: bool, open: bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.can_connect(port, v6) != open {
-            assert!(
-                Instant::now() < deadline,
-                "tcp/{port} (v6: {v6}) still {} after 5 s:\n{}",
-                if open { "closed" } else { "open" },
-                self.run_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let done = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            Ok(self.can_connect(port, v6) == open)
+        })
+        .unwrap();
+        assert!(
+            done,
+            "tcp/{port} (v6: {v6}) still {} after 5 s:\n{}",
+            if open { "closed" } else { "open" },
+            self.run_log()
+        );
     }
 
     /// Runs `capyknock ARGS --socket SOCKET` as `nobody` with the supplementary groups
@@ -558,81 +449,7 @@ impl Drop for DaemonLab {
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.service = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// TCP listeners in the server namespace that greet with `hello` and close.
-#[derive(Debug)]
-struct Service {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Service {
-    fn start(ns: &NetNs, ports: &[u16]) -> Self {
-        let path = format!("/run/netns/{}", ns.name());
-        let ports = ports.to_vec();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter(&path);
-            let listeners: Vec<TcpListener> = ports
-                .iter()
-                .map(|&p| {
-                    let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, p))
-                        .unwrap_or_else(|e| panic!("service bind {p}: {e}"));
-                    l.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
-                    l
-                })
-                .collect();
-            let _ = ready_tx.send(());
-            while !stopping.load(Ordering::SeqCst) {
-                let mut idle = true;
-                for l in &listeners {
-                    if let Ok((mut s, _)) = l.accept() {
-                        idle = false;
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.write_all(b"hello");
-                    }
-                }
-                if idle {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("service did not start: {e}"));
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Enters the network namespace at `path` on the calling thread.
-fn enter(path: &str) {
-    use std::os::fd::AsRawFd as _;
-    let file = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: the fd is an open namespace file for the call; setns changes only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert!(rc == 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// Frames received (not sent) on an interface of a namespace, captured with an `AF_PACKET`
@@ -647,75 +464,75 @@ impl Sniffer {
     /// Starts capturing everything arriving on `iface` in `ns`.
     #[must_use]
     pub fn start(ns: &NetNs, iface: &str) -> Self {
-        let path = format!("/run/netns/{}", ns.name());
         let iface = std::ffi::CString::new(iface).unwrap_or_else(|e| panic!("{e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter(&path);
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: plain socket(2) call; the result is checked.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            // SAFETY: iface is a valid NUL-terminated string.
-            let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
-            assert!(index > 0, "no interface {iface:?}");
-            // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = i32::try_from(index).unwrap_or_else(|e| panic!("{e}"));
-            // SAFETY: sll is a valid sockaddr_ll of the size given.
-            let rc = unsafe {
-                libc::bind(
-                    fd,
-                    std::ptr::from_ref(&sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            // SAFETY: tv is a valid timeval of the size given.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    std::ptr::from_ref(&tv).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                );
-            }
-            let _ = ready_tx.send(());
-            let mut frames = Vec::new();
-            let mut buf = vec![0u8; 65536];
-            while !stopping.load(Ordering::SeqCst) {
-                // SAFETY: an all-zero sockaddr_ll is a valid out-parameter.
-                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                // SAFETY: buf and from are valid for the sizes given.
-                let n = unsafe {
-                    libc::recvfrom(
+        let thread = ns
+            .spawn(move || {
+                let proto = (libc::ETH_P_ALL as u16).to_be();
+                // SAFETY: plain socket(2) call; the result is checked.
+                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+                assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+                // SAFETY: iface is a valid NUL-terminated string.
+                let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
+                assert!(index > 0, "no interface {iface:?}");
+                // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = proto;
+                sll.sll_ifindex = i32::try_from(index).unwrap_or_else(|e| panic!("{e}"));
+                // SAFETY: sll is a valid sockaddr_ll of the size given.
+                let rc = unsafe {
+                    libc::bind(
                         fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        std::ptr::from_mut(&mut from).cast(),
-                        &raw mut len,
+                        std::ptr::from_ref(&sll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
                     )
                 };
-                if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
-                    let n = usize::try_from(n).unwrap_or(0);
-                    frames.push(buf[..n].to_vec());
+                assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                // SAFETY: tv is a valid timeval of the size given.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        std::ptr::from_ref(&tv).cast(),
+                        std::mem::size_of::<libc::timeval>() as u32,
+                    );
                 }
-            }
-            // SAFETY: fd is ours and closed once.
-            unsafe { libc::close(fd) };
-            frames
-        });
+                let _ = ready_tx.send(());
+                let mut frames = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !stopping.load(Ordering::SeqCst) {
+                    // SAFETY: an all-zero sockaddr_ll is a valid out-parameter.
+                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                    // SAFETY: buf and from are valid for the sizes given.
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd,
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            0,
+                            std::ptr::from_mut(&mut from).cast(),
+                            &raw mut len,
+                        )
+                    };
+                    if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                        let n = usize::try_from(n).unwrap_or(0);
+                        frames.push(buf[..n].to_vec());
+                    }
+                }
+                // SAFETY: fd is ours and closed once.
+                unsafe { libc::close(fd) };
+                frames
+            })
+            .unwrap();
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("sniffer did not start: {e}"));
@@ -775,10 +592,4 @@ pub fn describe_ip_frame(frame: &[u8]) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// The path of a file in `dir` as a string, for configs.
-#[must_use]
-pub fn path_str(p: &Path) -> String {
-    p.display().to_string()
 }

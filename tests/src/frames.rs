@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use capyknock_common::wire::{Header, KNOCK_LEN, NONCE_LEN};
 
 /// The protocol's default knock port, used by most tests.
-pub const KNOCK_PORT: u16 = 62201;
+pub const KNOCK_PORT: u16 = capyknock_common::wire::DEFAULT_KNOCK_PORT;
 /// Default IPv4 source of the builders.
 pub const SRC_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 /// Default IPv6 source of the builders.

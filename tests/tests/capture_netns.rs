@@ -26,13 +26,12 @@ use capyknock::capture::{
     ActiveMode, Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig,
 };
 use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
-use capyknock_tests::{
-    frames,
+use capyknock_testkit::{
+    KNOCK_PORT,
     netns::{self, Link, NetNs},
-    require_root,
 };
+use capyknock_tests::{frames, require_root};
 
-const KNOCK_PORT: u16 = 62201;
 const OTHER_UDP: u16 = 5353;
 const OTHER_TCP: u16 = 2222;
 const CLIENT_PORT_V4: u16 = 41000;
@@ -79,37 +78,41 @@ enum ClientSays {
 /// Runs `mode` on the server, the standard traffic from the client, and reports.
 fn run_mode(mode: CaptureMode, subnet: u8) -> (Link, ServerReport) {
     require_root();
-    let server = NetNs::new("srv");
-    let client = NetNs::new("cli");
-    let link = netns::connect(&client, &server, subnet);
+    let server = NetNs::unique("srv").unwrap();
+    let client = NetNs::unique("cli").unwrap();
+    let link = netns::connect(&client, &server, subnet).unwrap();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (client_tx, client_rx) = mpsc::channel::<ClientSays>();
     let (detached_tx, detached_rx) = mpsc::channel::<()>();
     let (link_ref, server_ref, client_ref) = (&link, &server, &client);
     let report = std::thread::scope(|s| {
         let srv = s.spawn(move || {
-            server_ref.run(move || server_side(mode, link_ref, &ready_tx, &client_rx, &detached_tx))
+            server_ref
+                .run(move || server_side(mode, link_ref, &ready_tx, &client_rx, &detached_tx))
+                .unwrap()
         });
         let cli = s.spawn(move || {
-            client_ref.run(move || {
-                let link = link_ref;
-                ready_rx
-                    .recv_timeout(Duration::from_secs(20))
-                    .expect("server never got ready");
-                send_standard_traffic(link);
-                client_tx.send(ClientSays::Done).unwrap();
-                if mode == CaptureMode::Xdp {
-                    detached_rx
+            client_ref
+                .run(move || {
+                    let link = link_ref;
+                    ready_rx
                         .recv_timeout(Duration::from_secs(20))
-                        .expect("server never detached");
-                    let probe = UdpSocket::bind((link.a_v4, 0)).unwrap();
-                    for _ in 0..5 {
-                        probe.send_to(b"probe", (link.b_v4, KNOCK_PORT)).unwrap();
-                        std::thread::sleep(Duration::from_millis(50));
+                        .expect("server never got ready");
+                    send_standard_traffic(link);
+                    client_tx.send(ClientSays::Done).unwrap();
+                    if mode == CaptureMode::Xdp {
+                        detached_rx
+                            .recv_timeout(Duration::from_secs(20))
+                            .expect("server never detached");
+                        let probe = UdpSocket::bind((link.a_v4, 0)).unwrap();
+                        for _ in 0..5 {
+                            probe.send_to(b"probe", (link.b_v4, KNOCK_PORT)).unwrap();
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        client_tx.send(ClientSays::ProbeSent).unwrap();
                     }
-                    client_tx.send(ClientSays::ProbeSent).unwrap();
-                }
-            });
+                })
+                .unwrap();
         });
         cli.join().unwrap();
         srv.join().unwrap()
@@ -366,32 +369,27 @@ fn xdp_pcap_and_udp_modes_deliver_the_same_candidates() {
 #[test]
 fn auto_mode_picks_xdp_when_it_can() {
     require_root();
-    let server = NetNs::new("auto");
-    let client = NetNs::new("autoc");
-    let link = netns::connect(&client, &server, 45);
-    let mode = server.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let capture = Capture::open(&capture_config(CaptureMode::Auto, &link)).unwrap();
-            capture.mode()
-        })
-    });
+    let server = NetNs::unique("auto").unwrap();
+    let client = NetNs::unique("autoc").unwrap();
+    let link = netns::connect(&client, &server, 45).unwrap();
+    // Capture::open needs a tokio runtime (for its AsyncFd), on a thread inside the namespace.
+    let open = |config: CaptureConfig| {
+        server
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async { Capture::open(&config).map(|c| c.mode()) })
+            })
+            .unwrap()
+    };
+    let mode = open(capture_config(CaptureMode::Auto, &link)).unwrap();
     assert_eq!(mode, ActiveMode::Xdp);
     // A missing interface is a clear error naming it.
-    let err = server.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut config = capture_config(CaptureMode::Xdp, &link);
-            config.ifaces = vec!["ck-missing0".to_owned()];
-            Capture::open(&config).unwrap_err()
-        })
-    });
+    let mut config = capture_config(CaptureMode::Xdp, &link);
+    config.ifaces = vec!["ck-missing0".to_owned()];
+    let err = open(config).unwrap_err();
     let text = capyknock::capture::ErrorChain(&err).to_string();
     assert!(
         text.contains("ck-missing0") && text.contains("does not exist"),

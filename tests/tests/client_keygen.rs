@@ -11,7 +11,8 @@ use std::{
 };
 
 use capyknock::client::config::CodeSource;
-use capyknock_tests::{capyknock_bin, e2e::text};
+use capyknock_testkit::process::output_text as text;
+use capyknock_tests::capyknock_bin;
 
 fn keygen(dir: &Path, extra: &[&str]) -> Output {
     Command::new(capyknock_bin())

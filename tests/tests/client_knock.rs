@@ -13,10 +13,8 @@ use std::{
 };
 
 use capyknock_common::wire::KNOCK_LEN;
-use capyknock_tests::{
-    capyknock_bin,
-    e2e::{run_with_stdin, text},
-};
+use capyknock_testkit::process::{output_text as text, run_with_stdin};
+use capyknock_tests::capyknock_bin;
 
 /// A client config with one profile for 127.0.0.1 asking for tcp/`port`, knock port
 /// `knock_port`, made by keygen.
@@ -41,7 +39,7 @@ fn knock(dir: &Path, args: &[&str], stdin: &str) -> Output {
         .args(args)
         .arg("--client-config")
         .arg(dir.join("client.toml"));
-    run_with_stdin(&mut cmd, stdin)
+    run_with_stdin(&mut cmd, stdin).unwrap()
 }
 
 /// A TCP port on loopback with nothing listening (connections are refused).

@@ -6,9 +6,11 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
 use capyknock::server::control::Request;
-use capyknock_tests::daemon::{
-    DaemonLab, OTHER_SERVICE, SERVICE, knock, now, user, wait_for_fresh_step,
+use capyknock_testkit::{
+    Signal,
+    clock::{unix_now, wait_for_fresh_step},
 };
+use capyknock_tests::daemon::{DaemonLab, OTHER_SERVICE, SERVICE, knock, user};
 
 /// A ban closes the address's access at once and refuses its knocks (logged and counted as
 /// `banned`); an unban lets it knock again.
@@ -21,7 +23,7 @@ fn ban_and_unban_over_the_socket() {
     let client = lab.client_addr(false);
 
     wait_for_fresh_step(12);
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_connect(SERVICE.port, false, true);
 
     let r = lab.request(&Request::Ban {
@@ -42,7 +44,7 @@ fn ban_and_unban_over_the_socket() {
     assert!(status.bans[0].expires_in_secs.is_some_and(|s| s > 3500));
 
     // Its knocks are refused before verification.
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_log(&["knock rejected", "reason=banned", &format!("src={client}")]);
     assert_eq!(lab.rejected("banned"), 1);
     assert!(!lab.can_connect(SERVICE.port, false));
@@ -66,8 +68,8 @@ fn ban_and_unban_over_the_socket() {
     assert!(r.ok, "{r:?}");
     assert!(lab.status().bans.is_empty());
     // A fresh step: the code of the earlier knocks is used up.
-    std::thread::sleep(std::time::Duration::from_secs(30 - now() % 30 + 1));
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    std::thread::sleep(std::time::Duration::from_secs(30 - unix_now() % 30 + 1));
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_connect(SERVICE.port, false, true);
 
     // The CLI does the same (fail2ban's action).
@@ -127,7 +129,7 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
 
     let good = std::fs::read_to_string(lab.config()).unwrap();
     lab.write_raw_config(&format!("{good}\n[server]\nfreshness = \"soon\"\n"));
-    lab.signal(libc::SIGHUP);
+    lab.signal(Signal::SIGHUP);
     let line = lab.wait_log(&["reload refused"]);
     assert!(line.contains("server.toml"), "{line}");
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -139,7 +141,7 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
     );
 
     wait_for_fresh_step(12);
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_log(&["knock accepted", "nickname=alice"]);
     lab.wait_connect(SERVICE.port, false, true);
 
@@ -154,13 +156,13 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
     assert!(lab.can_connect(SERVICE.port, false));
     // ... but she can no longer knock: the pre-filter no longer knows her.
     let before = lab.prefilter("unknown_user");
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while lab.prefilter("unknown_user") <= before {
         assert!(std::time::Instant::now() < deadline, "alice still known");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    lab.send(&knock(&bob, &[SERVICE], now()), true, 1);
+    lab.send(&knock(&bob, &[SERVICE], unix_now()), true, 1);
     lab.wait_log(&["knock accepted", "nickname=bob"]);
     lab.wait_connect(SERVICE.port, true, true);
 
@@ -197,7 +199,7 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
     );
     lab.wait_connect(OTHER_SERVICE.port, false, false);
     assert!(lab.can_connect(SERVICE.port, false), "alice's grant lost");
-    lab.send(&knock(&carol, &[OTHER_SERVICE], now()), true, 1);
+    lab.send(&knock(&carol, &[OTHER_SERVICE], unix_now()), true, 1);
     lab.wait_connect(OTHER_SERVICE.port, true, true);
     assert!(
         !lab.can_connect(OTHER_SERVICE.port, false),
@@ -226,7 +228,7 @@ fn runs_with_only_the_units_capabilities() {
     .to_vec();
     lab.start();
     // The limits really apply: nsenter and setpriv exec into the daemon, same pid.
-    let pid = lab.daemon.as_ref().unwrap().id();
+    let pid = lab.daemon.as_ref().unwrap().pid().unwrap();
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let bounding = proc_status
         .lines()
@@ -238,7 +240,7 @@ fn runs_with_only_the_units_capabilities() {
     assert!(proc_status.contains("NoNewPrivs:\t1"), "{proc_status}");
 
     wait_for_fresh_step(12);
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_connect(SERVICE.port, false, true);
     let r = lab.request(&Request::Ban {
         addr: lab.client_addr(false),

@@ -6,9 +6,9 @@
 
 use std::{path::Path, process::Command};
 
+use capyknock_testkit::clock::{unix_now, wait_into_step};
 use capyknock_tests::daemon::{
-    DaemonLab, OTHER_SERVICE, SERVICE, knock, knock_with_code, now, stale_knock, user,
-    wait_for_fresh_step, wrong_code,
+    DaemonLab, OTHER_SERVICE, SERVICE, knock, knock_with_code, stale_knock, user, wrong_code,
 };
 
 #[test]
@@ -29,11 +29,8 @@ fn filter_matches_the_daemons_key_holder_rejections_only() {
     lab.write_config(&[&alice, &bob]);
     lab.start();
 
-    wait_for_fresh_step(12);
-    if now() % 30 < 4 {
-        std::thread::sleep(std::time::Duration::from_secs(4));
-    }
-    let t = now();
+    wait_into_step(4, 12);
+    let t = unix_now();
     // Two that count (bad code over IPv4, forbidden port over IPv6) ...
     lab.send(
         &knock_with_code(&alice, &[SERVICE], t, &wrong_code(&alice, t)),

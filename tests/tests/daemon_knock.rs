@@ -3,9 +3,10 @@
 //! why (log line and counter), what a flood does, and that the daemon never answers.
 //! Needs root. Run: `cargo test -p capyknock-tests --test daemon_knock -- --test-threads=1`.
 
+use capyknock_testkit::clock::{unix_now, wait_for_fresh_step, wait_into_step};
 use capyknock_tests::daemon::{
     DaemonLab, OTHER_SERVICE, SERVICE, Sniffer, code, describe_ip_frame, knock, knock_with_code,
-    now, stale_knock, user, wait_for_fresh_step, wrong_code,
+    stale_knock, user, wrong_code,
 };
 
 /// Every refusal the verifier can see is logged with its reason, the source and the nickname,
@@ -27,11 +28,8 @@ fn valid_knock_opens_and_each_refusal_has_its_reason() {
         "open before any knock"
     );
 
-    wait_for_fresh_step(12);
-    if now() % 30 < 4 {
-        std::thread::sleep(std::time::Duration::from_secs(4));
-    }
-    let t = now();
+    wait_into_step(4, 12);
+    let t = unix_now();
 
     // Wrong TOTP code.
     lab.send(
@@ -165,7 +163,7 @@ fn storm_of_junk_neither_stops_nor_reveals_the_daemon() {
         if round == 12 {
             // A real knock in the middle of the flood.
             wait_for_fresh_step(5);
-            lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+            lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
         }
     }
     let elapsed = started.elapsed();

@@ -4,7 +4,8 @@
 //! it. Needs root. Run: `cargo test -p capyknock-tests --test daemon_restart -- --test-threads=1`.
 
 use capyknock::server::control::Request;
-use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, now, user, wait_for_fresh_step};
+use capyknock_testkit::clock::{unix_now, wait_for_fresh_step};
+use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, user};
 
 #[test]
 fn kill_9_then_restart_keeps_grants_bans_and_replay_state() {
@@ -15,7 +16,7 @@ fn kill_9_then_restart_keeps_grants_bans_and_replay_state() {
     let client = lab.client_addr(false);
 
     wait_for_fresh_step(15);
-    let packet = knock(&alice, &[SERVICE], now());
+    let packet = knock(&alice, &[SERVICE], unix_now());
     lab.send(&packet, false, 1);
     lab.wait_log(&["knock accepted", "nickname=alice"]);
     lab.wait_connect(SERVICE.port, false, true);
@@ -81,7 +82,10 @@ fn sigterm_detaches_saves_and_leaves_grants() {
     lab.write_config(&[&alice]);
     lab.start();
     let link_info = |lab: &DaemonLab| {
-        let out = lab.server.ip(&["link", "show", "dev", &lab.link.a_if]);
+        let out = lab
+            .server
+            .ip(&["link", "show", "dev", &lab.link.a_if])
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
@@ -91,7 +95,7 @@ fn sigterm_detaches_saves_and_leaves_grants() {
     );
 
     wait_for_fresh_step(12);
-    lab.send(&knock(&alice, &[SERVICE], now()), false, 1);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
     lab.wait_connect(SERVICE.port, false, true);
 
     assert!(lab.stop(), "SIGTERM exit was not clean:\n{}", lab.log());

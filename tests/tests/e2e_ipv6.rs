@@ -4,7 +4,11 @@
 
 use std::net::IpAddr;
 
-use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT, text, unix_now, wait_for_fresh_step};
+use capyknock_testkit::{
+    clock::{unix_now, wait_for_fresh_step},
+    process::output_text as text,
+};
+use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT};
 
 #[test]
 fn knock_over_ipv6_opens_for_the_ipv6_source_only() {

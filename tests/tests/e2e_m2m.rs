@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 use capyknock::{client::config::CodeSource, protocol::users::TotpMode};
-use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT, text};
+use capyknock_testkit::process::output_text as text;
+use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT};
 
 #[test]
 fn derived_profile_knocks_without_a_human() {

@@ -10,12 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT, in_ns, unix_now, wait_for_fresh_step};
+use capyknock_testkit::clock::{unix_now, wait_for_fresh_step};
+use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT};
 
 /// Runs one proxy session: reads the banner, sends `payload`, closes stdin, and returns what
 /// came back after the banner line, the exit status and stderr.
 fn session(lab: &Lab, host: &str, otp: Option<&str>, payload: &[u8]) -> (Vec<u8>, i32, String) {
-    let mut cmd: Command = in_ns(&lab.client, capyknock_tests::capyknock_bin());
+    let mut cmd: Command = lab.client.command(capyknock_tests::capyknock_bin());
     cmd.args([
         "knock",
         host,

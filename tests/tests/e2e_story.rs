@@ -6,9 +6,12 @@
 
 use std::{net::IpAddr, net::SocketAddr};
 
-use capyknock_tests::e2e::{
-    BANNER, KNOCK_PORT, Lab, SERVICE_PORT, text, unix_now, wait_for_fresh_step,
+use capyknock_testkit::KNOCK_PORT;
+use capyknock_testkit::{
+    clock::{unix_now, wait_for_fresh_step},
+    process::output_text as text,
 };
+use capyknock_tests::e2e::{BANNER, Lab, SERVICE_PORT};
 
 /// Pre-filter duplicates plus verifier replay rejections: every way a replay can be refused.
 fn replays_refused(lab: &Lab) -> u64 {

@@ -86,8 +86,13 @@ fn admin_table(lab: &Lab) {
 }
 
 fn open(lab: &Lab, state: &Path) -> Firewall {
+    open_with(lab, &config(), state)
+}
+
+fn open_with(lab: &Lab, config: &FirewallConfig, state: &Path) -> Firewall {
     lab.server
-        .run(|| Firewall::open(&config(), &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
+        .run(|| Firewall::open(config, &[PortSpec::tcp(SERVICE_PORT)], &[], state).unwrap())
+        .unwrap()
 }
 
 fn grant(addr: IpAddr, secs: u64) -> PortGrant {
@@ -109,7 +114,8 @@ fn exec_grants_expire_on_the_daemon_timer_and_across_restarts() {
     let mut fw = open(&lab, &state.0);
     assert_eq!(fw.name(), "exec");
     lab.server
-        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap());
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap())
+        .unwrap();
     assert!(lab.c1_can_connect(lab.c1_v4()), "open ran");
     assert!(!lab.c2_can_connect());
     let ledger = state.0.join("firewall-exec.json");
@@ -126,12 +132,13 @@ fn exec_grants_expire_on_the_daemon_timer_and_across_restarts() {
         lab.c1_can_connect(lab.c1_v4()),
         "nothing closes it but the daemon"
     );
-    lab.server.run(|| fw.check_and_repair().unwrap());
+    lab.server.run(|| fw.check_and_repair().unwrap()).unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v4()), "close ran on expiry");
 
     // Restart: a grant that expires while the daemon is down is closed when it starts again.
     lab.server
-        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap());
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 2)]).unwrap())
+        .unwrap();
     drop(fw);
     sleep(Duration::from_millis(2300));
     assert!(lab.c1_can_connect(lab.c1_v4()), "still open while down");
@@ -143,12 +150,14 @@ fn exec_grants_expire_on_the_daemon_timer_and_across_restarts() {
     assert!(fw.grants().is_empty());
 
     // Bans through the ban/unban templates.
-    lab.server.run(|| {
-        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
-        fw.ban(lab.c1_v4(), None).unwrap();
-    });
+    lab.server
+        .run(|| {
+            fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+            fw.ban(lab.c1_v4(), None).unwrap();
+        })
+        .unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v4()), "banned");
-    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap());
+    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap()).unwrap();
     assert!(lab.c1_can_connect(lab.c1_v4()), "unbanned, grant applies");
 
     // A failing command is an error with the program's stderr; the grant stays in the ledger
@@ -157,6 +166,7 @@ fn exec_grants_expire_on_the_daemon_timer_and_across_restarts() {
     let err = lab
         .server
         .run(|| fw.grant(&[grant(lab.c2_v4(), 60)]))
+        .unwrap()
         .unwrap_err();
     let msg = capyknock::firewall::ErrorChain(&err).to_string();
     assert!(msg.contains("nft"), "{msg}");
@@ -173,18 +183,21 @@ fn exec_without_ban_commands_closes_the_banned_address_grants() {
         exec.ban = None;
         exec.unban = None;
     }
-    let mut fw = lab
-        .server
-        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap());
-    lab.server.run(|| {
-        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
-    });
+    let mut fw = open_with(&lab, &config, &state.0);
+    lab.server
+        .run(|| {
+            fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+        })
+        .unwrap();
     assert!(lab.c1_can_connect(lab.c1_v4()));
-    lab.server.run(|| fw.ban(lab.c1_v4(), None).unwrap());
+    lab.server
+        .run(|| fw.ban(lab.c1_v4(), None).unwrap())
+        .unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v4()), "grants closed by the ban");
     let g = lab
         .server
-        .run(|| fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap());
+        .run(|| fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap())
+        .unwrap();
     assert!(g.applied.is_empty(), "no new grant while banned");
 }
 
@@ -204,22 +217,23 @@ fn contrib_ipset_example_works() {
     let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/exec");
     let lab = Lab::new("fxi");
     let state = StateDir::new("i");
-    capyknock_tests::netns::run(
+    capyknock_testkit::process::run(
         lab.server
             .command("sh")
             .arg(contrib.join("ipset-setup.sh"))
             .arg(SERVICE_PORT.to_string()),
-    );
+    )
+    .unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v4()), "closed by the set-up");
     let text = std::fs::read_to_string(contrib.join("ipset.toml")).unwrap();
     let config = FirewallConfig::from_config_text(&text).unwrap();
-    let mut fw = lab
-        .server
-        .run(|| Firewall::open(&config, &[PortSpec::tcp(SERVICE_PORT)], &[], &state.0).unwrap());
-    lab.server.run(|| {
-        fw.grant(&[grant(lab.c1_v4(), 2), grant(lab.c1_v6(), 60)])
-            .unwrap();
-    });
+    let mut fw = open_with(&lab, &config, &state.0);
+    lab.server
+        .run(|| {
+            fw.grant(&[grant(lab.c1_v4(), 2), grant(lab.c1_v6(), 60)])
+                .unwrap();
+        })
+        .unwrap();
     assert!(lab.c1_can_connect(lab.c1_v4()), "ipset grant (IPv4)");
     assert!(lab.c1_can_connect(lab.c1_v6()), "ipset grant (IPv6)");
     assert!(!lab.c2_can_connect(), "others stay out");
@@ -227,20 +241,25 @@ fn contrib_ipset_example_works() {
     sleep(Duration::from_millis(2500));
     assert!(!lab.c1_can_connect(lab.c1_v4()), "expired in ipset");
     // Refresh and ban.
-    lab.server.run(|| {
-        fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
-        fw.grant(&[grant(lab.c1_v4(), 120)]).unwrap();
-    });
+    lab.server
+        .run(|| {
+            fw.grant(&[grant(lab.c1_v4(), 60)]).unwrap();
+            fw.grant(&[grant(lab.c1_v4(), 120)]).unwrap();
+        })
+        .unwrap();
     let list = String::from_utf8_lossy(
-        &capyknock_tests::netns::run(lab.server.command("ipset").args(["list", "capyknock4"]))
+        &capyknock_testkit::process::run(lab.server.command("ipset").args(["list", "capyknock4"]))
+            .unwrap()
             .stdout,
     )
     .into_owned();
     assert!(list.contains("timeout 11"), "refreshed to ~120 s: {list}");
-    lab.server.run(|| fw.ban(lab.c1_v4(), None).unwrap());
+    lab.server
+        .run(|| fw.ban(lab.c1_v4(), None).unwrap())
+        .unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v4()), "banned");
-    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap());
+    lab.server.run(|| fw.unban(lab.c1_v4()).unwrap()).unwrap();
     assert!(lab.c1_can_connect(lab.c1_v4()), "unbanned");
-    lab.server.run(|| fw.revoke(lab.c1_v6()).unwrap());
+    lab.server.run(|| fw.revoke(lab.c1_v6()).unwrap()).unwrap();
     assert!(!lab.c1_can_connect(lab.c1_v6()), "revoked");
 }

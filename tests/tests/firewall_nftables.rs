@@ -18,9 +18,8 @@ use capyknock::{
     firewall::{Firewall, FirewallConfig, FirewallKind, Health, PortGrant},
     ports::{PortSpec, Protocol},
 };
+use capyknock_testkit::KNOCK_PORT;
 use capyknock_tests::firewall::{Lab, SERVICE_PORT, echo_ok};
-
-const KNOCK_PORT: u16 = 62201;
 
 fn config() -> FirewallConfig {
     FirewallConfig {
@@ -31,15 +30,17 @@ fn config() -> FirewallConfig {
 
 /// Opens the firewall inside the lab's server namespace (its netlink socket stays there).
 fn open(lab: &Lab) -> Firewall {
-    lab.server.run(|| {
-        Firewall::open(
-            &config(),
-            &[PortSpec::tcp(SERVICE_PORT), PortSpec::udp(51820)],
-            &[KNOCK_PORT],
-            Path::new("/nonexistent-state-dir"),
-        )
+    lab.server
+        .run(|| {
+            Firewall::open(
+                &config(),
+                &[PortSpec::tcp(SERVICE_PORT), PortSpec::udp(51820)],
+                &[KNOCK_PORT],
+                Path::new("/nonexistent-state-dir"),
+            )
+            .unwrap()
+        })
         .unwrap()
-    })
 }
 
 fn grant(addr: IpAddr, until: SystemTime) -> PortGrant {
@@ -247,19 +248,22 @@ fn changed_settings_rebuild_the_table_and_keep_grants() {
     drop(fw);
     // A reload with another chain priority and another protected port set: the hook cannot be
     // changed in place, so the table is recreated, with the grant and the ban.
-    let fw = lab.server.run(|| {
-        let config = FirewallConfig {
-            priority: 5,
-            ..config()
-        };
-        Firewall::open(
-            &config,
-            &[PortSpec::tcp(SERVICE_PORT)],
-            &[],
-            Path::new("/nonexistent-state-dir"),
-        )
-        .unwrap()
-    });
+    let fw = lab
+        .server
+        .run(|| {
+            let config = FirewallConfig {
+                priority: 5,
+                ..config()
+            };
+            Firewall::open(
+                &config,
+                &[PortSpec::tcp(SERVICE_PORT)],
+                &[],
+                Path::new("/nonexistent-state-dir"),
+            )
+            .unwrap()
+        })
+        .unwrap();
     assert_eq!(fw.grants().len(), 1);
     assert_eq!(fw.bans().len(), 1);
     let listing = lab.nft(&["list", "chain", "inet", "capyknock", "input"]);
@@ -314,18 +318,23 @@ fn other_tables_are_untouched() {
 #[test]
 fn knock_port_udp_is_dropped() {
     let lab = Lab::new("fwk");
-    let server = lab.server.run(|| {
-        let s = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, KNOCK_PORT))).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        s
-    });
+    let server = lab
+        .server
+        .run(|| {
+            let s = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, KNOCK_PORT))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        })
+        .unwrap();
     let send = || {
         let dst = SocketAddr::new(lab.server_for_c1(lab.c1_v4()), KNOCK_PORT);
-        lab.c1.run(|| {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.send_to(b"knock", dst).unwrap();
-        });
+        lab.c1
+            .run(|| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(b"knock", dst).unwrap();
+            })
+            .unwrap();
         let mut buf = [0u8; 16];
         server.recv_from(&mut buf).is_ok()
     };
@@ -384,17 +393,20 @@ fn measure_latency_and_batch_rate() {
     let mut effect = Vec::new();
     for _ in 0..20 {
         fw.revoke(lab.c1_v4()).unwrap();
-        let (granted, through) = lab.c1.run(|| {
-            let t = Instant::now();
-            fw.grant(&[grant(lab.c1_v4(), in_secs(60.0))]).unwrap();
-            let granted = t.elapsed();
-            let conn = TcpStream::connect_timeout(&server, Duration::from_millis(400));
-            assert!(
-                conn.is_ok(),
-                "the first connection after grant() returned must pass"
-            );
-            (granted, t.elapsed())
-        });
+        let (granted, through) = lab
+            .c1
+            .run(|| {
+                let t = Instant::now();
+                fw.grant(&[grant(lab.c1_v4(), in_secs(60.0))]).unwrap();
+                let granted = t.elapsed();
+                let conn = TcpStream::connect_timeout(&server, Duration::from_millis(400));
+                assert!(
+                    conn.is_ok(),
+                    "the first connection after grant() returned must pass"
+                );
+                (granted, t.elapsed())
+            })
+            .unwrap();
         effect.push((granted, through));
     }
     let (g, e) = effect[effect.len() / 2];

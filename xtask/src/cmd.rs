@@ -1,4 +1,6 @@
-//! Running programs (always with argv, never a shell) and small process helpers.
+//! Running programs for the tasks (always with argv, never a shell): with the terminal's
+//! stdio, streamed, or for their output; and building the `capyknock` binary. The lab side
+//! (programs in namespaces, output captured) is in `capyknock_testkit::process`.
 
 use std::{
     ffi::OsStr,
@@ -8,14 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-
-/// The workspace root (parent of `xtask/`).
-pub fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map_or(manifest.clone(), std::path::Path::to_path_buf)
-}
+pub use capyknock_testkit::{files::workspace_root, is_root, process::describe};
 
 /// Builds a command running in the workspace root.
 pub fn command(program: impl AsRef<OsStr>, args: &[&str]) -> Command {
@@ -62,17 +57,27 @@ pub fn run_tee(cmd: &mut Command) -> anyhow::Result<(bool, Vec<String>)> {
     Ok((status.success(), lines))
 }
 
-/// `program arg arg ...`, for messages.
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|s| s.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether the process runs as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+/// The `capyknock` binary of the debug or release build, built first (quietly) unless
+/// `no_build`; `announce` is told the cargo command line before it runs.
+pub fn capyknock_binary(
+    release: bool,
+    no_build: bool,
+    announce: impl FnOnce(&str),
+) -> anyhow::Result<PathBuf> {
+    let bin = capyknock_testkit::files::capyknock_binary(if release { "release" } else { "debug" });
+    if !no_build {
+        let mut args = vec!["build", "--quiet", "-p", "capyknock"];
+        if release {
+            args.push("--release");
+        }
+        announce(&format!("cargo {}", args.join(" ")));
+        run(command("cargo", &args).stdout(Stdio::null()))?;
+    }
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (leave out --no-build)",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }

@@ -18,22 +18,28 @@
 //! killed outright (kill -9) are removed at the next start.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::{
-    cmd::{self, command, is_root, workspace_root},
-    topology::{
-        Daemon, NetNs, TcpService, TempDir, capture, capture_with_stdin, check_interrupted,
-        install_signal_handlers, path_str, remove_stale_namespaces, sleep, veth, write_private,
-    },
+use capyknock_testkit::{
+    KNOCK_PORT,
+    clock::{secs_left_in_step, unix_now},
+    config::{ServerToml, otpauth_secret, otpauth_uri},
+    daemon::{Daemon, DaemonOptions},
+    files::{TempDir, path_str, write_private},
+    netns::{self, NetNs, veth},
+    probe::{Probe, probe_from},
+    process::{self, output_text, run_with_stdin},
+    service::TcpService,
+    wait::{check_interrupted, install_signal_handlers, sleep},
 };
+
+use crate::cmd::{self, is_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -48,8 +54,6 @@ pub struct Options {
     pub pause: bool,
 }
 
-/// UDP port the daemon watches for knocks.
-const KNOCK_PORT: u16 = 62201;
 /// The protected service's port inside the server namespace.
 const SERVICE_PORT: u16 = 22;
 /// What the banner service says first.
@@ -71,8 +75,8 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
              `sudo -E env PATH=\"$PATH\" cargo xtask demo`"
         );
     }
-    install_signal_handlers();
-    remove_stale_namespaces("ckdemo-", TEMP_PREFIX);
+    install_signal_handlers()?;
+    netns::remove_stale("ckdemo-", TEMP_PREFIX);
     let started = Instant::now();
     let mut story = Story {
         started,
@@ -88,27 +92,13 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
 }
 
 fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
-    let profile = if opts.release { "release" } else { "debug" };
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let bin = target.join(profile).join("capyknock");
     if !opts.no_build {
         story.say("setup: cargo xtask setup (installs what is missing)");
         crate::setup::setup(&crate::setup::Options {})?;
-        let mut args = vec!["build", "--quiet", "-p", "capyknock"];
-        if opts.release {
-            args.push("--release");
-        }
-        story.say(&format!("build: cargo {}", args.join(" ")));
-        cmd::run(command("cargo", &args).stdout(Stdio::null()))?;
     }
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it first (leave out --no-build)",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    cmd::capyknock_binary(opts.release, opts.no_build, |cargo| {
+        story.say(&format!("build: {cargo}"));
+    })
 }
 
 /// Everything the story runs in. Fields drop in order: daemon, service, namespaces, files.
@@ -123,26 +113,27 @@ struct World {
 
 impl World {
     fn new(story: &Story) -> anyhow::Result<Self> {
-        let dir = TempDir::new(TEMP_PREFIX)?;
+        let dir = TempDir::for_process(TEMP_PREFIX)?;
         let tag = std::process::id();
         let server = NetNs::new(&format!("ckdemo-{tag}-server"))?;
         let client = NetNs::new(&format!("ckdemo-{tag}-client"))?;
         let attacker = NetNs::new(&format!("ckdemo-{tag}-attacker"))?;
         veth(
-            (&server, "srv-c", SERVER_CLIENT_SIDE),
-            (&client, "cli", CLIENT_V4),
+            (&server, "srv-c", IpAddr::V4(SERVER_CLIENT_SIDE)),
+            (&client, "cli", IpAddr::V4(CLIENT_V4)),
             24,
         )?;
         veth(
-            (&server, "srv-a", SERVER_ATTACKER_SIDE),
-            (&attacker, "att", ATTACKER_V4),
+            (&server, "srv-a", IpAddr::V4(SERVER_ATTACKER_SIDE)),
+            (&attacker, "att", IpAddr::V4(ATTACKER_V4)),
             24,
         )?;
         story.say(&format!(
             "namespaces: client {CLIENT_V4} <-> {SERVER_CLIENT_SIDE} server \
              {SERVER_ATTACKER_SIDE} <-> {ATTACKER_V4} attacker"
         ));
-        let service = TcpService::start(&server, SERVICE_PORT, BANNER)?;
+        let service =
+            TcpService::start(&server, &[SERVICE_PORT], format!("{BANNER}\r\n").as_bytes())?;
         story.say(&format!(
             "server: a TCP service on tcp/{SERVICE_PORT} answers \"{BANNER}\" (stands in for sshd)"
         ));
@@ -174,13 +165,18 @@ fn run_story(bin: &Path, story: &mut Story) -> anyhow::Result<()> {
         "server: capyknock server --config $DIR/server.toml --capture xdp --firewall nftables",
     );
     let mut daemon = Daemon::start(
-        bin,
         &world.server,
-        &world.file("server.toml"),
-        &world.file("server.log"),
-        &["--capture", "xdp", "--firewall", "nftables"],
+        &DaemonOptions {
+            bin,
+            config: &world.file("server.toml"),
+            log: &world.file("server.log"),
+            args: &["--capture", "xdp", "--firewall", "nftables"],
+            wrapper: &[],
+            rust_log: None,
+            own_process_group: true,
+        },
     )?;
-    daemon.wait_ready(bin, &world.file("control.sock"))?;
+    daemon.wait_status_ready(bin, &world.file("control.sock"))?;
     world.daemon = Some(daemon);
     story.say("server: ready: XDP attached to srv-c and srv-a, nftables table in place");
     story.step()?;
@@ -228,19 +224,15 @@ fn keygen(bin: &Path, world: &World, story: &Story) -> anyhow::Result<Authentica
     ));
     let out = capture(Command::new(bin).args(&args))?;
     show(&out);
-    let uri = out
-        .lines()
-        .find(|l| l.starts_with("otpauth://"))
-        .context("keygen printed no otpauth:// URI")?;
+    let uri = otpauth_uri(&out).context("keygen printed no otpauth:// URI")?;
     Authenticator::from_uri(uri)
 }
 
 /// Closed -> knock -> open.
 fn knock(bin: &Path, world: &World, story: &Story, app: &Authenticator) -> anyhow::Result<()> {
     let target = SocketAddr::new(IpAddr::V4(SERVER_CLIENT_SIDE), SERVICE_PORT);
-    story.say(&format!("client: connect to {target}"));
-    let before = world.client.run(move || probe(target))?;
-    result(&before.describe());
+    let before = connect(story, "client", &world.client, target)?;
+    result(&before.to_string());
     if before.is_open() {
         bail!("the port answered before any knock: the firewall is not in place");
     }
@@ -266,9 +258,8 @@ fn knock(bin: &Path, world: &World, story: &Story, app: &Authenticator) -> anyho
         bail!("the knock did not open the port");
     }
     check_interrupted()?;
-    story.say(&format!("client: connect to {target}"));
-    let after = world.client.run(move || probe(target))?;
-    result(&after.describe());
+    let after = connect(story, "client", &world.client, target)?;
+    result(&after.to_string());
     if !after.is_open() {
         show_log(world.daemon()?, story);
         bail!("the port is still closed after the knock");
@@ -284,21 +275,14 @@ fn replay(world: &World, story: &Story) -> anyhow::Result<()> {
         "attacker: replays the captured knock ({} bytes) from {ATTACKER_V4} to {knock_to}",
         packet.len()
     ));
-    world.attacker.run(move || -> anyhow::Result<()> {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        for _ in 0..3 {
-            socket.send_to(&packet, knock_to)?;
-        }
-        Ok(())
-    })??;
+    let sent = world.attacker.send_udp(None, knock_to, &[&packet; 3])?;
+    if sent != 3 {
+        bail!("the attacker's kernel took {sent} of 3 copies");
+    }
     sleep(Duration::from_millis(300))?;
     let target = SocketAddr::new(IpAddr::V4(SERVER_ATTACKER_SIDE), SERVICE_PORT);
-    story.say(&format!("attacker: connect to {target}"));
-    let replayed = world.attacker.run(move || probe(target))?;
-    result(&format!(
-        "{}: the replay opened nothing",
-        replayed.describe()
-    ));
+    let replayed = connect(story, "attacker", &world.attacker, target)?;
+    result(&format!("{replayed}: the replay opened nothing"));
     if replayed.is_open() {
         bail!("the replayed knock opened the port for the attacker");
     }
@@ -319,13 +303,18 @@ fn ban(bin: &Path, world: &World, story: &Story) -> anyhow::Result<()> {
     ]))?;
     show(&out);
     let target = SocketAddr::new(IpAddr::V4(SERVER_CLIENT_SIDE), SERVICE_PORT);
-    story.say(&format!("client: connect to {target}"));
-    let banned = world.client.run(move || probe(target))?;
-    result(&format!("{}: access gone", banned.describe()));
+    let banned = connect(story, "client", &world.client, target)?;
+    result(&format!("{banned}: access gone"));
     if banned.is_open() {
         bail!("the port still answers the banned client");
     }
     Ok(())
+}
+
+/// `who` connects from `ns` to `target`, as the story tells.
+fn connect(story: &Story, who: &str, ns: &NetNs, target: SocketAddr) -> anyhow::Result<Probe> {
+    story.say(&format!("{who}: connect to {target}"));
+    Ok(probe_from(ns, target, CONNECT_TIMEOUT)?)
 }
 
 /// Narration with elapsed time.
@@ -347,7 +336,7 @@ impl Story {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
         }
-        check_interrupted()
+        Ok(check_interrupted()?)
     }
 }
 
@@ -363,70 +352,24 @@ fn show(text: &str) {
     }
 }
 
-/// What a connection attempt found.
-enum Probe {
-    Open(String),
-    Refused,
-    Timeout,
-    Failed(std::io::Error),
-}
-
-impl Probe {
-    fn is_open(&self) -> bool {
-        matches!(self, Probe::Open(_))
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Probe::Open(banner) => format!("open, the service says {banner:?}"),
-            Probe::Refused => "refused".into(),
-            Probe::Timeout => format!(
-                "no answer in {} s (closed: the server stays silent)",
-                CONNECT_TIMEOUT.as_secs()
-            ),
-            Probe::Failed(e) => format!("failed: {e}"),
-        }
-    }
-}
-
-/// Connects and reads the banner line.
-fn probe(target: SocketAddr) -> Probe {
-    match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-        Ok(stream) => {
-            let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
-            let mut line = String::new();
-            let _ = BufReader::new(stream).take(256).read_line(&mut line);
-            Probe::Open(line.trim_end().to_owned())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
-        Err(e)
-            if e.kind() == std::io::ErrorKind::TimedOut
-                || e.kind() == std::io::ErrorKind::WouldBlock =>
-        {
-            Probe::Timeout
-        }
-        Err(e) => Probe::Failed(e),
-    }
-}
-
 /// The server config the demo starts from; keygen appends the user. Paths point into the
 /// demo's temporary directory, never at /var/lib or /run.
 fn write_server_config(path: &Path, dir: &Path) -> anyhow::Result<()> {
-    let dir = path_str(dir)?;
-    let text = format!(
-        "# capyknock demo server (cargo xtask demo): everything lives in {dir}.\n\
-         [server]\n\
-         knock_ports = [{KNOCK_PORT}]\n\
-         interfaces = [\"srv-c\", \"srv-a\"]\n\
-         capture = \"xdp\"\n\
-         state_dir = \"{dir}/state\"\n\
-         control_socket = \"{dir}/control.sock\"\n\
-         default_access = \"5m\"\n\
-         \n\
-         [firewall]\n\
-         backend = \"nftables\"\n"
+    let comment = format!(
+        "capyknock demo server (cargo xtask demo): everything lives in {}.",
+        path_str(dir)?
     );
-    write_private(path, text.as_bytes())
+    let text = ServerToml {
+        comment: Some(&comment),
+        knock_port: KNOCK_PORT,
+        interfaces: &["srv-c", "srv-a"],
+        state_dir: &dir.join("state"),
+        control_socket: &dir.join("control.sock"),
+        default_access: Some("5m"),
+        extra: "",
+    }
+    .render();
+    Ok(write_private(path, text.as_bytes())?)
 }
 
 /// The user's authenticator app: reads the `otpauth://` URI (what scanning the QR code gives)
@@ -437,11 +380,7 @@ struct Authenticator {
 
 impl Authenticator {
     fn from_uri(uri: &str) -> anyhow::Result<Self> {
-        let query = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        let secret = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("secret="))
-            .context("otpauth URI without secret")?;
+        let secret = otpauth_secret(uri).context("otpauth URI without secret")?;
         let secret = totp_rs::Secret::try_from_base32(secret)
             .map_err(|e| anyhow::anyhow!("bad secret in the otpauth URI: {e}"))?;
         let totp = totp_rs::Builder::new()
@@ -457,22 +396,28 @@ impl Authenticator {
     /// The code for now. Waits for the next one when this one is about to expire, as a person
     /// would (the knock must arrive within the same step or the next).
     fn code_now(&self) -> anyhow::Result<String> {
-        let now = unix_now();
-        if now % 30 > 27 {
-            sleep(Duration::from_secs(30 - now % 30))?;
+        let left = secs_left_in_step();
+        if left < 3 {
+            sleep(Duration::from_secs(left))?;
         }
         Ok(self.totp.generate(unix_now()).to_string())
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Prints the daemon's log so far.
 fn show_log(daemon: &Daemon, story: &Story) {
     story.say("server log:");
-    show(&std::fs::read_to_string(daemon.log()).unwrap_or_default());
+    show(&daemon.log_text());
+}
+
+/// Runs `cmd` with `input` on stdin; (success, stdout + stderr). Fails only if it cannot run, or
+/// when Ctrl-C arrived meanwhile.
+fn capture_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<(bool, String)> {
+    let out = run_with_stdin(cmd, input)?;
+    Ok((out.status.success(), output_text(&out)))
+}
+
+/// Runs `cmd`; its stdout and stderr together, or an error with them.
+fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+    Ok(output_text(&process::run(cmd)?))
 }

@@ -10,7 +10,6 @@ mod load;
 mod run;
 mod setup;
 mod test;
-mod topology;
 
 use std::process::ExitCode;
 
@@ -48,7 +47,7 @@ fn main() -> ExitCode {
         Task::Test(opts) => test::test(&opts),
         Task::Run(opts) => run::run(&opts),
         Task::Demo(opts) => demo::demo(&opts),
-        Task::Load(opts) => load::load(&opts),
+        Task::Load(opts) => load::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {

@@ -4,7 +4,7 @@
 use anyhow::bail;
 
 use crate::{
-    cmd::{self, command, is_root, workspace_root},
+    cmd::{self, command, is_root},
     setup,
 };
 
@@ -26,7 +26,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "cargo",
         &["build", "--release", "-p", "capyknock"],
     ))?;
-    let bin = workspace_root().join("target/release/capyknock");
+    let bin = capyknock_testkit::files::capyknock_binary("release");
     let mut server = std::process::Command::new(bin);
     server.arg("server").args(&opts.args);
     cmd::run(&mut server)

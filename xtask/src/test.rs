@@ -134,7 +134,7 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
             })
         })?;
         step("load benchmark (quick)", &mut |_| {
-            crate::load::load(&crate::load::Options::ci_smoke())
+            crate::load::run(&crate::load::Options::ci_smoke())
         })?;
         Ok(())
     })();

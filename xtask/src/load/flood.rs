@@ -1,44 +1,43 @@
-//! The junk flood: packets of one [`Junk`] profile sent from the attacker namespace to the knock
-//! port with `sendmmsg` (64 datagrams per system call), at a paced rate or as fast as the
-//! sender goes.
-//!
-//! A flood is bounded three ways and stops by itself: its time limit, its packet limit, and a
-//! stop flag (set by the run, and by Ctrl-C). It sends only inside the namespaces: the socket
-//! lives in the attacker namespace, whose only route is the veth to the server.
+//! The junk of the flood: what it sends ([`Junk`] profiles, each a pool of distinct packets
+//! sent round-robin by the kit's `sendmmsg` sender), where it goes (the attacker's veth to the
+//! knock port), and what sending alone costs the sender ([`Calibration`]: the same flood into a
+//! link whose peer is down, so that the receive work the kernel does inside the sender's
+//! `sendmmsg` calls can be counted to the receiving side).
 
 use std::{
+    collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
+    net::{SocketAddr, SocketAddrV4},
     str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::bail;
+use capyknock_common::wire::{
+    KNOCK_LEN, MAGIC, NONCE_OFFSET, TIME_STEP_OFFSET, USER_ID_LEN, USER_ID_OFFSET, VERSION,
+};
+use capyknock_testkit::{
+    flood::{Flood, FloodStats, Limits, Rate},
+    netns::NetNs,
+    wait::sleep,
+};
 use serde::Serialize;
 
-use crate::topology::{NetNs, enter, interrupted};
-
-/// Every knock is this long (capyknock-common `wire::KNOCK_LEN`).
-pub const KNOCK_LEN: usize = 256;
-/// The knock magic and version (`wire::MAGIC`, `wire::VERSION`).
-const MAGIC_VERSION: [u8; 5] = *b"CKnk\x01";
+/// The knock magic and version.
+const MAGIC_VERSION: [u8; 5] = [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION];
 /// Offsets in the knock header (docs/PROTOCOL.md).
-const USER_ID: std::ops::Range<usize> = 8..24;
-const TIME_STEP: std::ops::Range<usize> = 24..32;
+const USER_ID: std::ops::Range<usize> = USER_ID_OFFSET..USER_ID_OFFSET + USER_ID_LEN;
+const TIME_STEP: std::ops::Range<usize> = TIME_STEP_OFFSET..NONCE_OFFSET;
 /// The nonce, tag and everything after: what "wrong tag" packets randomise.
-const AFTER_STEP: std::ops::RangeFrom<usize> = 32..;
+const AFTER_STEP: std::ops::RangeFrom<usize> = NONCE_OFFSET..;
 /// Largest random datagram: fits a 1500-byte MTU without IP fragments.
 const MAX_RANDOM_LEN: usize = 1472;
 /// Distinct packets per profile, sent round-robin (the sender does no work per packet).
 const POOL: usize = 4096;
-/// Datagrams per `sendmmsg`.
-const BATCH: usize = 64;
+/// Most junk packets one run sends (a bound on top of the time limit).
+pub const MAX_PACKETS_PER_RUN: u64 = 50_000_000;
+/// How long each calibration flood runs.
+const CALIBRATION: Duration = Duration::from_secs(2);
 
 /// What the junk looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -106,51 +105,6 @@ impl FromStr for Junk {
             .ok_or_else(|| {
                 format!("unknown junk profile {s:?} (random, magic, bad_tag, replay, mix)")
             })
-    }
-}
-
-/// An offered rate: packets per second, or as fast as the sender goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rate {
-    /// Paced at this many packets per second.
-    Pps(u64),
-    /// Unpaced.
-    Max,
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rate::Pps(n) => write!(f, "{n}"),
-            Rate::Max => f.write_str("max"),
-        }
-    }
-}
-
-impl FromStr for Rate {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "max" {
-            return Ok(Rate::Max);
-        }
-        let digits = s.replace('_', "");
-        let (num, mult) = match digits.strip_suffix(['k', 'K']) {
-            Some(n) => (n, 1000),
-            None => (digits.as_str(), 1),
-        };
-        match num.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(Rate::Pps(n.saturating_mul(mult))),
-            _ => Err(format!(
-                "bad rate {s:?}: packets per second (10000, 10k) or max"
-            )),
-        }
-    }
-}
-
-impl Serialize for Rate {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
     }
 }
 
@@ -230,194 +184,70 @@ pub fn pool(junk: Junk, m: &Material) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// What a flood did.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct FloodStats {
-    /// Datagrams the kernel accepted from `sendmmsg`.
-    pub sent: u64,
-    /// Failed `sendmmsg` calls (ENOBUFS and the like).
-    pub send_errors: u64,
-    /// From the first send to the last, seconds.
-    pub secs: f64,
-    /// CPU time of the sending thread, seconds (exact, from the scheduler): the sending itself,
-    /// plus whatever receive work the kernel did in this thread's system calls.
-    pub cpu_secs: f64,
-}
-
-/// A running flood; [`Flood::stop`] ends it and returns what it did.
-#[derive(Debug)]
-pub struct Flood {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<FloodStats>>>,
-}
-
-impl Flood {
-    /// Starts sending `packets` round-robin from `ns` to `to`, at `rate`, for at most
-    /// `max_secs` and `max_packets`.
-    pub fn start(
-        ns: &NetNs,
-        to: SocketAddrV4,
-        packets: Vec<Vec<u8>>,
-        rate: Rate,
-        max_secs: f64,
-        max_packets: u64,
-    ) -> anyhow::Result<Self> {
-        if packets.is_empty() {
-            bail!("no junk packets to send");
-        }
-        let file = ns.file()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let socket = enter(&file).and_then(|()| {
-                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-                s.connect(to)?;
-                Ok(s)
-            });
-            let socket = match socket {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    bail!("flood socket failed");
-                }
-            };
-            Ok(send_loop(
-                &socket,
-                &packets,
-                rate,
-                &stopping,
-                Limits {
-                    secs: max_secs,
-                    packets: max_packets,
-                },
-            ))
-        });
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("flood thread died"))??;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the flood and returns its figures.
-    pub fn stop(mut self) -> anyhow::Result<FloodStats> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow::anyhow!("flood thread panicked"))?,
-            None => Ok(FloodStats::default()),
-        }
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// When a flood stops by itself.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    secs: f64,
-    packets: u64,
-}
-
-/// Sends until a limit, the stop flag or Ctrl-C.
-fn send_loop(
-    socket: &UdpSocket,
-    packets: &[Vec<u8>],
+/// Starts a flood of `pool` from `ns` to `to` at `rate`, for at most `max_secs` (and as many
+/// packets as `rate` sends in that time, or [`MAX_PACKETS_PER_RUN`] unpaced).
+pub fn start(
+    ns: &NetNs,
+    to: SocketAddrV4,
+    pool: Vec<Vec<u8>>,
     rate: Rate,
-    stop: &AtomicBool,
-    limits: Limits,
-) -> FloodStats {
-    // Paced floods send small batches often (about every 0.5 ms), so the rate is smooth.
-    let batch = match rate {
-        Rate::Max => BATCH,
-        Rate::Pps(pps) => usize::try_from(pps / 2000).unwrap_or(BATCH).clamp(1, BATCH),
+    max_secs: f64,
+) -> anyhow::Result<Flood> {
+    let packets = match rate {
+        Rate::Pps(pps) => (pps as f64 * max_secs) as u64,
+        Rate::Max => MAX_PACKETS_PER_RUN,
     };
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(batch);
-    // SAFETY: mmsghdr is a plain C struct for which all-zero bytes are a valid value.
-    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; batch];
-    let mut next = 0usize;
-    let mut stats = FloodStats::default();
-    let cpu_start = thread_cpu_secs();
-    let started = Instant::now();
-    let mut calls = 0u64;
-    while stats.sent < limits.packets {
-        calls += 1;
-        if stop.load(Ordering::Relaxed) || (calls.is_multiple_of(256) && interrupted()) {
-            break;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        if elapsed >= limits.secs {
-            break;
-        }
-        if let Rate::Pps(pps) = rate {
-            // Ahead of schedule: wait until the next batch is due.
-            let due = (stats.sent as f64 + batch as f64) / pps as f64;
-            if due > elapsed {
-                std::thread::sleep(Duration::from_secs_f64((due - elapsed).min(0.01)));
-                continue;
-            }
-        }
-        let n = batch.min(usize::try_from(limits.packets - stats.sent).unwrap_or(batch));
-        iov.clear();
-        for _ in 0..n {
-            let p = packets.get(next).or(packets.first());
-            next = (next + 1) % packets.len();
-            if let Some(p) = p {
-                iov.push(libc::iovec {
-                    iov_base: p.as_ptr().cast_mut().cast(),
-                    iov_len: p.len(),
-                });
-            }
-        }
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-            m.msg_hdr.msg_iov = std::ptr::from_mut(v);
-            m.msg_hdr.msg_iovlen = 1;
-            m.msg_len = 0;
-        }
-        let count = u32::try_from(iov.len()).unwrap_or(0);
-        // SAFETY: `msgs` holds at least `count` headers, each pointing at one iovec of `iov`,
-        // which points into `packets`; all outlive the call. The socket is connected, so no
-        // address is needed; the kernel only reads the buffers.
-        let rc = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), count, 0) };
-        if let Ok(sent) = u64::try_from(rc) {
-            stats.sent += sent;
-        } else {
-            stats.send_errors += 1;
-            // ENOBUFS/ECONNREFUSED: the path is full or an ICMP error came back; go on.
-            std::thread::yield_now();
-        }
-    }
-    stats.secs = started.elapsed().as_secs_f64();
-    stats.cpu_secs = thread_cpu_secs() - cpu_start;
-    stats
+    Ok(Flood::start(
+        ns,
+        SocketAddr::V4(to),
+        pool,
+        rate,
+        Limits {
+            secs: max_secs,
+            packets,
+        },
+    )?)
 }
 
-/// CPU time of the calling thread, seconds.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is valid for writes; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    if rc != 0 {
-        return 0.0;
+/// What sending costs the sending thread alone, ns per packet, by junk profile and rate,
+/// measured once each on the calibration link (whose peer is down: the packets die at the
+/// sender's own queue, so no receive work is done anywhere).
+#[derive(Debug, Default)]
+pub struct Calibration {
+    measured: BTreeMap<(Junk, Rate), f64>,
+}
+
+impl Calibration {
+    /// What sending `pool` at `rate` costs the sender alone from `ns` to `dead_end`.
+    pub fn sender_alone(
+        &mut self,
+        ns: &NetNs,
+        dead_end: SocketAddrV4,
+        key: (Junk, Rate),
+        pool: &[Vec<u8>],
+    ) -> anyhow::Result<f64> {
+        if let Some(ns) = self.measured.get(&key) {
+            return Ok(*ns);
+        }
+        let flood = start(
+            ns,
+            dead_end,
+            pool.to_vec(),
+            key.1,
+            CALIBRATION.as_secs_f64(),
+        )?;
+        sleep(CALIBRATION)?;
+        let stats: FloodStats = flood.stop()?;
+        if stats.sent == 0 {
+            bail!(
+                "the calibration flood sent nothing ({} errors)",
+                stats.send_errors
+            );
+        }
+        let ns = stats.cpu_secs * 1e9 / stats.sent as f64;
+        self.measured.insert(key, ns);
+        Ok(ns)
     }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 #[cfg(test)]
@@ -477,47 +307,17 @@ mod tests {
     }
 
     #[test]
-    fn rates_and_profiles_parse() {
-        assert_eq!("max".parse(), Ok(Rate::Max));
-        assert_eq!("10k".parse(), Ok(Rate::Pps(10_000)));
-        assert_eq!("250000".parse(), Ok(Rate::Pps(250_000)));
-        assert!("0".parse::<Rate>().is_err());
-        assert!("fast".parse::<Rate>().is_err());
+    fn profiles_parse() {
         assert_eq!("bad_tag".parse(), Ok(Junk::BadTag));
+        assert_eq!("badtag".parse(), Ok(Junk::BadTag));
         assert!("x".parse::<Junk>().is_err());
     }
 
     #[test]
-    fn paced_loop_keeps_its_rate_and_limits() {
-        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        tx.connect(rx.local_addr().unwrap()).unwrap();
-        let packets = vec![vec![7u8; 16]; 3];
-        let stop = AtomicBool::new(false);
-        let s = send_loop(
-            &tx,
-            &packets,
-            Rate::Pps(2000),
-            &stop,
-            Limits {
-                secs: 0.5,
-                packets: u64::MAX,
-            },
-        );
-        assert!((800..=1200).contains(&s.sent), "{s:?}");
-        let s = send_loop(
-            &tx,
-            &packets,
-            Rate::Max,
-            &stop,
-            Limits {
-                secs: 5.0,
-                packets: 100,
-            },
-        );
-        assert_eq!(s.sent, 100);
-        assert!(s.cpu_secs > 0.0 && s.cpu_secs <= s.secs + 0.01, "{s:?}");
-        let mut buf = [0u8; 64];
-        assert_eq!(rx.recv(&mut buf).unwrap(), 16);
+    fn the_layout_matches_the_protocol() {
+        assert_eq!(&MAGIC_VERSION, b"CKnk\x01");
+        assert_eq!(USER_ID, 8..24);
+        assert_eq!(TIME_STEP, 24..32);
+        assert_eq!(AFTER_STEP, 32..);
     }
 }

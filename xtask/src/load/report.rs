@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 
-use super::flood::{Junk, Rate};
+use capyknock_testkit::flood::Rate;
+
+use super::flood::Junk;
 
 /// Latency percentiles in milliseconds (nearest rank), over the knocks that have the figure.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
@@ -71,7 +73,8 @@ pub struct RunResult {
     pub capture_detail: String,
     /// Junk profile, `None` for the idle run.
     pub junk: Option<Junk>,
-    /// Offered junk rate.
+    /// Offered junk rate (`"20000"`, `"max"`).
+    #[serde(serialize_with = "rate_as_text")]
     pub rate: Option<Rate>,
     /// Measurement window, seconds.
     pub secs: f64,
@@ -408,6 +411,18 @@ impl Machine {
             memory_mib,
             load_average,
         }
+    }
+}
+
+/// A rate as its text in the JSON (`"20000"`, `"max"`), as the CLI takes it.
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes the field by reference"
+)]
+fn rate_as_text<S: serde::Serializer>(rate: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {
+    match rate {
+        Some(r) => s.serialize_some(&r.to_string()),
+        None => s.serialize_none(),
     }
 }
 
