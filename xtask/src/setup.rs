@@ -45,6 +45,11 @@ const APT_PACKAGES: &[&str] = &[
     // The exec firewall backend's shipped ipset example is tested end to end.
     "ipset",
     "iptables",
+    // mkfs.ext4/e2fsck: the replay-guarantee test runs the state directory on a small ext4
+    // image and makes it fail (read-only) under the daemon.
+    "e2fsprogs",
+    // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock.
+    "gcc",
 ];
 
 #[derive(Debug, clap::Args)]
