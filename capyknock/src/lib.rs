@@ -12,5 +12,6 @@ pub mod error_chain;
 pub mod firewall;
 pub mod keygen;
 pub mod ports;
+pub mod private_file;
 pub mod protocol;
 pub mod server;
