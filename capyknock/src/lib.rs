@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod client;
+pub mod conf;
 pub mod error_chain;
 pub mod firewall;
 pub mod keygen;

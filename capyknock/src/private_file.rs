@@ -2,8 +2,8 @@
 //! and the firewall ledger, written and read the one way that is safe when other local users
 //! are hostile.
 //!
-//! - [`write_atomic`]: a temporary file with a random name is created exclusively (O_CREAT |
-//!   O_EXCL: a symlink or file planted at that name is never followed or reused) with mode 0600,
+//! - [`write_atomic`]: a temporary file with a random name is created exclusively (`O_CREAT |
+//!   O_EXCL`: a symlink or file planted at that name is never followed or reused) with mode 0600,
 //!   written, flushed to disk (fsync), renamed over the target and the directory flushed, so a
 //!   crash or a full disk leaves the old file or the new one, never a torn one, and a reader
 //!   never sees a partial file.
@@ -171,7 +171,8 @@ fn owner_name(uid: u32) -> String {
 }
 
 /// The directory `path` is in (`.` for a bare file name).
-fn parent_of(path: &Path) -> &Path {
+#[must_use]
+pub fn dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -199,12 +200,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// [`write_atomic`], creating missing parent directories with mode 0700 first (for files the
 /// user names, such as a QR code PNG).
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    create_dir_0700(parent_of(path))?;
+    create_dir_0700(dir_of(path))?;
     write_atomic(path, bytes)
 }
 
 fn write_atomic_with(path: &Path, bytes: &[u8], random: usize) -> io::Result<()> {
-    let dir = parent_of(path);
+    let dir = dir_of(path);
     // The temporary file's name: `.NAME.` + `random` random characters + `.tmp`.
     let prefix = format!(
         ".{}.",
@@ -218,7 +219,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], random: usize) -> io::Result<()>
         use std::os::unix::fs::PermissionsExt as _;
         builder.permissions(std::fs::Permissions::from_mode(0o600));
     }
-    // create_new (O_EXCL): an existing name, symlink or not, is an error, never reused. The
+    // create_new (`O_EXCL`): an existing name, symlink or not, is an error, never reused. The
     // file is removed again when dropped on an error below.
     let mut tmp = builder.tempfile_in(dir)?;
     tmp.write_all(bytes)?;
@@ -334,7 +335,7 @@ pub fn read_private(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     }
-    check_dir(parent_of(path), what, DirRule::NoReplace)?;
+    check_dir(dir_of(path), what, DirRule::NoReplace)?;
     let file = std::fs::File::open(path).map_err(read_err)?;
     // Check again what was opened, in case the file changed in between.
     check_file(path, what, max, &file.metadata().map_err(read_err)?)?;

@@ -4,11 +4,14 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use super::{
-    config::{self, CaptureChoice, ConfigError, DEFAULT_CONFIG_PATH},
+    config::{self, ConfigError, DEFAULT_CONFIG_PATH},
     control::{self, ClientError, MAX_BAN, Request},
     status,
 };
-use crate::firewall::{ErrorChain, FirewallKind};
+use crate::{
+    capture::CaptureMode,
+    firewall::{ErrorChain, FirewallKind},
+};
 
 /// `capyknock server`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,9 +22,9 @@ pub struct ServerArgs {
     /// Interface to capture on; repeat for several. Replaces the config's `interfaces`.
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// Capture mode: auto, xdp, pcap or udp. Replaces the config's `capture`.
-    #[arg(long, value_name = "MODE")]
-    pub capture: Option<CaptureChoice>,
+    /// Capture mode. Replaces the config's `capture`.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub capture: Option<CaptureMode>,
     /// Firewall backend: auto, nftables, windows, exec or none. Replaces `[firewall] backend`.
     #[arg(long, value_name = "BACKEND")]
     pub firewall: Option<FirewallKind>,
@@ -316,7 +319,7 @@ mod tests {
             panic!()
         };
         assert_eq!(s.ifaces, ["eth0", "eth1"]);
-        assert_eq!(s.capture, Some(CaptureChoice::Udp));
+        assert_eq!(s.capture, Some(CaptureMode::Udp));
         assert_eq!(s.firewall, Some(FirewallKind::None));
         assert!(T::try_parse_from(["x", "server", "--capture", "ebpf"]).is_err());
     }
