@@ -187,6 +187,10 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         settings.knock_ports.clone()
     };
     let protected = settings.protected_ports();
+    settings
+        .protection_warnings()
+        .iter()
+        .for_each(|w| tracing::warn!("{w}"));
     let mut fw = Firewall::open(
         &settings.firewall,
         &protected,
@@ -658,6 +662,10 @@ impl Core {
             self.send(Effect::Protect(self.protected.clone()));
             let new: Vec<String> = plan.unprotected.iter().map(ToString::to_string).collect();
             notes.push(format!("now protecting {}", new.join(", ")));
+        }
+        if let Some(warning) = &plan.protection_warning {
+            tracing::warn!("{warning}");
+            notes.push(warning.clone());
         }
         if !plan.removed.is_empty() {
             if self.settings.revoke_removed_users {
