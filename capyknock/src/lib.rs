@@ -5,6 +5,8 @@
 //! [`protocol`] decides, with no I/O, whether a packet grants anything -> [`firewall`] opens the
 //! user's ports for the source address. [`server`] wires these into the daemon; [`client`] and
 //! [`keygen`] are the user's side. `protocol` never imports `capture`, `firewall` or `server`.
+//! Both sides read their config files through [`conf`] and write every secret or state file
+//! through [`private_file`].
 
 pub mod capture;
 pub mod client;
