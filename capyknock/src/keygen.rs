@@ -128,7 +128,7 @@ pub enum KeygenError {
         server: PathBuf,
         /// Why.
         #[source]
-        source: ClientConfigError,
+        source: Box<ClientConfigError>,
     },
     /// Random generation failed.
     #[error(transparent)]
@@ -345,7 +345,7 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
         KeygenError::ClientAfterServer {
             nickname: plan.nickname.clone(),
             server: plan.server_config.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     Ok(Created {
