@@ -29,16 +29,6 @@ use crate::{
     server::config::{self as server_config, AddUserError},
 };
 
-/// How the user's codes are produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum TotpModeArg {
-    /// A person types the code from an authenticator app (scan the QR code).
-    #[default]
-    Prompt,
-    /// The client computes the code from the secret stored in its profile (backup jobs, CI).
-    Derived,
-}
-
 /// Create a user: random id, knock key and TOTP secret, appended to the server config and the
 /// client config, with a QR code for the authenticator app.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -74,8 +64,8 @@ pub struct KeygenArgs {
 
     /// prompt: a person types codes from an app; derived: machine-to-machine, the profile
     /// stores the TOTP secret.
-    #[arg(long, value_enum, default_value_t = TotpModeArg::Prompt)]
-    pub totp_mode: TotpModeArg,
+    #[arg(long, value_enum, default_value_t = TotpMode::Prompt)]
+    pub totp_mode: TotpMode,
 
     /// How long a knock opens the ports for this user [default: the server's `default_access`].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -138,7 +128,7 @@ pub enum KeygenError {
         server: PathBuf,
         /// Why.
         #[source]
-        source: ClientConfigError,
+        source: Box<ClientConfigError>,
     },
     /// Random generation failed.
     #[error(transparent)]
@@ -167,7 +157,7 @@ struct Plan {
     server_config: PathBuf,
     client_config: PathBuf,
     profile: String,
-    mode: TotpModeArg,
+    mode: TotpMode,
     access: Duration,
 }
 
@@ -189,7 +179,7 @@ pub struct Created {
     /// Allowed ports.
     pub ports: Vec<PortSpec>,
     /// Prompt or derived.
-    pub mode: TotpModeArg,
+    pub mode: TotpMode,
     /// The `otpauth://` URI (holds the TOTP secret).
     pub otpauth_uri: String,
 }
@@ -218,7 +208,7 @@ fn plan(args: &KeygenArgs, ask: &mut Ask<'_>) -> Result<Plan, KeygenError> {
         Some(n) => n.clone(),
         None => ask("--nickname (the user's name in logs, e.g. alice)", None)?,
     };
-    server_config::check_nickname(&nickname).map_err(KeygenError::Invalid)?;
+    crate::conf::check_nickname(&nickname).map_err(KeygenError::Invalid)?;
     let server = match &args.server {
         Some(s) => s.clone(),
         None => ask(
@@ -321,10 +311,7 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
         nickname: plan.nickname.clone(),
         key: key.clone(),
         totp: totp.clone(),
-        totp_mode: match plan.mode {
-            TotpModeArg::Prompt => TotpMode::Prompt,
-            TotpModeArg::Derived => TotpMode::Derived,
-        },
+        totp_mode: plan.mode,
         ports: plan.ports.clone(),
         access: plan.access,
         allow_ip: AllowIp::Source,
@@ -348,8 +335,8 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
             user_id,
             key,
             code: match plan.mode {
-                TotpModeArg::Prompt => CodeSource::Prompt,
-                TotpModeArg::Derived => CodeSource::Derived(totp.clone()),
+                TotpMode::Prompt => CodeSource::Prompt,
+                TotpMode::Derived => CodeSource::Derived(totp.clone()),
             },
             allow_ip: None,
         },
@@ -358,7 +345,7 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
         KeygenError::ClientAfterServer {
             nickname: plan.nickname.clone(),
             server: plan.server_config.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     Ok(Created {
@@ -397,7 +384,7 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
         c.nickname,
     );
     match c.mode {
-        TotpModeArg::Prompt => {
+        TotpMode::Prompt => {
             let _ = write!(
                 out,
                 "\nScan this code with {}'s authenticator app (any TOTP app: Google or Microsoft \
@@ -405,7 +392,7 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
                 c.nickname
             );
         }
-        TotpModeArg::Derived => out.push_str(
+        TotpMode::Derived => out.push_str(
             "\nMachine profile: the client computes codes from the secret stored in the profile; \
              no authenticator app is needed. The TOTP URI, for reference:\n",
         ),
@@ -413,14 +400,14 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let _ = lock.write_all(out.as_bytes());
-    if c.mode == TotpModeArg::Prompt && !args.no_qr {
+    if c.mode == TotpMode::Prompt && !args.no_qr {
         let text = qr::terminal(&c.otpauth_uri, stdout.is_terminal())?;
         let _ = lock.write_all(text.as_bytes());
     }
     let _ = writeln!(lock, "{}", c.otpauth_uri);
     if let Some(path) = &args.qr_png {
         let png = qr::png(&c.otpauth_uri)?;
-        crate::client::atomic::write_private(path, &png).map_err(|source| KeygenError::Png {
+        crate::private_file::write_private(path, &png).map_err(|source| KeygenError::Png {
             path: path.clone(),
             source,
         })?;
@@ -468,7 +455,7 @@ mod tests {
             server_config: dir.join("server.toml"),
             client_config: Some(dir.join("client.toml")),
             profile: None,
-            totp_mode: TotpModeArg::Prompt,
+            totp_mode: TotpMode::Prompt,
             access: None,
             qr_png: None,
             no_qr: true,
@@ -537,7 +524,7 @@ mod tests {
         b.nickname = Some("backup".into());
         b.profile = Some("backup-job".into());
         b.knock_port = None;
-        b.totp_mode = TotpModeArg::Derived;
+        b.totp_mode = TotpMode::Derived;
         b.access = Some(Duration::from_mins(1));
         let c = create_with(&b).unwrap();
         assert_eq!(c.knock_port, 4000);

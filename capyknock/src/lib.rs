@@ -5,6 +5,8 @@
 //! [`protocol`] decides, with no I/O, whether a packet grants anything -> [`firewall`] opens the
 //! user's ports for the source address. [`server`] wires these into the daemon; [`client`] and
 //! [`keygen`] are the user's side. `protocol` never imports `capture`, `firewall` or `server`.
+//! Both sides read their config files through [`conf`] and write every secret or state file
+//! through [`private_file`].
 
 // `unsafe` only in the modules that talk to foreign interfaces, each allowing it by name:
 // `capture::xdp` (the eBPF loader and ring buffer), `firewall::nftables::raw` (libnftnl) and
@@ -13,9 +15,11 @@
 
 pub mod capture;
 pub mod client;
+pub mod conf;
 pub mod error_chain;
 pub mod firewall;
 pub mod keygen;
 pub mod ports;
+pub mod private_file;
 pub mod protocol;
 pub mod server;

@@ -59,8 +59,21 @@ impl fmt::Debug for Candidate {
     }
 }
 
-/// How to capture, as asked for on the command line or in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to capture, as asked for on the command line (`--capture`) or in the config
+/// (`capture = "..."`); both spell it `auto`, `xdp`, `pcap`, `udp`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum CaptureMode {
     /// XDP, else pcap, else a UDP socket.
     #[default]
@@ -73,8 +86,20 @@ pub enum CaptureMode {
     Udp,
 }
 
-/// How the XDP program attaches to an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl CaptureMode {
+    /// Name as written in the config and on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How the XDP program attaches to an interface. The config's `xdp_mode` is an
+/// `Option<XdpAttachMode>`: `"auto"` (`None`) tries native and falls back to SKB.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum XdpAttachMode {
     /// In the driver, before any socket buffer is allocated (fastest).
     Native,
@@ -82,12 +107,17 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+impl XdpAttachMode {
+    /// Name as written in the config (`xdp_mode`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 impl fmt::Display for XdpAttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Native => "native",
-            Self::Skb => "skb",
-        })
+        f.write_str(self.as_str())
     }
 }
 

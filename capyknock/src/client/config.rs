@@ -3,8 +3,10 @@
 //!
 //! Two layers as in the server config: [`RawProfile`] mirrors the file (serde, unknown keys
 //! refused, spans kept for messages) and [`Profile`] holds checked, typed values with the keys
-//! decoded. New profiles are added with `toml_edit`, so the user's comments and other profiles
-//! stay exactly as they were, and the file is replaced atomically with mode 0600.
+//! decoded. Reading the private file and reporting problems with their lines is shared with the
+//! server config ([`crate::conf`]). New profiles are added with `toml_edit`, so the user's
+//! comments and other profiles stay exactly as they were, and the file is replaced atomically
+//! with mode 0600 ([`crate::private_file`]).
 //!
 //! ```toml
 //! [profile.work]
@@ -20,7 +22,6 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    ops::Range,
     path::{Path, PathBuf},
 };
 
@@ -28,7 +29,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    conf::{self, Checker, Problem, check_nickname},
     ports::{PortSpec, Protocol},
+    private_file::{self, DirRule, PrivateFileError},
     protocol::{
         keys::{TotpSecret, UserId, UserKey},
         payload::MAX_PORTS,
@@ -42,6 +45,13 @@ pub const CONFIG_FILE_NAME: &str = "client.toml";
 pub const MAX_CLIENT_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Longest profile name.
 pub const MAX_PROFILE_NAME_LEN: usize = 64;
+
+/// The client config as messages name it.
+pub const KIND: conf::Kind = conf::Kind {
+    what: "client config",
+    docs: "docs/CLIENT.md",
+    max_bytes: MAX_CLIENT_CONFIG_BYTES,
+};
 
 /// Header written at the top of a new client config.
 pub const NEW_FILE_HEADER: &str = "\
@@ -74,15 +84,6 @@ pub enum ClientConfigError {
     /// No config directory on this system and no `--client-config`.
     #[error("cannot find your configuration directory: pass --client-config PATH")]
     NoConfigDir,
-    /// The file could not be read.
-    #[error("cannot read client config {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file does not exist.
     #[error(
         "client config {} does not exist: create a profile with `capyknock keygen` (on the \
@@ -93,29 +94,11 @@ pub enum ClientConfigError {
         /// The file.
         path: PathBuf,
     },
-    /// Too large or not a regular file.
-    #[error("client config {}: {reason}", path.display())]
-    NotUsable {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// Others may read it.
-    #[error(
-        "client config {} has mode {mode:04o}: it holds your secret key and must not be \
-         accessible by group or others; run `chmod 600 {}`",
-        path.display(),
-        path.display()
-    )]
-    Permissions {
-        /// The file.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
+    /// Unreadable, too large, or not private (mode, owner, directory).
+    #[error(transparent)]
+    File(#[from] PrivateFileError),
     /// Not valid.
-    #[error("client config {} is not valid:{}", path.display(), render_problems(problems))]
+    #[error("{}", conf::render_problems(&KIND, path, problems))]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -142,25 +125,6 @@ pub enum ClientConfigError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// One thing wrong in a client config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-fn render_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| match p.line {
-            Some(line) => format!("\n  line {line}: {}", p.message),
-            None => format!("\n  {}", p.message),
-        })
-        .collect()
 }
 
 /// The file as written.
@@ -401,42 +365,10 @@ pub fn load(path: &Path) -> Result<ClientConfig, ClientConfigError> {
     parse(path, &text)
 }
 
-/// Reads `path` after checking it is a private regular file of sane size; `None` if it does not
-/// exist.
+/// Reads `path` after checking it is a private regular file of sane size, owned by us (or
+/// root), in a directory others cannot write to; `None` if it does not exist.
 pub fn read_checked(path: &Path) -> Result<Option<String>, ClientConfigError> {
-    let read_err = |source| ClientConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
-    };
-    if !meta.is_file() {
-        return Err(ClientConfigError::NotUsable {
-            path: path.to_owned(),
-            reason: "not a regular file".into(),
-        });
-    }
-    if meta.len() > MAX_CLIENT_CONFIG_BYTES {
-        return Err(ClientConfigError::NotUsable {
-            path: path.to_owned(),
-            reason: format!("larger than {MAX_CLIENT_CONFIG_BYTES} bytes"),
-        });
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(ClientConfigError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-    }
-    std::fs::read_to_string(path).map(Some).map_err(read_err)
+    Ok(conf::read(&KIND, path)?)
 }
 
 /// Parses and validates client config text; `path` is only used in messages.
@@ -445,19 +377,12 @@ pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, ClientConfigError>
         path: path.to_owned(),
         problems,
     };
-    let raw: RawClientConfig = toml::from_str(text).map_err(|e| {
-        invalid(vec![Problem {
-            line: e.span().map(|s| line_of(text, &s)),
-            message: format!(
-                "{}: fix it (docs/CLIENT.md describes every key)",
-                e.message().trim_end()
-            ),
-        }])
-    })?;
+    let raw: RawClientConfig =
+        toml::from_str(text).map_err(|e| invalid(vec![conf::toml_problem(&KIND, text, &e)]))?;
     let mut problems = Vec::new();
     let mut profiles = Vec::new();
     for (name, raw) in raw.profile {
-        let line = line_of(text, &raw.span());
+        let line = conf::line_of(text, &raw.span());
         match validate_profile(text, &name, raw.into_inner()) {
             Ok(p) => profiles.push(p),
             Err(mut ps) => {
@@ -469,7 +394,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, ClientConfigError>
         }
     }
     let default_profile = raw.default_profile.map(|d| {
-        let line = line_of(text, &d.span());
+        let line = conf::line_of(text, &d.span());
         let name = d.into_inner();
         if !problems.is_empty() || profiles.iter().any(|p| p.name == name) {
             return name;
@@ -531,116 +456,99 @@ pub fn check_server(server: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Collects problems of one profile, with lines.
-struct Checker<'a> {
-    text: &'a str,
-    name: &'a str,
-    problems: Vec<Problem>,
+fn port(c: &mut Checker<'_>, value: Option<Spanned<u16>>, key: &str) -> Option<u16> {
+    let p = value?;
+    if *p.get_ref() == 0 {
+        c.at(&p.span(), format_args!("{key} must be 1-65535"));
+        return None;
+    }
+    Some(p.into_inner())
 }
 
-impl Checker<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl std::fmt::Display) {
-        self.problems.push(Problem {
-            line: Some(line_of(self.text, &span)),
-            message: format!("[profile.{}] {message}", self.name),
-        });
-    }
-
-    fn port(&mut self, value: Option<Spanned<u16>>, key: &str) -> Option<u16> {
-        let p = value?;
-        if *p.get_ref() == 0 {
-            self.at(p.span(), format_args!("{key} must be 1-65535"));
-            return None;
+fn ports(c: &mut Checker<'_>, raw: Option<Spanned<Vec<Spanned<String>>>>) -> Vec<PortSpec> {
+    let span = raw.as_ref().map_or(0..0, Spanned::span);
+    let mut ports: Vec<PortSpec> = Vec::new();
+    for p in raw.map(Spanned::into_inner).unwrap_or_default() {
+        match p.get_ref().parse::<PortSpec>() {
+            Ok(spec) if !ports.contains(&spec) => ports.push(spec),
+            Ok(_) => {}
+            Err(e) => c.at(&p.span(), e),
         }
-        Some(p.into_inner())
     }
-
-    fn ports(&mut self, raw: Option<Spanned<Vec<Spanned<String>>>>) -> Vec<PortSpec> {
-        let span = raw.as_ref().map_or(0..0, Spanned::span);
-        let mut ports: Vec<PortSpec> = Vec::new();
-        for p in raw.map(Spanned::into_inner).unwrap_or_default() {
-            match p.get_ref().parse::<PortSpec>() {
-                Ok(spec) if !ports.contains(&spec) => ports.push(spec),
-                Ok(_) => {}
-                Err(e) => self.at(p.span(), e),
-            }
-        }
-        if ports.len() > MAX_PORTS {
-            self.at(
-                span,
-                format_args!(
-                    "a knock can ask for at most {MAX_PORTS} ports; list fewer (or none: all)"
-                ),
-            );
-        }
-        ports
+    if ports.len() > MAX_PORTS {
+        c.at(
+            &span,
+            format_args!(
+                "a knock can ask for at most {MAX_PORTS} ports; list fewer (or none: all)"
+            ),
+        );
     }
+    ports
+}
 
-    fn code(
-        &mut self,
-        mode: Option<&Spanned<String>>,
-        secret: Option<&Spanned<String>>,
-    ) -> Option<CodeSource> {
-        match mode.map(|m| (m.get_ref().as_str(), m.span())) {
-            None | Some(("prompt", _)) => {
-                if let Some(s) = secret {
-                    self.at(
-                        s.span(),
-                        "totp_secret is only used with totp_mode = \"derived\"; remove it (a \
-                         prompted profile must not store the second factor)",
-                    );
-                }
-                Some(CodeSource::Prompt)
-            }
-            Some(("derived", span)) => {
-                let Some(s) = secret else {
-                    self.at(span, "totp_mode = \"derived\" needs totp_secret");
-                    return None;
-                };
-                TotpSecret::from_base32(s.get_ref())
-                    .map_err(|e| self.at(s.span(), e))
-                    .ok()
-                    .map(CodeSource::Derived)
-            }
-            Some((other, span)) => {
-                self.at(
-                    span,
-                    format_args!("totp_mode {other:?} is not \"prompt\" or \"derived\""),
+fn code(
+    c: &mut Checker<'_>,
+    mode: Option<&Spanned<String>>,
+    secret: Option<&Spanned<String>>,
+) -> Option<CodeSource> {
+    let parsed = mode.map_or(Ok(TotpMode::Prompt), |m| m.get_ref().parse::<TotpMode>());
+    match (parsed, mode) {
+        (Ok(TotpMode::Prompt), _) => {
+            if let Some(s) = secret {
+                c.at(
+                    &s.span(),
+                    "totp_secret is only used with totp_mode = \"derived\"; remove it (a \
+                     prompted profile must not store the second factor)",
                 );
-                None
             }
+            Some(CodeSource::Prompt)
+        }
+        (Ok(TotpMode::Derived), _) => {
+            let Some(s) = secret else {
+                let span = mode.map_or(0..0, Spanned::span);
+                c.at(&span, "totp_mode = \"derived\" needs totp_secret");
+                return None;
+            };
+            TotpSecret::from_base32(s.get_ref())
+                .map_err(|e| c.at(&s.span(), e))
+                .ok()
+                .map(CodeSource::Derived)
+        }
+        (Err(_), m) => {
+            let (text, span) = m.map_or(("", 0..0), |m| (m.get_ref().as_str(), m.span()));
+            c.at(
+                &span,
+                format_args!("totp_mode {text:?} is not \"prompt\" or \"derived\""),
+            );
+            None
         }
     }
 }
 
 fn validate_profile(text: &str, name: &str, raw: RawProfile) -> Result<Profile, Vec<Problem>> {
-    let mut c = Checker {
-        text,
-        name,
-        problems: Vec::new(),
-    };
+    let mut c = Checker::with_context(text, format!("[profile.{name}]"));
     if let Err(m) = check_profile_name(name) {
-        c.at(0..0, m);
+        // No line of its own: the caller puts the profile's line.
+        c.at_line(None, m);
     }
     let server_span = raw.server.span();
     let server = raw.server.into_inner();
     if let Err(m) = check_server(&server) {
-        c.at(server_span, m);
+        c.at(&server_span, m);
     }
-    let knock_port = c
-        .port(raw.knock_port, "knock_port")
+    let knock_port = port(&mut c, raw.knock_port, "knock_port")
         .unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT);
-    let ports = c.ports(raw.ports);
+    let ports = ports(&mut c, raw.ports);
     let check_port = match raw.check_port {
-        Some(p) => c.port(Some(p), "check_port"),
+        Some(p) => port(&mut c, Some(p), "check_port"),
         None => ports
             .iter()
             .find(|p| p.protocol == Protocol::Tcp)
             .map(|p| p.port),
     };
     let nickname = raw.nickname.map(|n| {
-        if let Err(m) = crate::server::config::check_nickname(n.get_ref()) {
-            c.at(n.span(), m);
+        if let Err(m) = check_nickname(n.get_ref()) {
+            c.at(&n.span(), m);
         }
         n.into_inner()
     });
@@ -648,25 +556,25 @@ fn validate_profile(text: &str, name: &str, raw: RawProfile) -> Result<Profile, 
         .user_id
         .get_ref()
         .parse::<UserId>()
-        .map_err(|e| c.at(raw.user_id.span(), e))
+        .map_err(|e| c.at(&raw.user_id.span(), e))
         .ok();
     let key = UserKey::from_base64(raw.key.get_ref())
-        .map_err(|e| c.at(raw.key.span(), e))
+        .map_err(|e| c.at(&raw.key.span(), e))
         .ok();
-    let code = c.code(raw.totp_mode.as_ref(), raw.totp_secret.as_ref());
+    let code = code(&mut c, raw.totp_mode.as_ref(), raw.totp_secret.as_ref());
     let allow_ip = raw.allow_ip.and_then(|a| {
         a.get_ref()
             .parse::<IpAddr>()
             .map_err(|_| {
                 c.at(
-                    a.span(),
+                    &a.span(),
                     format_args!("allow_ip {:?} is not an IP address", a.get_ref()),
                 );
             })
             .ok()
     });
     match (user_id, key, code) {
-        (Some(user_id), Some(key), Some(code)) if c.problems.is_empty() => Ok(Profile {
+        (Some(user_id), Some(key), Some(code)) if c.is_clean() => Ok(Profile {
             name: name.to_owned(),
             server,
             knock_port,
@@ -678,15 +586,8 @@ fn validate_profile(text: &str, name: &str, raw: RawProfile) -> Result<Profile, 
             code,
             allow_ip,
         }),
-        _ => Err(c.problems),
+        _ => Err(c.into_problems()),
     }
-}
-
-/// 1-based line of the start of `span`.
-fn line_of(text: &str, span: &Range<usize>) -> usize {
-    let end = span.start.min(text.len());
-    text.get(..end)
-        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
 }
 
 /// A profile to add, as `keygen` creates it.
@@ -711,7 +612,8 @@ pub fn add_profile(path: &Path, new: &NewProfile) -> Result<ClientConfig, Client
     parse(path, &text)?;
     let updated = append_profile(path, &text, new)?;
     let config = parse(path, &updated)?;
-    crate::client::atomic::write_private(path, updated.as_bytes()).map_err(|source| {
+    private_file::ensure_dir(private_file::dir_of(path), KIND.what, DirRule::NoReplace)?;
+    private_file::write_atomic(path, updated.as_bytes()).map_err(|source| {
         ClientConfigError::Write {
             path: path.to_owned(),
             source,
@@ -776,14 +678,9 @@ fn append_profile(path: &Path, text: &str, new: &NewProfile) -> Result<String, C
     }
     t.insert("user_id", value(p.user_id.to_string()));
     t.insert("key", value(p.key.to_base64_secret()));
-    match &p.code {
-        CodeSource::Prompt => {
-            t.insert("totp_mode", value("prompt"));
-        }
-        CodeSource::Derived(secret) => {
-            t.insert("totp_mode", value("derived"));
-            t.insert("totp_secret", value(secret.to_base32_secret()));
-        }
+    t.insert("totp_mode", value(p.code.mode().as_str()));
+    if let CodeSource::Derived(secret) = &p.code {
+        t.insert("totp_secret", value(secret.to_base32_secret()));
     }
     if let Some(ip) = p.allow_ip {
         t.insert("allow_ip", value(ip.to_string()));
@@ -993,7 +890,7 @@ mod tests {
         // A comment the user adds survives the next keygen.
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("# my own note\n");
-        crate::client::atomic::write_private(&path, text.as_bytes()).unwrap();
+        crate::private_file::write_private(&path, text.as_bytes()).unwrap();
         let second = sample(
             "ci",
             "2001:db8::5",
@@ -1034,7 +931,7 @@ mod tests {
     fn add_profile_refuses_a_broken_file_and_leaves_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        crate::client::atomic::write_private(&path, b"profile = 3\n").unwrap();
+        crate::private_file::write_private(&path, b"profile = 3\n").unwrap();
         let err = add_profile(&path, &sample("a", "h", CodeSource::Prompt)).unwrap_err();
         assert!(matches!(err, ClientConfigError::Invalid { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"profile = 3\n");

@@ -309,7 +309,7 @@ impl<'a> Knock<'a> {
                 now,
             )?;
             if let Some(path) = &self.args.save_packet {
-                super::atomic::write_private(path, &packet).map_err(|source| {
+                crate::private_file::write_private(path, &packet).map_err(|source| {
                     KnockError::SavePacket {
                         path: path.clone(),
                         source,

@@ -8,12 +8,10 @@
 //! - [`code`]: the TOTP code from the terminal, `--otp`, stdin, or a machine profile's secret.
 //! - [`send`]: building the knock packet and sending it a few times.
 //! - [`proxy`]: the stdin/stdout relay for ssh.
-//! - [`atomic`]: private files written atomically (config, QR code PNG).
 //!
 //! Works on Linux and Windows (and other Unix systems): nothing here needs privileges.
 
 pub mod args;
-pub mod atomic;
 pub mod code;
 pub mod config;
 pub mod knock;

@@ -459,19 +459,17 @@ impl Firewall {
     }
 }
 
-/// Reads the ledger file; a damaged one is moved aside (`.damaged`) with an error in the log,
-/// and the daemon starts with an empty ledger.
+/// Reads the ledger file; a damaged one is moved aside (`.corrupt`, as every damaged state
+/// file) with an error in the log, and the daemon starts with an empty ledger.
 fn load_ledger(path: &Path, backend: &str, now: SystemTime) -> Result<Ledger, Error> {
     match persist::load(path, backend, now) {
         Ok(Some(ledger)) => Ok(ledger),
         Ok(None) => Ok(Ledger::new()),
         Err(err @ persist::PersistError::Corrupt { .. }) => {
-            let mut aside = path.as_os_str().to_owned();
-            aside.push(".damaged");
-            let _ = std::fs::rename(path, &aside);
+            let aside = crate::private_file::move_aside(path);
             tracing::error!(
                 error = %ErrorChain(&err),
-                moved_to = %Path::new(&aside).display(),
+                moved_to = ?aside,
                 "ignoring the damaged firewall ledger; grants it listed will not be closed automatically"
             );
             Ok(Ledger::new())
@@ -916,7 +914,7 @@ mod tests {
         std::fs::write(dir.path().join("firewall-fake.json"), b"{not json").unwrap();
         let (fw, _) = open(Some(dir.path()), false, true, t(0));
         assert!(fw.grants().is_empty());
-        assert!(dir.path().join("firewall-fake.json.damaged").exists());
+        assert!(dir.path().join("firewall-fake.json.corrupt").exists());
     }
 
     #[test]

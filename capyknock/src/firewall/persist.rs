@@ -1,12 +1,11 @@
 //! The ledger on disk, for backends whose firewall cannot expire rules by itself (Windows
-//! Firewall, exec): a small JSON file in the state directory, written atomically (temporary
-//! file, fsync, rename, fsync of the directory) so a crash or a full disk leaves either the old
-//! or the new file, never a torn one. On start the daemon reads it back and closes what expired
-//! while it was down.
+//! Firewall, exec): a small JSON file in the state directory, written atomically
+//! ([`crate::private_file::write_atomic`]: exclusive temporary file, fsync, rename, fsync of the
+//! directory) so a crash or a full disk leaves either the old or the new file, never a torn one.
+//! On start the daemon reads it back and closes what expired while it was down.
 
 use std::{
-    fs::{self, File},
-    io::{self, Read as _, Write as _},
+    fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -15,7 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::model::{Ban, Ledger};
-use crate::ports::PortSpec;
+use crate::{
+    ports::PortSpec,
+    private_file::{self, PrivateFileError},
+};
 
 /// Format version written in the file.
 const VERSION: u32 = 1;
@@ -170,50 +172,33 @@ fn decode(
 
 /// Reads the ledger file, or `None` when there is none.
 pub fn load(path: &Path, backend: &str, now: SystemTime) -> Result<Option<Ledger>, PersistError> {
-    let read_err = |source| PersistError::Read {
-        path: path.to_owned(),
-        source,
+    let bytes = match private_file::read_capped(path, "firewall ledger", MAX_FILE) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(PrivateFileError::Read { source, .. }) => {
+            return Err(PersistError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(PersistError::Corrupt {
+                path: path.to_owned(),
+                why: format!("larger than {MAX_FILE} bytes"),
+            });
+        }
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(PersistError::Corrupt {
-            path: path.to_owned(),
-            why: format!("larger than {MAX_FILE} bytes"),
-        });
-    }
     decode(&bytes, backend, path, now).map(Some)
 }
 
-/// Writes the ledger atomically: `path.tmp`, fsync, rename over `path`, fsync the directory.
+/// Writes the ledger atomically, mode 0600 (it lists users' addresses).
 pub fn save(path: &Path, backend: &str, ledger: &Ledger) -> Result<(), PersistError> {
-    let write_err = |source| PersistError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let bytes = encode(ledger, backend);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = create_private(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    private_file::write_atomic(path, &encode(ledger, backend)).map_err(|source| {
+        PersistError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Deletes the ledger file (after `firewall remove`); a missing file is fine.
@@ -226,41 +211,6 @@ pub fn delete(path: &Path) -> Result<(), PersistError> {
             source,
         }),
     }
-}
-
-/// Creates a fresh file readable only by its owner (the ledger lists users' addresses). A
-/// leftover temporary file is removed first and the new one is created exclusively, so a
-/// symlink planted at that path is never followed.
-fn create_private(path: &Path) -> io::Result<File> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "same signature as the unix version"
-)]
-fn sync_dir(_path: &Path) -> io::Result<()> {
-    // Windows has no directory fsync; the rename (MoveFileEx with replace) is atomic on NTFS.
-    Ok(())
 }
 
 #[cfg(test)]
@@ -329,7 +279,8 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(!dir.path().join("firewall-exec.json.tmp").exists());
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         delete(&path).unwrap();
         delete(&path).unwrap();
     }

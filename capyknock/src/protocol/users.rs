@@ -12,16 +12,38 @@ use super::{
 };
 use crate::ports::PortSpec;
 
-/// How a user's TOTP code is produced. The server checks both the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+/// How a user's TOTP code is produced. The server checks both the same way. Spelt `prompt` and
+/// `derived` in both configs (`totp_mode`) and on the command line (`keygen --totp-mode`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TotpMode {
-    /// A human types the code from an authenticator app (default).
+    /// A person types the code from an authenticator app (scan the QR code).
     #[default]
     Prompt,
-    /// The client computes the code from the TOTP secret stored in its profile
-    /// (machine-to-machine users such as backup jobs).
+    /// The client computes the code from the secret stored in its profile (machine-to-machine
+    /// users such as backup jobs and CI).
     Derived,
+}
+
+impl TotpMode {
+    /// Name as written in configs and on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// Which address a grant opens the firewall for.

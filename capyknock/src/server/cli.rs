@@ -4,11 +4,14 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use super::{
-    config::{self, CaptureChoice, ConfigError, DEFAULT_CONFIG_PATH},
+    config::{self, ConfigError, DEFAULT_CONFIG_PATH},
     control::{self, ClientError, MAX_BAN, Request},
     status,
 };
-use crate::firewall::{ErrorChain, FirewallKind};
+use crate::{
+    capture::CaptureMode,
+    firewall::{ErrorChain, FirewallKind},
+};
 
 /// `capyknock server`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,9 +22,9 @@ pub struct ServerArgs {
     /// Interface to capture on; repeat for several. Replaces the config's `interfaces`.
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// Capture mode: auto, xdp, pcap or udp. Replaces the config's `capture`.
-    #[arg(long, value_name = "MODE")]
-    pub capture: Option<CaptureChoice>,
+    /// Capture mode. Replaces the config's `capture`.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub capture: Option<CaptureMode>,
     /// Firewall backend: auto, nftables, windows, exec or none. Replaces `[firewall] backend`.
     #[arg(long, value_name = "BACKEND")]
     pub firewall: Option<FirewallKind>,
@@ -163,14 +166,24 @@ pub fn check_config(args: &CheckConfigArgs) -> Result<(), CliError> {
     }
     s.users_table()
         .map_err(|e| CliError::Usage(format!("{}: {}", args.path.display(), ErrorChain(&e))))?;
+    print!("{}", check_report(&args.path, &s));
+    Ok(())
+}
+
+/// What `check-config` prints for a valid config: what it sets up, what the firewall protects
+/// and the warnings about protected ports.
+fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
+    use std::fmt::Write as _;
     let ports: Vec<String> = s
         .protected_ports()
         .iter()
         .map(ToString::to_string)
         .collect();
-    println!("{}: OK", args.path.display());
-    println!("  knock ports:     udp/{:?}", s.knock_ports);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", path.display());
+    let _ = writeln!(out, "  knock ports:     udp/{:?}", s.knock_ports);
+    let _ = writeln!(
+        out,
         "  capture:         {} on {}",
         s.capture.as_str(),
         if s.interfaces.is_empty() {
@@ -179,12 +192,28 @@ pub fn check_config(args: &CheckConfigArgs) -> Result<(), CliError> {
             s.interfaces.join(", ")
         }
     );
-    println!("  firewall:        {}", s.firewall.backend);
-    println!("  protected ports: {}", ports.join(", "));
-    println!("  users:           {}", s.users.len());
-    println!("  state directory: {}", s.state_dir.display());
-    println!("  control socket:  {}", s.control_socket.display());
-    Ok(())
+    let _ = writeln!(out, "  firewall:        {}", s.firewall.backend);
+    let _ = writeln!(
+        out,
+        "  protected ports: {} ({})",
+        if ports.is_empty() {
+            "none".to_owned()
+        } else {
+            ports.join(", ")
+        },
+        if s.protect.is_some() {
+            "[server] protect"
+        } else {
+            "the users' ports: no [server] protect"
+        }
+    );
+    let _ = writeln!(out, "  users:           {}", s.users.len());
+    let _ = writeln!(out, "  state directory: {}", s.state_dir.display());
+    let _ = writeln!(out, "  control socket:  {}", s.control_socket.display());
+    for w in s.protection_warnings() {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    out
 }
 
 /// `capyknock ban ADDR [DURATION]`.
@@ -316,8 +345,54 @@ mod tests {
             panic!()
         };
         assert_eq!(s.ifaces, ["eth0", "eth1"]);
-        assert_eq!(s.capture, Some(CaptureChoice::Udp));
+        assert_eq!(s.capture, Some(CaptureMode::Udp));
         assert_eq!(s.firewall, Some(FirewallKind::None));
         assert!(T::try_parse_from(["x", "server", "--capture", "ebpf"]).is_err());
+        for (text, mode) in [
+            ("auto", CaptureMode::Auto),
+            ("xdp", CaptureMode::Xdp),
+            ("pcap", CaptureMode::Pcap),
+            ("udp", CaptureMode::Udp),
+        ] {
+            let T::Server(s) = T::try_parse_from(["x", "server", "--capture", text]).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(s.capture, Some(mode));
+        }
+    }
+
+    #[test]
+    fn check_config_shows_what_is_protected() {
+        const USER: &str = "[[user]]\nid = \"00112233445566778899aabbccddeeff\"\n\
+                            nickname = \"alice\"\n\
+                            key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
+                            totp_secret = \"AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT\"\n\
+                            ports = [\"tcp/2222\"]\n";
+        let path = std::path::Path::new("/etc/capyknock/server.toml");
+        let s = config::parse(path, USER).unwrap();
+        let out = check_report(path, &s);
+        assert!(
+            out.contains("protected ports: tcp/2222 (the users' ports: no [server] protect)"),
+            "{out}"
+        );
+        assert!(out.contains("warning: no `protect` list"), "{out}");
+        let s = config::parse(
+            path,
+            &format!("[server]\nprotect = [\"tcp/22\", \"tcp/2222\"]\n{USER}"),
+        )
+        .unwrap();
+        let out = check_report(path, &s);
+        assert!(
+            out.contains("protected ports: tcp/22, tcp/2222 ([server] protect)"),
+            "{out}"
+        );
+        assert!(out.contains("warning: no user may open tcp/22:"), "{out}");
+        let out = check_report(path, &config::parse(path, "").unwrap());
+        assert!(out.contains("protected ports: none ("), "{out}");
+        assert!(
+            out.contains("warning: no users and no `protect` list"),
+            "{out}"
+        );
     }
 }

@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use super::{
-    config::{self, CaptureChoice, ConfigError, Settings, XdpModeChoice},
+    config::{self, ConfigError, Settings},
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
@@ -71,7 +71,7 @@ pub struct Options {
     /// `--iface`: replaces the config's interfaces when not empty.
     pub ifaces: Vec<String>,
     /// `--capture`: replaces the config's capture mode.
-    pub capture: Option<CaptureChoice>,
+    pub capture: Option<CaptureMode>,
     /// `--firewall`: replaces the config's firewall backend.
     pub firewall: Option<FirewallKind>,
 }
@@ -203,6 +203,10 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         tracing::warn!("{warning}");
     }
     let protected = settings.protected_ports();
+    settings
+        .protection_warnings()
+        .iter()
+        .for_each(|w| tracing::warn!("{w}"));
     let mut fw = Firewall::open(
         &settings.firewall,
         &protected,
@@ -679,6 +683,10 @@ impl Core {
             let new: Vec<String> = plan.unprotected.iter().map(ToString::to_string).collect();
             notes.push(format!("now protecting {}", new.join(", ")));
         }
+        if let Some(warning) = &plan.protection_warning {
+            tracing::warn!("{warning}");
+            notes.push(warning.clone());
+        }
         if !plan.removed.is_empty() {
             if self.settings.revoke_removed_users {
                 self.send(Effect::RevokeUsers(plan.removed.clone()));
@@ -779,19 +787,10 @@ impl Core {
 /// The capture settings for `settings`.
 fn capture_config(settings: &Settings) -> CaptureConfig {
     CaptureConfig {
-        mode: match settings.capture {
-            CaptureChoice::Auto => CaptureMode::Auto,
-            CaptureChoice::Xdp => CaptureMode::Xdp,
-            CaptureChoice::Pcap => CaptureMode::Pcap,
-            CaptureChoice::Udp => CaptureMode::Udp,
-        },
+        mode: settings.capture,
         ifaces: settings.interfaces.clone(),
         knock_ports: settings.knock_ports.clone(),
-        xdp_mode: match settings.xdp_mode {
-            XdpModeChoice::Auto => None,
-            XdpModeChoice::Native => Some(XdpAttachMode::Native),
-            XdpModeChoice::Skb => Some(XdpAttachMode::Skb),
-        },
+        xdp_mode: settings.xdp_mode,
         per_source: RateLimitConfig {
             per_second: settings.limits.per_source_rate,
             burst: settings.limits.per_source_burst,
@@ -803,12 +802,9 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
     }
 }
 
-fn xdp_mode_name(m: XdpModeChoice) -> &'static str {
-    match m {
-        XdpModeChoice::Auto => "auto",
-        XdpModeChoice::Native => "native",
-        XdpModeChoice::Skb => "skb",
-    }
+/// The config's spelling of an XDP attach mode (`None` is `auto`).
+fn xdp_mode_name(m: Option<XdpAttachMode>) -> &'static str {
+    m.map_or("auto", XdpAttachMode::as_str)
 }
 
 /// Gives the pre-filter the users' ids and tag keys.

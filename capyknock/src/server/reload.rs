@@ -1,7 +1,8 @@
 //! What a configuration reload changes: which settings take effect at once (users, freshness,
-//! access durations, log limits), which need a restart (knock ports, interfaces, capture, paths,
-//! limits, firewall settings), which users were removed, and which ports need protecting. Pure functions over two [`Settings`]; the daemon
-//! applies the result.
+//! access durations, log limits, `protect`), which need a restart (knock ports, interfaces,
+//! capture, paths, limits, firewall settings), which users were removed, which ports need
+//! protecting and which are no longer asked to be. Pure functions over two [`Settings`]; the
+//! daemon applies the result.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -20,9 +21,16 @@ pub struct Plan {
     pub removed: Vec<UserId>,
     /// Users in the new file and not in the old one.
     pub added: usize,
-    /// Ports of the new users that the firewall does not protect yet: the daemon has the
-    /// firewall protect them too (their union with the ports protected so far).
+    /// Ports the new file protects ([`Settings::protected_ports`]) that the firewall does not
+    /// protect yet: the daemon has the firewall protect them too (their union with the ports
+    /// protected so far).
     pub unprotected: Vec<PortSpec>,
+    /// Ports the firewall protects that the new file does not: they stay protected until the
+    /// next restart and then open to everyone.
+    pub no_longer_protected: Vec<PortSpec>,
+    /// What to tell the admin about [`Self::no_longer_protected`] (the daemon logs it and
+    /// returns it to `capyknock reload`).
+    pub protection_warning: Option<String>,
 }
 
 /// Compares `old` (in force, protecting `protected`) with `new` (just loaded and validated).
@@ -58,17 +66,17 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
         .filter(|u| !old_ids.contains(&u.id))
         .count();
     let protected: BTreeSet<PortSpec> = protected.iter().copied().collect();
-    let unprotected: BTreeSet<PortSpec> = new
-        .users
-        .iter()
-        .flat_map(|u| u.ports.iter().copied())
-        .filter(|p| !protected.contains(p))
-        .collect();
+    let wanted: BTreeSet<PortSpec> = new.protected_ports().into_iter().collect();
+    let unprotected = wanted.difference(&protected).copied().collect();
+    let no_longer_protected: Vec<PortSpec> = protected.difference(&wanted).copied().collect();
 
+    let protection_warning =
+        no_longer_protected_warning(&no_longer_protected, new.protect.is_some());
     let settings = Settings {
         freshness: new.freshness,
         default_access: new.default_access,
         revoke_removed_users: new.revoke_removed_users,
+        protect: new.protect,
         log: new.log,
         users: new.users,
         ..old.clone()
@@ -78,8 +86,27 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
         needs_restart,
         removed,
         added,
-        unprotected: unprotected.into_iter().collect(),
+        unprotected,
+        no_longer_protected,
+        protection_warning,
     }
+}
+
+/// The warning for ports no longer protected by a file with (or without) `protect`.
+fn no_longer_protected_warning(ports: &[PortSpec], has_protect: bool) -> Option<String> {
+    if ports.is_empty() {
+        return None;
+    }
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "protected until the next restart, then open to everyone: {} ({})",
+        ports.join(", "),
+        if has_protect {
+            "[server] protect no longer lists them"
+        } else {
+            "no user has them any more; list them in [server] protect to keep them closed"
+        }
+    ))
 }
 
 #[cfg(test)]
@@ -131,6 +158,38 @@ ports = ["PORT"]
         assert_eq!(p.removed, vec![old.users[1].id]);
         assert_eq!(p.added, 1);
         assert_eq!(p.unprotected, vec![PortSpec::tcp(3389)]);
+        assert!(p.no_longer_protected.is_empty());
+    }
+
+    /// Issue 13.7: the last user loses tcp/22. Without `protect` the daemon is told it opens at
+    /// the next restart; with `protect = ["tcp/22"]` it stays protected.
+    #[test]
+    fn a_port_taken_from_its_last_user() {
+        let old = settings(&user('a', "alice", "tcp/22"));
+        let new = settings(&user('a', "alice", "tcp/2222"));
+        let p = plan(&old, new, &old.protected_ports());
+        assert_eq!(p.unprotected, vec![PortSpec::tcp(2222)]);
+        assert_eq!(p.no_longer_protected, vec![PortSpec::tcp(22)]);
+        let w = p.protection_warning.unwrap();
+        assert!(
+            w.starts_with("protected until the next restart, then open to everyone: tcp/22 ("),
+            "{w}"
+        );
+        assert!(w.contains("[server] protect"), "{w}");
+
+        let new = settings(&format!(
+            "[server]\nprotect = [\"tcp/22\", \"tcp/2222\"]\n{}",
+            user('a', "alice", "tcp/2222")
+        ));
+        assert_eq!(
+            new.protected_ports(),
+            vec![PortSpec::tcp(22), PortSpec::tcp(2222)]
+        );
+        let p = plan(&old, new, &old.protected_ports());
+        assert_eq!(p.unprotected, vec![PortSpec::tcp(2222)]);
+        assert!(p.no_longer_protected.is_empty());
+        assert_eq!(p.protection_warning, None);
+        assert!(p.settings.protect.is_some());
     }
 
     #[test]
@@ -142,5 +201,6 @@ ports = ["PORT"]
         assert!(p.removed.is_empty());
         assert_eq!(p.added, 0);
         assert!(p.unprotected.is_empty());
+        assert!(p.no_longer_protected.is_empty());
     }
 }

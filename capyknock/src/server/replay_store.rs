@@ -18,7 +18,7 @@
 //!
 //! A missing file is created from a safe start (or from the version 1 `replay.json` of
 //! capyknock 0.1, which is migrated and then removed); a damaged one is moved aside under the
-//! state directory's damaged-file suffix and replaced by a safe start
+//! damaged-file suffix (`.corrupt`, [`crate::private_file::move_aside`]) and replaced by a safe start
 //! ([`ReplayState::safe_start`]).
 
 use std::{
@@ -28,7 +28,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::state::{LoadOutcome, MAX_FILE_BYTES, keep_corrupt, write_atomic};
+use super::state::{LoadOutcome, MAX_FILE_BYTES, keep_corrupt};
+use crate::private_file::write_atomic;
 use crate::protocol::{
     keys::UserId,
     payload::PacketId,
@@ -194,7 +195,7 @@ impl ReplayStore {
             put_record(&mut bytes, i, &encode_used(used));
             slots.insert(used.user, (i, used.step));
         }
-        write_atomic(dir, FILE, &bytes).map_err(|source| StoreError::Create {
+        write_atomic(&path, &bytes).map_err(|source| StoreError::Create {
             path: path.clone(),
             source,
         })?;

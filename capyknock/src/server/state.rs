@@ -1,10 +1,12 @@
 //! The state directory: the ban list as a JSON file, and the file helpers the replay state
 //! (`server::replay_store`) shares.
 //!
-//! Files are written atomically: a temporary file in the same directory is written, flushed to
-//! disk (fsync), renamed over the old file, and the directory itself is flushed, so after a crash
-//! or power cut the file is either the old or the new version, never a mix. The files are
-//! created with mode 0600 in a directory of mode 0700.
+//! Files are written atomically ([`crate::private_file::write_atomic`]: a temporary file
+//! created exclusively under a random name, flushed to disk, renamed over the old file, the
+//! directory flushed), so after a crash or power cut the file is either the old or the new
+//! version, never a mix. The files are created with mode 0600 in a directory of mode 0700; an
+//! existing directory that others can write to or that is not ours is refused, with the command
+//! that fixes it.
 //!
 //! Loading never stops the daemon: a missing or unreadable file gives a warning in plain words.
 //! A corrupt file is kept beside as `*.corrupt` for inspection. A lost ban list is empty (and
@@ -12,13 +14,14 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Read as _, Write as _},
+    io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use tracing::{info, warn};
+
+use crate::private_file::{self, DirRule, PrivateFileError};
 
 /// File name of the ban list.
 pub const BANS_FILE: &str = "bans.json";
@@ -32,14 +35,14 @@ pub const BANS_VERSION: u32 = 1;
 /// Why the state directory could not be used or a file not saved.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The directory could not be created or opened.
+    /// The directory could not be created or opened, or others could write to it.
     #[error("cannot use state directory {path}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The cause.
         #[source]
-        source: io::Error,
+        source: PrivateFileError,
     },
     /// A file could not be written (full disk, permissions).
     #[error("cannot save {path}; the previous version is kept")]
@@ -167,12 +170,15 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens the directory, creating it (mode 0700) if needed.
+    /// Opens the directory, creating it (mode 0700) if needed; refuses an existing one that
+    /// others can write to or that is not ours.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
-        create_private_dir(&dir).map_err(|source| StateError::Dir {
-            path: dir.clone(),
-            source,
+        private_file::ensure_dir(&dir, "state", DirRule::OnlyUs).map_err(|source| {
+            StateError::Dir {
+                path: dir.clone(),
+                source,
+            }
         })?;
         Ok(Self { dir })
     }
@@ -249,25 +255,25 @@ impl StateDir {
                 source,
             })?;
         bytes.push(b'\n');
-        write_atomic(&self.dir, name, &bytes).map_err(|source| StateError::Write { path, source })
+        private_file::write_atomic(&path, &bytes)
+            .map_err(|source| StateError::Write { path, source })
     }
 }
 
 /// Reads and parses a JSON file: `Ok(None)` if it does not exist, `Err(reason)` if it cannot be
 /// read or parsed.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read it: {e}")),
+    let bytes = match private_file::read_capped(path, "state", MAX_FILE_BYTES) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(PrivateFileError::TooLarge { .. }) => {
+            return Err(format!("it is larger than {MAX_FILE_BYTES} bytes"));
+        }
+        Err(PrivateFileError::Read { source, .. }) => {
+            return Err(format!("cannot read it: {source}"));
+        }
+        Err(e) => return Err(e.to_string()),
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("it is larger than {MAX_FILE_BYTES} bytes"));
-    }
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| format!("it is not valid: {e}"))
@@ -276,63 +282,15 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
 /// Moves a bad file to `<name>.corrupt` (replacing an older one) so the next save does not
 /// destroy the evidence.
 pub(super) fn keep_corrupt(path: &Path) -> Option<PathBuf> {
-    let mut name = path.file_name()?.to_os_string();
-    name.push(".corrupt");
-    let target = path.with_file_name(name);
-    fs::rename(path, &target).ok().map(|()| target)
-}
-
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
-
-/// Writes `dir/name` atomically: temporary file, fsync, rename, fsync of the directory. On error
-/// the temporary file is removed and the old file is untouched.
-pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, &target)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    // Windows has no directory fsync; NTFS journals the rename itself.
-    Ok(())
+    private_file::move_aside(path)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::{
+        fs,
+        net::{Ipv4Addr, Ipv6Addr},
+    };
 
     use super::*;
 
@@ -407,13 +365,52 @@ mod tests {
         assert_eq!(mode(&dir.path().join(BANS_FILE)), 0o600);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_state_directory_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (_tmp, dir) = dir();
+        for mode in [0o777, 0o775] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let err = StateDir::open(dir.path()).unwrap_err();
+            let text = crate::error_chain::ErrorChain(&err).to_string();
+            assert!(
+                text.contains(&format!("chmod 700 {}", dir.path().display())),
+                "{text}"
+            );
+        }
+    }
+
+    /// Regression (issue 13.5): a local user plants `.bans.json.tmp` (or `.replay.json.tmp`,
+    /// the 0.1 replay state's) as a symlink to a file root would overwrite (the old fixed
+    /// temporary name, opened with create+truncate).
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_at_the_old_temporary_name_is_not_followed() {
+        let (tmp, dir) = dir();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        for name in [".bans.json.tmp", ".replay.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        dir.save_bans(&Bans::default()).unwrap();
+        crate::server::replay_store::ReplayStore::create(
+            dir.path(),
+            &crate::protocol::replay::ReplayState::safe_start(NOW),
+        )
+        .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(dir.load_bans(NOW).1, LoadOutcome::Loaded);
+    }
+
     #[test]
     fn failed_save_keeps_the_old_file() {
-        // A directory where the temporary file should go makes the write fail, as a full disk
-        // or a read-only file system would (and, unlike permissions, also when run as root).
-        let (_tmp, dir) = dir();
+        // The directory vanishes under the daemon, as a failing disk would make it (and, unlike
+        // permissions, also when run as root): the save fails and says the old file is kept.
+        let (tmp, dir) = dir();
         dir.save_bans(&Bans::default()).unwrap();
-        fs::create_dir(dir.path().join(format!(".{BANS_FILE}.tmp"))).unwrap();
+        let moved = tmp.path().join("moved");
+        fs::rename(dir.path(), &moved).unwrap();
         let mut bans = Bans::default();
         bans.ban(IpAddr::V4(Ipv4Addr::LOCALHOST), None).unwrap();
         let err = dir.save_bans(&bans).unwrap_err();
@@ -421,6 +418,7 @@ mod tests {
             err.to_string().contains("previous version is kept"),
             "{err}"
         );
+        fs::rename(&moved, dir.path()).unwrap();
         assert_eq!(dir.load_bans(NOW), (Bans::default(), LoadOutcome::Loaded));
     }
 }
