@@ -39,6 +39,12 @@ impl Other {
         Self { ns, link }
     }
 
+    /// Starts the daemon with XDP on both server-side interfaces (the lab's and this one's).
+    fn start(&self, lab: &mut DaemonLab) {
+        let (a, b) = (lab.link.a_if.clone(), self.link.a_if.clone());
+        lab.start_with(&["--iface", &a, "--iface", &b]);
+    }
+
     fn send(&self, packet: &[u8]) {
         let to = SocketAddr::new(self.link.a(false), KNOCK_PORT);
         assert_eq!(self.ns.send_udp(None, to, &[packet]).unwrap(), 1);
@@ -166,7 +172,7 @@ fn after_a_simulated_reboot_no_captured_knock_opens_and_fresh_ones_work_at_once(
     let (alice, bob) = (user("alice", 1), user("bob", 2));
     lab.write_config(&[&alice, &bob]);
     wait_into_step(0, 20);
-    lab.start();
+    other.start(&mut lab);
     let captured = knock(&alice, &[SERVICE], unix_now());
     lab.send(&captured, false, 1);
     lab.wait_log(&["knock accepted", "nickname=alice"]);
@@ -176,7 +182,7 @@ fn after_a_simulated_reboot_no_captured_knock_opens_and_fresh_ones_work_at_once(
     lab.kill9();
     let _ = std::fs::remove_file(lab.socket());
     nft(&lab.server, &["delete", "table", "inet", "capyknock"]);
-    lab.start();
+    other.start(&mut lab);
     let ready = Instant::now();
 
     lab.send(&captured, false, 1);
@@ -255,7 +261,7 @@ fn a_full_state_directory_keeps_every_knock_one_time() {
     let tmpfs = Tmpfs::mount(&lab.file("state"), "2m");
     lab.write_config(&[&alice, &bob]);
     wait_into_step(0, 20);
-    lab.start();
+    other.start(&mut lab);
     tmpfs.fill();
 
     let captured = knock(&alice, &[SERVICE], unix_now());
@@ -265,7 +271,7 @@ fn a_full_state_directory_keeps_every_knock_one_time() {
     assert!(lab.status().verifier.replay_state_durable);
 
     lab.kill9();
-    lab.start();
+    other.start(&mut lab);
     other.send(&captured);
     lab.wait_log(&["reason=replayed_packet", "nickname=alice"]);
     assert_eq!(accepted(&lab, "alice"), 0, "{}", lab.run_log());
@@ -291,19 +297,17 @@ impl Ext4 {
             image: image.to_owned(),
             path: path.to_owned(),
         };
-        fs.mount("rw");
+        fs.mount();
         fs
     }
 
-    fn mount(&self, mode: &str) {
+    fn mount(&self) {
         std::fs::create_dir_all(&self.path).unwrap();
         run(Command::new("mount")
-            .args(["-o", &format!("loop,errors=remount-ro,{mode}")])
+            .args(["-o", "loop,errors=remount-ro"])
             .arg(&self.image)
             .arg(&self.path));
-        if mode == "rw" {
-            run(Command::new("chmod").arg("700").arg(&self.path));
-        }
+        run(Command::new("chmod").arg("700").arg(&self.path));
     }
 
     /// What a failing disk does: the kernel turns the file system read-only under open files
@@ -323,19 +327,21 @@ impl Ext4 {
         std::fs::write(&knob, "capyknock test").unwrap();
     }
 
-    /// Unmounts, repairs (fsck), and mounts again read-only.
+    /// Unmounts, repairs (fsck), and mounts again read-only (on a writable loop device, so it
+    /// can be made writable again).
     fn repair_read_only(&self) {
         run(Command::new("umount").arg(&self.path));
         let _ = Command::new("e2fsck")
             .args(["-f", "-y"])
             .arg(&self.image)
             .output();
-        self.mount("ro");
+        self.mount();
+        self.remount("ro");
     }
 
-    fn remount_rw(&self) {
+    fn remount(&self, mode: &str) {
         run(Command::new("mount")
-            .args(["-o", "remount,rw"])
+            .args(["-o", &format!("remount,{mode}")])
             .arg(&self.path));
     }
 }
@@ -359,7 +365,7 @@ fn a_read_only_state_directory_fails_closed_and_recovers() {
     let disk = Ext4::create(&lab.file("state.img"), &lab.file("state"));
     lab.write_config(&[&alice, &bob, &carol]);
     wait_into_step(0, 25);
-    lab.start();
+    other.start(&mut lab);
     let captured = knock(&alice, &[SERVICE], unix_now());
     lab.send(&captured, false, 1);
     lab.wait_log(&["knock accepted", "nickname=alice"]);
@@ -382,14 +388,14 @@ fn a_read_only_state_directory_fails_closed_and_recovers() {
     // captured packet (recorded before the failure) stays refused.
     lab.kill9();
     disk.repair_read_only();
-    lab.start();
+    other.start(&mut lab);
     other.send(&captured);
     lab.wait_log(&["nickname=alice", "knock rejected"]);
     assert_eq!(accepted(&lab, "alice"), 0, "{}", lab.run_log());
     assert!(!lab.status().verifier.replay_state_durable);
 
     // Writable again: within the repair interval knocks work, no restart needed.
-    disk.remount_rw();
+    disk.remount("rw");
     let recovered = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
         Ok(lab.status().verifier.replay_state_durable)
     })
@@ -446,7 +452,7 @@ fn a_clock_stepped_forward_and_back_never_revives_a_knock() {
         // The whole sequence runs within the knock's TOTP window, so that only the replay
         // state can refuse the replay.
         wait_into_step(0, 22);
-        lab.start();
+        other.start(&mut lab);
         let captured = knock(user, &[SERVICE], unix_now());
         lab.send(&captured, false, 1);
         lab.wait_log(&["knock accepted", &format!("nickname={nickname}")]);
@@ -466,9 +472,10 @@ fn a_clock_stepped_forward_and_back_never_revives_a_knock() {
         );
         std::thread::sleep(Duration::from_secs(6));
         lab.kill9();
-        lab.start();
-        std::thread::sleep(Duration::from_secs(1));
+        other.start(&mut lab);
         set_offset(0);
+        // The core moves the kernel pre-filter's time step back within a second.
+        std::thread::sleep(Duration::from_secs(2));
         other.send(&captured);
         lab.send(&captured, false, 1);
         lab.wait_log(&["knock rejected", &format!("nickname={nickname}")]);
