@@ -114,3 +114,56 @@ fn sigterm_detaches_saves_and_leaves_grants() {
     );
     lab.wait_log(&["current grants stay until they expire"]);
 }
+
+/// Regression (hardening review): with `revoke_removed_users = true`, a user removed after a
+/// restart kept the grant made before it (who owned a grant lived only in memory), and
+/// `status` showed "-" for every nickname. Owners are kept with the grants now (nftables
+/// element comments), and removing a user closes exactly that user's grants, not those of
+/// another user knocking from the same address.
+#[test]
+fn a_user_removed_after_a_restart_loses_exactly_their_grants() {
+    let mut lab = DaemonLab::new("dro");
+    let alice = user("alice", 1);
+    let mut bob = user("bob", 2);
+    bob.ports = vec![capyknock_tests::daemon::OTHER_SERVICE];
+    lab.server_extra = "revoke_removed_users = true\n".to_owned();
+    lab.write_config(&[&alice, &bob]);
+    lab.start();
+
+    wait_for_fresh_step(10);
+    // Both from the same client address (one NAT).
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    lab.send(&knock(&bob, &[], unix_now()), false, 1);
+    lab.wait_log(&["knock accepted", "nickname=alice"]);
+    lab.wait_log(&["knock accepted", "nickname=bob"]);
+    lab.wait_connect(SERVICE.port, false, true);
+    lab.wait_connect(capyknock_tests::daemon::OTHER_SERVICE.port, false, true);
+
+    lab.kill9();
+    lab.start();
+    let mut nicknames: Vec<String> = lab
+        .status()
+        .grants
+        .into_iter()
+        .map(|g| g.nickname)
+        .collect();
+    nicknames.sort();
+    assert_eq!(nicknames, ["alice", "bob"], "owners lost by the restart");
+
+    // Alice leaves the configuration.
+    lab.write_config(&[&bob]);
+    let r = lab.request(&Request::Reload {});
+    assert!(r.ok, "{r:?}");
+    lab.wait_connect(SERVICE.port, false, false);
+    assert!(
+        lab.can_connect(capyknock_tests::daemon::OTHER_SERVICE.port, false),
+        "bob's grant from the same address was closed too"
+    );
+    let left: Vec<String> = lab
+        .status()
+        .grants
+        .into_iter()
+        .map(|g| g.nickname)
+        .collect();
+    assert_eq!(left, ["bob"]);
+}

@@ -101,6 +101,7 @@ fn grant(addr: IpAddr, secs: u64) -> PortGrant {
         protocol: Protocol::Tcp,
         port: SERVICE_PORT,
         until: SystemTime::now() + Duration::from_secs(secs),
+        owner: None,
     }
 }
 

@@ -49,6 +49,10 @@ fn grant(addr: IpAddr, until: SystemTime) -> PortGrant {
         protocol: Protocol::Tcp,
         port: SERVICE_PORT,
         until,
+        owner: Some(capyknock::firewall::Owner::new(
+            capyknock::protocol::keys::UserId([1; 16]),
+            "alice",
+        )),
     }
 }
 
@@ -218,6 +222,17 @@ fn restart_keeps_grants_and_their_timeouts() {
     let grants = fw.grants();
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0].addr, lab.c1_v4());
+    // Who the grant is for comes back with it (kept as the element's comment).
+    assert_eq!(
+        grants[0].owner.map(|o| o.nickname().to_owned()).as_deref(),
+        Some("alice"),
+        "{grants:?}"
+    );
+    assert!(
+        lab.nft(&["list", "set", "inet", "capyknock", "allow4"])
+            .contains("comment \"capyknock:"),
+        "the owner is visible in `nft list`"
+    );
     let drift = match grants[0].until.duration_since(until) {
         Ok(d) => d,
         Err(e) => e.duration(),

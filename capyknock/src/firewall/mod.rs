@@ -34,7 +34,7 @@ use std::{
 };
 
 pub use config::{ExecConfig, FirewallConfig, FirewallKind};
-pub use model::{Ban, GrantKey, Ledger, PortGrant};
+pub use model::{Ban, GrantKey, Ledger, Owner, PortGrant};
 
 use crate::ports::PortSpec;
 
@@ -289,6 +289,21 @@ impl Firewall {
             applied: merged.apply,
             refused_banned: merged.refused_banned,
         })
+    }
+
+    /// Closes every grant owned by one of `users` now (users removed from the configuration);
+    /// returns how many there were. Grants of other users, even from the same address, stay.
+    pub fn revoke_owned_by(
+        &mut self,
+        users: &[crate::protocol::keys::UserId],
+    ) -> Result<usize, Error> {
+        let keys = self.ledger.remove_owned_by(users);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let result = self.backend.remove_grants(&keys);
+        self.save();
+        result.map(|()| keys.len())
     }
 
     /// Closes every grant of `addr` now; returns how many there were.

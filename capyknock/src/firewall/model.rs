@@ -13,7 +13,79 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::ports::{PortSpec, Protocol};
+use crate::{
+    conf::MAX_NICKNAME_LEN,
+    ports::{PortSpec, Protocol},
+    protocol::keys::UserId,
+};
+
+/// Who a grant was made for: the knocking user's id and nickname. Kept with the grant wherever
+/// the grant is kept (nftables element comments, the ledger file), so `status` names it and a
+/// user removed from the configuration loses exactly their own grants, also after a restart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The user.
+    pub user: UserId,
+    nickname: [u8; MAX_NICKNAME_LEN],
+    nickname_len: u8,
+}
+
+/// Prefix of the nftables element comment that carries an [`Owner`].
+const COMMENT_PREFIX: &str = "capyknock:";
+
+impl Owner {
+    /// An owner; a nickname longer than [`MAX_NICKNAME_LEN`] bytes (configs never hold one) is
+    /// cut at a character boundary.
+    #[must_use]
+    pub fn new(user: UserId, nickname: &str) -> Self {
+        let mut end = nickname.len().min(MAX_NICKNAME_LEN);
+        while !nickname.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; MAX_NICKNAME_LEN];
+        let kept = nickname.as_bytes().get(..end).unwrap_or_default();
+        if let Some(dst) = bytes.get_mut(..kept.len()) {
+            dst.copy_from_slice(kept);
+        }
+        Self {
+            user,
+            nickname: bytes,
+            nickname_len: kept.len() as u8,
+        }
+    }
+
+    /// The nickname.
+    #[must_use]
+    pub fn nickname(&self) -> &str {
+        let bytes = self
+            .nickname
+            .get(..usize::from(self.nickname_len))
+            .unwrap_or_default();
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// The text kept in an nftables element's comment: `capyknock:<user id>:<nickname>` (also
+    /// what `nft list set` shows an admin).
+    #[must_use]
+    pub fn to_comment(&self) -> String {
+        format!("{COMMENT_PREFIX}{}:{}", self.user, self.nickname())
+    }
+
+    /// Reads [`Owner::to_comment`]'s text back; `None` for anything else.
+    #[must_use]
+    pub fn from_comment(text: &str) -> Option<Self> {
+        let (user, nickname) = text.strip_prefix(COMMENT_PREFIX)?.split_once(':')?;
+        let user: UserId = user.parse().ok()?;
+        (nickname.len() <= MAX_NICKNAME_LEN && crate::conf::check_nickname(nickname).is_ok())
+            .then(|| Self::new(user, nickname))
+    }
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Owner({}, {})", self.user, self.nickname())
+    }
+}
 
 /// Longest access one grant can give. Longer grants are shortened to this (and logged): a
 /// kernel timeout or a timer that far out is almost surely a configuration mistake.
@@ -42,6 +114,8 @@ pub struct PortGrant {
     pub port: u16,
     /// When the access ends.
     pub until: SystemTime,
+    /// Who knocked for it, when known.
+    pub owner: Option<Owner>,
 }
 
 impl PortGrant {
@@ -83,14 +157,15 @@ impl GrantKey {
         }
     }
 
-    /// This key with an expiry.
+    /// This key with an expiry and an owner.
     #[must_use]
-    pub fn until(self, until: SystemTime) -> PortGrant {
+    pub fn grant(self, until: SystemTime, owner: Option<Owner>) -> PortGrant {
         PortGrant {
             addr: self.addr,
             protocol: self.protocol,
             port: self.port,
             until,
+            owner,
         }
     }
 }
@@ -214,10 +289,28 @@ impl Expired {
     }
 }
 
+/// One grant in the ledger: its expiry and who it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    until: SystemTime,
+    owner: Option<Owner>,
+}
+
+impl Entry {
+    /// Merges a new grant for the same key: the later expiry (a repeat knock never shortens),
+    /// and the newest known owner (whoever knocked last is who the key is for).
+    fn merge(&mut self, until: SystemTime, owner: Option<Owner>) {
+        self.until = self.until.max(until);
+        if owner.is_some() {
+            self.owner = owner;
+        }
+    }
+}
+
 /// The grants and bans in force: what the firewall should contain right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
-    grants: BTreeMap<GrantKey, SystemTime>,
+    grants: BTreeMap<GrantKey, Entry>,
     bans: BTreeMap<IpAddr, Option<SystemTime>>,
 }
 
@@ -239,7 +332,7 @@ impl Ledger {
         grants: &[PortGrant],
         now: SystemTime,
     ) -> Result<MergedGrants, ModelError> {
-        let mut wanted: BTreeMap<GrantKey, SystemTime> = BTreeMap::new();
+        let mut wanted: BTreeMap<GrantKey, Entry> = BTreeMap::new();
         let mut refused_banned = Vec::new();
         for g in grants {
             let addr = canonical_addr(g.addr)?;
@@ -259,8 +352,10 @@ impl Ledger {
             if remaining(until, now).is_none() {
                 continue;
             }
-            let slot = wanted.entry(key).or_insert(until);
-            *slot = (*slot).max(until);
+            wanted
+                .entry(key)
+                .or_insert(Entry { until, owner: None })
+                .merge(until, g.owner);
         }
         let new_keys = wanted
             .keys()
@@ -273,14 +368,14 @@ impl Ledger {
             });
         }
         let mut apply = Vec::with_capacity(wanted.len());
-        for (key, until) in wanted {
-            let slot = self.grants.entry(key).or_insert(until);
+        for (key, new) in wanted {
+            let slot = self.grants.entry(key).or_insert(new);
             // An entry that expired but was not yet collected is replaced, not extended from.
-            if remaining(*slot, now).is_none() {
-                *slot = until;
+            if remaining(slot.until, now).is_none() {
+                *slot = new;
             }
-            *slot = (*slot).max(until);
-            apply.push(key.until(*slot));
+            slot.merge(new.until, new.owner);
+            apply.push(key.grant(slot.until, slot.owner));
         }
         Ok(MergedGrants {
             apply,
@@ -291,7 +386,7 @@ impl Ledger {
     /// The current entries for the keys of `grants` (`None`: absent), to hand back to
     /// [`Ledger::restore_entries`] if the firewall refuses the change.
     #[must_use]
-    pub fn clone_entries(&self, grants: &[PortGrant]) -> Vec<(GrantKey, Option<SystemTime>)> {
+    pub fn clone_entries(&self, grants: &[PortGrant]) -> SavedEntries {
         grants
             .iter()
             .filter_map(|g| {
@@ -302,15 +397,16 @@ impl Ledger {
                 };
                 Some((key, self.grants.get(&key).copied()))
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .into()
     }
 
     /// Puts back entries saved by [`Ledger::clone_entries`].
-    pub fn restore_entries(&mut self, saved: Vec<(GrantKey, Option<SystemTime>)>) {
-        for (key, until) in saved {
-            match until {
-                Some(until) => {
-                    self.grants.insert(key, until);
+    pub fn restore_entries(&mut self, saved: SavedEntries) {
+        for (key, entry) in saved.0 {
+            match entry {
+                Some(entry) => {
+                    self.grants.insert(key, entry);
                 }
                 None => {
                     self.grants.remove(&key);
@@ -331,15 +427,29 @@ impl Ledger {
             return;
         }
         let until = cap_until(grant.until, now);
-        let slot = self
-            .grants
+        self.grants
             .entry(GrantKey {
                 addr,
                 protocol: grant.protocol,
                 port: grant.port,
             })
-            .or_insert(until);
-        *slot = (*slot).max(until);
+            .or_insert(Entry { until, owner: None })
+            .merge(until, grant.owner);
+    }
+
+    /// Removes every grant whose owner is one of `users` and returns their keys (a user
+    /// removed from the configuration; grants of others, even from the same address, stay).
+    pub fn remove_owned_by(&mut self, users: &[UserId]) -> Vec<GrantKey> {
+        let keys: Vec<GrantKey> = self
+            .grants
+            .iter()
+            .filter(|(_, e)| e.owner.is_some_and(|o| users.contains(&o.user)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &keys {
+            self.grants.remove(k);
+        }
+        keys
     }
 
     /// Removes every grant of `addr` and returns their keys.
@@ -423,8 +533,8 @@ impl Ledger {
         mut keep: impl FnMut(&GrantKey) -> bool,
     ) -> Expired {
         let mut expired = Expired::default();
-        for (key, until) in &self.grants {
-            if remaining(*until, now).is_none() && !keep(key) {
+        for (key, entry) in &self.grants {
+            if remaining(entry.until, now).is_none() && !keep(key) {
                 expired.grants.push(*key);
             }
         }
@@ -447,7 +557,7 @@ impl Ledger {
     /// Active grants (including ones past their `until` that [`Ledger::take_expired`] has not
     /// collected yet).
     pub fn grants(&self) -> impl Iterator<Item = PortGrant> + '_ {
-        self.grants.iter().map(|(k, until)| k.until(*until))
+        self.grants.iter().map(|(k, e)| k.grant(e.until, e.owner))
     }
 
     /// Grants of one address.
@@ -480,6 +590,16 @@ impl Ledger {
     pub fn clear(&mut self) {
         self.grants.clear();
         self.bans.clear();
+    }
+}
+
+/// Ledger entries saved by [`Ledger::clone_entries`] for [`Ledger::restore_entries`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedEntries(Vec<(GrantKey, Option<Entry>)>);
+
+impl From<Vec<(GrantKey, Option<Entry>)>> for SavedEntries {
+    fn from(v: Vec<(GrantKey, Option<Entry>)>) -> Self {
+        Self(v)
     }
 }
 
@@ -520,6 +640,7 @@ pub(super) mod tests {
             protocol: Protocol::Tcp,
             port,
             until,
+            owner: None,
         }
     }
 
@@ -590,6 +711,7 @@ pub(super) mod tests {
                         protocol: Protocol::Udp,
                         port: 53,
                         until: t(60),
+                        owner: None,
                     },
                 ],
                 t(10),
@@ -709,6 +831,52 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn owners_follow_the_last_knock_and_revoke_only_their_own() {
+        let alice = Owner::new(UserId([1; 16]), "alice");
+        let bob = Owner::new(UserId([2; 16]), "bob");
+        let mut l = Ledger::new();
+        let mut g = grant("192.0.2.1", 22, t(60));
+        g.owner = Some(alice);
+        let mut h = grant("192.0.2.1", 443, t(60));
+        h.owner = Some(bob);
+        l.merge_grants(&[g, h], t(0)).unwrap();
+        // Bob knocks for tcp/22 too (same NAT address): he owns it now.
+        let mut g2 = grant("192.0.2.1", 22, t(30));
+        g2.owner = Some(bob);
+        let merged = l.merge_grants(&[g2], t(1)).unwrap();
+        assert_eq!(merged.apply[0].owner, Some(bob));
+        assert_eq!(merged.apply[0].until, t(60), "a refresh never shortens");
+        // A grant without an owner (read back from an old file) keeps the known one.
+        l.insert_grant(grant("192.0.2.1", 22, t(10)), t(1));
+        assert_eq!(l.grants().next().unwrap().owner, Some(bob));
+        // Alice removed: nothing of hers is left, bob's grants from the same address stay.
+        assert!(l.remove_owned_by(&[alice.user]).is_empty());
+        assert_eq!(l.remove_owned_by(&[bob.user]).len(), 2);
+        assert_eq!(l.grant_count(), 0);
+    }
+
+    #[test]
+    fn owner_comments_round_trip_and_refuse_anything_else() {
+        let o = Owner::new(UserId([0xab; 16]), "alice.smith@corp");
+        let c = o.to_comment();
+        assert_eq!(c, format!("capyknock:{}:alice.smith@corp", "ab".repeat(16)));
+        assert_eq!(Owner::from_comment(&c), Some(o));
+        for bad in [
+            "",
+            "capyknock:",
+            "capyknock:zz:alice",
+            "other:abab:x",
+            "capyknock:ab:alice",
+        ] {
+            assert_eq!(Owner::from_comment(bad), None, "{bad}");
+        }
+        let long = Owner::new(UserId([1; 16]), &"x".repeat(40));
+        assert_eq!(long.nickname().len(), MAX_NICKNAME_LEN);
+        let bad_nick = format!("capyknock:{}:a b", "01".repeat(16));
+        assert_eq!(Owner::from_comment(&bad_nick), None);
+    }
+
+    #[test]
     fn remove_addr_takes_all_ports() {
         let mut l = Ledger::new();
         let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
@@ -762,6 +930,7 @@ pub(super) mod tests {
                 protocol: Protocol::Tcp,
                 port: 22,
                 until: t(60),
+                owner: None,
             })
             .collect();
         l.merge_grants(&many, t(0)).unwrap();

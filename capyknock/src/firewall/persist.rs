@@ -72,6 +72,17 @@ struct GrantRecord {
     port: PortSpec,
     /// Milliseconds since the Unix epoch.
     until_ms: u64,
+    /// Who knocked for it (absent in files of capyknock 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<OwnerRecord>,
+}
+
+/// A grant's owner as saved.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerRecord {
+    user: crate::protocol::keys::UserId,
+    nickname: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,6 +120,10 @@ fn encode(ledger: &Ledger, backend: &str) -> Vec<u8> {
                 addr: g.addr,
                 port: g.key().port_spec(),
                 until_ms: to_ms(g.until),
+                owner: g.owner.map(|o| OwnerRecord {
+                    user: o.user,
+                    nickname: o.nickname().to_owned(),
+                }),
             })
             .collect(),
         bans: ledger
@@ -155,6 +170,9 @@ fn decode(
             protocol: g.port.protocol,
             port: g.port.port,
             until: from_ms(g.until_ms.max(1)),
+            owner: g
+                .owner
+                .map(|o| super::model::Owner::new(o.user, &o.nickname)),
         };
         ledger.insert_grant(grant, now);
     }
@@ -231,12 +249,17 @@ mod tests {
                     protocol: Protocol::Tcp,
                     port: 22,
                     until: t(60),
+                    owner: Some(crate::firewall::Owner::new(
+                        crate::protocol::keys::UserId([7; 16]),
+                        "alice",
+                    )),
                 },
                 PortGrant {
                     addr: "2001:db8::1".parse().unwrap(),
                     protocol: Protocol::Udp,
                     port: 51820,
                     until: t(10),
+                    owner: None,
                 },
             ],
             t(0),
@@ -283,6 +306,27 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         delete(&path).unwrap();
         delete(&path).unwrap();
+    }
+
+    #[test]
+    fn owners_survive_and_files_without_them_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ledger_path(dir.path(), "exec");
+        save(&path, "exec", &sample()).unwrap();
+        let back = load(&path, "exec", t(0)).unwrap().unwrap();
+        let owners: Vec<_> = back
+            .grants()
+            .map(|g| g.owner.map(|o| o.nickname().to_owned()))
+            .collect();
+        assert!(owners.contains(&Some("alice".to_owned())), "{owners:?}");
+        // A capyknock 0.1 file: no owner field.
+        fs::write(
+            &path,
+            br#"{"version":1,"backend":"exec","grants":[{"addr":"192.0.2.1","port":"tcp/22","until_ms":1800000060000}],"bans":[]}"#,
+        )
+        .unwrap();
+        let old = load(&path, "exec", t(0)).unwrap().unwrap();
+        assert_eq!(old.grants().next().unwrap().owner, None);
     }
 
     #[cfg(unix)]

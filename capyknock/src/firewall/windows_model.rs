@@ -248,6 +248,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                     port: 22,
                     until: t0 + Duration::from_mins(1),
+                    owner: None,
                 }],
                 t0,
             )

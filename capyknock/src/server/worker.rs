@@ -10,7 +10,7 @@
 //! whether the replay state is durable, so the core refuses new knocks while it is not.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
     sync::{
@@ -29,7 +29,7 @@ use super::{
     status::{GrantStatus, Status},
 };
 use crate::{
-    firewall::{self, ErrorChain, Firewall, FirewallConfig, GrantKey},
+    firewall::{self, ErrorChain, Firewall, FirewallConfig},
     ports::PortSpec,
     protocol::{
         keys::UserId,
@@ -101,13 +101,6 @@ pub enum Effect {
     },
 }
 
-/// Who a grant belongs to, for `status` and for revoking a removed user.
-#[derive(Debug, Clone)]
-struct Owner {
-    user: UserId,
-    nickname: String,
-}
-
 /// The worker's state.
 #[derive(Debug)]
 pub struct Worker {
@@ -115,7 +108,6 @@ pub struct Worker {
     state: StateDir,
     replay: Option<ReplayStore>,
     durable: Arc<AtomicBool>,
-    owners: HashMap<GrantKey, Owner>,
     firewall_errors: u64,
     reopen: Option<Reopen>,
 }
@@ -149,7 +141,6 @@ impl Worker {
             state,
             replay,
             durable,
-            owners: HashMap::new(),
             firewall_errors: 0,
             reopen: None,
         }
@@ -328,33 +319,19 @@ impl Worker {
         for g in grants {
             let until = now + g.duration;
             for p in &g.ports {
-                let grant = firewall::PortGrant {
+                fw.push(firewall::PortGrant {
                     addr: g.addr,
                     protocol: p.protocol,
                     port: p.port,
                     until,
-                };
-                self.owners.insert(
-                    grant.key(),
-                    Owner {
-                        user: g.user,
-                        nickname: g.nickname.clone(),
-                    },
-                );
-                fw.push(grant);
+                    owner: Some(firewall::Owner::new(g.user, &g.nickname)),
+                });
             }
         }
         match self.firewall.grant(&fw) {
-            Ok(done) => {
-                for key in &done.refused_banned {
-                    self.owners.remove(key);
-                }
-            }
+            Ok(_) => {}
             Err(err) => {
                 self.firewall_errors += 1;
-                for g in &fw {
-                    self.owners.remove(&g.key());
-                }
                 tracing::error!(
                     error = %ErrorChain(&err),
                     grants = fw.len(),
@@ -373,7 +350,6 @@ impl Worker {
                 0
             }
         };
-        self.owners.retain(|k, _| k.addr != addr);
         let how_long = until
             .and_then(|u| u.duration_since(SystemTime::now()).ok())
             .map_or_else(
@@ -398,21 +374,16 @@ impl Worker {
     }
 
     fn revoke_users(&mut self, users: &[UserId]) {
-        let addrs: Vec<IpAddr> = self
-            .owners
-            .iter()
-            .filter(|(_, o)| users.contains(&o.user))
-            .map(|(k, _)| k.addr)
-            .collect();
-        for addr in addrs {
-            match self.firewall.revoke(addr) {
-                Ok(n) => tracing::info!(%addr, grants = n, "removed user's access revoked"),
-                Err(err) => {
-                    self.firewall_errors += 1;
-                    tracing::error!(%addr, error = %ErrorChain(&err), "revoking a removed user's access failed");
-                }
+        match self.firewall.revoke_owned_by(users) {
+            Ok(n) => tracing::info!(
+                users = users.len(),
+                grants = n,
+                "removed users' access revoked"
+            ),
+            Err(err) => {
+                self.firewall_errors += 1;
+                tracing::error!(error = %ErrorChain(&err), "revoking removed users' access failed");
             }
-            self.owners.retain(|k, _| k.addr != addr);
         }
     }
 
@@ -443,13 +414,6 @@ impl Worker {
             self.firewall_errors += 1;
             tracing::error!(error = %ErrorChain(&err), "firewall check failed");
         }
-        let live: std::collections::HashSet<GrantKey> = self
-            .firewall
-            .grants()
-            .iter()
-            .map(firewall::PortGrant::key)
-            .collect();
-        self.owners.retain(|k, _| live.contains(k));
     }
 
     fn fill_status(&self, mut status: Status) -> Status {
@@ -460,10 +424,9 @@ impl Worker {
             let Some(left) = g.remaining(now) else {
                 continue;
             };
-            let nickname = self
-                .owners
-                .get(&g.key())
-                .map_or_else(|| "-".to_owned(), |o| o.nickname.clone());
+            let nickname = g
+                .owner
+                .map_or_else(|| "-".to_owned(), |o| o.nickname().to_owned());
             let entry = lines
                 .entry((g.addr, nickname))
                 .or_insert((Vec::new(), left));
@@ -525,7 +488,7 @@ mod tests {
                 .push(format!("grant {}", grants.len()));
             Ok(())
         }
-        fn remove_grants(&mut self, keys: &[GrantKey]) -> Result<(), firewall::Error> {
+        fn remove_grants(&mut self, keys: &[firewall::GrantKey]) -> Result<(), firewall::Error> {
             self.0
                 .lock()
                 .unwrap()

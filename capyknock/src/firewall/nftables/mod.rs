@@ -56,7 +56,7 @@ use self::raw::{
 };
 use super::{
     Backend, Error,
-    model::{Ban, GrantKey, Ledger, PortGrant, ceil_millis},
+    model::{Ban, GrantKey, Ledger, Owner, PortGrant, ceil_millis},
 };
 use crate::ports::{PortSpec, Protocol};
 
@@ -194,6 +194,13 @@ fn parse_ban_key(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// An element to add: key bytes, timeout, user data (the owner's comment, for grants).
+struct Elem {
+    key: Vec<u8>,
+    timeout_ms: Option<u64>,
+    userdata: Option<Vec<u8>>,
+}
+
 /// A batch with a description of every message, for errors.
 struct Tx {
     batch: Batch,
@@ -215,11 +222,11 @@ impl Tx {
 
     /// Adds, deletes and re-adds elements: creates missing ones, and sets the timeout of
     /// existing ones on every kernel version (see the module docs).
-    fn refresh(&mut self, table: &CStr, set: &CStr, items: &[(Vec<u8>, Option<u64>)]) {
+    fn refresh(&mut self, table: &CStr, set: &CStr, items: &[Elem]) {
         for chunk in items.chunks(MAX_ELEMS_PER_MSG) {
             let mut list = ElemList::new(table, set, FAMILY_INET);
-            for (key, timeout) in chunk {
-                list.push(key, *timeout);
+            for e in chunk {
+                list.push(&e.key, e.timeout_ms, e.userdata.as_deref());
             }
             let label = format!(
                 "{} element(s) for set {}",
@@ -238,7 +245,7 @@ impl Tx {
         for chunk in keys.chunks(MAX_ELEMS_PER_MSG) {
             let mut list = ElemList::new(table, set, FAMILY_INET);
             for key in chunk {
-                list.push(key, None);
+                list.push(key, None, None);
             }
             let label = format!(
                 "{} element(s) of set {}",
@@ -386,7 +393,11 @@ impl NftBackend {
                 continue;
             };
             let (set, key) = allow_key(&g.key());
-            let item = (key, Some(ceil_millis(left)));
+            let item = Elem {
+                key,
+                timeout_ms: Some(ceil_millis(left)),
+                userdata: g.owner.and_then(|o| raw::comment_userdata(&o.to_comment())),
+            };
             if set == ALLOW4 {
                 v4.push(item);
             } else {
@@ -404,7 +415,15 @@ impl NftBackend {
             Some(Some(left)) => Some(ceil_millis(left)),
         };
         let (set, key) = ban_key(ban.addr);
-        tx.refresh(&self.table, set, &[(key, timeout)]);
+        tx.refresh(
+            &self.table,
+            set,
+            &[Elem {
+                key,
+                timeout_ms: timeout,
+                userdata: None,
+            }],
+        );
     }
 
     fn send(&mut self, tx: Tx, action: &str) -> Result<(), NftError> {
@@ -563,7 +582,12 @@ impl Backend for NftBackend {
                 .map_err(nl_err(format!("listing set {}", set.to_string_lossy())))?;
             for e in elems {
                 if let (Some(key), Some(ms)) = (parse_allow_key(&e.key), e.expires_ms) {
-                    ledger.insert_grant(key.until(now + Duration::from_millis(ms)), now);
+                    let owner = e
+                        .userdata
+                        .as_deref()
+                        .and_then(raw::userdata_comment)
+                        .and_then(|c| Owner::from_comment(&c));
+                    ledger.insert_grant(key.grant(now + Duration::from_millis(ms), owner), now);
                 } else {
                     tracing::debug!(set = %set.to_string_lossy(), "ignoring an element capyknock did not write");
                 }

@@ -72,9 +72,47 @@ mod consts {
 }
 
 /// Elements per set-element message. A message must stay under 64 KiB (the element list is one
-/// netlink attribute with a 16-bit length); an element with a 24-byte key and a timeout takes
-/// 48 bytes, so 1000 take about 47 KiB.
-pub const MAX_ELEMS_PER_MSG: usize = 1000;
+/// netlink attribute with a 16-bit length); an element with a 24-byte key, a timeout and an
+/// owner comment (at most [`MAX_USERDATA`] bytes) takes at most 136 bytes, so 400 take about
+/// 53 KiB.
+pub const MAX_ELEMS_PER_MSG: usize = 400;
+
+/// Longest element user data we write (nft's own limit is 256 bytes).
+pub const MAX_USERDATA: usize = 80;
+
+/// The user data type nft reads as an element's comment (`NFTNL_UDATA_SET_ELEM_COMMENT`).
+const UDATA_SET_ELEM_COMMENT: u8 = 0;
+
+/// Encodes `comment` as element user data the way nft does (type, length, the string and its
+/// NUL), so `nft list` shows it as the element's `comment`. `None` if it does not fit.
+#[must_use]
+pub fn comment_userdata(comment: &str) -> Option<Vec<u8>> {
+    let len = comment.len().checked_add(1)?;
+    if comment.contains('\0') || len.checked_add(2)? > MAX_USERDATA {
+        return None;
+    }
+    let mut out = Vec::with_capacity(len + 2);
+    out.push(UDATA_SET_ELEM_COMMENT);
+    out.push(u8::try_from(len).ok()?);
+    out.extend_from_slice(comment.as_bytes());
+    out.push(0);
+    Some(out)
+}
+
+/// The comment in element user data written by [`comment_userdata`] (or by nft); `None` when
+/// there is none or it is malformed.
+#[must_use]
+pub fn userdata_comment(mut data: &[u8]) -> Option<String> {
+    while let [ty, len, rest @ ..] = data {
+        let value = rest.get(..usize::from(*len))?;
+        if *ty == UDATA_SET_ELEM_COMMENT {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return String::from_utf8(text.to_vec()).ok();
+        }
+        data = rest.get(usize::from(*len)..)?;
+    }
+    None
+}
 
 /// Receive buffer room per expected acknowledgement (an ack is a small skb, but the socket
 /// accounts its whole allocation).
@@ -198,8 +236,9 @@ impl ElemList {
         }
     }
 
-    /// Adds an element with key bytes `key` and an optional timeout in milliseconds.
-    pub fn push(&mut self, key: &[u8], timeout_ms: Option<u64>) {
+    /// Adds an element with key bytes `key`, an optional timeout in milliseconds and optional
+    /// user data (at most [`MAX_USERDATA`] bytes; longer is left out).
+    pub fn push(&mut self, key: &[u8], timeout_ms: Option<u64>, userdata: Option<&[u8]>) {
         // SAFETY: plain allocation.
         let elem = alloc(unsafe { sys::nftnl_set_elem_alloc() });
         let key_len = u32::try_from(key.len()).unwrap_or(0);
@@ -215,6 +254,16 @@ impl ElemList {
             );
             if let Some(ms) = timeout_ms {
                 sys::nftnl_set_elem_set_u64(elem.as_ptr(), sys::NFTNL_SET_ELEM_TIMEOUT as u16, ms);
+            }
+            // SAFETY (of the call below): as for the key, `data` is valid for `len` bytes and
+            // copied.
+            if let Some(data) = userdata.filter(|d| d.len() <= MAX_USERDATA) {
+                sys::nftnl_set_elem_set(
+                    elem.as_ptr(),
+                    sys::NFTNL_SET_ELEM_USERDATA as u16,
+                    data.as_ptr().cast::<c_void>(),
+                    u32::try_from(data.len()).unwrap_or(0),
+                );
             }
             sys::nftnl_set_elem_add(self.set.as_ptr(), elem.as_ptr());
         }
@@ -846,7 +895,21 @@ impl Netlink {
                                     sys::NFTNL_SET_ELEM_EXPIRATION as u16,
                                 )
                             });
-                            out.push(ElemInfo { key, expires_ms });
+                            let mut ulen = 0u32;
+                            let udata = sys::nftnl_set_elem_get(
+                                elem,
+                                sys::NFTNL_SET_ELEM_USERDATA as u16,
+                                &raw mut ulen,
+                            );
+                            let userdata = (!udata.is_null()).then(|| {
+                                std::slice::from_raw_parts(udata.cast::<u8>(), ulen as usize)
+                                    .to_vec()
+                            });
+                            out.push(ElemInfo {
+                                key,
+                                expires_ms,
+                                userdata,
+                            });
                         }
                         elem = sys::nftnl_set_elems_iter_next(iter.as_ptr());
                     }
@@ -885,6 +948,8 @@ pub struct ElemInfo {
     pub key: Vec<u8>,
     /// Milliseconds until it expires; `None` without a timeout.
     pub expires_ms: Option<u64>,
+    /// The element's user data (nft shows a comment), if any.
+    pub userdata: Option<Vec<u8>>,
 }
 
 /// Copies a C string owned by libnftnl; `None` for NULL or non-UTF-8.
@@ -978,6 +1043,35 @@ pub fn name(s: &str) -> CString {
 mod tests {
     use super::*;
 
+    #[test]
+    fn comments_round_trip_as_nft_writes_them() {
+        let data = comment_userdata("capyknock:0101:alice").unwrap();
+        assert_eq!(&data[..2], &[0, 21]);
+        assert_eq!(data.last(), Some(&0));
+        assert_eq!(
+            userdata_comment(&data).as_deref(),
+            Some("capyknock:0101:alice")
+        );
+        // Other attributes before the comment are skipped; truncated data is refused.
+        let mut with_other = vec![7, 2, 1, 2];
+        with_other.extend_from_slice(&data);
+        assert_eq!(
+            userdata_comment(&with_other).as_deref(),
+            Some("capyknock:0101:alice")
+        );
+        assert_eq!(userdata_comment(&data[..5]), None);
+        assert_eq!(userdata_comment(&[]), None);
+        assert!(comment_userdata(&"x".repeat(MAX_USERDATA)).is_none());
+        assert!(comment_userdata("a\0b").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn userdata_parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let _ = userdata_comment(&bytes);
+        }
+    }
+
     fn msg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let len = (NLMSG_HDRLEN + payload.len()) as u32;
         let mut v = Vec::new();
@@ -1032,7 +1126,7 @@ mod tests {
     #[test]
     fn elem_list_serializes_without_excl() {
         let mut list = ElemList::new(c"capyknock", c"allow4", libc::NFPROTO_INET as u16);
-        list.push(&[10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0], Some(1500));
+        list.push(&[10, 0, 0, 1, 6, 0, 0, 0, 0, 22, 0, 0], Some(1500), None);
         assert_eq!(list.len(), 1);
         let mut buf = vec![0u64; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(8)];
         // SAFETY: the buffer has nft_nlmsg_maxsize() bytes.
