@@ -13,6 +13,7 @@
 //! every grant's remaining time. Backends only translate ledger changes into firewall
 //! changes ([`Backend`]); tests of the daemon can plug in their own.
 
+pub mod bans_file;
 pub mod cli;
 pub mod config;
 pub mod exec;
@@ -34,7 +35,7 @@ use std::{
 };
 
 pub use config::{ExecConfig, FirewallConfig, FirewallKind};
-pub use model::{Ban, GrantKey, Ledger, Owner, PortGrant};
+pub use model::{Ban, BanList, GrantKey, Ledger, Owner, PortGrant};
 
 use crate::ports::PortSpec;
 
@@ -181,6 +182,9 @@ pub struct Firewall {
     backend: Box<dyn Backend>,
     ledger: Ledger,
     ledger_file: Option<PathBuf>,
+    /// `bans.json` in the state directory: the bans survive what the firewall forgets (a
+    /// reboot empties nftables). The facade is the one owner of the bans.
+    bans_file: Option<PathBuf>,
     keep_established: bool,
 }
 
@@ -220,17 +224,30 @@ impl Firewall {
         let ledger_file = state_dir
             .filter(|_| backend.persistent_ledger())
             .map(|dir| persist::ledger_path(dir, backend.name()));
-        let ledger = match backend.installed(now)? {
+        let bans_file = state_dir.map(bans_file::path);
+        let mut ledger = match backend.installed(now)? {
             Some(ledger) => ledger,
             None => match &ledger_file {
                 Some(path) => load_ledger(path, backend.name(), now)?,
                 None => Ledger::new(),
             },
         };
+        // Saved bans come back whatever the firewall still holds (a reboot empties nftables);
+        // bans the firewall holds but the file lost (a damaged file) are kept too.
+        for ban in bans_file
+            .as_deref()
+            .map(bans_file::load)
+            .unwrap_or_default()
+        {
+            if ledger.ban_of(ban.addr).is_none() {
+                ledger.insert_ban(ban, now);
+            }
+        }
         let mut fw = Self {
             backend,
             ledger,
             ledger_file,
+            bans_file,
             keep_established,
         };
         fw.expire(now);
@@ -241,6 +258,7 @@ impl Firewall {
             });
         }
         fw.save();
+        fw.save_bans();
         tracing::info!(
             backend = fw.backend.name(),
             grants = fw.ledger.grant_count(),
@@ -354,18 +372,27 @@ impl Firewall {
         }
         tracing::info!(addr = %ban.addr, until = ?ban.until, "banned");
         self.save();
+        self.save_bans();
         Ok(())
     }
 
     /// Lifts the ban of `addr` (also when the ledger does not know it, so a ban left behind by
-    /// an older run can be lifted). Grants it still has apply again.
-    pub fn unban(&mut self, addr: IpAddr) -> Result<(), Error> {
+    /// an older run can be lifted) and says whether there was one. Grants it still has apply
+    /// again.
+    pub fn unban(&mut self, addr: IpAddr) -> Result<bool, Error> {
         let addr = model::canonical_addr(addr)?;
-        self.ledger.remove_ban(addr);
+        let was_banned = self.ledger.remove_ban(addr);
         self.backend.remove_ban(addr)?;
-        tracing::info!(%addr, "unbanned");
+        tracing::info!(%addr, was_banned, "unbanned");
         self.save();
-        Ok(())
+        self.save_bans();
+        Ok(was_banned)
+    }
+
+    /// A snapshot of the bans, for the daemon core.
+    #[must_use]
+    pub fn ban_list(&self) -> BanList {
+        self.ledger.ban_list()
     }
 
     /// Whether `addr` is banned now.
@@ -402,6 +429,7 @@ impl Firewall {
         };
         if changed {
             self.save();
+            self.save_bans();
         }
         Ok(health)
     }
@@ -458,6 +486,19 @@ impl Firewall {
     #[must_use]
     pub fn bans(&self) -> Vec<Ban> {
         self.ledger.bans().collect()
+    }
+
+    /// Writes the ban list to `bans.json`. A failure (full disk) is logged and otherwise
+    /// ignored: bans work now, only a restart would forget the new ones.
+    fn save_bans(&self) {
+        if let Some(path) = &self.bans_file
+            && let Err(err) = bans_file::save(path, self.ledger.bans())
+        {
+            tracing::error!(
+                error = %ErrorChain(&err),
+                "cannot save the ban list; bans work now but would be lost by a restart"
+            );
+        }
     }
 
     /// Writes the ledger file, if this backend keeps one. A failure (full disk) is logged and
@@ -759,6 +800,29 @@ mod tests {
         };
         let fw = Firewall::open_at(Box::new(fake), dir, keep, now).unwrap();
         (fw, state)
+    }
+
+    /// The facade is the one owner of the bans: it saves them (bans.json) and, after a start
+    /// on an empty firewall (a reboot), applies them again and publishes them.
+    #[test]
+    fn bans_are_saved_and_come_back_after_a_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = ip("203.0.113.9");
+        {
+            let (mut fw, _) = open(Some(dir.path()), false, true, t(0));
+            fw.ban_at(addr, None, t(0)).unwrap();
+            fw.ban_at(ip("203.0.113.10"), Some(t(60)), t(0)).unwrap();
+            assert!(fw.unban(ip("203.0.113.10")).unwrap());
+            assert!(
+                !fw.unban(ip("203.0.113.10")).unwrap(),
+                "not banned any more"
+            );
+        }
+        // A fresh, empty firewall: the saved ban is applied and published again.
+        let (fw, state) = open(Some(dir.path()), false, true, t(1));
+        assert!(state.lock().unwrap().bans.contains(&addr));
+        assert!(fw.ban_list().is_banned(addr, t(1)));
+        assert_eq!(fw.ban_list().len(), 1);
     }
 
     #[test]

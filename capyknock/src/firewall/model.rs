@@ -574,6 +574,12 @@ impl Ledger {
         })
     }
 
+    /// A snapshot of the bans.
+    #[must_use]
+    pub fn ban_list(&self) -> BanList {
+        BanList(self.bans.clone())
+    }
+
     /// Number of grants.
     #[must_use]
     pub fn grant_count(&self) -> usize {
@@ -590,6 +596,35 @@ impl Ledger {
     pub fn clear(&mut self) {
         self.grants.clear();
         self.bans.clear();
+    }
+}
+
+/// The bans in force, as a read-only snapshot: what the daemon core checks before it verifies a
+/// knock. The firewall facade owns the bans; the core only ever sees copies of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BanList(BTreeMap<IpAddr, Option<SystemTime>>);
+
+impl BanList {
+    /// Whether `addr` is banned at `now`.
+    #[must_use]
+    pub fn is_banned(&self, addr: IpAddr, now: SystemTime) -> bool {
+        match self.0.get(&addr.to_canonical()) {
+            Some(None) => true,
+            Some(Some(until)) => remaining(*until, now).is_some(),
+            None => false,
+        }
+    }
+
+    /// Number of bans (expired ones not yet collected included).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

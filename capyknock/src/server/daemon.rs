@@ -27,7 +27,7 @@ use std::{
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
 use super::{
@@ -37,8 +37,8 @@ use super::{
     logging::{self, RejectionLimiter},
     reload,
     replay_store::ReplayStore,
-    state::{Bans, StateDir, StateError},
-    status::{BanStatus, CaptureStatus, FirewallStatus, Status, VerifierStatus},
+    state::{StateDir, StateError},
+    status::{CaptureStatus, FirewallStatus, Status, VerifierStatus},
     worker::{Effect, Reopen, Worker},
 };
 use crate::{
@@ -46,7 +46,7 @@ use crate::{
         Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig,
         XdpAttachMode,
     },
-    firewall::{self, ErrorChain, Firewall, FirewallKind},
+    firewall::{self, BanList, ErrorChain, Firewall, FirewallKind},
     protocol::{
         totp::step_of,
         users::{Users, UsersError},
@@ -183,7 +183,6 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
     let (replay, replay_store) = open_replay(&state, unix(now));
-    let (mut bans, _) = state.load_bans(unix(now));
 
     let mut capture = Capture::open(&capture_config(&settings))?;
     let knock_drop: Vec<u16> = if capture.mode() == crate::capture::ActiveMode::Udp {
@@ -207,13 +206,13 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .protection_warnings()
         .iter()
         .for_each(|w| tracing::warn!("{w}"));
-    let mut fw = Firewall::open(
+    // The firewall owns the bans: it reads the saved ones back and applies them.
+    let fw = Firewall::open(
         &settings.firewall,
         &protected,
         &knock_drop,
         &settings.state_dir,
     )?;
-    reconcile_bans(&mut fw, &mut bans, now);
     let firewall_name = fw.name();
     set_users(&mut capture, &users)?;
     capture.set_time_step(step_of(unix(now)))?;
@@ -226,12 +225,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
             knock_drop,
             state_dir: settings.state_dir.clone(),
         });
+    let bans = worker.subscribe_bans();
     let worker = std::thread::Builder::new()
         .name("capyknock-fw".into())
         .spawn(move || worker.run(effects_rx))
         .map_err(|_| DaemonError::Worker("could not start"))?;
-    // Save the reconciled ban list right away.
-    let _ = effects.try_send(Effect::SaveBans(Box::new(bans.clone())));
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control_path = control.path().to_owned();
@@ -311,17 +309,10 @@ async fn shutdown(
     control_task.abort();
     let _ = control_task.await;
     let Core {
-        capture,
-        bans,
-        effects,
-        ..
+        capture, effects, ..
     } = core;
     capture.shutdown();
-    let _ = effects
-        .send(Effect::Shutdown {
-            bans: Box::new(bans),
-        })
-        .await;
+    let _ = effects.send(Effect::Shutdown).await;
     drop(effects);
     // The firewall comes back and is dropped as it is: grants run out by themselves.
     if !matches!(
@@ -342,7 +333,8 @@ struct Core {
     settings: Settings,
     users: Users,
     verifier: Verifier,
-    bans: Bans,
+    /// The bans as the firewall last published them.
+    bans: watch::Receiver<BanList>,
     capture: Capture,
     firewall_name: &'static str,
     protected: Vec<crate::ports::PortSpec>,
@@ -410,18 +402,18 @@ impl Core {
 
     /// One candidate: ban check, verify, log, hand the grant to the worker.
     fn knock(&mut self, c: &Candidate) {
-        let now = unix(SystemTime::now());
+        let now_wall = SystemTime::now();
+        let now = unix(now_wall);
         let src = c.src.ip().to_canonical();
-        if self.bans.is_banned(src, now) {
+        let banned = |addr| self.bans.borrow().is_banned(addr, now_wall);
+        if banned(src) {
             self.rejected_line(RejectReason::Banned, src, None);
             return;
         }
         let verdict = self.verifier.verify(&self.users, &c.bytes, src, now);
         let used = self.verifier.take_used();
         match (verdict, used) {
-            (Verdict::Grant(g), Some(used))
-                if g.addr != src && self.bans.is_banned(g.addr, now) =>
-            {
+            (Verdict::Grant(g), Some(used)) if g.addr != src && banned(g.addr) => {
                 // The user asked for a banned address.
                 self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
                 self.send(Effect::RecordUse(used));
@@ -507,9 +499,6 @@ impl Core {
                     self.verifier.replay().clone(),
                 )));
             }
-            if self.bans.prune(now) {
-                self.send(Effect::SaveBans(Box::new(self.bans.clone())));
-            }
         }
     }
 
@@ -531,71 +520,33 @@ impl Core {
             } => self.ban(addr, duration_secs, reply),
             Request::Unban { addr } => {
                 let addr = addr.to_canonical();
-                let was = self.bans.unban(addr);
-                tracing::info!(target: logging::KNOCK_TARGET, %addr, was_banned = was, "address unbanned");
-                self.worker_reply(
-                    Effect::Unban {
-                        addr,
-                        bans: Box::new(self.bans.clone()),
-                        reply: None,
-                    },
-                    reply,
-                );
+                tracing::info!(target: logging::KNOCK_TARGET, %addr, "address unbanned");
+                self.ban_effect(Effect::Unban { addr, reply });
             }
         }
     }
 
     fn ban(&mut self, addr: IpAddr, duration_secs: Option<u64>, reply: oneshot::Sender<Response>) {
         let addr = addr.to_canonical();
-        if let Err(err) = firewall::model::canonical_addr(addr) {
-            let _ = reply.send(Response::error(err.to_string()));
-            return;
-        }
-        let now = SystemTime::now();
-        let until = duration_secs.map(|s| now + Duration::from_secs(s));
-        if let Err(err) = self.bans.ban(addr, until.map(unix)) {
-            let _ = reply.send(Response::error(err.to_string()));
-            return;
-        }
+        let until = duration_secs.map(|s| SystemTime::now() + Duration::from_secs(s));
         tracing::info!(
             target: logging::KNOCK_TARGET,
             %addr,
             duration = %duration_secs.map_or_else(|| "until unbanned".to_owned(), |s| humantime::format_duration(Duration::from_secs(s)).to_string()),
             "address banned"
         );
-        self.worker_reply(
-            Effect::Ban {
-                addr,
-                until,
-                bans: Box::new(self.bans.clone()),
-                reply: None,
-            },
-            reply,
-        );
+        self.ban_effect(Effect::Ban { addr, until, reply });
     }
 
-    /// Sends a ban/unban effect whose answer the worker gives to the control client.
-    fn worker_reply(&mut self, mut effect: Effect, reply: oneshot::Sender<Response>) {
-        match &mut effect {
-            Effect::Ban { reply: slot, .. } | Effect::Unban { reply: slot, .. } => {
-                *slot = Some(reply);
-            }
-            _ => {}
-        }
-        if let Err(e) = self.effects.try_send(effect) {
-            let e = e.into_inner();
-            if let Effect::Ban {
-                reply: Some(reply), ..
-            }
-            | Effect::Unban {
-                reply: Some(reply), ..
-            } = e
-            {
-                let _ = reply.send(Response::error(
-                    "the ban list is updated, but the firewall worker is busy; the change \
-                     reaches the firewall with the next one",
-                ));
-            }
+    /// Hands a ban or unban to the worker, which answers the control client; when the worker
+    /// is too far behind, the client is told at once.
+    fn ban_effect(&mut self, effect: Effect) {
+        if let Err(e) = self.effects.try_send(effect)
+            && let Effect::Ban { reply, .. } | Effect::Unban { reply, .. } = e.into_inner()
+        {
+            let _ = reply.send(Response::error(
+                "the firewall worker is busy; nothing changed, try again",
+            ));
         }
     }
 
@@ -725,7 +676,6 @@ impl Core {
     }
 
     fn status(&self) -> Status {
-        let now = unix(SystemTime::now());
         let prefilter = match self.capture.counters() {
             Ok(c) => c.iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             Err(err) => {
@@ -770,15 +720,7 @@ impl Core {
                 replay_state_users: self.verifier.replay().len(),
             },
             grants: Vec::new(),
-            bans: self
-                .bans
-                .iter()
-                .filter(|(a, _)| self.bans.is_banned(*a, now))
-                .map(|(addr, until)| BanStatus {
-                    addr,
-                    expires_in_secs: until.map(|u| u.saturating_sub(now)),
-                })
-                .collect(),
+            bans: Vec::new(),
             log_lines_suppressed: self.limiter.suppressed_total(),
         }
     }
@@ -843,23 +785,6 @@ fn open_replay(
     }
 }
 
-/// Makes the firewall and the saved ban list agree after a start: every saved ban is applied
-/// (a reboot empties nftables), and bans the firewall still holds but the list lost (a damaged
-/// file) are kept.
-fn reconcile_bans(fw: &mut Firewall, bans: &mut Bans, now: SystemTime) {
-    for ban in fw.bans() {
-        if !bans.is_banned(ban.addr, unix(now)) {
-            let _ = bans.ban(ban.addr, ban.until.map(unix));
-        }
-    }
-    for (addr, until) in bans.iter().collect::<Vec<_>>() {
-        let until = until.map(|u| SystemTime::UNIX_EPOCH + Duration::from_secs(u));
-        if let Err(err) = fw.ban(addr, until) {
-            tracing::error!(%addr, error = %ErrorChain(&err), "cannot restore a saved ban in the firewall; knocks from it are still refused");
-        }
-    }
-}
-
 fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Grant { .. } => "grant",
@@ -867,12 +792,11 @@ fn effect_name(e: &Effect) -> &'static str {
         Effect::RecoverReplay(_) => "recover the replay state",
         Effect::Ban { .. } => "ban",
         Effect::Unban { .. } => "unban",
-        Effect::SaveBans(_) => "save bans",
         Effect::RevokeUsers(_) => "revoke users",
         Effect::Protect(_) => "protect ports",
         Effect::Repair => "firewall check",
         Effect::Status { .. } => "status",
-        Effect::Shutdown { .. } => "shutdown",
+        Effect::Shutdown => "shutdown",
     }
 }
 

@@ -20,16 +20,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     control::Response,
     replay_store::ReplayStore,
-    state::{Bans, StateDir},
-    status::{GrantStatus, Status},
+    state::StateDir,
+    status::{BanStatus, GrantStatus, Status},
 };
 use crate::{
-    firewall::{self, ErrorChain, Firewall, FirewallConfig},
+    firewall::{self, BanList, ErrorChain, Firewall, FirewallConfig},
     ports::PortSpec,
     protocol::{
         keys::UserId,
@@ -57,28 +57,22 @@ pub enum Effect {
     /// The replay state could not be written: write all of it again (rebuilding the file if
     /// needed) to become durable again.
     RecoverReplay(Box<ReplayState>),
-    /// Ban `addr` and revoke its grants; save `bans` (which already holds the ban) first.
+    /// Ban `addr` (until `until`, or until unbanned) and revoke its grants.
     Ban {
         /// The address.
         addr: IpAddr,
         /// When the ban ends.
         until: Option<SystemTime>,
-        /// The new ban list.
-        bans: Box<Bans>,
         /// Where to answer the control client.
-        reply: Option<oneshot::Sender<Response>>,
+        reply: oneshot::Sender<Response>,
     },
-    /// Lift a ban; save `bans` first.
+    /// Lift a ban.
     Unban {
         /// The address.
         addr: IpAddr,
-        /// The new ban list.
-        bans: Box<Bans>,
         /// Where to answer the control client.
-        reply: Option<oneshot::Sender<Response>>,
+        reply: oneshot::Sender<Response>,
     },
-    /// Save the ban list (expired bans were pruned).
-    SaveBans(Box<Bans>),
     /// Close the grants of these users now (removed from the config with
     /// `revoke_removed_users = true`).
     RevokeUsers(Vec<UserId>),
@@ -94,11 +88,8 @@ pub enum Effect {
         /// Where to answer.
         reply: oneshot::Sender<Response>,
     },
-    /// Save the ban list and stop (the replay state is always saved already).
-    Shutdown {
-        /// Final ban list.
-        bans: Box<Bans>,
-    },
+    /// Stop (the replay state and the bans are always saved already).
+    Shutdown,
 }
 
 /// The worker's state.
@@ -108,6 +99,8 @@ pub struct Worker {
     state: StateDir,
     replay: Option<ReplayStore>,
     durable: Arc<AtomicBool>,
+    /// The bans, published for the core after every change (the firewall owns them).
+    bans: watch::Sender<BanList>,
     firewall_errors: u64,
     reopen: Option<Reopen>,
 }
@@ -136,14 +129,22 @@ impl Worker {
         durable: Arc<AtomicBool>,
     ) -> Self {
         durable.store(replay.is_some(), Ordering::Release);
+        let (bans, _) = watch::channel(firewall.ban_list());
         Self {
             firewall,
             state,
             replay,
             durable,
+            bans,
             firewall_errors: 0,
             reopen: None,
         }
+    }
+
+    /// The bans as the core sees them: a snapshot, replaced after every change.
+    #[must_use]
+    pub fn subscribe_bans(&self) -> watch::Receiver<BanList> {
+        self.bans.subscribe()
     }
 
     /// Lets [`Effect::Protect`] reopen the firewall as it was opened.
@@ -190,21 +191,6 @@ impl Worker {
             })
             .collect();
         let uses_durable = self.save_uses(&charged);
-        let bans = batch.iter().rev().find_map(|e| match e {
-            Effect::Ban { bans, .. }
-            | Effect::Unban { bans, .. }
-            | Effect::SaveBans(bans)
-            | Effect::Shutdown { bans, .. } => Some(bans),
-            _ => None,
-        });
-        if let Some(bans) = bans
-            && let Err(err) = self.state.save_bans(bans)
-        {
-            tracing::error!(
-                error = %ErrorChain(&err),
-                "cannot save the ban list; bans work now but would be lost by a restart"
-            );
-        }
 
         let mut shutdown = false;
         let mut grants: Vec<verify::Access> = Vec::new();
@@ -222,38 +208,25 @@ impl Worker {
                          and granting it could let a replay in after a restart"
                     );
                 }
-                Effect::RecordUse(_) | Effect::RecoverReplay(_) | Effect::SaveBans(_) => {}
-                Effect::Ban {
-                    addr, until, reply, ..
-                } => {
-                    let r = self.ban(addr, until);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(r);
-                    }
+                Effect::RecordUse(_) | Effect::RecoverReplay(_) => {}
+                Effect::Ban { addr, until, reply } => {
+                    let _ = reply.send(self.ban(addr, until));
+                    self.publish_bans();
                 }
-                Effect::Unban { addr, reply, .. } => {
-                    let r = match self.firewall.unban(addr) {
-                        Ok(()) => Response::message(format!("unbanned {addr}")),
-                        Err(err) => {
-                            self.firewall_errors += 1;
-                            tracing::error!(%addr, error = %ErrorChain(&err), "firewall unban failed");
-                            Response::error(format!(
-                                "{addr} removed from the ban list, but the firewall refused: {}",
-                                ErrorChain(&err)
-                            ))
-                        }
-                    };
-                    if let Some(reply) = reply {
-                        let _ = reply.send(r);
-                    }
+                Effect::Unban { addr, reply } => {
+                    let _ = reply.send(self.unban(addr));
+                    self.publish_bans();
                 }
                 Effect::RevokeUsers(users) => self.revoke_users(&users),
                 Effect::Protect(ports) => self.protect(&ports),
-                Effect::Repair => self.repair(),
+                Effect::Repair => {
+                    self.repair();
+                    self.publish_bans();
+                }
                 Effect::Status { status, reply } => {
                     let _ = reply.send(Response::status(self.fill_status(*status)));
                 }
-                Effect::Shutdown { .. } => shutdown = true,
+                Effect::Shutdown => shutdown = true,
             }
         }
         if !grants.is_empty() {
@@ -341,7 +314,35 @@ impl Worker {
         }
     }
 
+    /// Tells the core which addresses are banned (it checks them before verifying a knock).
+    fn publish_bans(&self) {
+        let bans = self.firewall.ban_list();
+        self.bans.send_if_modified(|old| {
+            let changed = *old != bans;
+            if changed {
+                *old = bans;
+            }
+            changed
+        });
+    }
+
+    fn unban(&mut self, addr: IpAddr) -> Response {
+        match self.firewall.unban(addr) {
+            Ok(true) => Response::message(format!("unbanned {addr}")),
+            Ok(false) => Response::error(format!("{addr} is not banned")),
+            Err(err) => {
+                self.firewall_errors += 1;
+                tracing::error!(%addr, error = %ErrorChain(&err), "firewall unban failed");
+                Response::error(format!("cannot unban {addr}: {}", ErrorChain(&err)))
+            }
+        }
+    }
+
     fn ban(&mut self, addr: IpAddr, until: Option<SystemTime>) -> Response {
+        let addr = addr.to_canonical();
+        if let Err(err) = firewall::model::canonical_addr(addr) {
+            return Response::error(err.to_string());
+        }
         let revoked = match self.firewall.revoke(addr) {
             Ok(n) => n,
             Err(err) => {
@@ -361,12 +362,12 @@ impl Worker {
                 "banned {addr} {how_long} ({revoked} grant{} revoked)",
                 if revoked == 1 { "" } else { "s" }
             )),
+            Err(firewall::Error::Model(err)) => Response::error(err.to_string()),
             Err(err) => {
                 self.firewall_errors += 1;
                 tracing::error!(%addr, error = %ErrorChain(&err), "firewall ban failed");
                 Response::error(format!(
-                    "{addr} is banned from knocking and its grants are revoked, but the firewall \
-                     refused the ban rule: {}",
+                    "{addr}: its grants are revoked, but the firewall refused the ban: {}",
                     ErrorChain(&err)
                 ))
             }
@@ -440,6 +441,18 @@ impl Worker {
                 addr,
                 ports,
                 expires_in_secs: round_secs(left).as_secs(),
+            })
+            .collect();
+        status.bans = self
+            .firewall
+            .bans()
+            .into_iter()
+            .filter_map(|b| {
+                let left = b.remaining(now)?;
+                Some(BanStatus {
+                    addr: b.addr,
+                    expires_in_secs: left.map(|d| round_secs(d).as_secs()),
+                })
             })
             .collect();
         status.verifier.firewall_errors = self.firewall_errors;
@@ -600,7 +613,7 @@ mod tests {
         let state = StateDir::open(&dir).unwrap();
         let fake = Fake::default();
         let calls = fake.0.clone();
-        let fw = Firewall::with_backend(Box::new(fake), None, false).unwrap();
+        let fw = Firewall::with_backend(Box::new(fake), Some(&dir), false).unwrap();
         let (tx, rx) = mpsc::channel(16);
         let store = ReplayStore::create(&dir, &ReplayState::safe_start(1_700_000_000)).unwrap();
         let durable = Arc::new(AtomicBool::new(false));
@@ -623,6 +636,7 @@ mod tests {
         .unwrap();
         // Started after the queue is filled: all of it is one batch, the grants one change.
         let worker = Worker::new(fw, state, Some(store), Arc::clone(&durable));
+        let bans = worker.subscribe_bans();
         let thread = std::thread::spawn(move || worker.run(rx));
         let s = answer.blocking_recv().unwrap().status.unwrap();
         assert_eq!(s.grants.len(), 2, "{s:?}");
@@ -634,15 +648,12 @@ mod tests {
         let (saved, _, _) = ReplayStore::load(&dir, 0);
         assert_eq!(saved.len(), 2);
 
-        // A ban revokes the address's grants and is saved.
-        let mut bans = Bans::default();
-        bans.ban("192.0.2.1".parse().unwrap(), None).unwrap();
+        // A ban revokes the address's grants, is saved, and reaches the core's snapshot.
         let (tx_reply, answer) = oneshot::channel();
         tx.blocking_send(Effect::Ban {
             addr: "192.0.2.1".parse().unwrap(),
             until: None,
-            bans: Box::new(bans.clone()),
-            reply: Some(tx_reply),
+            reply: tx_reply,
         })
         .unwrap();
         let r = answer.blocking_recv().unwrap();
@@ -650,6 +661,19 @@ mod tests {
             r.message.as_deref(),
             Some("banned 192.0.2.1 until unbanned (2 grants revoked)")
         );
+        assert!(
+            bans.borrow()
+                .is_banned("192.0.2.1".parse().unwrap(), SystemTime::now())
+        );
+        // Unbanning an address that is not banned says so.
+        let (tx_reply, answer) = oneshot::channel();
+        tx.blocking_send(Effect::Unban {
+            addr: "192.0.2.99".parse().unwrap(),
+            reply: tx_reply,
+        })
+        .unwrap();
+        let r = answer.blocking_recv().unwrap();
+        assert!(!r.ok && r.error.unwrap().contains("not banned"));
         let (tx_reply, answer) = oneshot::channel();
         tx.blocking_send(Effect::Status {
             status: status(),
@@ -663,20 +687,23 @@ mod tests {
         // Removing bob's user revokes his grant.
         tx.blocking_send(Effect::RevokeUsers(vec![UserId([2; 16])]))
             .unwrap();
-        tx.blocking_send(Effect::Shutdown {
-            bans: Box::new(bans),
-        })
-        .unwrap();
+        tx.blocking_send(Effect::Shutdown).unwrap();
         let fw = thread.join().unwrap();
         assert!(fw.grants().is_empty());
         let calls = calls.lock().unwrap().clone();
         assert_eq!(
             calls,
-            vec!["grant 4", "remove 2", "ban 192.0.2.1", "remove 2"],
+            vec![
+                "grant 4",
+                "remove 2",
+                "ban 192.0.2.1",
+                "unban 192.0.2.99",
+                "remove 2"
+            ],
             "{calls:?}"
         );
-        let state = StateDir::open(&dir).unwrap();
-        assert_eq!(state.load_bans(0).0.len(), 1);
+        let saved = firewall::bans_file::load(&firewall::bans_file::path(&dir));
+        assert_eq!(saved.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
