@@ -562,6 +562,64 @@ impl Drop for Sniffer {
     }
 }
 
+/// The MAC address of interface `iface` in `ns`.
+#[must_use]
+pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
+    let out = ns.ip(&["link", "show", "dev", iface]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let mut out = [0u8; 6];
+    for (b, part) in out.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("{mac}: {e}"));
+    }
+    out
+}
+
+/// Sends `frame` as it is (Ethernet header included) out of `iface` in `ns`, through an
+/// `AF_PACKET` socket: for frames no socket API builds, such as IPv6 with many extension
+/// headers.
+pub fn send_raw_frame(ns: &NetNs, iface: &str, frame: &[u8]) {
+    let iface = std::ffi::CString::new(iface).unwrap_or_else(|e| panic!("{e}"));
+    let frame = frame.to_vec();
+    ns.run(move || {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: iface is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
+        assert!(index > 0, "no interface {iface:?}");
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = i32::try_from(index).unwrap_or_else(|e| panic!("{e}"));
+        sll.sll_halen = 6;
+        // SAFETY: frame and sll are valid for the sizes given; fd is ours and closed once.
+        let sent = unsafe {
+            let n = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(fd);
+            n
+        };
+        assert_eq!(
+            usize::try_from(sent).ok(),
+            Some(frame.len()),
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    })
+    .unwrap();
+}
+
 /// What a received frame is, for the "never answers" check: `None` for link-layer chatter the
 /// kernel sends by itself (ARP, IPv6 neighbour discovery and router solicitation/MLD), else a
 /// description of the IP packet.

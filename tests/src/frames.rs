@@ -258,6 +258,45 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
+/// A routable IPv6/UDP frame from `src` (MAC `src_mac`) to `dst` (MAC `dst_mac`) with the
+/// extension headers `ext` (each `(type, bytes)`, as in [`ipv6_udp_full`]) and a correct UDP
+/// checksum, so the receiving kernel's stack takes it as it would a real datagram.
+#[must_use]
+pub fn ipv6_udp_routable(
+    (src_mac, src): ([u8; 6], Ipv6Addr),
+    (dst_mac, dst): ([u8; 6], Ipv6Addr),
+    ext: &[(u8, Vec<u8>)],
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = ipv6_udp_full(src, SRC_PORT, ext, dport, payload);
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[14 + 24..14 + 40].copy_from_slice(&dst.octets());
+    let udp_at = f.len() - 8 - payload.len();
+    // Checksum over the pseudo-header (addresses, length, next header 17) and the datagram.
+    let udp_len = u32::try_from(8 + payload.len()).unwrap();
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&udp_len.to_be_bytes());
+    add(&[0, 0, 0, 17]);
+    add(&f[udp_at..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let check = !(sum as u16);
+    let check = if check == 0 { 0xffff } else { check };
+    f[udp_at + 6..udp_at + 8].copy_from_slice(&check.to_be_bytes());
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
