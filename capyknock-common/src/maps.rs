@@ -12,6 +12,9 @@ use crate::{
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "capyknock";
+/// Name of the empty XDP program (passes every frame at once) in the same object: the floor
+/// `cargo xtask bench-xdp` measures the real program against. The daemon never loads it.
+pub const XDP_PASS_PROGRAM: &str = "capyknock_pass";
 
 /// `HashMap<u16, u8>`: UDP destination ports (host byte order) that are knock ports. The value is
 /// unused (1); presence is what counts.

@@ -235,6 +235,14 @@ pub fn capyknock(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The physical floor for `cargo xtask bench-xdp`: an XDP program that passes every frame at
+/// once, measured the same way as [`capyknock`]. It uses no map and is never attached by the
+/// daemon; it only shares the object file, so it comes out of the same build.
+#[xdp]
+pub fn capyknock_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter.index()) {

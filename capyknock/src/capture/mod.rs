@@ -23,6 +23,8 @@ pub mod pcap;
 pub mod udp;
 #[cfg(target_os = "linux")]
 pub mod xdp;
+#[cfg(target_os = "linux")]
+pub mod xdp_bench;
 
 use std::{fmt, net::SocketAddr};
 

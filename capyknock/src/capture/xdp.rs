@@ -109,18 +109,73 @@ pub enum XdpError {
 #[derive(Debug)]
 pub struct XdpFilter {
     ebpf: Ebpf,
+    /// The program in the object this filter runs: [`maps::XDP_PROGRAM`], or the empty
+    /// [`maps::XDP_PASS_PROGRAM`] for benchmarks.
+    program: &'static str,
     links: Vec<(String, XdpLinkId, XdpAttachMode)>,
+}
+
+/// What one `BPF_PROG_TEST_RUN` with a repeat count reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunTiming {
+    /// The program's XDP action.
+    pub action: u32,
+    /// The kernel's average time per run, in nanoseconds.
+    pub ns_per_run: u64,
+}
+
+/// The kernel's run-time statistics of a program (kept only while BPF statistics are enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunStats {
+    /// How many times the program ran.
+    pub run_count: u64,
+    /// Their total run time in nanoseconds.
+    pub run_time_ns: u64,
+}
+
+impl RunStats {
+    /// `self - earlier`, saturating.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            run_count: self.run_count.saturating_sub(earlier.run_count),
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+        }
+    }
+
+    /// Average nanoseconds per run, if the program ran at all.
+    #[must_use]
+    pub fn ns_per_run(&self) -> Option<f64> {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a statistic: 53 bits of precision are plenty"
+        )]
+        (self.run_count > 0).then(|| self.run_time_ns as f64 / self.run_count as f64)
+    }
 }
 
 impl XdpFilter {
     /// Loads the program into the kernel and sets the knock ports. Rate limits start unlimited
     /// and the users map empty.
     pub fn load(knock_ports: &[u16]) -> Result<Self, XdpError> {
+        Self::load_program(maps::XDP_PROGRAM, knock_ports)
+    }
+
+    /// Loads the empty program of the same object ([`maps::XDP_PASS_PROGRAM`], which passes
+    /// every frame at once): the floor benchmarks measure the real program against.
+    pub fn load_pass() -> Result<Self, XdpError> {
+        Self::load_program(maps::XDP_PASS_PROGRAM, &[])
+    }
+
+    fn load_program(program: &'static str, knock_ports: &[u16]) -> Result<Self, XdpError> {
         check_kernel()?;
         let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load_error)?;
-        program_mut(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        program_mut(&mut ebpf, program)?
+            .load()
+            .map_err(XdpError::Program)?;
         let mut filter = Self {
             ebpf,
+            program,
             links: Vec::new(),
         };
         filter.set_knock_ports(knock_ports)?;
@@ -191,7 +246,7 @@ impl XdpFilter {
         mode: Option<XdpAttachMode>,
     ) -> Result<XdpAttachMode, XdpError> {
         let ifindex = ifaces::index(iface)?;
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let attach_err = |mode| {
             move |source| XdpError::Attach {
                 iface: iface.to_owned(),
@@ -234,7 +289,7 @@ impl XdpFilter {
     /// Detaches from every interface (dropping the filter does the same).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        let Ok(program) = program_mut(&mut self.ebpf) else {
+        let Ok(program) = program_mut(&mut self.ebpf, self.program) else {
             return;
         };
         for (iface, link, _) in links {
@@ -248,15 +303,42 @@ impl XdpFilter {
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns its XDP action.
     /// No interface needed; maps, counters and the ring buffer are updated as for a real frame.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
-        let program = program_mut(&mut self.ebpf)?;
+        self.test_run_repeat(frame, 1).map(|t| t.action)
+    }
+
+    /// Runs the program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` (each run sees the
+    /// same bytes, and the maps as the previous run left them) and returns the last action and
+    /// the kernel's average time per run.
+    pub fn test_run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunTiming, XdpError> {
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
+            repeat,
             ..TestRunOptions::default()
         };
         program
             .test_run(opts)
-            .map(|r| r.return_value)
+            .map(|r| TestRunTiming {
+                action: r.return_value,
+                ns_per_run: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
+            })
             .map_err(XdpError::Program)
+    }
+
+    /// The kernel's run count and run time of the program, counted only while BPF statistics
+    /// are enabled (`kernel.bpf_stats_enabled`, or [`aya::sys::enable_stats`]).
+    pub fn run_stats(&mut self) -> Result<RunStats, XdpError> {
+        let info = program_mut(&mut self.ebpf, self.program)?
+            .info()
+            .map_err(XdpError::Program)?;
+        Ok(RunStats {
+            run_count: info.run_count(),
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        })
     }
 
     /// Current verdict counters, summed over all CPUs.
@@ -385,9 +467,9 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError + Copy {
     move |source| XdpError::Map { name, source }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    ebpf.program_mut(maps::XDP_PROGRAM)
-        .ok_or(XdpError::Missing(maps::XDP_PROGRAM))?
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(name)
+        .ok_or(XdpError::Missing(name))?
         .try_into()
         .map_err(XdpError::Program)
 }
