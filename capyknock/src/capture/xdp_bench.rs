@@ -59,6 +59,8 @@ enum BenchMode {
     Cost(CostArgs),
     /// Attach a program to an interface until stdin has a line or closes.
     Hold(HoldArgs),
+    /// The knock port, user id and time step the other modes configure (for flood builders).
+    Info,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +121,10 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     match &args.mode {
         BenchMode::Cost(c) => cost(c),
         BenchMode::Hold(h) => hold(h),
+        BenchMode::Info => {
+            println!("{}", info());
+            Ok(())
+        }
     }
 }
 
@@ -421,7 +427,14 @@ fn cost(args: &CostArgs) -> Result<(), BenchError> {
             let mut empty = Figures::default();
             let mut action = 0;
             for stats in [false, true] {
-                action = measure(&mut filter, &class.frame, repeat, rounds, stats, &mut program)?;
+                action = measure(
+                    &mut filter,
+                    &class.frame,
+                    repeat,
+                    rounds,
+                    stats,
+                    &mut program,
+                )?;
                 measure(&mut floor, &class.frame, repeat, rounds, stats, &mut empty)?;
             }
             let delta = PrefilterDelta(filter.counters()?.since(&before));
@@ -446,6 +459,15 @@ fn cost(args: &CostArgs) -> Result<(), BenchError> {
     });
     println!("{report}");
     Ok(())
+}
+
+fn info() -> Value {
+    let user_id: String = BENCH_USER.iter().map(|b| format!("{b:02x}")).collect();
+    json!({
+        "knock_port": DEFAULT_KNOCK_PORT,
+        "user_id_hex": user_id,
+        "step": BENCH_STEP,
+    })
 }
 
 fn hold(args: &HoldArgs) -> Result<(), BenchError> {
@@ -477,9 +499,13 @@ fn hold(args: &HoldArgs) -> Result<(), BenchError> {
     let start: RunStats = filter.run_stats()?;
     let counters_before = filter.counters()?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", json!({ "ready": true, "mode": used.to_string() }))
-        .and_then(|()| stdout.flush())
-        .map_err(BenchError::Io)?;
+    writeln!(
+        stdout,
+        "{}",
+        json!({ "ready": true, "mode": used.to_string() })
+    )
+    .and_then(|()| stdout.flush())
+    .map_err(BenchError::Io)?;
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -509,7 +535,10 @@ fn hold(args: &HoldArgs) -> Result<(), BenchError> {
 /// A knock of `user` at [`BENCH_STEP`] with a valid tag under `key`; `nonce` makes it unique.
 fn knock(key: &TagKey, user: UserId, nonce: u32) -> [u8; KNOCK_LEN] {
     let mut nonce_bytes = [0u8; NONCE_LEN];
-    for (b, n) in nonce_bytes.iter_mut().zip(nonce.to_le_bytes().iter().cycle()) {
+    for (b, n) in nonce_bytes
+        .iter_mut()
+        .zip(nonce.to_le_bytes().iter().cycle())
+    {
         *b = *n;
     }
     let header = Header::sealed(key, user, BENCH_STEP, nonce_bytes).to_bytes();
@@ -615,13 +644,20 @@ mod tests {
         for class in classes() {
             if class.expected == Counter::Delivered {
                 for nonce in 1..4 {
-                    let f = ipv4(17, DEFAULT_KNOCK_PORT, &knock(&BENCH_TAG_KEY, BENCH_USER, nonce));
+                    let f = ipv4(
+                        17,
+                        DEFAULT_KNOCK_PORT,
+                        &knock(&BENCH_TAG_KEY, BENCH_USER, nonce),
+                    );
                     assert_eq!(p.check_frame(&f, None, 0, &mut ok), Counter::Delivered);
                 }
                 continue;
             }
             if class.expected == Counter::Duplicate {
-                assert_eq!(p.check_frame(&class.frame, None, 0, &mut ok), Counter::Delivered);
+                assert_eq!(
+                    p.check_frame(&class.frame, None, 0, &mut ok),
+                    Counter::Delivered
+                );
             }
             assert_eq!(
                 p.check_frame(&class.frame, None, 0, &mut ok),
