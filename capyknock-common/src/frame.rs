@@ -95,11 +95,22 @@ impl Frame for [u8] {
     }
 }
 
+/// Where the source address of a datagram sits in its frame. The parser only notes it: reading
+/// it (16 bytes for IPv6) is left until the datagram is known to go to a knock port, so traffic
+/// that passes costs nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceAt {
+    /// An IPv4 source address at this offset.
+    V4(usize),
+    /// An IPv6 source address at this offset.
+    V6(usize),
+}
+
 /// A UDP datagram found in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpDatagram {
-    /// Source address from the IP header.
-    pub src: IpAddr,
+    /// Where the source address is (read it with [`UdpDatagram::source`]).
+    pub src: SourceAt,
     /// UDP source port.
     pub src_port: u16,
     /// UDP destination port.
@@ -113,6 +124,25 @@ pub struct UdpDatagram {
     pub fragment: bool,
     /// The UDP length field equals the length the IP header(s) leave for UDP.
     pub length_consistent: bool,
+}
+
+impl UdpDatagram {
+    /// The source address. `None` only if the frame is shorter than the header the parser
+    /// already walked, which cannot happen for a datagram [`parse_udp`] returned.
+    #[inline(always)]
+    pub fn source<F: Frame + ?Sized>(&self, frame: &F) -> Option<IpAddr> {
+        match self.src {
+            SourceAt::V4(at) => Some(IpAddr::V4(Ipv4Addr::from(frame.load::<4>(at)?))),
+            SourceAt::V6(at) => {
+                // Two 8-byte reads: small enough for direct packet access in the kernel.
+                let [a, b, c, d, e, f, g, h] = frame.load::<8>(at)?;
+                let [i, j, k, l, m, n, o, p] = frame.load::<8>(at + 8)?;
+                Some(IpAddr::V6(Ipv6Addr::from([
+                    a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p,
+                ])))
+            }
+        }
+    }
 }
 
 /// Finds the UDP header of an Ethernet frame carrying IPv4 or IPv6, behind up to
@@ -160,12 +190,11 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
     if frame.load_u8(l3 + 9)? != IPPROTO_UDP {
         return None;
     }
-    let src = Ipv4Addr::from(frame.load::<4>(l3 + 12)?);
     let ip_payload = total_len.checked_sub(ihl);
     udp_at(
         frame,
         l3 + ihl,
-        IpAddr::V4(src),
+        SourceAt::V4(l3 + 12),
         frag & 0x2000 != 0,
         ip_payload,
     )
@@ -178,7 +207,6 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
         return None;
     }
     let payload_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    let src = Ipv6Addr::from(frame.load::<16>(l3 + 8)?);
     let first = l3 + IPV6_HLEN;
     let mut l4 = first;
     let mut fragment = false;
@@ -208,14 +236,14 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
         next = nh;
     }
     let ip_payload = payload_len.checked_sub(l4 - first);
-    udp_at(frame, l4, IpAddr::V6(src), fragment, ip_payload)
+    udp_at(frame, l4, SourceAt::V6(l3 + 8), fragment, ip_payload)
 }
 
 #[inline(always)]
 fn udp_at<F: Frame + ?Sized>(
     frame: &F,
     l4: usize,
-    src: IpAddr,
+    src: SourceAt,
     fragment: bool,
     ip_payload: Option<usize>,
 ) -> Option<UdpDatagram> {
@@ -335,7 +363,10 @@ mod tests {
         let f = ipv4_udp(40, 0, 9);
         let udp = parse_udp(f.as_slice()).unwrap();
         assert_eq!(udp.payload_offset, ETH_HLEN + 60 + UDP_HLEN);
-        assert_eq!(udp.src, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(
+            udp.source(f.as_slice()),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)))
+        );
         assert!(udp.length_consistent);
     }
 
@@ -376,6 +407,10 @@ mod tests {
         let f = ipv6_udp(&[], 9);
         let u = parse_udp(f.as_slice()).unwrap();
         assert_eq!(u.payload_offset, ETH_HLEN + IPV6_HLEN + UDP_HLEN);
+        assert_eq!(
+            u.source(f.as_slice()),
+            Some(IpAddr::V6("2001::7".parse().unwrap()))
+        );
         assert!(u.length_consistent && !u.fragment);
 
         let ext = std::vec![
@@ -482,6 +517,7 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             if let Some(u) = parse_udp(bytes.as_slice()) {
                 proptest::prop_assert!(u.payload_offset <= bytes.len());
+                proptest::prop_assert!(u.source(bytes.as_slice()).is_some());
             }
         }
     }

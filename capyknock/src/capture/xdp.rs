@@ -112,6 +112,8 @@ pub struct XdpFilter {
     /// The program in the object this filter runs: [`maps::XDP_PROGRAM`], or the empty
     /// [`maps::XDP_PASS_PROGRAM`] for benchmarks.
     program: &'static str,
+    /// The ports set in the `KNOCK_PORTS` bitmap.
+    knock_ports: Vec<u16>,
     links: Vec<(String, XdpLinkId, XdpAttachMode)>,
 }
 
@@ -176,6 +178,7 @@ impl XdpFilter {
         let mut filter = Self {
             ebpf,
             program,
+            knock_ports: Vec::new(),
             links: Vec::new(),
         };
         filter.set_knock_ports(knock_ports)?;
@@ -187,16 +190,27 @@ impl XdpFilter {
         if ports.len() > maps::KNOCK_PORTS_MAX as usize {
             return Err(XdpError::TooManyPorts { count: ports.len() });
         }
+        // Rewrite every word that holds an old or a new port.
+        let mut words: Vec<u32> = self
+            .knock_ports
+            .iter()
+            .chain(ports)
+            .map(|p| maps::knock_port_bit(*p).0)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
         let map_err = map_err(maps::KNOCK_PORTS);
-        let mut map: HashMap<_, u16, u8> =
-            HashMap::try_from(self.map_mut(maps::KNOCK_PORTS)?).map_err(map_err)?;
-        let stale: Vec<u16> = map.keys().filter_map(Result::ok).collect();
-        for port in stale.iter().filter(|p| !ports.contains(p)) {
-            map.remove(port).map_err(map_err)?;
+        let mut bitmap: Array<_, u64> =
+            Array::try_from(self.map_mut(maps::KNOCK_PORTS)?).map_err(map_err)?;
+        for word in words {
+            let value = ports
+                .iter()
+                .map(|p| maps::knock_port_bit(*p))
+                .filter(|(w, _)| *w == word)
+                .fold(0u64, |acc, (_, bit)| acc | bit);
+            bitmap.set(word, value, 0).map_err(map_err)?;
         }
-        for port in ports {
-            map.insert(port, 1, 0).map_err(map_err)?;
-        }
+        self.knock_ports = ports.to_vec();
         Ok(())
     }
 

@@ -215,7 +215,7 @@ fn bench_config(generous: bool) -> Config {
         Config {
             per_source: RateLimit::new(u32::MAX, u32::MAX),
             global: RateLimit::new(u32::MAX, u32::MAX),
-            ..CaptureConfig::default().prefilter_config()
+            per_user: RateLimit::new(u32::MAX, u32::MAX),
         }
     } else {
         CaptureConfig::default().prefilter_config()

@@ -778,6 +778,7 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
             per_second: settings.limits.global_rate,
             burst: settings.limits.global_rate,
         },
+        ..CaptureConfig::default()
     }
 }
 
