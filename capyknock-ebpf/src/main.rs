@@ -6,7 +6,10 @@
 //! only those the pre-filter (`capyknock_common::prefilter`, shared with and tested in userspace)
 //! accepts are copied into the `EVENTS` ring buffer for the daemon: right size and header, known
 //! user, current time step, valid tag, not a recent duplicate, within the rate limits. Each
-//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet.
+//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet: aya-log
+//! records only rare events (the ring buffer full, a map update that failed, the self-test the
+//! daemon runs at start), at most one per second per kind and CPU, from functions of their own
+//! that the hot path never enters (`log_event`).
 //!
 //! Cheap early exits (docs/PERFORMANCE.md has the figures): until a frame is known to be UDP to
 //! a knock port the program reads header fields straight from the packet and one word of the
@@ -80,8 +83,72 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Per CPU and [`LogEvent`]: the earliest time (ns) its next record may be written.
+#[map(name = "LOG_GATE")]
+static LOG_GATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(LogEvent::COUNT, 0);
+
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// `-EEXIST`: the key was there already (another CPU won a race).
+const EEXIST: i64 = -17;
+/// The interface index of loopback in every network namespace; `BPF_PROG_TEST_RUN` without a
+/// context runs the program as if the frame came in on it.
+const LOOPBACK_IFINDEX: u32 = 1;
+/// Nanoseconds between two records of one kind on one CPU.
+const LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The rare events the program writes a log record for.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum LogEvent {
+    /// A candidate found the ring buffer full (the daemon is behind).
+    RingFull = 0,
+    /// Inserting into a map failed (other than "already there").
+    MapUpdate = 1,
+    /// The self-test frame the daemon runs through the program at start.
+    SelfTest = 2,
+}
+
+impl LogEvent {
+    const COUNT: u32 = 3;
+}
+
+/// Whether a record of `event` may be written now (at most one per second per CPU), and if so
+/// takes the turn.
+#[inline(always)]
+fn log_turn(event: LogEvent, now: u64) -> bool {
+    match LOG_GATE.get_ptr_mut(event as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for this run; preemption is off.
+        Some(next) => unsafe {
+            if now < *next {
+                return false;
+            }
+            *next = now.saturating_add(LOG_INTERVAL_NS);
+            true
+        },
+        None => false,
+    }
+}
+
+/// Writes the record of `event` (`code`: the error code of a failed map update). A function of
+/// its own, so the hot path only ever holds a call to it, never the record's code.
+#[inline(never)]
+fn log_event(event: LogEvent, code: i64) {
+    match event {
+        LogEvent::RingFull => aya_log_ebpf::warn!(
+            &(),
+            "ring buffer full: a knock candidate was dropped (the daemon is behind); the client's \
+             retransmission may still get through"
+        ),
+        LogEvent::MapUpdate => {
+            aya_log_ebpf::warn!(&(), "a BPF map update failed with error {}", code);
+        }
+        LogEvent::SelfTest => aya_log_ebpf::info!(
+            &(),
+            "self-test: the XDP program runs and its log records reach the daemon"
+        ),
+    }
+}
 
 /// A byte array on an 8-byte boundary.
 #[repr(C, align(8))]
@@ -158,6 +225,15 @@ impl KernelEnv<'_> {
         }
     }
 
+    /// Logs `event`, at most once a second per CPU.
+    #[inline(always)]
+    fn log(&mut self, event: LogEvent, code: i64) {
+        let now = self.now();
+        if log_turn(event, now) {
+            log_event(event, code);
+        }
+    }
+
     /// Takes a token from the bucket of `key` in `map` (creating it full), under `limit`.
     #[inline(always)]
     fn allow_keyed<K>(&mut self, map: &LruHashMap<K, Bucket>, key: &K, limit: RateLimit) -> bool {
@@ -172,7 +248,9 @@ impl KernelEnv<'_> {
             None => {
                 let mut fresh = Bucket::default();
                 let allowed = ratelimit::allow(&mut fresh.tat_ns, now, &limit);
-                let _ = map.insert(key, fresh, 0);
+                if let Err(code) = map.insert(key, fresh, 0) {
+                    self.log(LogEvent::MapUpdate, i64::from(code));
+                }
                 allowed
             }
         }
@@ -214,7 +292,16 @@ impl Env for KernelEnv<'_> {
 
     #[inline(always)]
     fn remember(&mut self, tag: &Tag) -> bool {
-        RECENT_TAGS.insert(tag, 1, BPF_NOEXIST).is_ok()
+        match RECENT_TAGS.insert(tag, 1, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(code) => {
+                let code = i64::from(code);
+                if code != EEXIST {
+                    self.log(LogEvent::MapUpdate, code);
+                }
+                false
+            }
+        }
     }
 
     #[inline(always)]
@@ -251,6 +338,7 @@ impl Env for KernelEnv<'_> {
     #[inline(always)]
     fn deliver<F: Frame + ?Sized>(&mut self, _frame: &F, offset: usize, src: &Source) -> bool {
         let Some(mut entry) = EVENTS.reserve::<KnockEvent>(0) else {
+            self.log(LogEvent::RingFull, 0);
             return false;
         };
         let event = entry.as_mut_ptr();
@@ -292,6 +380,15 @@ pub fn capyknock(ctx: XdpContext) -> u32 {
     };
     let verdict = prefilter::check_frame(&XdpFrame(&ctx), &mut env);
     count(verdict);
+    // The daemon's self-test (`XdpFilter::self_test`): a malformed datagram to a knock port
+    // (a first fragment) run with BPF_PROG_TEST_RUN, which presents it as arriving on loopback.
+    // Checked only on this rare rejection path, never for traffic that passes or for junk.
+    if verdict == Counter::Malformed
+        // SAFETY: `ctx.ctx` is the program's valid `xdp_md` for this run.
+        && unsafe { (*ctx.ctx).ingress_ifindex } == LOOPBACK_IFINDEX
+    {
+        env.log(LogEvent::SelfTest, 0);
+    }
     if verdict.passes() {
         xdp_action::XDP_PASS
     } else {

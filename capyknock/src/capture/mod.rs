@@ -25,6 +25,8 @@ pub mod udp;
 pub mod xdp;
 #[cfg(target_os = "linux")]
 pub mod xdp_bench;
+#[cfg(target_os = "linux")]
+pub mod xdp_log;
 
 use std::{fmt, net::SocketAddr};
 

@@ -10,7 +10,7 @@ use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use capyknock_common::{
@@ -22,6 +22,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     Candidate, CaptureConfig, PrefilterCounters, XdpAttachMode,
     ifaces::{self, IfaceError},
+    xdp_log::{self, LogForwarder, XdpLogError},
 };
 
 /// The compiled XDP object, embedded in the binary.
@@ -103,6 +104,18 @@ pub enum XdpError {
     /// The ring buffer could not be registered with tokio.
     #[error("cannot watch the XDP ring buffer")]
     Watch(#[source] io::Error),
+    /// The number of CPUs (for per-CPU maps) is unknown.
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] io::Error),
+    /// The program's log records cannot be read.
+    #[error(transparent)]
+    Log(#[from] XdpLogError),
+    /// The start-up self-test got the wrong action.
+    #[error("XDP self-test failed: the program answered {action} to a frame it must drop")]
+    SelfTest {
+        /// The action it returned.
+        action: u32,
+    },
 }
 
 /// The loaded (and verified) XDP program with its maps.
@@ -355,6 +368,41 @@ impl XdpFilter {
         })
     }
 
+    /// Starts forwarding the program's log records into `tracing` (rate-limited; see
+    /// [`xdp_log`]) until the returned forwarder is dropped. Must run inside a tokio runtime.
+    pub fn forward_logs(&mut self) -> Result<LogForwarder, XdpError> {
+        Ok(xdp_log::forward(&mut self.ebpf)?)
+    }
+
+    /// The start-up self-test: runs a frame the program must drop (a first IP fragment to the
+    /// first knock port) through it with `BPF_PROG_TEST_RUN`, on which the program also writes
+    /// its self-test log record, then sets the verdict counters back to zero.
+    pub fn self_test(&mut self) -> Result<(), XdpError> {
+        let port = self
+            .knock_ports
+            .first()
+            .copied()
+            .unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT);
+        let action = self.test_run(&self_test_frame(port))?;
+        if action != XDP_DROP {
+            return Err(XdpError::SelfTest { action });
+        }
+        self.reset_counters()
+    }
+
+    /// Sets every verdict counter on every CPU to zero.
+    pub fn reset_counters(&mut self) -> Result<(), XdpError> {
+        let map_err = map_err(maps::COUNTERS);
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+        let mut array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map_mut(maps::COUNTERS)?).map_err(map_err)?;
+        for counter in Counter::ALL {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(XdpError::Cpus)?;
+            array.set(counter.index(), zeros, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Current verdict counters, summed over all CPUs.
     pub fn counters(&self) -> Result<PrefilterCounters, XdpError> {
         let map_err = map_err(maps::COUNTERS);
@@ -391,6 +439,22 @@ impl Drop for XdpFilter {
     }
 }
 
+/// `XDP_DROP`.
+const XDP_DROP: u32 = 1;
+
+/// The self-test frame: an IPv4 first fragment (more-fragments set) of a UDP datagram to
+/// `port`, which the pre-filter counts as malformed and drops.
+fn self_test_frame(port: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 36, 0, 1, 0x20, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    f.extend_from_slice(&[0, 9]);
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&[0, 16, 0, 0]);
+    f.extend_from_slice(b"selftest");
+    f
+}
+
 /// Turns one ring-buffer record into a candidate; `None` for a record of the wrong shape.
 #[must_use]
 pub fn parse_event(record: &[u8]) -> Option<Candidate> {
@@ -412,6 +476,8 @@ pub fn parse_event(record: &[u8]) -> Option<Candidate> {
 pub struct XdpCapture {
     filter: XdpFilter,
     events: AsyncFd<RingBuf<MapData>>,
+    /// Forwards the program's rare log records; `None` if they could not be opened.
+    _logs: Option<LogForwarder>,
 }
 
 impl std::fmt::Debug for XdpCapture {
@@ -430,6 +496,16 @@ impl XdpCapture {
         let ifaces = ifaces::resolve(&config.ifaces)?;
         let mut filter = XdpFilter::load(&config.knock_ports)?;
         filter.set_config(&config.prefilter_config())?;
+        let logs = filter
+            .forward_logs()
+            .inspect_err(|err| {
+                tracing::warn!(
+                    error = %super::ErrorChain(err),
+                    "the XDP program's log records will not be shown"
+                );
+            })
+            .ok();
+        filter.self_test()?;
         for (iface, _) in &ifaces {
             // An error here drops `filter`, detaching from the interfaces done so far.
             filter.attach(iface, config.xdp_mode)?;
@@ -441,7 +517,11 @@ impl XdpCapture {
         let events = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| XdpError::Watch(e.into_parts().1))?;
         tracing::debug!(fd, "watching the XDP ring buffer");
-        Ok(Self { filter, events })
+        Ok(Self {
+            filter,
+            events,
+            _logs: logs,
+        })
     }
 
     /// The next candidate from the ring buffer. Cancel-safe.
@@ -571,6 +651,13 @@ mod tests {
             release: "5.4.0-foo".to_owned(),
         };
         assert!(old.to_string().contains("5.4.0-foo") && old.to_string().contains("5.18"));
+    }
+
+    #[test]
+    fn the_self_test_frame_is_malformed_for_the_prefilter() {
+        let mut p = super::super::userspace::UserPrefilter::new(&[4242], Config::default());
+        let verdict = p.check_frame(&self_test_frame(4242), None, 0, &mut |_| true);
+        assert_eq!(verdict, Counter::Malformed);
     }
 
     #[test]
