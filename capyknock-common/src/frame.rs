@@ -153,6 +153,16 @@ impl UdpDatagram {
 /// extension headers or with ESP, and frames too short to hold the headers they announce.
 #[inline(always)]
 pub fn parse_udp<F: Frame + ?Sized>(frame: &F) -> Option<UdpDatagram> {
+    parse_udp_to(frame, |_| true)
+}
+
+/// [`parse_udp`] for datagrams to the ports `wanted` accepts: the destination port is read and
+/// judged before the rest of the UDP header, so a datagram to another port costs two bytes.
+#[inline(always)]
+pub fn parse_udp_to<F: Frame + ?Sized>(
+    frame: &F,
+    wanted: impl Fn(u16) -> bool,
+) -> Option<UdpDatagram> {
     let mut ethertype = frame.load_u16(12)?;
     let mut l3 = ETH_HLEN;
     let mut tags = 0;
@@ -164,15 +174,42 @@ pub fn parse_udp<F: Frame + ?Sized>(frame: &F) -> Option<UdpDatagram> {
         l3 += VLAN_HLEN;
         tags += 1;
     }
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(frame, l3),
-        ETH_P_IPV6 => parse_ipv6(frame, l3),
-        _ => None,
+    let l4 = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(frame, l3)?,
+        ETH_P_IPV6 => parse_ipv6(frame, l3)?,
+        _ => return None,
+    };
+    if l4.offset > MAX_HEADER_OFFSET {
+        return None;
     }
+    let dst_port = frame.load_u16(l4.offset + 2)?;
+    if !wanted(dst_port) {
+        return None;
+    }
+    let [sp_hi, sp_lo, _, _, len_hi, len_lo, _, _] = frame.load::<8>(l4.offset)?;
+    let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    Some(UdpDatagram {
+        src: l4.src,
+        src_port: u16::from_be_bytes([sp_hi, sp_lo]),
+        dst_port,
+        payload_offset: l4.offset + UDP_HLEN,
+        payload_len: udp_len.saturating_sub(UDP_HLEN),
+        fragment: l4.fragment,
+        length_consistent: udp_len >= UDP_HLEN && l4.ip_payload == Some(udp_len),
+    })
+}
+
+/// Where the UDP header starts, and what the IP layer said about it.
+struct L4 {
+    offset: usize,
+    src: SourceAt,
+    fragment: bool,
+    /// Bytes the IP header(s) leave for UDP (`None` if the lengths do not add up).
+    ip_payload: Option<usize>,
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<L4> {
     let [version_ihl, _tos, len_hi, len_lo] = frame.load::<4>(l3)?;
     if version_ihl >> 4 != 4 {
         return None;
@@ -190,18 +227,16 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
     if frame.load_u8(l3 + 9)? != IPPROTO_UDP {
         return None;
     }
-    let ip_payload = total_len.checked_sub(ihl);
-    udp_at(
-        frame,
-        l3 + ihl,
-        SourceAt::V4(l3 + 12),
-        frag & 0x2000 != 0,
-        ip_payload,
-    )
+    Some(L4 {
+        offset: l3 + ihl,
+        src: SourceAt::V4(l3 + 12),
+        fragment: frag & 0x2000 != 0,
+        ip_payload: total_len.checked_sub(ihl),
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<L4> {
     let [version, _, _, _, len_hi, len_lo, mut next, _hop] = frame.load::<8>(l3)?;
     if version >> 4 != 6 {
         return None;
@@ -235,31 +270,11 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
         }
         next = nh;
     }
-    let ip_payload = payload_len.checked_sub(l4 - first);
-    udp_at(frame, l4, SourceAt::V6(l3 + 8), fragment, ip_payload)
-}
-
-#[inline(always)]
-fn udp_at<F: Frame + ?Sized>(
-    frame: &F,
-    l4: usize,
-    src: SourceAt,
-    fragment: bool,
-    ip_payload: Option<usize>,
-) -> Option<UdpDatagram> {
-    if l4 > MAX_HEADER_OFFSET {
-        return None;
-    }
-    let [sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, _, _] = frame.load::<8>(l4)?;
-    let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    Some(UdpDatagram {
-        src,
-        src_port: u16::from_be_bytes([sp_hi, sp_lo]),
-        dst_port: u16::from_be_bytes([dp_hi, dp_lo]),
-        payload_offset: l4 + UDP_HLEN,
-        payload_len: udp_len.saturating_sub(UDP_HLEN),
+    Some(L4 {
+        offset: l4,
+        src: SourceAt::V6(l3 + 8),
         fragment,
-        length_consistent: udp_len >= UDP_HLEN && ip_payload == Some(udp_len),
+        ip_payload: payload_len.checked_sub(l4 - first),
     })
 }
 

@@ -37,7 +37,7 @@ use core::net::IpAddr;
 
 use crate::{
     counters::Counter,
-    frame::{Frame, parse_udp},
+    frame::{Frame, parse_udp_to},
     maps::{SourceKey, Tag, TagKey, UserId},
     wire::{self, HEADER_LEN, Header, KNOCK_LEN, PREFIX_LEN},
 };
@@ -80,12 +80,9 @@ pub trait Env {
 /// The verdict for one Ethernet frame.
 #[inline(always)]
 pub fn check_frame<F: Frame + ?Sized, E: Env>(frame: &F, env: &mut E) -> Counter {
-    let Some(udp) = parse_udp(frame) else {
+    let Some(udp) = parse_udp_to(frame, |port| env.is_knock_port(port)) else {
         return Counter::NotKnock;
     };
-    if !env.is_knock_port(udp.dst_port) {
-        return Counter::NotKnock;
-    }
     if udp.fragment || !udp.length_consistent {
         return Counter::Malformed;
     }
