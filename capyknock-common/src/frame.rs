@@ -135,11 +135,13 @@ impl UdpDatagram {
             SourceAt::V4(at) => Some(IpAddr::V4(Ipv4Addr::from(frame.load::<4>(at)?))),
             SourceAt::V6(at) => {
                 // Two 8-byte reads: small enough for direct packet access in the kernel.
-                let [a, b, c, d, e, f, g, h] = frame.load::<8>(at)?;
-                let [i, j, k, l, m, n, o, p] = frame.load::<8>(at + 8)?;
-                Some(IpAddr::V6(Ipv6Addr::from([
-                    a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p,
-                ])))
+                let high = frame.load::<8>(at)?;
+                let low = frame.load::<8>(at + 8)?;
+                let mut octets = [0u8; 16];
+                for (o, b) in octets.iter_mut().zip(high.iter().chain(low.iter())) {
+                    *o = *b;
+                }
+                Some(IpAddr::V6(Ipv6Addr::from(octets)))
             }
         }
     }

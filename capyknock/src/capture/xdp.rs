@@ -477,7 +477,7 @@ pub struct XdpCapture {
     filter: XdpFilter,
     events: AsyncFd<RingBuf<MapData>>,
     /// Forwards the program's rare log records; `None` if they could not be opened.
-    _logs: Option<LogForwarder>,
+    logs: Option<LogForwarder>,
 }
 
 impl std::fmt::Debug for XdpCapture {
@@ -485,6 +485,7 @@ impl std::fmt::Debug for XdpCapture {
         f.debug_struct("XdpCapture")
             .field("filter", &self.filter)
             .field("events_fd", &self.events.as_raw_fd())
+            .field("logs", &self.logs)
             .finish()
     }
 }
@@ -520,7 +521,7 @@ impl XdpCapture {
         Ok(Self {
             filter,
             events,
-            _logs: logs,
+            logs,
         })
     }
 

@@ -55,7 +55,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum BenchMode {
-    /// Per-class cost with BPF_PROG_TEST_RUN, beside the empty program.
+    /// Per-class cost with `BPF_PROG_TEST_RUN`, beside the empty program.
     Cost(CostArgs),
     /// Attach a program to an interface until stdin has a line or closes.
     Hold(HoldArgs),
@@ -65,7 +65,7 @@ enum BenchMode {
 
 #[derive(Debug, clap::Args)]
 struct CostArgs {
-    /// Runs per BPF_PROG_TEST_RUN call.
+    /// Runs per `BPF_PROG_TEST_RUN` call.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
     /// Calls per class and program; the median is reported.
@@ -260,7 +260,10 @@ fn median(v: &[f64]) -> Option<f64> {
     if n % 2 == 1 {
         s.get(mid).copied()
     } else {
-        Some((s.get(mid - 1).copied()? + s.get(mid).copied()?) / 2.0)
+        Some(f64::midpoint(
+            s.get(mid - 1).copied()?,
+            s.get(mid).copied()?,
+        ))
     }
 }
 
@@ -462,7 +465,11 @@ fn cost(args: &CostArgs) -> Result<(), BenchError> {
 }
 
 fn info() -> Value {
-    let user_id: String = BENCH_USER.iter().map(|b| format!("{b:02x}")).collect();
+    let user_id = BENCH_USER.iter().fold(String::new(), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
     json!({
         "knock_port": DEFAULT_KNOCK_PORT,
         "user_id_hex": user_id,

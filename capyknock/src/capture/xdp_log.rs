@@ -98,7 +98,7 @@ impl RateLimitedTracing {
     /// Whether a record may go out at `now`; if so, how many were held back before it.
     fn admit(&self, now: Instant) -> Option<u64> {
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.saturating_duration_since(w.start) >= Duration::from_secs(60) {
+        if now.saturating_duration_since(w.start) >= Duration::from_mins(1) {
             w.start = now;
             w.sent = 0;
         }

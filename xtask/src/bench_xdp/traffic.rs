@@ -464,9 +464,14 @@ fn junk_pool(info: &Info) -> Vec<Vec<u8>> {
         .map(|_| {
             let mut p = vec![0u8; 256];
             fastrand::fill(&mut p);
-            p[..8].copy_from_slice(b"CKnk\x01\0\0\0");
-            p[8..24].copy_from_slice(&info.user);
-            p[24..32].copy_from_slice(&info.step.to_be_bytes());
+            let header = b"CKnk\x01\0\0\0"
+                .iter()
+                .copied()
+                .chain(info.user)
+                .chain(info.step.to_be_bytes());
+            for (b, h) in p.iter_mut().zip(header) {
+                *b = h;
+            }
             p
         })
         .collect()
