@@ -52,6 +52,9 @@ pub struct Options {
     /// Junk packets per second in the flood runs (paced; the sender may fall short).
     #[arg(long, default_value_t = 100_000)]
     pub flood_rate: u64,
+    /// XDP attach mode for the traffic tests: `native` (driver) or `skb` (generic).
+    #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
+    pub xdp_mode: String,
     /// Run only one part: `cost` (per frame class) or `traffic` (pass-through TCP).
     #[arg(long, value_enum)]
     pub only: Option<Part>,
@@ -89,6 +92,7 @@ impl Options {
             seconds: None,
             flood_rate: 100_000,
             only: None,
+            xdp_mode: "native".to_owned(),
             bin: None,
             debug: true,
             no_build: false,
@@ -150,15 +154,16 @@ pub fn bench_xdp(opts: &Options) -> anyhow::Result<()> {
             ns_prefix: format!("{NS_PREFIX}{}", std::process::id()),
             seconds,
             flood_rate: opts.flood_rate,
+            xdp_mode: opts.xdp_mode.clone(),
         })?;
         let load_after = load_average();
         let _ = writeln!(
             report,
             "\n## Pass-through traffic\n\nveth between two namespaces, the program attached \
-             (native mode) to the server's end; {seconds} s per test, flood {} junk \
+             ({} mode) to the server's end; {seconds} s per test, flood {} junk \
              packets/s offered (bad tags for a known user: the dearest rejection). Load average \
              {load_before} before, {load_after} after.\n",
-            opts.flood_rate
+            opts.xdp_mode, opts.flood_rate
         );
         report.push_str(&traffic::table(&traffic));
         results.insert("traffic".to_owned(), traffic);

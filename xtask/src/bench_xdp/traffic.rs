@@ -54,6 +54,8 @@ pub struct Plan {
     pub seconds: u64,
     /// Junk packets per second offered in the flood runs.
     pub flood_rate: u64,
+    /// XDP attach mode: `native` or `skb`.
+    pub xdp_mode: String,
 }
 
 /// Runs every configuration; returns the figures as JSON.
@@ -74,7 +76,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
         let hold = if program == "none" {
             None
         } else {
-            Some(Hold::start(&plan.bin, &server, program)?)
+            Some(Hold::start(&plan.bin, &server, program, &plan.xdp_mode)?)
         };
         let bulk = bulk(&client, &server, secs)?;
         let rr = request_response(&client, &server, secs)?;
@@ -95,7 +97,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
             "xdp": xdp,
         }));
     }
-    Ok(json!({ "seconds": plan.seconds, "flood_rate": plan.flood_rate, "runs": rows }))
+    Ok(json!({
+        "seconds": plan.seconds,
+        "flood_rate": plan.flood_rate,
+        "xdp_mode": plan.xdp_mode,
+        "runs": rows,
+    }))
 }
 
 /// The knock port, user id and step `xdp-bench hold` configures.
@@ -138,7 +145,12 @@ struct Hold {
 }
 
 impl Hold {
-    fn start(bin: &std::path::Path, server: &NetNs, program: &str) -> anyhow::Result<Self> {
+    fn start(
+        bin: &std::path::Path,
+        server: &NetNs,
+        program: &str,
+        xdp_mode: &str,
+    ) -> anyhow::Result<Self> {
         let mut child = server
             .command(bin)
             .args([
@@ -149,7 +161,7 @@ impl Hold {
                 "--program",
                 program,
                 "--xdp-mode",
-                "native",
+                xdp_mode,
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
