@@ -12,8 +12,8 @@
 //!   as the measurement holds the returned descriptor, so nothing is left switched on if the
 //!   process dies. Each class's verdict is checked: a wrong verdict is an error, not a figure.
 //! - `hold`: loads one of the two programs, configures it like `cost` does, attaches it to an
-//!   interface, enables the statistics and waits for a line (or end of file) on stdin; then
-//!   prints the run statistics and verdict counters. The pass-through benchmark runs it in a
+//!   interface (with `--stats`, enables the statistics) and waits for a line (or end of file) on
+//!   stdin; then prints the run statistics and verdict counters. The pass-through benchmark runs it in a
 //!   network namespace while traffic flows.
 
 use std::{
@@ -87,6 +87,10 @@ struct HoldArgs {
     /// `native`, `skb`, or `auto` (native, else skb).
     #[arg(long, default_value = "native")]
     xdp_mode: String,
+    /// Keep the kernel's BPF run-time statistics on while attached (their clock reads add
+    /// about 25 ns to every packet, so throughput tests leave them off).
+    #[arg(long)]
+    stats: bool,
 }
 
 /// Why the benchmark failed.
@@ -502,7 +506,7 @@ fn hold(args: &HoldArgs) -> Result<(), BenchError> {
         }
     };
     let used = filter.attach(&args.iface, mode)?;
-    let _stats = enable_stats()?;
+    let _stats = args.stats.then(enable_stats).transpose()?;
     let start: RunStats = filter.run_stats()?;
     let counters_before = filter.counters()?;
     let mut stdout = std::io::stdout().lock();
