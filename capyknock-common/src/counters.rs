@@ -27,14 +27,16 @@ pub enum Counter {
     BadTag = 6,
     /// The same tag was seen recently (a retransmission or a replay).
     Duplicate = 7,
-    /// Over the per-source rate limit (IPv4 address or IPv6 /64).
-    RateLimitedSource = 8,
+    /// Over the rate limit of its user (one key spends only its own share).
+    RateLimitedUser = 8,
+    /// Over the per-source rate limit of its user (IPv4 address or IPv6 /64, per user).
+    RateLimitedSource = 9,
     /// Over the global rate limit.
-    RateLimitedGlobal = 9,
+    RateLimitedGlobal = 10,
     /// A valid candidate, but the ring buffer (or userspace queue) was full.
-    RingFull = 10,
+    RingFull = 11,
     /// A candidate handed to userspace.
-    Delivered = 11,
+    Delivered = 12,
 }
 
 impl Counter {
@@ -62,6 +64,7 @@ impl Counter {
             Counter::StaleStep => "stale_step",
             Counter::BadTag => "bad_tag",
             Counter::Duplicate => "duplicate",
+            Counter::RateLimitedUser => "rate_limited_user",
             Counter::RateLimitedSource => "rate_limited_source",
             Counter::RateLimitedGlobal => "rate_limited_global",
             Counter::RingFull => "ring_full",

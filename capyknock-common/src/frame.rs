@@ -95,11 +95,22 @@ impl Frame for [u8] {
     }
 }
 
+/// Where the source address of a datagram sits in its frame. The parser only notes it: reading
+/// it (16 bytes for IPv6) is left until the datagram is known to go to a knock port, so traffic
+/// that passes costs nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceAt {
+    /// An IPv4 source address at this offset.
+    V4(usize),
+    /// An IPv6 source address at this offset.
+    V6(usize),
+}
+
 /// A UDP datagram found in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpDatagram {
-    /// Source address from the IP header.
-    pub src: IpAddr,
+    /// Where the source address is (read it with [`UdpDatagram::source`]).
+    pub src: SourceAt,
     /// UDP source port.
     pub src_port: u16,
     /// UDP destination port.
@@ -115,6 +126,27 @@ pub struct UdpDatagram {
     pub length_consistent: bool,
 }
 
+impl UdpDatagram {
+    /// The source address. `None` only if the frame is shorter than the header the parser
+    /// already walked, which cannot happen for a datagram [`parse_udp`] returned.
+    #[inline(always)]
+    pub fn source<F: Frame + ?Sized>(&self, frame: &F) -> Option<IpAddr> {
+        match self.src {
+            SourceAt::V4(at) => Some(IpAddr::V4(Ipv4Addr::from(frame.load::<4>(at)?))),
+            SourceAt::V6(at) => {
+                // Two 8-byte reads: small enough for direct packet access in the kernel.
+                let high = frame.load::<8>(at)?;
+                let low = frame.load::<8>(at + 8)?;
+                let mut octets = [0u8; 16];
+                for (o, b) in octets.iter_mut().zip(high.iter().chain(low.iter())) {
+                    *o = *b;
+                }
+                Some(IpAddr::V6(Ipv6Addr::from(octets)))
+            }
+        }
+    }
+}
+
 /// Finds the UDP header of an Ethernet frame carrying IPv4 or IPv6, behind up to
 /// [`MAX_VLAN_TAGS`] VLAN tags.
 ///
@@ -123,6 +155,16 @@ pub struct UdpDatagram {
 /// extension headers or with ESP, and frames too short to hold the headers they announce.
 #[inline(always)]
 pub fn parse_udp<F: Frame + ?Sized>(frame: &F) -> Option<UdpDatagram> {
+    parse_udp_to(frame, |_| true)
+}
+
+/// [`parse_udp`] for datagrams to the ports `wanted` accepts: the destination port is read and
+/// judged before the rest of the UDP header, so a datagram to another port costs two bytes.
+#[inline(always)]
+pub fn parse_udp_to<F: Frame + ?Sized>(
+    frame: &F,
+    wanted: impl Fn(u16) -> bool,
+) -> Option<UdpDatagram> {
     let mut ethertype = frame.load_u16(12)?;
     let mut l3 = ETH_HLEN;
     let mut tags = 0;
@@ -134,15 +176,42 @@ pub fn parse_udp<F: Frame + ?Sized>(frame: &F) -> Option<UdpDatagram> {
         l3 += VLAN_HLEN;
         tags += 1;
     }
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(frame, l3),
-        ETH_P_IPV6 => parse_ipv6(frame, l3),
-        _ => None,
+    let l4 = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(frame, l3)?,
+        ETH_P_IPV6 => parse_ipv6(frame, l3)?,
+        _ => return None,
+    };
+    if l4.offset > MAX_HEADER_OFFSET {
+        return None;
     }
+    let dst_port = frame.load_u16(l4.offset + 2)?;
+    if !wanted(dst_port) {
+        return None;
+    }
+    let [sp_hi, sp_lo, _, _, len_hi, len_lo, _, _] = frame.load::<8>(l4.offset)?;
+    let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    Some(UdpDatagram {
+        src: l4.src,
+        src_port: u16::from_be_bytes([sp_hi, sp_lo]),
+        dst_port,
+        payload_offset: l4.offset + UDP_HLEN,
+        payload_len: udp_len.saturating_sub(UDP_HLEN),
+        fragment: l4.fragment,
+        length_consistent: udp_len >= UDP_HLEN && l4.ip_payload == Some(udp_len),
+    })
+}
+
+/// Where the UDP header starts, and what the IP layer said about it.
+struct L4 {
+    offset: usize,
+    src: SourceAt,
+    fragment: bool,
+    /// Bytes the IP header(s) leave for UDP (`None` if the lengths do not add up).
+    ip_payload: Option<usize>,
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<L4> {
     let [version_ihl, _tos, len_hi, len_lo] = frame.load::<4>(l3)?;
     if version_ihl >> 4 != 4 {
         return None;
@@ -160,25 +229,21 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
     if frame.load_u8(l3 + 9)? != IPPROTO_UDP {
         return None;
     }
-    let src = Ipv4Addr::from(frame.load::<4>(l3 + 12)?);
-    let ip_payload = total_len.checked_sub(ihl);
-    udp_at(
-        frame,
-        l3 + ihl,
-        IpAddr::V4(src),
-        frag & 0x2000 != 0,
-        ip_payload,
-    )
+    Some(L4 {
+        offset: l3 + ihl,
+        src: SourceAt::V4(l3 + 12),
+        fragment: frag & 0x2000 != 0,
+        ip_payload: total_len.checked_sub(ihl),
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<L4> {
     let [version, _, _, _, len_hi, len_lo, mut next, _hop] = frame.load::<8>(l3)?;
     if version >> 4 != 6 {
         return None;
     }
     let payload_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    let src = Ipv6Addr::from(frame.load::<16>(l3 + 8)?);
     let first = l3 + IPV6_HLEN;
     let mut l4 = first;
     let mut fragment = false;
@@ -207,31 +272,11 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Option<UdpDatagram> {
         }
         next = nh;
     }
-    let ip_payload = payload_len.checked_sub(l4 - first);
-    udp_at(frame, l4, IpAddr::V6(src), fragment, ip_payload)
-}
-
-#[inline(always)]
-fn udp_at<F: Frame + ?Sized>(
-    frame: &F,
-    l4: usize,
-    src: IpAddr,
-    fragment: bool,
-    ip_payload: Option<usize>,
-) -> Option<UdpDatagram> {
-    if l4 > MAX_HEADER_OFFSET {
-        return None;
-    }
-    let [sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, _, _] = frame.load::<8>(l4)?;
-    let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    Some(UdpDatagram {
-        src,
-        src_port: u16::from_be_bytes([sp_hi, sp_lo]),
-        dst_port: u16::from_be_bytes([dp_hi, dp_lo]),
-        payload_offset: l4 + UDP_HLEN,
-        payload_len: udp_len.saturating_sub(UDP_HLEN),
+    Some(L4 {
+        offset: l4,
+        src: SourceAt::V6(l3 + 8),
         fragment,
-        length_consistent: udp_len >= UDP_HLEN && ip_payload == Some(udp_len),
+        ip_payload: payload_len.checked_sub(l4 - first),
     })
 }
 
@@ -335,7 +380,10 @@ mod tests {
         let f = ipv4_udp(40, 0, 9);
         let udp = parse_udp(f.as_slice()).unwrap();
         assert_eq!(udp.payload_offset, ETH_HLEN + 60 + UDP_HLEN);
-        assert_eq!(udp.src, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(
+            udp.source(f.as_slice()),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)))
+        );
         assert!(udp.length_consistent);
     }
 
@@ -376,6 +424,10 @@ mod tests {
         let f = ipv6_udp(&[], 9);
         let u = parse_udp(f.as_slice()).unwrap();
         assert_eq!(u.payload_offset, ETH_HLEN + IPV6_HLEN + UDP_HLEN);
+        assert_eq!(
+            u.source(f.as_slice()),
+            Some(IpAddr::V6("2001::7".parse().unwrap()))
+        );
         assert!(u.length_consistent && !u.fragment);
 
         let ext = std::vec![
@@ -482,6 +534,7 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             if let Some(u) = parse_udp(bytes.as_slice()) {
                 proptest::prop_assert!(u.payload_offset <= bytes.len());
+                proptest::prop_assert!(u.source(bytes.as_slice()).is_some());
             }
         }
     }

@@ -12,12 +12,26 @@ use crate::{
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "capyknock";
+/// Name of the empty XDP program (passes every frame at once) in the same object: the floor
+/// `cargo xtask bench-xdp` measures the real program against. The daemon never loads it.
+pub const XDP_PASS_PROGRAM: &str = "capyknock_pass";
 
-/// `HashMap<u16, u8>`: UDP destination ports (host byte order) that are knock ports. The value is
-/// unused (1); presence is what counts.
+/// `Array<u64>` of [`KNOCK_PORT_WORDS`] words: a bitmap of the UDP destination ports that are
+/// knock ports (bit `port % 64` of word `port / 64`, [`knock_port_bit`]). An array lookup is
+/// inlined by the verifier, so every UDP frame learns whether it goes to a knock port with two
+/// loads and no helper call.
 pub const KNOCK_PORTS: &str = "KNOCK_PORTS";
-/// Most knock ports one program watches.
+/// Words in the knock-port bitmap: one bit for each of the 65536 ports.
+pub const KNOCK_PORT_WORDS: u32 = 65536 / 64;
+/// Most knock ports one program watches (a configuration limit; the bitmap holds any number).
 pub const KNOCK_PORTS_MAX: u32 = 16;
+
+/// The word index and bit mask of `port` in the [`KNOCK_PORTS`] bitmap.
+#[inline(always)]
+#[must_use]
+pub const fn knock_port_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1 << (port % 64))
+}
 
 /// `HashMap<[u8; 16], [u8; 16]>`: user id -> that user's pre-filter tag key.
 pub const USERS: &str = "USERS";
@@ -32,10 +46,16 @@ pub const RECENT_TAGS: &str = "RECENT_TAGS";
 /// Size of the recent-tags LRU. Three time steps of knocks at the default global rate fit.
 pub const RECENT_TAGS_MAX: u32 = 16384;
 
-/// `LruHashMap<[u8; 16], Bucket>`: per-source rate-limit state, keyed by [`crate::prefilter::source_key`].
+/// `LruHashMap<[u8; 32], Bucket>`: per-source rate-limit state of each user, keyed by
+/// [`crate::prefilter::source_key`] (source address or /64, and user id).
 pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
 /// Size of the per-source bucket LRU.
 pub const SOURCE_BUCKETS_MAX: u32 = 16384;
+
+/// `LruHashMap<[u8; 16], Bucket>`: per-user rate-limit state, keyed by user id. Only packets
+/// with a valid tag reach it, so only known users have entries, and it is as large as the
+/// users map: nobody can evict a user's bucket (which would refill it).
+pub const USER_BUCKETS: &str = "USER_BUCKETS";
 
 /// `Array<Bucket>` of one element: the global rate-limit state.
 pub const GLOBAL_BUCKET: &str = "GLOBAL_BUCKET";
@@ -57,9 +77,9 @@ pub type UserId = [u8; USER_ID_LEN];
 pub type TagKey = [u8; TAG_KEY_LEN];
 /// A pre-filter tag.
 pub type Tag = [u8; TAG_LEN];
-/// A per-source rate-limit key: an IPv4-mapped IPv6 address, or an IPv6 /64 prefix with the
-/// interface identifier zeroed.
-pub type SourceKey = [u8; 16];
+/// A per-source rate-limit key: the source (an IPv4-mapped IPv6 address, or an IPv6 /64 prefix
+/// with the interface identifier zeroed) followed by the user id.
+pub type SourceKey = [u8; 32];
 
 /// Rate-limit state: the GCRA theoretical arrival time (see [`crate::ratelimit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,10 +93,12 @@ pub struct Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct Config {
-    /// Limit per source address (IPv4) or /64 (IPv6).
+    /// Limit per source address (IPv4) or /64 (IPv6), for each user apart.
     pub per_source: RateLimit,
     /// Limit over all sources together.
     pub global: RateLimit,
+    /// Limit per user (checked first: one key spends only its own share).
+    pub per_user: RateLimit,
 }
 
 /// `KnockEvent::family` for IPv4 (the address is IPv4-mapped).
@@ -133,7 +155,7 @@ impl KnockEvent {
 }
 
 const _: () = assert!(KnockEvent::SIZE == 24 + KNOCK_LEN);
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 8);
 
 #[cfg(all(feature = "user", target_os = "linux"))]

@@ -4,14 +4,24 @@
 //! The checks, cheapest first, each with its own [`Counter`]:
 //!
 //! 1. UDP to a knock port? If not, the frame passes untouched ([`Counter::NotKnock`]); every
-//!    other verdict drops the frame.
+//!    other verdict drops the frame. Nothing but header fields is read before this answer: no
+//!    clock, no hash-map lookup, not even the source address, so traffic that passes costs
+//!    next to nothing.
 //! 2. Well formed: not an IP fragment, UDP length agreeing with the IP length, frame long enough.
 //! 3. Exactly [`KNOCK_LEN`] bytes of payload.
-//! 4. Magic, version and reserved bytes ([`Header::parse`]).
+//! 4. Magic, version and reserved bytes ([`wire::check_prefix`], on the first 8 bytes before the
+//!    whole header is read).
 //! 5. A known user id, with a time step within one of the current step.
 //! 6. The tag: SipHash-2-4 of the header under the user's tag key ([`wire::header_tag`]).
-//! 7. Not a tag seen recently (duplicates and replays), then the per-source and global rate
-//!    limits, and finally room in the ring buffer (or userspace queue).
+//! 7. Not a tag seen recently (duplicates and replays), then the rate limits: the user's own
+//!    bucket, that user's bucket for the source address, the global bucket; and finally room in
+//!    the ring buffer (or userspace queue).
+//!
+//! The rate limits come in that order so that a key holder can only spend their own share
+//! (docs/SECURITY.md, "A user who attacks the others"): valid-tag junk made with one user's key
+//! empties that user's bucket and stops there, so it never reaches the global bucket beyond the
+//! user's rate, and never touches the source buckets of other users, even when forged from
+//! their addresses (the source bucket is per user and source).
 //!
 //! The tag is remembered only once a candidate passed the rate limits, and forgotten again if it
 //! could not be delivered, so a client's retransmission gets another chance while a replay of a
@@ -27,9 +37,9 @@ use core::net::IpAddr;
 
 use crate::{
     counters::Counter,
-    frame::{Frame, parse_udp},
+    frame::{Frame, parse_udp_to},
     maps::{SourceKey, Tag, TagKey, UserId},
-    wire::{self, HEADER_LEN, Header, KNOCK_LEN},
+    wire::{self, HEADER_LEN, Header, KNOCK_LEN, PREFIX_LEN},
 };
 
 /// Where a datagram came from.
@@ -56,7 +66,9 @@ pub trait Env {
     fn remember(&mut self, tag: &Tag) -> bool;
     /// Removes `tag` again (its knock could not be delivered).
     fn forget(&mut self, tag: &Tag);
-    /// Takes a token from the bucket of `key`; `false` if it is empty.
+    /// Takes a token from the bucket of `user`; `false` if it is empty.
+    fn allow_user(&mut self, user: &UserId) -> bool;
+    /// Takes a token from the bucket of `key` (a source and a user); `false` if it is empty.
     fn allow_source(&mut self, key: &SourceKey) -> bool;
     /// Takes a token from the global bucket; `false` if it is empty.
     fn allow_global(&mut self) -> bool;
@@ -68,17 +80,17 @@ pub trait Env {
 /// The verdict for one Ethernet frame.
 #[inline(always)]
 pub fn check_frame<F: Frame + ?Sized, E: Env>(frame: &F, env: &mut E) -> Counter {
-    let Some(udp) = parse_udp(frame) else {
+    let Some(udp) = parse_udp_to(frame, |port| env.is_knock_port(port)) else {
         return Counter::NotKnock;
     };
-    if !env.is_knock_port(udp.dst_port) {
-        return Counter::NotKnock;
-    }
     if udp.fragment || !udp.length_consistent {
         return Counter::Malformed;
     }
+    let Some(addr) = udp.source(frame) else {
+        return Counter::Malformed;
+    };
     let src = Source {
-        addr: udp.src,
+        addr,
         port: udp.src_port,
     };
     check_payload(frame, udp.payload_offset, udp.payload_len, &src, env)
@@ -102,6 +114,13 @@ pub fn check_payload<F: Frame + ?Sized, E: Env>(
         Some(end) if end <= frame.len() => {}
         _ => return Counter::Malformed,
     }
+    // The first 8 bytes alone turn away most junk, before the whole header is copied.
+    let Some(prefix) = frame.load::<PREFIX_LEN>(offset) else {
+        return Counter::Malformed;
+    };
+    if wire::check_prefix(&prefix).is_err() {
+        return Counter::BadHeader;
+    }
     let Some(header) = frame.load::<HEADER_LEN>(offset) else {
         return Counter::Malformed;
     };
@@ -123,7 +142,10 @@ pub fn check_payload<F: Frame + ?Sized, E: Env>(
     if env.seen(&tag) {
         return Counter::Duplicate;
     }
-    if !env.allow_source(&source_key(&src.addr)) {
+    if !env.allow_user(&parsed.user_id) {
+        return Counter::RateLimitedUser;
+    }
+    if !env.allow_source(&source_key(&src.addr, &parsed.user_id)) {
         return Counter::RateLimitedSource;
     }
     if !env.allow_global() {
@@ -139,21 +161,28 @@ pub fn check_payload<F: Frame + ?Sized, E: Env>(
     Counter::Delivered
 }
 
-/// The rate-limit key of a source: IPv4 addresses as IPv4-mapped IPv6, IPv6 addresses cut to
-/// their /64 (one subscriber usually owns a whole /64).
+/// The rate-limit key of a source for one user: the source first (IPv4 addresses as
+/// IPv4-mapped IPv6, IPv6 addresses cut to their /64, as one subscriber usually owns a whole
+/// /64), then the user id. Keyed per user, so junk made with one user's key and forged from
+/// another user's address cannot empty that other user's bucket.
 #[inline(always)]
 #[must_use]
-pub fn source_key(addr: &IpAddr) -> SourceKey {
-    match addr {
+pub fn source_key(addr: &IpAddr, user: &UserId) -> SourceKey {
+    let source = match addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => {
-            let mut key = v6.octets();
-            if let Some(interface_id) = key.get_mut(8..) {
+            let mut prefix = v6.octets();
+            if let Some(interface_id) = prefix.get_mut(8..) {
                 interface_id.fill(0);
             }
-            key
+            prefix
         }
+    };
+    let mut key = [0u8; 32];
+    for (k, b) in key.iter_mut().zip(source.iter().chain(user.iter())) {
+        *k = *b;
     }
+    key
 }
 
 #[cfg(test)]
@@ -171,6 +200,8 @@ mod tests {
     const PORT: u16 = 62201;
     const USER: UserId = [0x11; 16];
     const KEY: TagKey = [0x22; 16];
+    const OTHER_USER: UserId = [0x33; 16];
+    const OTHER_KEY: TagKey = [0x44; 16];
     const STEP: u64 = 58_000_000;
 
     /// A plain in-memory environment, like the userspace one but unbounded.
@@ -179,6 +210,7 @@ mod tests {
         step: u64,
         tags: HashSet<Tag>,
         sources: std::collections::HashMap<SourceKey, u64>,
+        users: std::collections::HashMap<UserId, u64>,
         global: u64,
         config: Config,
         now: u64,
@@ -202,7 +234,17 @@ mod tests {
             port == PORT
         }
         fn tag_key(&self, user: &UserId) -> Option<TagKey> {
-            (*user == USER).then_some(KEY)
+            if *user == USER {
+                Some(KEY)
+            } else if *user == OTHER_USER {
+                Some(OTHER_KEY)
+            } else {
+                None
+            }
+        }
+        fn allow_user(&mut self, user: &UserId) -> bool {
+            let tat = self.users.entry(*user).or_insert(0);
+            ratelimit::allow(tat, self.now, &self.config.per_user)
         }
         fn time_step(&self) -> u64 {
             self.step
@@ -308,6 +350,18 @@ mod tests {
     #[test]
     fn rate_limits_and_ring_full() {
         let mut env = TestEnv::new();
+        env.config.per_user = RateLimit::new(1, 3);
+        assert_eq!(check(&mut env, &knock(STEP, 1)), Counter::Delivered);
+        assert_eq!(check(&mut env, &knock(STEP, 2)), Counter::Delivered);
+        assert_eq!(check(&mut env, &knock(STEP, 3)), Counter::Delivered);
+        assert_eq!(check(&mut env, &knock(STEP, 4)), Counter::RateLimitedUser);
+        assert_eq!(
+            check_payload(&other_knock(1)[..], 0, KNOCK_LEN, &src4(), &mut env),
+            Counter::Delivered,
+            "another user has a bucket of their own"
+        );
+
+        let mut env = TestEnv::new();
         env.config.per_source = RateLimit::new(1, 2);
         assert_eq!(check(&mut env, &knock(STEP, 1)), Counter::Delivered);
         assert_eq!(check(&mut env, &knock(STEP, 2)), Counter::Delivered);
@@ -357,21 +411,87 @@ mod tests {
 
     #[test]
     fn source_keys() {
-        let v4 = source_key(&IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
-        assert_eq!(v4, Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets());
+        let v4 = source_key(&IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), &USER);
+        assert_eq!(
+            v4[..16],
+            Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets()
+        );
+        assert_eq!(v4[16..], USER);
         let a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: Ipv6Addr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(&IpAddr::V6(a)), source_key(&IpAddr::V6(b)));
-        assert_ne!(source_key(&IpAddr::V6(a)), source_key(&IpAddr::V6(c)));
+        let key = |a: Ipv6Addr| source_key(&IpAddr::V6(a), &USER);
+        assert_eq!(key(a), key(b));
+        assert_ne!(key(a), key(c));
+        // Per user: the same address, another user, another bucket.
+        assert_ne!(
+            source_key(&IpAddr::V6(a), &USER),
+            source_key(&IpAddr::V6(a), &OTHER_USER)
+        );
         // An IPv6 /64 key never equals an IPv4 key: /64 keys end in eight zero bytes, mapped
         // IPv4 keys have 0xffff in bytes 10 and 11.
         assert_ne!(
-            source_key(&IpAddr::V6("::ffff:1.2.3.4".parse().unwrap())),
-            source_key(&IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)))
+            source_key(&IpAddr::V6("::ffff:1.2.3.4".parse().unwrap()), &USER),
+            source_key(&IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)), &USER)
         );
     }
 
+    fn other_knock(nonce: u8) -> [u8; KNOCK_LEN] {
+        let header =
+            Header::sealed(&OTHER_KEY, OTHER_USER, STEP, [nonce; wire::NONCE_LEN]).to_bytes();
+        let mut k = [0x5a; KNOCK_LEN];
+        k[..HEADER_LEN].copy_from_slice(&header);
+        k
+    }
+
+    #[test]
+    fn one_users_flood_stops_at_that_users_bucket() {
+        let mut env = TestEnv::new();
+        env.config.per_user = RateLimit::new(10, 20);
+        env.config.per_source = RateLimit::new(10, 20);
+        env.config.global = RateLimit::new(100, 100);
+        // User A's key holder floods valid-tag junk from many forged sources, including the
+        // victim's address.
+        let victim = Source {
+            addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+            port: 1,
+        };
+        let mut verdicts = std::collections::BTreeMap::new();
+        for i in 0..5000u32 {
+            let header = Header::sealed(&KEY, USER, STEP, {
+                let mut n = [0u8; wire::NONCE_LEN];
+                n[..4].copy_from_slice(&i.to_le_bytes());
+                n
+            })
+            .to_bytes();
+            let mut k = [0u8; KNOCK_LEN];
+            k[..HEADER_LEN].copy_from_slice(&header);
+            let src = if i % 2 == 0 {
+                victim
+            } else {
+                Source {
+                    addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                    port: 2,
+                }
+            };
+            let v = check_payload(&k[..], 0, KNOCK_LEN, &src, &mut env);
+            *verdicts.entry(v).or_insert(0u32) += 1;
+        }
+        assert_eq!(verdicts.get(&Counter::Delivered), Some(&20), "{verdicts:?}");
+        assert_eq!(
+            verdicts.get(&Counter::RateLimitedUser),
+            Some(&4980),
+            "{verdicts:?}"
+        );
+        // User B still gets in, from the victim's address too.
+        for n in 0..10 {
+            assert_eq!(
+                check_payload(&other_knock(n)[..], 0, KNOCK_LEN, &victim, &mut env),
+                Counter::Delivered,
+                "knock {n} of the other user"
+            );
+        }
+    }
     proptest::proptest! {
         #[test]
         fn never_panics_on_frames(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {

@@ -73,6 +73,7 @@ pub const DEFAULT_KNOCK_PORT: u16 = 62201;
 
 const _: () = assert!(KNOCK_LEN == 256);
 const _: () = assert!(TAG_OFFSET + TAG_LEN == HEADER_LEN);
+const _: () = assert!(RESERVED_OFFSET + RESERVED_LEN == PREFIX_LEN);
 
 /// Length of everything after the header: ciphertext and AEAD tag.
 pub const BODY_LEN: usize = KNOCK_LEN - HEADER_LEN;
@@ -143,6 +144,26 @@ impl core::fmt::Display for HeaderError {
 
 impl core::error::Error for HeaderError {}
 
+/// Length of the fixed start of every header: magic, version and reserved bytes.
+pub const PREFIX_LEN: usize = USER_ID_OFFSET;
+
+/// Checks the fixed start of a header (magic, version, reserved bytes, in that order): the
+/// cheap first look the pre-filter takes before reading the whole header.
+#[inline(always)]
+pub fn check_prefix(prefix: &[u8; PREFIX_LEN]) -> Result<(), HeaderError> {
+    if array_at::<PREFIX_LEN, 4, MAGIC_OFFSET>(prefix) != MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let [version] = array_at::<PREFIX_LEN, 1, VERSION_OFFSET>(prefix);
+    if version != VERSION {
+        return Err(HeaderError::BadVersion(version));
+    }
+    if array_at::<PREFIX_LEN, RESERVED_LEN, RESERVED_OFFSET>(prefix) != [0; RESERVED_LEN] {
+        return Err(HeaderError::ReservedNotZero);
+    }
+    Ok(())
+}
+
 /// The fields of a knock's clear header, after the magic, version and reserved bytes checked out.
 ///
 /// Parsing says nothing about authenticity: the tag and the AEAD decide that.
@@ -162,16 +183,7 @@ impl Header {
     /// Parses a 64-byte header: checks magic, version and the reserved bytes, in that order.
     #[inline(always)]
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
-        if array_at::<HEADER_LEN, 4, MAGIC_OFFSET>(bytes) != MAGIC {
-            return Err(HeaderError::BadMagic);
-        }
-        let [version] = array_at::<HEADER_LEN, 1, VERSION_OFFSET>(bytes);
-        if version != VERSION {
-            return Err(HeaderError::BadVersion(version));
-        }
-        if array_at::<HEADER_LEN, RESERVED_LEN, RESERVED_OFFSET>(bytes) != [0; RESERVED_LEN] {
-            return Err(HeaderError::ReservedNotZero);
-        }
+        check_prefix(&array_at::<HEADER_LEN, PREFIX_LEN, 0>(bytes))?;
         Ok(Header {
             user_id: array_at::<HEADER_LEN, USER_ID_LEN, USER_ID_OFFSET>(bytes),
             time_step: u64::from_be_bytes(array_at::<HEADER_LEN, 8, TIME_STEP_OFFSET>(bytes)),

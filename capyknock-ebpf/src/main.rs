@@ -6,7 +6,15 @@
 //! only those the pre-filter (`capyknock_common::prefilter`, shared with and tested in userspace)
 //! accepts are copied into the `EVENTS` ring buffer for the daemon: right size and header, known
 //! user, current time step, valid tag, not a recent duplicate, within the rate limits. Each
-//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet.
+//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet: aya-log
+//! records only rare events (the ring buffer full, a map update that failed, the self-test the
+//! daemon runs at start), at most one per second per kind and CPU, from functions of their own
+//! that the hot path never enters (`log_event`).
+//!
+//! Cheap early exits (docs/PERFORMANCE.md has the figures): until a frame is known to be UDP to
+//! a knock port the program reads header fields straight from the packet and one word of the
+//! knock-port bitmap (an array lookup, which the verifier inlines); it reads the clock only when
+//! a rate limit needs it, after a valid tag.
 #![no_std]
 #![no_main]
 #![expect(
@@ -25,17 +33,18 @@ use capyknock_common::{
     counters::Counter,
     frame::Frame,
     maps::{
-        Bucket, Config, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, KNOCK_PORTS_MAX, KnockEvent,
+        Bucket, Config, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, KNOCK_PORT_WORDS, KnockEvent,
         RECENT_TAGS_MAX, SOURCE_BUCKETS_MAX, SourceKey, Tag, TagKey, USERS_MAX, UserId,
+        knock_port_bit,
     },
     prefilter::{self, Env, Source},
-    ratelimit,
+    ratelimit::{self, RateLimit},
     wire::KNOCK_LEN,
 };
 
-/// Knock ports, host byte order -> 1.
+/// Knock ports: a bitmap over the 65536 ports (`maps::knock_port_bit`).
 #[map(name = "KNOCK_PORTS")]
-static KNOCK_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(KNOCK_PORTS_MAX, 0);
+static KNOCK_PORTS: Array<u64> = Array::with_max_entries(KNOCK_PORT_WORDS, 0);
 
 /// User id -> tag key.
 #[map(name = "USERS")]
@@ -54,6 +63,10 @@ static RECENT_TAGS: LruHashMap<Tag, u8> = LruHashMap::with_max_entries(RECENT_TA
 static SOURCE_BUCKETS: LruHashMap<SourceKey, Bucket> =
     LruHashMap::with_max_entries(SOURCE_BUCKETS_MAX, 0);
 
+/// Per-user rate-limit buckets.
+#[map(name = "USER_BUCKETS")]
+static USER_BUCKETS: LruHashMap<UserId, Bucket> = LruHashMap::with_max_entries(USERS_MAX, 0);
+
 /// The global rate-limit bucket (index 0).
 #[map(name = "GLOBAL_BUCKET")]
 static GLOBAL_BUCKET: Array<Bucket> = Array::with_max_entries(1, 0);
@@ -70,8 +83,76 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Per CPU and [`LogEvent`]: the earliest time (ns) its next record may be written.
+#[map(name = "LOG_GATE")]
+static LOG_GATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(LogEvent::COUNT, 0);
+
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// `-EEXIST`: the key was there already (another CPU won a race).
+const EEXIST: i64 = -17;
+/// The interface index of loopback in every network namespace; `BPF_PROG_TEST_RUN` without a
+/// context runs the program as if the frame came in on it.
+const LOOPBACK_IFINDEX: u32 = 1;
+/// Nanoseconds between two records of one kind on one CPU.
+const LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The rare events the program writes a log record for.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum LogEvent {
+    /// A candidate found the ring buffer full (the daemon is behind).
+    RingFull = 0,
+    /// Inserting into a map failed (other than "already there").
+    MapUpdate = 1,
+    /// The self-test frame the daemon runs through the program at start.
+    SelfTest = 2,
+}
+
+impl LogEvent {
+    const COUNT: u32 = 3;
+}
+
+/// Whether a record of `event` may be written now (at most one per second per CPU), and if so
+/// takes the turn.
+#[inline(always)]
+fn log_turn(event: LogEvent, now: u64) -> bool {
+    match LOG_GATE.get_ptr_mut(event as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for this run; preemption is off.
+        Some(next) => unsafe {
+            if now < *next {
+                return false;
+            }
+            *next = now.saturating_add(LOG_INTERVAL_NS);
+            true
+        },
+        None => false,
+    }
+}
+
+/// Writes the record of `event` (`code`: the error code of a failed map update). A function of
+/// its own, so the hot path only ever holds a call to it, never the record's code.
+#[inline(never)]
+fn log_event(event: LogEvent, code: i64) {
+    match event {
+        LogEvent::RingFull => aya_log_ebpf::warn!(
+            &(),
+            "ring buffer full: a knock candidate was dropped (the daemon is behind); the client's \
+             retransmission may still get through"
+        ),
+        LogEvent::MapUpdate => {
+            aya_log_ebpf::warn!(&(), "a BPF map update failed with error {}", code);
+        }
+        LogEvent::SelfTest => aya_log_ebpf::info!(
+            &(),
+            "self-test: the XDP program runs and its log records reach the daemon"
+        ),
+    }
+}
+
+/// A byte array on an 8-byte boundary.
+#[repr(C, align(8))]
+struct Aligned<const N: usize>([u8; N]);
 
 /// Bounds-checked reads from the packet: direct loads for small fields, the
 /// `bpf_xdp_load_bytes` helper for larger blocks (the verifier cannot follow long copies from
@@ -90,13 +171,21 @@ impl Frame for XdpFrame<'_> {
             return None;
         }
         if N > 8 {
-            let mut out = [0u8; N];
+            // 8-byte aligned, so the 64-bit words of the header (SipHash's input) are read
+            // with one load each instead of eight byte loads.
+            // Not zeroed first: the helper takes uninitialised memory, and zeroing would cost
+            // a byte loop (BPF has no wide memset).
+            let mut out = core::mem::MaybeUninit::<Aligned<N>>::uninit();
             // SAFETY: the helper copies at most N bytes into `out`, which is N bytes long, and
             // checks the packet bounds itself.
             let rc = unsafe {
                 bpf_xdp_load_bytes(self.0.ctx, offset as u32, out.as_mut_ptr().cast(), N as u32)
             };
-            return (rc == 0).then_some(out);
+            if rc != 0 {
+                return None;
+            }
+            // SAFETY: the helper returned 0, so it wrote all N bytes.
+            return Some(unsafe { out.assume_init() }.0);
         }
         let start = self.0.data();
         let end = self.0.data_end();
@@ -113,7 +202,8 @@ impl Frame for XdpFrame<'_> {
 /// The pre-filter's view of the maps.
 struct KernelEnv<'a> {
     ctx: &'a XdpContext,
-    now_ns: u64,
+    /// The clock, read at most once per frame and only when a rate limit asks.
+    now_ns: Option<u64>,
 }
 
 impl KernelEnv<'_> {
@@ -121,19 +211,73 @@ impl KernelEnv<'_> {
     fn config(&self) -> Config {
         CONFIG.get(0).copied().unwrap_or_default()
     }
+
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        match self.now_ns {
+            Some(now) => now,
+            None => {
+                // SAFETY: bpf_ktime_get_ns has no preconditions.
+                let now = unsafe { bpf_ktime_get_ns() };
+                self.now_ns = Some(now);
+                now
+            }
+        }
+    }
+
+    /// Logs `event`, at most once a second per CPU.
+    #[inline(always)]
+    fn log(&mut self, event: LogEvent, code: i64) {
+        let now = self.now();
+        if log_turn(event, now) {
+            log_event(event, code);
+        }
+    }
+
+    /// Takes a token from the bucket of `key` in `map` (creating it full), under `limit`.
+    #[inline(always)]
+    fn allow_keyed<K>(&mut self, map: &LruHashMap<K, Bucket>, key: &K, limit: RateLimit) -> bool {
+        if limit.is_unlimited() {
+            return true;
+        }
+        let now = self.now();
+        match map.get_ptr_mut(key) {
+            // SAFETY: valid map value pointer for this run. Updates from two CPUs for the same
+            // key may race; the worst case lets a few extra packets through.
+            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, now, &limit) },
+            None => {
+                let mut fresh = Bucket::default();
+                let allowed = ratelimit::allow(&mut fresh.tat_ns, now, &limit);
+                if let Err(code) = map.insert(key, fresh, 0) {
+                    self.log(LogEvent::MapUpdate, i64::from(code));
+                }
+                allowed
+            }
+        }
+    }
 }
 
 impl Env for KernelEnv<'_> {
     #[inline(always)]
     fn is_knock_port(&self, port: u16) -> bool {
-        KNOCK_PORTS.get_ptr(port).is_some()
+        let (word, bit) = knock_port_bit(port);
+        KNOCK_PORTS.get(word).is_some_and(|w| w & bit != 0)
     }
 
     #[inline(always)]
     fn tag_key(&self, user: &UserId) -> Option<TagKey> {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run; a
         // concurrent update from userspace can at worst give a torn key, which fails the tag.
-        USERS.get_ptr(user).map(|p| unsafe { *p })
+        // Hash map values start 8-byte aligned, so the key is read as two 64-bit words.
+        USERS.get_ptr(user).map(|p| unsafe {
+            let words = *p.cast::<[u64; 2]>();
+            let [a, b] = words.map(u64::to_ne_bytes);
+            let mut key = [0u8; 16];
+            for (k, v) in key.iter_mut().zip(a.iter().chain(b.iter())) {
+                *k = *v;
+            }
+            key
+        })
     }
 
     #[inline(always)]
@@ -148,7 +292,16 @@ impl Env for KernelEnv<'_> {
 
     #[inline(always)]
     fn remember(&mut self, tag: &Tag) -> bool {
-        RECENT_TAGS.insert(tag, 1, BPF_NOEXIST).is_ok()
+        match RECENT_TAGS.insert(tag, 1, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(code) => {
+                let code = i64::from(code);
+                if code != EEXIST {
+                    self.log(LogEvent::MapUpdate, code);
+                }
+                false
+            }
+        }
     }
 
     #[inline(always)]
@@ -157,30 +310,27 @@ impl Env for KernelEnv<'_> {
     }
 
     #[inline(always)]
+    fn allow_user(&mut self, user: &UserId) -> bool {
+        let limit = self.config().per_user;
+        self.allow_keyed(&USER_BUCKETS, user, limit)
+    }
+
+    #[inline(always)]
     fn allow_source(&mut self, key: &SourceKey) -> bool {
         let limit = self.config().per_source;
-        if limit.is_unlimited() {
-            return true;
-        }
-        match SOURCE_BUCKETS.get_ptr_mut(key) {
-            // SAFETY: valid map value pointer for this run. Updates from two CPUs for the same
-            // source may race; the worst case lets a few extra packets through.
-            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, self.now_ns, &limit) },
-            None => {
-                let mut fresh = Bucket::default();
-                let allowed = ratelimit::allow(&mut fresh.tat_ns, self.now_ns, &limit);
-                let _ = SOURCE_BUCKETS.insert(key, fresh, 0);
-                allowed
-            }
-        }
+        self.allow_keyed(&SOURCE_BUCKETS, key, limit)
     }
 
     #[inline(always)]
     fn allow_global(&mut self) -> bool {
         let limit = self.config().global;
+        if limit.is_unlimited() {
+            return true;
+        }
+        let now = self.now();
         match GLOBAL_BUCKET.get_ptr_mut(0) {
             // SAFETY: valid array slot for this run; races between CPUs as above.
-            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, self.now_ns, &limit) },
+            Some(bucket) => unsafe { ratelimit::allow(&mut (*bucket).tat_ns, now, &limit) },
             None => true,
         }
     }
@@ -188,6 +338,7 @@ impl Env for KernelEnv<'_> {
     #[inline(always)]
     fn deliver<F: Frame + ?Sized>(&mut self, _frame: &F, offset: usize, src: &Source) -> bool {
         let Some(mut entry) = EVENTS.reserve::<KnockEvent>(0) else {
+            self.log(LogEvent::RingFull, 0);
             return false;
         };
         let event = entry.as_mut_ptr();
@@ -223,16 +374,34 @@ impl Env for KernelEnv<'_> {
 
 #[xdp]
 pub fn capyknock(ctx: XdpContext) -> u32 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now_ns = unsafe { bpf_ktime_get_ns() };
-    let mut env = KernelEnv { ctx: &ctx, now_ns };
+    let mut env = KernelEnv {
+        ctx: &ctx,
+        now_ns: None,
+    };
     let verdict = prefilter::check_frame(&XdpFrame(&ctx), &mut env);
     count(verdict);
+    // The daemon's self-test (`XdpFilter::self_test`): a malformed datagram to a knock port
+    // (a first fragment) run with BPF_PROG_TEST_RUN, which presents it as arriving on loopback.
+    // Checked only on this rare rejection path, never for traffic that passes or for junk.
+    if verdict == Counter::Malformed
+        // SAFETY: `ctx.ctx` is the program's valid `xdp_md` for this run.
+        && unsafe { (*ctx.ctx).ingress_ifindex } == LOOPBACK_IFINDEX
+    {
+        env.log(LogEvent::SelfTest, 0);
+    }
     if verdict.passes() {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// The physical floor for `cargo xtask bench-xdp`: an XDP program that passes every frame at
+/// once, measured the same way as [`capyknock`]. It uses no map and is never attached by the
+/// daemon; it only shares the object file, so it comes out of the same build.
+#[xdp]
+pub fn capyknock_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

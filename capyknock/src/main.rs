@@ -39,6 +39,11 @@ enum Command {
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
     XdpSelfTest,
+    /// What the XDP program costs per frame class, as JSON (diagnostic for `cargo xtask
+    /// bench-xdp`; needs root).
+    #[cfg(target_os = "linux")]
+    #[command(hide = true)]
+    XdpBench(capyknock::capture::xdp_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,5 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("XDP program loaded; a zero frame got action {action}");
             Ok(())
         }
+        #[cfg(target_os = "linux")]
+        Command::XdpBench(args) => Ok(capyknock::capture::xdp_bench::run(&args)?),
     }
 }

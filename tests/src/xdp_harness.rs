@@ -23,6 +23,10 @@ use crate::frames::KNOCK_PORT;
 pub const USER: [u8; 16] = *b"user-id-0123456\x01";
 /// That user's tag key.
 pub const KEY: [u8; 16] = *b"tag-key-abcdefg\x02";
+/// A second user every harness knows (the victim in the key-holder tests).
+pub const USER_B: [u8; 16] = *b"user-id-bbbbbbb\x03";
+/// The second user's tag key.
+pub const KEY_B: [u8; 16] = *b"tag-key-bbbbbbb\x04";
 /// The current time step of every harness.
 pub const STEP: u64 = 59_000_123;
 
@@ -59,18 +63,19 @@ impl std::fmt::Debug for Harness {
 }
 
 impl Harness {
-    /// Loads the program with knock port [`KNOCK_PORT`], user [`USER`] / [`KEY`], time step
-    /// [`STEP`] and the given rate limits. Needs root.
+    /// Loads the program with knock port [`KNOCK_PORT`], users [`USER`] / [`KEY`] and
+    /// [`USER_B`] / [`KEY_B`], time step [`STEP`] and the given rate limits. Needs root.
     #[must_use]
     pub fn new(config: Config) -> Self {
         crate::require_root();
+        let users = [(USER, KEY), (USER_B, KEY_B)];
         let mut filter = XdpFilter::load(&[KNOCK_PORT]).expect("load the XDP program");
-        filter.set_users(&[(USER, KEY)]).unwrap();
+        filter.set_users(&users).unwrap();
         filter.set_time_step(STEP).unwrap();
         filter.set_config(&config).unwrap();
         let events = filter.take_events().unwrap();
         let mut user = UserPrefilter::new(&[KNOCK_PORT], config);
-        user.set_users(&[(USER, KEY)]);
+        user.set_users(&users);
         user.set_time_step(STEP);
         Self {
             filter,

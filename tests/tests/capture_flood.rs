@@ -210,6 +210,10 @@ fn consume(
                 per_second: 10_000,
                 burst: 10_000,
             },
+            per_user: RateLimitConfig {
+                per_second: 10,
+                burst: 20,
+            },
         };
         let mut capture = Capture::open(&config).unwrap();
         capture.set_users(&[(USER, KEY)]).unwrap();

@@ -66,6 +66,10 @@ fn capture_config(mode: CaptureMode, link: &Link) -> CaptureConfig {
             per_second: 1000,
             burst: 1000,
         },
+        per_user: RateLimitConfig {
+            per_second: 100,
+            burst: 100,
+        },
     }
 }
 
@@ -275,6 +279,7 @@ fn assert_standard_verdicts(c: &PrefilterCounters) {
         (Counter::UnknownUser, 2),
         (Counter::StaleStep, 2),
         (Counter::Malformed, 0),
+        (Counter::RateLimitedUser, 0),
         (Counter::RateLimitedSource, 0),
         (Counter::RateLimitedGlobal, 0),
         (Counter::RingFull, 0),

@@ -11,7 +11,7 @@ use std::{cell::RefCell, collections::BTreeMap};
 use capyknock_common::{counters::Counter, maps::Config};
 use capyknock_tests::{
     frames::{self, KNOCK_PORT, SRC_PORT, SRC_V4, SRC_V6},
-    xdp_harness::{Harness, KEY, STEP, USER},
+    xdp_harness::{Harness, KEY, KEY_B, STEP, USER, USER_B},
 };
 use proptest::{
     prelude::*,
@@ -125,13 +125,18 @@ fn random_frames() -> impl Strategy<Value = Vec<u8>> {
 
 fn header_variations() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop_oneof![Just(USER), any::<[u8; 16]>()],
-        prop_oneof![3 => Just(KEY), 1 => any::<[u8; 16]>()],
+        prop_oneof![
+            Just((USER, KEY)),
+            Just((USER_B, KEY_B)),
+            any::<([u8; 16], [u8; 16])>()
+        ],
+        prop_oneof![3 => Just(true), 1 => Just(false)],
         -3i64..=3,
         any::<u32>(),
         any::<bool>(),
     )
-        .prop_map(|(user, key, offset, nonce, v6)| {
+        .prop_map(|((user, user_key), right_key, offset, nonce, v6)| {
+            let key = if right_key { user_key } else { [0x5a; 16] };
             let step = STEP.checked_add_signed(offset).unwrap();
             let k = frames::knock(&key, user, step, nonce);
             if v6 {
@@ -144,7 +149,15 @@ fn header_variations() -> impl Strategy<Value = Vec<u8>> {
 
 /// Runs `cases` frames from `strategy` through both sides; returns how often each verdict came.
 fn run(strategy: impl Strategy<Value = Vec<u8>>, cases: u32) -> BTreeMap<&'static str, u32> {
-    let harness = RefCell::new(Harness::new(Config::default()));
+    run_with(strategy, cases, Config::default())
+}
+
+fn run_with(
+    strategy: impl Strategy<Value = Vec<u8>>,
+    cases: u32,
+    config: Config,
+) -> BTreeMap<&'static str, u32> {
+    let harness = RefCell::new(Harness::new(config));
     let seen = RefCell::new(BTreeMap::new());
     let mut runner = TestRunner::new(RunnerConfig {
         cases,
@@ -208,6 +221,54 @@ fn header_variations_agree() {
         Counter::StaleStep,
         Counter::BadTag,
         Counter::Delivered,
+    ] {
+        assert!(
+            seen.contains_key(c.name()),
+            "never saw {}: {seen:?}",
+            c.name()
+        );
+    }
+}
+
+/// Valid knocks of two users from a few sources under tight limits that never refill while the
+/// test runs (a token an hour): every rate-limit verdict comes up, and both sides agree on each.
+#[test]
+fn rate_limits_agree() {
+    let hour = 3_600_000_000_000u64;
+    let hourly = |burst: u64| capyknock_common::ratelimit::RateLimit {
+        interval_ns: hour,
+        tolerance_ns: hour * (burst - 1),
+    };
+    let config = Config {
+        per_user: hourly(40),
+        per_source: hourly(2),
+        global: hourly(45),
+    };
+    let knocks = (any::<bool>(), 0u8..8, any::<u32>(), any::<bool>()).prop_map(
+        |(second_user, host, nonce, v6)| {
+            let (user, key) = if second_user {
+                (USER_B, KEY_B)
+            } else {
+                (USER, KEY)
+            };
+            let k = frames::knock(&key, user, STEP, nonce);
+            if v6 {
+                let mut src = SRC_V6.octets();
+                src[7] = host;
+                frames::ipv6_udp_full(src.into(), SRC_PORT, &[], KNOCK_PORT, &k)
+            } else {
+                let src = std::net::Ipv4Addr::new(198, 51, 100, host);
+                frames::ipv4_udp_full(src, SRC_PORT, 0, 0, KNOCK_PORT, &k)
+            }
+        },
+    );
+    let seen = run_with(knocks, 400, config);
+    println!("rate limits: {seen:?}");
+    for c in [
+        Counter::Delivered,
+        Counter::RateLimitedUser,
+        Counter::RateLimitedSource,
+        Counter::RateLimitedGlobal,
     ] {
         assert!(
             seen.contains_key(c.name()),

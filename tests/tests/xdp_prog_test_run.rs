@@ -10,7 +10,7 @@ use capyknock_common::{
 };
 use capyknock_tests::{
     frames::{self, KNOCK_PORT, SRC_PORT, SRC_V4, SRC_V6},
-    xdp_harness::{Harness, KEY, STEP, USER, XDP_DROP, XDP_PASS},
+    xdp_harness::{Harness, KEY, KEY_B, STEP, USER, USER_B, XDP_DROP, XDP_PASS},
 };
 
 fn harness() -> Harness {
@@ -272,7 +272,7 @@ fn truncated_at_every_offset() {
 fn per_source_limit_counts_ipv4_hosts_and_ipv6_prefixes() {
     let mut h = Harness::new(Config {
         per_source: RateLimit::new(1, 2),
-        global: RateLimit::UNLIMITED,
+        ..Config::default()
     });
     let from4 = |host: u8, nonce: u32| {
         frames::ipv4_udp_full(
@@ -309,11 +309,96 @@ fn per_source_limit_counts_ipv4_hosts_and_ipv6_prefixes() {
     h.check(&from6("2001:db8:1:2::1", 12), Counter::Delivered);
 }
 
+/// A token an hour: no bucket refills while a test runs, so the kernel and userspace (whose
+/// clocks differ by microseconds) cannot disagree at a refill.
+fn hourly(burst: u64) -> RateLimit {
+    let hour = 3_600_000_000_000;
+    RateLimit {
+        interval_ns: hour,
+        tolerance_ns: hour * (burst - 1),
+    }
+}
+
+fn from(src: std::net::Ipv4Addr, knock: &[u8; KNOCK_LEN]) -> Vec<u8> {
+    frames::ipv4_udp_full(src, SRC_PORT, 0, 0, KNOCK_PORT, knock)
+}
+
+/// Regression (issue 13.2): with one user's key, valid-tag junk from random forged sources
+/// exhausted the global bucket, and forged from a victim's address it emptied the victim's
+/// source bucket. Now it stops at that user's own bucket; the other user's knocks, from the
+/// very address the junk was forged from, still get through, and the global bucket saw only
+/// the attacker's share.
+#[test]
+fn a_key_holders_flood_stops_at_their_own_bucket() {
+    let mut h = Harness::new(Config {
+        per_user: hourly(5),
+        per_source: hourly(5),
+        global: hourly(12),
+    });
+    let victim = std::net::Ipv4Addr::new(203, 0, 113, 9);
+    let before = h.filter.counters().unwrap();
+    for n in 0..300u32 {
+        let src = if n % 2 == 0 {
+            victim
+        } else {
+            std::net::Ipv4Addr::from(0x0a00_0000 + n)
+        };
+        let expected = if n < 5 {
+            Counter::Delivered
+        } else {
+            Counter::RateLimitedUser
+        };
+        h.check(
+            &from(src, &frames::knock(&KEY, USER, STEP, 1000 + n)),
+            expected,
+        );
+    }
+    for n in 0..5 {
+        let k = frames::knock(&KEY_B, USER_B, STEP, n);
+        h.check(&from(victim, &k), Counter::Delivered);
+    }
+    let delta = h.filter.counters().unwrap().since(&before);
+    assert_eq!(delta.get(Counter::Delivered), 10, "{delta}");
+    assert_eq!(delta.get(Counter::RateLimitedUser), 295, "{delta}");
+    assert_eq!(delta.get(Counter::RateLimitedGlobal), 0, "{delta}");
+    assert_eq!(delta.get(Counter::RateLimitedSource), 0, "{delta}");
+    assert_eq!(h.user.counters().get(Counter::RateLimitedUser), 295);
+}
+
+/// The source buckets are per user: junk with one user's key forged from a victim's address
+/// empties only that user's bucket for the address.
+#[test]
+fn source_buckets_are_per_user() {
+    let mut h = Harness::new(Config {
+        per_source: hourly(3),
+        ..Config::default()
+    });
+    let victim = std::net::Ipv4Addr::new(203, 0, 113, 9);
+    for n in 0..3 {
+        h.check(
+            &from(victim, &frames::knock(&KEY, USER, STEP, 10 + n)),
+            Counter::Delivered,
+        );
+    }
+    for n in 3..10 {
+        h.check(
+            &from(victim, &frames::knock(&KEY, USER, STEP, 10 + n)),
+            Counter::RateLimitedSource,
+        );
+    }
+    for n in 0..3 {
+        h.check(
+            &from(victim, &frames::knock(&KEY_B, USER_B, STEP, n)),
+            Counter::Delivered,
+        );
+    }
+}
+
 #[test]
 fn global_limit_applies_over_all_sources() {
     let mut h = Harness::new(Config {
-        per_source: RateLimit::UNLIMITED,
         global: RateLimit::new(1, 3),
+        ..Config::default()
     });
     for host in 1..=3 {
         let f = frames::ipv4_udp_full(

@@ -3,6 +3,7 @@
 //!
 //! One module per subcommand, each with an options struct and a function.
 
+mod bench_xdp;
 mod cmd;
 mod demo;
 mod fuzz;
@@ -36,6 +37,9 @@ enum Task {
     /// Flood benchmark of the knock path (root): junk at swept rates while users knock, XDP
     /// against pcap and udp capture; report in target/load/.
     Load(load::Options),
+    /// What the XDP program costs (root): ns per frame class against an empty program, and
+    /// pass-through TCP with and without it, alone and beside a junk flood.
+    BenchXdp(bench_xdp::Options),
     /// Run every fuzz target (fuzz/) for N seconds; installs cargo-fuzz if missing.
     Fuzz(fuzz::FuzzOptions),
 }
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Task::Demo(opts) => demo::demo(&opts),
         Task::Load(opts) => load::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::BenchXdp(opts) => bench_xdp::bench_xdp(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,9 @@
 //! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
 //! targets; unit and property tests; `cargo check` for Windows; the privileged end-to-end tests
 //! (root only, one at a time); a short fuzzing pass (`cargo xtask fuzz`, 20 s per target); last,
-//! `cargo xtask load --quick` on the debug build (about a
-//! minute; a smoke test of the benchmark, which reports its figures without judging them). Not
-//! root: fails with how to run it, never skips.
+//! `cargo xtask load --quick` and `cargo xtask bench-xdp --quick` on the debug build (about a
+//! minute and 20 s; smoke tests of the benchmarks, which report their figures without judging
+//! them). Not root: fails with how to run it, never skips.
 
 use std::time::Instant;
 
@@ -135,6 +135,9 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         })?;
         step("load benchmark (quick)", &mut |_| {
             crate::load::run(&crate::load::Options::ci_smoke())
+        })?;
+        step("xdp benchmark (quick)", &mut |_| {
+            crate::bench_xdp::bench_xdp(&crate::bench_xdp::Options::ci_smoke())
         })?;
         Ok(())
     })();

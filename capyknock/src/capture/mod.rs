@@ -27,6 +27,14 @@ pub mod udp;
     reason = "the eBPF loader registers the ring buffer's fd with tokio"
 )]
 pub mod xdp;
+#[cfg(target_os = "linux")]
+pub mod xdp_bench;
+#[cfg(target_os = "linux")]
+#[allow(
+    unsafe_code,
+    reason = "registers the aya-log buffer's fd with tokio, as the XDP loader does"
+)]
+pub mod xdp_log;
 
 use std::{fmt, net::SocketAddr};
 
@@ -176,10 +184,12 @@ pub struct CaptureConfig {
     pub knock_ports: Vec<u16>,
     /// Force an XDP attach mode; `None` tries native and falls back to SKB.
     pub xdp_mode: Option<XdpAttachMode>,
-    /// Limit per source address (IPv6: per /64).
+    /// Limit per source address (IPv6: per /64), for each user apart.
     pub per_source: RateLimitConfig,
     /// Limit over all sources.
     pub global: RateLimitConfig,
+    /// Limit per user, checked before the other two: one key spends only its own share.
+    pub per_user: RateLimitConfig,
 }
 
 impl Default for CaptureConfig {
@@ -199,6 +209,12 @@ impl Default for CaptureConfig {
                 per_second: 10_000,
                 burst: 10_000,
             },
+            // One user's key holder: the same share as one source (a user knocks a few times
+            // a minute), so 1,000 abused keys are needed to fill the global bucket.
+            per_user: RateLimitConfig {
+                per_second: 10,
+                burst: 20,
+            },
         }
     }
 }
@@ -210,6 +226,7 @@ impl CaptureConfig {
         Config {
             per_source: self.per_source.to_kernel(),
             global: self.global.to_kernel(),
+            per_user: self.per_user.to_kernel(),
         }
     }
 }
@@ -507,7 +524,9 @@ mod tests {
         let k = c.prefilter_config();
         assert!(!k.per_source.is_unlimited());
         assert!(!k.global.is_unlimited());
+        assert!(!k.per_user.is_unlimited());
         assert_eq!(k.per_source.interval_ns, 100_000_000);
+        assert_eq!(k.per_user.interval_ns, 100_000_000);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::{
 use capyknock_common::{
     counters::Counter,
     frame::Frame,
-    maps::{Config, RECENT_TAGS_MAX, SOURCE_BUCKETS_MAX, SourceKey, Tag, TagKey, UserId},
+    maps::{
+        Config, RECENT_TAGS_MAX, SOURCE_BUCKETS_MAX, SourceKey, Tag, TagKey, USERS_MAX, UserId,
+    },
     prefilter::{self, Env, Source},
     ratelimit,
 };
@@ -49,6 +51,7 @@ pub struct UserPrefilter {
     time_step: u64,
     recent: LruCache<Tag, ()>,
     sources: LruCache<SourceKey, u64>,
+    user_buckets: LruCache<UserId, u64>,
     global: u64,
     config: Config,
     counters: PrefilterCounters,
@@ -82,6 +85,7 @@ impl UserPrefilter {
             time_step: 0,
             recent: LruCache::new(capacity(RECENT_TAGS_MAX)),
             sources: LruCache::new(capacity(SOURCE_BUCKETS_MAX)),
+            user_buckets: LruCache::new(capacity(USERS_MAX)),
             global: 0,
             config,
             counters: PrefilterCounters::default(),
@@ -197,6 +201,15 @@ impl Env for UserEnv<'_, '_> {
         self.state.recent.pop(tag);
     }
 
+    fn allow_user(&mut self, user: &UserId) -> bool {
+        let limit = self.state.config.per_user;
+        if limit.is_unlimited() {
+            return true;
+        }
+        let tat = self.state.user_buckets.get_or_insert_mut(*user, || 0);
+        ratelimit::allow(tat, self.now_ns, &limit)
+    }
+
     fn allow_source(&mut self, key: &SourceKey) -> bool {
         let limit = self.state.config.per_source;
         if limit.is_unlimited() {
@@ -308,7 +321,7 @@ mod tests {
         let mut p = prefilter();
         p.set_config(Config {
             per_source: RateLimit::new(1, 1),
-            global: RateLimit::UNLIMITED,
+            ..Config::default()
         });
         let src: SocketAddr = "192.0.2.7:1".parse().unwrap();
         let other: SocketAddr = "192.0.2.8:1".parse().unwrap();

@@ -10,7 +10,7 @@ use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use capyknock_common::{
@@ -22,6 +22,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     Candidate, CaptureConfig, PrefilterCounters, XdpAttachMode,
     ifaces::{self, IfaceError},
+    xdp_log::{self, LogForwarder, XdpLogError},
 };
 
 /// The compiled XDP object, embedded in the binary.
@@ -103,24 +104,94 @@ pub enum XdpError {
     /// The ring buffer could not be registered with tokio.
     #[error("cannot watch the XDP ring buffer")]
     Watch(#[source] io::Error),
+    /// The number of CPUs (for per-CPU maps) is unknown.
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] io::Error),
+    /// The program's log records cannot be read.
+    #[error(transparent)]
+    Log(#[from] XdpLogError),
+    /// The start-up self-test got the wrong action.
+    #[error("XDP self-test failed: the program answered {action} to a frame it must drop")]
+    SelfTest {
+        /// The action it returned.
+        action: u32,
+    },
 }
 
 /// The loaded (and verified) XDP program with its maps.
 #[derive(Debug)]
 pub struct XdpFilter {
     ebpf: Ebpf,
+    /// The program in the object this filter runs: [`maps::XDP_PROGRAM`], or the empty
+    /// [`maps::XDP_PASS_PROGRAM`] for benchmarks.
+    program: &'static str,
+    /// The ports set in the `KNOCK_PORTS` bitmap.
+    knock_ports: Vec<u16>,
     links: Vec<(String, XdpLinkId, XdpAttachMode)>,
+}
+
+/// What one `BPF_PROG_TEST_RUN` with a repeat count reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunTiming {
+    /// The program's XDP action.
+    pub action: u32,
+    /// The kernel's average time per run, in nanoseconds.
+    pub ns_per_run: u64,
+}
+
+/// The kernel's run-time statistics of a program (kept only while BPF statistics are enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunStats {
+    /// How many times the program ran.
+    pub run_count: u64,
+    /// Their total run time in nanoseconds.
+    pub run_time_ns: u64,
+}
+
+impl RunStats {
+    /// `self - earlier`, saturating.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            run_count: self.run_count.saturating_sub(earlier.run_count),
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+        }
+    }
+
+    /// Average nanoseconds per run, if the program ran at all.
+    #[must_use]
+    pub fn ns_per_run(&self) -> Option<f64> {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a statistic: 53 bits of precision are plenty"
+        )]
+        (self.run_count > 0).then(|| self.run_time_ns as f64 / self.run_count as f64)
+    }
 }
 
 impl XdpFilter {
     /// Loads the program into the kernel and sets the knock ports. Rate limits start unlimited
     /// and the users map empty.
     pub fn load(knock_ports: &[u16]) -> Result<Self, XdpError> {
+        Self::load_program(maps::XDP_PROGRAM, knock_ports)
+    }
+
+    /// Loads the empty program of the same object ([`maps::XDP_PASS_PROGRAM`], which passes
+    /// every frame at once): the floor benchmarks measure the real program against.
+    pub fn load_pass() -> Result<Self, XdpError> {
+        Self::load_program(maps::XDP_PASS_PROGRAM, &[])
+    }
+
+    fn load_program(program: &'static str, knock_ports: &[u16]) -> Result<Self, XdpError> {
         check_kernel()?;
         let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load_error)?;
-        program_mut(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        program_mut(&mut ebpf, program)?
+            .load()
+            .map_err(XdpError::Program)?;
         let mut filter = Self {
             ebpf,
+            program,
+            knock_ports: Vec::new(),
             links: Vec::new(),
         };
         filter.set_knock_ports(knock_ports)?;
@@ -132,16 +203,27 @@ impl XdpFilter {
         if ports.len() > maps::KNOCK_PORTS_MAX as usize {
             return Err(XdpError::TooManyPorts { count: ports.len() });
         }
+        // Rewrite every word that holds an old or a new port.
+        let mut words: Vec<u32> = self
+            .knock_ports
+            .iter()
+            .chain(ports)
+            .map(|p| maps::knock_port_bit(*p).0)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
         let map_err = map_err(maps::KNOCK_PORTS);
-        let mut map: HashMap<_, u16, u8> =
-            HashMap::try_from(self.map_mut(maps::KNOCK_PORTS)?).map_err(map_err)?;
-        let stale: Vec<u16> = map.keys().filter_map(Result::ok).collect();
-        for port in stale.iter().filter(|p| !ports.contains(p)) {
-            map.remove(port).map_err(map_err)?;
+        let mut bitmap: Array<_, u64> =
+            Array::try_from(self.map_mut(maps::KNOCK_PORTS)?).map_err(map_err)?;
+        for word in words {
+            let value = ports
+                .iter()
+                .map(|p| maps::knock_port_bit(*p))
+                .filter(|(w, _)| *w == word)
+                .fold(0u64, |acc, (_, bit)| acc | bit);
+            bitmap.set(word, value, 0).map_err(map_err)?;
         }
-        for port in ports {
-            map.insert(port, 1, 0).map_err(map_err)?;
-        }
+        self.knock_ports = ports.to_vec();
         Ok(())
     }
 
@@ -191,7 +273,7 @@ impl XdpFilter {
         mode: Option<XdpAttachMode>,
     ) -> Result<XdpAttachMode, XdpError> {
         let ifindex = ifaces::index(iface)?;
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let attach_err = |mode| {
             move |source| XdpError::Attach {
                 iface: iface.to_owned(),
@@ -234,7 +316,7 @@ impl XdpFilter {
     /// Detaches from every interface (dropping the filter does the same).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        let Ok(program) = program_mut(&mut self.ebpf) else {
+        let Ok(program) = program_mut(&mut self.ebpf, self.program) else {
             return;
         };
         for (iface, link, _) in links {
@@ -248,15 +330,77 @@ impl XdpFilter {
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns its XDP action.
     /// No interface needed; maps, counters and the ring buffer are updated as for a real frame.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
-        let program = program_mut(&mut self.ebpf)?;
+        self.test_run_repeat(frame, 1).map(|t| t.action)
+    }
+
+    /// Runs the program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` (each run sees the
+    /// same bytes, and the maps as the previous run left them) and returns the last action and
+    /// the kernel's average time per run.
+    pub fn test_run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunTiming, XdpError> {
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
+            repeat,
             ..TestRunOptions::default()
         };
         program
             .test_run(opts)
-            .map(|r| r.return_value)
+            .map(|r| TestRunTiming {
+                action: r.return_value,
+                ns_per_run: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
+            })
             .map_err(XdpError::Program)
+    }
+
+    /// The kernel's run count and run time of the program, counted only while BPF statistics
+    /// are enabled (`kernel.bpf_stats_enabled`, or [`aya::sys::enable_stats`]).
+    pub fn run_stats(&mut self) -> Result<RunStats, XdpError> {
+        let info = program_mut(&mut self.ebpf, self.program)?
+            .info()
+            .map_err(XdpError::Program)?;
+        Ok(RunStats {
+            run_count: info.run_count(),
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Starts forwarding the program's log records into `tracing` (rate-limited; see
+    /// [`xdp_log`]) until the returned forwarder is dropped. Must run inside a tokio runtime.
+    pub fn forward_logs(&mut self) -> Result<LogForwarder, XdpError> {
+        Ok(xdp_log::forward(&mut self.ebpf)?)
+    }
+
+    /// The start-up self-test: runs a frame the program must drop (a first IP fragment to the
+    /// first knock port) through it with `BPF_PROG_TEST_RUN`, on which the program also writes
+    /// its self-test log record, then sets the verdict counters back to zero.
+    pub fn self_test(&mut self) -> Result<(), XdpError> {
+        let port = self
+            .knock_ports
+            .first()
+            .copied()
+            .unwrap_or(capyknock_common::wire::DEFAULT_KNOCK_PORT);
+        let action = self.test_run(&self_test_frame(port))?;
+        if action != XDP_DROP {
+            return Err(XdpError::SelfTest { action });
+        }
+        self.reset_counters()
+    }
+
+    /// Sets every verdict counter on every CPU to zero.
+    pub fn reset_counters(&mut self) -> Result<(), XdpError> {
+        let map_err = map_err(maps::COUNTERS);
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+        let mut array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map_mut(maps::COUNTERS)?).map_err(map_err)?;
+        for counter in Counter::ALL {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(XdpError::Cpus)?;
+            array.set(counter.index(), zeros, 0).map_err(map_err)?;
+        }
+        Ok(())
     }
 
     /// Current verdict counters, summed over all CPUs.
@@ -295,6 +439,22 @@ impl Drop for XdpFilter {
     }
 }
 
+/// `XDP_DROP`.
+const XDP_DROP: u32 = 1;
+
+/// The self-test frame: an IPv4 first fragment (more-fragments set) of a UDP datagram to
+/// `port`, which the pre-filter counts as malformed and drops.
+fn self_test_frame(port: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 36, 0, 1, 0x20, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    f.extend_from_slice(&[0, 9]);
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&[0, 16, 0, 0]);
+    f.extend_from_slice(b"selftest");
+    f
+}
+
 /// Turns one ring-buffer record into a candidate; `None` for a record of the wrong shape.
 #[must_use]
 pub fn parse_event(record: &[u8]) -> Option<Candidate> {
@@ -316,6 +476,8 @@ pub fn parse_event(record: &[u8]) -> Option<Candidate> {
 pub struct XdpCapture {
     filter: XdpFilter,
     events: AsyncFd<RingBuf<MapData>>,
+    /// Forwards the program's rare log records; `None` if they could not be opened.
+    logs: Option<LogForwarder>,
 }
 
 impl std::fmt::Debug for XdpCapture {
@@ -323,6 +485,7 @@ impl std::fmt::Debug for XdpCapture {
         f.debug_struct("XdpCapture")
             .field("filter", &self.filter)
             .field("events_fd", &self.events.as_raw_fd())
+            .field("logs", &self.logs)
             .finish()
     }
 }
@@ -334,6 +497,16 @@ impl XdpCapture {
         let ifaces = ifaces::resolve(&config.ifaces)?;
         let mut filter = XdpFilter::load(&config.knock_ports)?;
         filter.set_config(&config.prefilter_config())?;
+        let logs = filter
+            .forward_logs()
+            .inspect_err(|err| {
+                tracing::warn!(
+                    error = %super::ErrorChain(err),
+                    "the XDP program's log records will not be shown"
+                );
+            })
+            .ok();
+        filter.self_test()?;
         for (iface, _) in &ifaces {
             // An error here drops `filter`, detaching from the interfaces done so far.
             filter.attach(iface, config.xdp_mode)?;
@@ -345,7 +518,11 @@ impl XdpCapture {
         let events = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| XdpError::Watch(e.into_parts().1))?;
         tracing::debug!(fd, "watching the XDP ring buffer");
-        Ok(Self { filter, events })
+        Ok(Self {
+            filter,
+            events,
+            logs,
+        })
     }
 
     /// The next candidate from the ring buffer. Cancel-safe.
@@ -385,9 +562,9 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError + Copy {
     move |source| XdpError::Map { name, source }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    ebpf.program_mut(maps::XDP_PROGRAM)
-        .ok_or(XdpError::Missing(maps::XDP_PROGRAM))?
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(name)
+        .ok_or(XdpError::Missing(name))?
         .try_into()
         .map_err(XdpError::Program)
 }
@@ -468,6 +645,13 @@ mod tests {
             release: "5.4.0-foo".to_owned(),
         };
         assert!(old.to_string().contains("5.4.0-foo") && old.to_string().contains("5.18"));
+    }
+
+    #[test]
+    fn the_self_test_frame_is_malformed_for_the_prefilter() {
+        let mut p = super::super::userspace::UserPrefilter::new(&[4242], Config::default());
+        let verdict = p.check_frame(&self_test_frame(4242), None, 0, &mut |_| true);
+        assert_eq!(verdict, Counter::Malformed);
     }
 
     #[test]

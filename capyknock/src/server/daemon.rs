@@ -737,6 +737,10 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
             per_second: settings.limits.per_source_rate,
             burst: settings.limits.per_source_burst,
         },
+        per_user: RateLimitConfig {
+            per_second: settings.limits.per_user_rate,
+            burst: settings.limits.per_user_burst,
+        },
         global: RateLimitConfig {
             per_second: settings.limits.global_rate,
             burst: settings.limits.global_rate,

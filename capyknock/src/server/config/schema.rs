@@ -68,6 +68,10 @@ pub struct RawLimits {
     pub per_source_rate: Option<Spanned<u32>>,
     /// Burst per source. Default 20.
     pub per_source_burst: Option<Spanned<u32>>,
+    /// Candidates per second per user (whatever the source). Default 10.
+    pub per_user_rate: Option<Spanned<u32>>,
+    /// Burst per user. Default 20.
+    pub per_user_burst: Option<Spanned<u32>>,
     /// Candidates per second from everyone. Default 10000.
     pub global_rate: Option<Spanned<u32>>,
 }
@@ -146,6 +150,10 @@ pub struct Limits {
     pub per_source_rate: u32,
     /// Burst per source.
     pub per_source_burst: u32,
+    /// Candidates per second per user.
+    pub per_user_rate: u32,
+    /// Burst per user.
+    pub per_user_burst: u32,
     /// Candidates per second overall.
     pub global_rate: u32,
 }

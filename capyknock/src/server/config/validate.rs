@@ -169,6 +169,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
     let limits = Limits {
         per_source_rate: positive(&mut c, raw.limits.per_source_rate, 10, "per_source_rate"),
         per_source_burst: positive(&mut c, raw.limits.per_source_burst, 20, "per_source_burst"),
+        per_user_rate: positive(&mut c, raw.limits.per_user_rate, 10, "per_user_rate"),
+        per_user_burst: positive(&mut c, raw.limits.per_user_burst, 20, "per_user_burst"),
         global_rate: positive(&mut c, raw.limits.global_rate, 10_000, "global_rate"),
     };
     let log = LogLimits {
