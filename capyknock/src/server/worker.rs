@@ -209,13 +209,16 @@ impl Worker {
                     );
                 }
                 Effect::RecordUse(_) | Effect::RecoverReplay(_) => {}
+                // The core sees the change before the client hears it is done.
                 Effect::Ban { addr, until, reply } => {
-                    let _ = reply.send(self.ban(addr, until));
+                    let response = self.ban(addr, until);
                     self.publish_bans();
+                    let _ = reply.send(response);
                 }
                 Effect::Unban { addr, reply } => {
-                    let _ = reply.send(self.unban(addr));
+                    let response = self.unban(addr);
                     self.publish_bans();
+                    let _ = reply.send(response);
                 }
                 Effect::RevokeUsers(users) => self.revoke_users(&users),
                 Effect::Protect(ports) => self.protect(&ports),
