@@ -17,6 +17,11 @@
 //! a rate limit needs it, after a valid tag.
 #![no_std]
 #![no_main]
+#![allow(
+    unsafe_code,
+    reason = "the XDP program is one foreign interface: packet memory, maps and helpers are raw \
+              pointers and kernel calls"
+)]
 #![expect(
     clippy::inline_always,
     reason = "BPF has no real function calls for these to go through"

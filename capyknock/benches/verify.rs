@@ -169,16 +169,14 @@ struct ThreadCpuTime;
 impl ThreadCpuTime {
     #[cfg(target_os = "linux")]
     fn now() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-        Duration::new(
-            u64::try_from(ts.tv_sec).unwrap(),
-            u32::try_from(ts.tv_nsec).unwrap(),
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(
+            Duration::ZERO,
+            |ts| {
+                Duration::new(
+                    u64::try_from(ts.tv_sec()).unwrap_or(0),
+                    u32::try_from(ts.tv_nsec()).unwrap_or(0),
+                )
+            },
         )
     }
 

@@ -17,13 +17,11 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
-    },
+    sync::atomic::{AtomicU8, Ordering},
     time::Duration,
 };
 
+pub use crate::raw::{Sniffer, send_raw_frame};
 use capyknock::{
     ports::PortSpec,
     protocol::{
@@ -452,116 +450,6 @@ impl Drop for DaemonLab {
     }
 }
 
-/// Frames received (not sent) on an interface of a namespace, captured with an `AF_PACKET`
-/// socket from creation until [`Sniffer::finish`].
-#[derive(Debug)]
-pub struct Sniffer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
-}
-
-impl Sniffer {
-    /// Starts capturing everything arriving on `iface` in `ns`.
-    #[must_use]
-    pub fn start(ns: &NetNs, iface: &str) -> Self {
-        let iface = std::ffi::CString::new(iface).unwrap_or_else(|e| panic!("{e}"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = ns
-            .spawn(move || {
-                let proto = (libc::ETH_P_ALL as u16).to_be();
-                // SAFETY: plain socket(2) call; the result is checked.
-                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-                assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-                // SAFETY: iface is a valid NUL-terminated string.
-                let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
-                assert!(index > 0, "no interface {iface:?}");
-                // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = proto;
-                sll.sll_ifindex = i32::try_from(index).unwrap_or_else(|e| panic!("{e}"));
-                // SAFETY: sll is a valid sockaddr_ll of the size given.
-                let rc = unsafe {
-                    libc::bind(
-                        fd,
-                        std::ptr::from_ref(&sll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
-                let tv = libc::timeval {
-                    tv_sec: 0,
-                    tv_usec: 100_000,
-                };
-                // SAFETY: tv is a valid timeval of the size given.
-                unsafe {
-                    libc::setsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_RCVTIMEO,
-                        std::ptr::from_ref(&tv).cast(),
-                        std::mem::size_of::<libc::timeval>() as u32,
-                    );
-                }
-                let _ = ready_tx.send(());
-                let mut frames = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                while !stopping.load(Ordering::SeqCst) {
-                    // SAFETY: an all-zero sockaddr_ll is a valid out-parameter.
-                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                    // SAFETY: buf and from are valid for the sizes given.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            fd,
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            0,
-                            std::ptr::from_mut(&mut from).cast(),
-                            &raw mut len,
-                        )
-                    };
-                    if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
-                        let n = usize::try_from(n).unwrap_or(0);
-                        frames.push(buf[..n].to_vec());
-                    }
-                }
-                // SAFETY: fd is ours and closed once.
-                unsafe { libc::close(fd) };
-                frames
-            })
-            .unwrap();
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("sniffer did not start: {e}"));
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops and returns every frame received.
-    #[must_use]
-    pub fn finish(mut self) -> Vec<Vec<u8>> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Sniffer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The MAC address of interface `iface` in `ns`.
 #[must_use]
 pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
@@ -577,47 +465,6 @@ pub fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
         *b = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("{mac}: {e}"));
     }
     out
-}
-
-/// Sends `frame` as it is (Ethernet header included) out of `iface` in `ns`, through an
-/// `AF_PACKET` socket: for frames no socket API builds, such as IPv6 with many extension
-/// headers.
-pub fn send_raw_frame(ns: &NetNs, iface: &str, frame: &[u8]) {
-    let iface = std::ffi::CString::new(iface).unwrap_or_else(|e| panic!("{e}"));
-    let frame = frame.to_vec();
-    ns.run(move || {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: iface is a valid NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
-        assert!(index > 0, "no interface {iface:?}");
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = i32::try_from(index).unwrap_or_else(|e| panic!("{e}"));
-        sll.sll_halen = 6;
-        // SAFETY: frame and sll are valid for the sizes given; fd is ours and closed once.
-        let sent = unsafe {
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::from_ref(&sll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            libc::close(fd);
-            n
-        };
-        assert_eq!(
-            usize::try_from(sent).ok(),
-            Some(frame.len()),
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-    })
-    .unwrap();
 }
 
 /// What a received frame is, for the "never answers" check: `None` for link-layer chatter the

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod e2e;
 pub mod firewall;
 pub mod frames;
+pub mod raw;
 pub mod xdp_harness;
 
 use std::path::PathBuf;

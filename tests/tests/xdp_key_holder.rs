@@ -28,7 +28,7 @@ use std::{
 use capyknock::capture::{Capture, CaptureConfig, CaptureMode, PrefilterCounters};
 use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
 use capyknock_testkit::netns::{self, Link, NetNs};
-use capyknock_tests::{frames, require_root};
+use capyknock_tests::{frames, raw::RawSender, require_root};
 
 const KNOCK_PORT: u16 = capyknock_testkit::KNOCK_PORT;
 const STEP: u64 = 59_300_000;
@@ -63,29 +63,7 @@ struct Outcome {
 /// Sends user 0's fresh valid-tag knocks as raw Ethernet frames (broadcast destination, so no
 /// neighbour lookup; XDP sees them first either way) out of `ifname` until `stop`.
 fn flood(ifname: &str, victim: Ipv4Addr, forged: Forged, stop: &AtomicBool) -> (u64, f64) {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(ifindex != 0, "no interface {ifname}");
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid start.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_ifindex = i32::try_from(ifindex).unwrap();
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let sender = RawSender::open(ifname);
     let (attacker, attacker_key) = user(0);
     let started = Instant::now();
     let mut sent = 0u64;
@@ -101,23 +79,10 @@ fn flood(ifname: &str, victim: Ipv4Addr, forged: Forged, stop: &AtomicBool) -> (
         let knock = frames::knock(&attacker_key, attacker, STEP, sent as u32);
         let mut frame = frames::ipv4_udp_full(src, 40000, 0, 0, KNOCK_PORT, &knock);
         frame[..6].copy_from_slice(&[0xff; 6]);
-        // SAFETY: `frame` and `to` are valid for the call; the lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n > 0 {
+        if sender.send(&frame) {
             sent += 1;
         }
     }
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
     (sent, started.elapsed().as_secs_f64())
 }
 

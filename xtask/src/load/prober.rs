@@ -4,9 +4,12 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use socket2::{Domain, Socket, Type};
 
 /// A new TCP attempt this often, each kept this long.
 const ATTEMPT_EVERY: Duration = Duration::from_millis(1);
@@ -16,7 +19,7 @@ const ATTEMPT_LIFETIME: Duration = Duration::from_millis(100);
 pub struct Prober {
     src: Ipv4Addr,
     dst: SocketAddrV4,
-    attempts: Vec<(OwnedFd, Instant)>,
+    attempts: Vec<(Socket, Instant)>,
     next_attempt: Instant,
 }
 
@@ -40,42 +43,34 @@ impl Prober {
         }
         self.attempts
             .retain(|(_, started)| now.saturating_duration_since(*started) < ATTEMPT_LIFETIME);
-        let mut fds: Vec<libc::pollfd> = self
-            .attempts
-            .iter()
-            .map(|(fd, _)| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            })
-            .collect();
         let wait = self.next_attempt.saturating_duration_since(Instant::now());
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::c_long::try_from(wait.as_nanos()).unwrap_or(1_000_000),
+        let ready: Vec<usize> = {
+            let mut fds: Vec<PollFd<'_>> = self
+                .attempts
+                .iter()
+                .map(|(s, _)| PollFd::new(s.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let timeout = PollTimeout::try_from(wait.max(Duration::from_micros(100)))
+                .unwrap_or(PollTimeout::ZERO);
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => fds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(i, _)| i)
+                    .collect(),
+                _ => return Ok(None),
+            }
         };
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call; a null
-        // signal mask keeps ours.
-        let rc = unsafe {
-            libc::ppoll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                &raw const ts,
-                std::ptr::null(),
-            )
-        };
-        if rc <= 0 {
-            return Ok(None);
-        }
         let at = Instant::now();
         let mut failed = Vec::new();
-        for (i, p) in fds.iter().enumerate() {
-            if p.revents == 0 {
+        for i in ready {
+            let Some((socket, _)) = self.attempts.get(i) else {
                 continue;
-            }
-            match socket_error(p.fd) {
-                0 => return Ok(Some(at)),
-                libc::ECONNREFUSED => {
+            };
+            match socket.take_error() {
+                Ok(None) => return Ok(Some(at)),
+                Ok(Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     return Err(format!(
                         "{}: connection refused (is the service running?)",
                         self.dst
@@ -94,73 +89,28 @@ impl Prober {
 }
 
 /// A non-blocking TCP socket bound to `src`, connecting to `dst`.
-fn connect_nonblocking(src: Ipv4Addr, dst: SocketAddrV4) -> Result<OwnedFd, String> {
-    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket creation; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+fn connect_nonblocking(src: Ipv4Addr, dst: SocketAddrV4) -> Result<Socket, String> {
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket: {e}"))?;
+    // Port chosen at connect time, so thousands of attempts do not use up the ports of one
+    // address.
+    let _ = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    );
+    socket
+        .bind(&SocketAddrV4::new(src, 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    match socket.connect(&dst.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(format!("connect {dst}: {e}")),
     }
-    // SAFETY: `raw` is a fresh descriptor we own; OwnedFd closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd, option value and length. Port chosen at connect time, so thousands of
-    // attempts do not use up the ports of one address.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    let local = sockaddr(SocketAddrV4::new(src, 0));
-    // SAFETY: `local` is a valid sockaddr_in of `len` bytes.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const local).cast(), len) } != 0 {
-        return Err(format!("bind {src}: {}", std::io::Error::last_os_error()));
-    }
-    let remote = sockaddr(dst);
-    // SAFETY: `remote` is a valid sockaddr_in of `len` bytes.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const remote).cast(), len) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(format!("connect {dst}: {e}"));
-        }
-    }
-    Ok(fd)
-}
-
-/// `SO_ERROR` of a socket (0: connected).
-fn socket_error(fd: libc::c_int) -> libc::c_int {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 { libc::EIO } else { err }
+    Ok(socket)
 }
 
 #[cfg(test)]
