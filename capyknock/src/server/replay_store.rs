@@ -141,15 +141,7 @@ impl ReplayStore {
     /// Opens the existing file (which [`ReplayStore::load`] found valid) for updates in place.
     pub fn open(dir: &Path, state: &ReplayState) -> Result<Self, StoreError> {
         let path = dir.join(FILE);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StoreError::Create {
-                path: path.clone(),
-                source,
-            })?;
-        let mut store = Self::with_file(path, file, state);
+        let mut store = Self::open_file(path, state)?;
         // The same layout `load` just read: record i holds the user at i (checked again, in
         // case the file changed in between: on any difference, rewrite the records).
         let bytes = fs::read(&store.path).map_err(|source| StoreError::Create {
@@ -210,19 +202,19 @@ impl ReplayStore {
                 }
             }
         }
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StoreError::Create {
-                path: path.clone(),
-                source,
-            })?;
-        let mut store = Self::with_file(path, file, state);
+        let mut store = Self::open_file(path, state)?;
         // Records 1..=len are taken, in order.
         store.free = (slots.len() + 1..=CAPACITY).rev().collect();
         store.slots = slots;
         Ok(store)
+    }
+
+    /// Opens `path` for reads and writes in place, with every record free.
+    fn open_file(path: PathBuf, state: &ReplayState) -> Result<Self, StoreError> {
+        match fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Self::with_file(path, file, state)),
+            Err(source) => Err(StoreError::Create { path, source }),
+        }
     }
 
     fn with_file(path: PathBuf, file: fs::File, state: &ReplayState) -> Self {
