@@ -468,10 +468,7 @@ impl Capture {
     /// interfaces that appear (xdp and pcap modes).
     pub async fn next(&mut self) -> Result<Candidate, CaptureError> {
         #[cfg(target_os = "linux")]
-        loop {
-            let Some((watch, _)) = &mut self.follow else {
-                break;
-            };
+        while let Some((watch, _)) = &mut self.follow {
             // `biased`: interface changes first, so a new interface is attached to before the
             // next knock is looked at.
             let event = tokio::select! {
@@ -479,12 +476,11 @@ impl Capture {
                 event = watch.next() => event,
                 candidate = next_of(&mut self.backend) => return candidate,
             };
-            match event {
-                Some(event) => self.on_link(&event),
-                None => {
-                    tracing::warn!("interface changes are no longer followed");
-                    self.follow = None;
-                }
+            if let Some(event) = event {
+                self.on_link(&event);
+            } else {
+                tracing::warn!("interface changes are no longer followed");
+                self.follow = None;
             }
         }
         next_of(&mut self.backend).await
@@ -508,7 +504,7 @@ impl Capture {
                 let result = match &mut self.backend {
                     Backend::Xdp(x) => x
                         .attach_new(&name, index)
-                        .map(|m| m.as_str())
+                        .map(XdpAttachMode::as_str)
                         .map_err(|e| ErrorChain(&e).to_string()),
                     Backend::Pcap(p) => p
                         .attach_new(&name, index)
