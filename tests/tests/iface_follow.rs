@@ -40,19 +40,32 @@ fn greets(ns: &NetNs, target: SocketAddr) -> bool {
 /// start never reached the daemon, and a probe through it reached the stack.
 #[test]
 fn a_new_interface_is_attached_and_knocks_through_it_work() {
-    let mut lab = lab_with_interfaces("iff", "\"all\"");
-    lab.start();
+    follow("iff", "\"all\"", true, 231);
+}
+
+/// The same under pcap capture, with a pattern: the new interface gets its own handle.
+#[test]
+fn pcap_capture_follows_a_pattern() {
+    follow("ifp", "[\"cka*\"]", false, 232);
+}
+
+fn follow(tag: &str, interfaces: &str, xdp: bool, subnet: u8) {
+    let mut lab = lab_with_interfaces(tag, interfaces);
+    lab.start_with(&["--capture", if xdp { "xdp" } else { "pcap" }]);
     let before = lab.status();
     assert!(
         before.capture.interfaces.contains(&lab.link.a_if),
         "{:?}",
         before.capture
     );
-    assert_eq!(before.capture.follows, "all");
+    assert_eq!(
+        before.capture.follows,
+        interfaces.trim_matches(['[', ']', '"'])
+    );
 
     // A new client, on a new veth, after the daemon is ready.
-    let late = NetNs::unique("iffl").unwrap();
-    let link = connect(&lab.server, &late, 231).unwrap();
+    let late = NetNs::unique(&format!("{tag}l")).unwrap();
+    let link = connect(&lab.server, &late, subnet).unwrap();
     lab.wait_log(&["new interface: capture attached", &link.a_if]);
     let status = lab.status();
     assert!(
@@ -62,7 +75,7 @@ fn a_new_interface_is_attached_and_knocks_through_it_work() {
         status.capture
     );
     assert!(
-        status.capture.detail.contains(&format!("{}: ", link.a_if)),
+        !xdp || status.capture.detail.contains(&format!("{}: ", link.a_if)),
         "no XDP mode for {}: {:?}",
         link.a_if,
         status.capture
@@ -92,7 +105,7 @@ fn a_new_interface_is_attached_and_knocks_through_it_work() {
     assert_eq!(
         lab.prefilter("bad_header") - judged_before,
         3,
-        "the XDP program on the new interface did not judge the junk"
+        "the pre-filter on the new interface did not judge the junk"
     );
 
     // A valid knock through the new interface opens the port for that client.
