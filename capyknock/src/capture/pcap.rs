@@ -7,8 +7,13 @@
 //! then takes up to [`BATCH`] of them with the pre-filter locked once.
 //! libpcap only copies packets: the network stack still receives them, so the firewall backend
 //! must drop the knock port, or the kernel answers with ICMP "port unreachable".
+//!
+//! Interfaces that appear later get a handle and a thread of their own
+//! ([`PcapCapture::attach_new`], driven by `super::link_watch`); a removed interface's thread
+//! ends on the read error (or its stop flag).
 
 use std::{
+    collections::BTreeMap,
     os::fd::AsFd as _,
     sync::{
         Arc,
@@ -85,9 +90,15 @@ pub enum PcapError {
 #[derive(Debug)]
 pub struct PcapCapture {
     rx: mpsc::Receiver<Candidate>,
+    /// Kept for the threads of interfaces that appear later; so `next` waits for them rather
+    /// than ending when the last interface is removed.
+    tx: mpsc::Sender<Candidate>,
     prefilter: SharedPrefilter,
+    /// The BPF filter expression every handle gets.
+    filter: String,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// The capture thread of each interface, by index: its name, its own stop flag, the thread.
+    threads: BTreeMap<u32, (String, Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 /// The BPF filter expression for `ports`: UDP to any of them, plain or behind one VLAN tag.
@@ -115,31 +126,71 @@ impl PcapCapture {
             config.prefilter_config(),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (handle, iface, index) in handles {
-            let (shared, tx, stopped) = (prefilter.clone(), tx.clone(), Arc::clone(&stop));
-            tracing::info!(iface = %iface, ifindex = index, filter = %filter, "pcap capture on");
-            let thread = std::thread::Builder::new()
-                .name(format!("pcap-{iface}"))
-                .spawn(move || read_loop(handle, &iface, index, &shared, &tx, &stopped));
-            match thread {
-                Ok(t) => threads.push(t),
-                Err(err) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(PcapError::Thread(err));
-                }
-            }
-        }
-        Ok(Self {
+        let mut capture = Self {
             rx,
+            tx,
             prefilter,
-            stop,
-            threads,
-        })
+            filter,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: BTreeMap::new(),
+        };
+        for (handle, iface, index) in handles {
+            // An error drops `capture`, which stops the threads started so far.
+            capture.spawn(handle, iface, index)?;
+        }
+        Ok(capture)
     }
 
-    /// The next candidate; `None` once every capture thread ended.
+    /// Starts capturing on an interface that appeared after start. Already capturing on it (and
+    /// its thread still running): nothing to do.
+    pub fn attach_new(&mut self, iface: &str, index: u32) -> Result<(), PcapError> {
+        if self
+            .threads
+            .get(&index)
+            .is_some_and(|(_, _, t)| !t.is_finished())
+        {
+            return Ok(());
+        }
+        let handle = open_one(iface, &self.filter)?;
+        self.spawn(handle, iface.to_owned(), index)
+    }
+
+    /// Stops capturing on interface `index`, which is gone.
+    pub fn forget(&mut self, index: u32) {
+        if let Some((_, stop, _)) = self.threads.remove(&index) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The indexes and names of the interfaces captured on.
+    #[must_use]
+    pub fn attached(&self) -> BTreeMap<u32, String> {
+        self.threads
+            .iter()
+            .map(|(index, (name, _, _))| (*index, name.clone()))
+            .collect()
+    }
+
+    fn spawn(
+        &mut self,
+        handle: PcapHandle<Active>,
+        iface: String,
+        index: u32,
+    ) -> Result<(), PcapError> {
+        let own_stop = Arc::new(AtomicBool::new(false));
+        let (shared, tx) = (self.prefilter.clone(), self.tx.clone());
+        let stops = [Arc::clone(&self.stop), Arc::clone(&own_stop)];
+        tracing::info!(iface = %iface, ifindex = index, filter = %self.filter, "pcap capture on");
+        let name = iface.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pcap-{iface}"))
+            .spawn(move || read_loop(handle, &iface, index, &shared, &tx, &stops))
+            .map_err(PcapError::Thread)?;
+        self.threads.insert(index, (name, own_stop, thread));
+        Ok(())
+    }
+
+    /// The next candidate; `None` once capture stopped.
     pub async fn next(&mut self) -> Option<Candidate> {
         self.rx.recv().await
     }
@@ -196,9 +247,9 @@ fn read_loop(
     ifindex: u32,
     prefilter: &SharedPrefilter,
     tx: &mpsc::Sender<Candidate>,
-    stop: &AtomicBool,
+    stops: &[Arc<AtomicBool>; 2],
 ) {
-    while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+    while !stops.iter().any(|s| s.load(Ordering::Relaxed)) && !tx.is_closed() {
         if let Err(err) = wait_readable(&cap) {
             tracing::error!(iface, error = %err, "pcap capture cannot wait for frames, thread stops");
             return;

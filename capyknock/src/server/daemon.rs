@@ -42,10 +42,7 @@ use super::{
     worker::{Effect, Reopen, Worker},
 };
 use crate::{
-    capture::{
-        Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig,
-        XdpAttachMode,
-    },
+    capture::{Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig},
     firewall::{self, BanList, ErrorChain, Firewall, FirewallKind},
     protocol::{
         totp::step_of,
@@ -690,20 +687,7 @@ impl Core {
             config_loaded_at: self.loaded_at,
             knock_ports: self.settings.knock_ports.clone(),
             users: self.users.len(),
-            capture: CaptureStatus {
-                mode: self.capture.mode().to_string(),
-                interfaces: if self.settings.interfaces.is_empty() {
-                    vec!["all".to_owned()]
-                } else {
-                    self.settings.interfaces.clone()
-                },
-                detail: match self.capture.mode() {
-                    crate::capture::ActiveMode::Xdp => {
-                        format!("xdp_mode {}", xdp_mode_name(self.settings.xdp_mode))
-                    }
-                    _ => String::new(),
-                },
-            },
+            capture: capture_status(&self.capture, &self.settings),
             firewall: FirewallStatus {
                 backend: self.firewall_name.to_owned(),
             },
@@ -748,9 +732,26 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
     }
 }
 
-/// The config's spelling of an XDP attach mode (`None` is `auto`).
-fn xdp_mode_name(m: Option<XdpAttachMode>) -> &'static str {
-    m.map_or("auto", XdpAttachMode::as_str)
+/// The capture part of `status`: the interfaces attached now, with the XDP mode in use on
+/// each, and which new interfaces are followed.
+fn capture_status(capture: &Capture, settings: &Settings) -> CaptureStatus {
+    let attached = capture.interfaces();
+    CaptureStatus {
+        mode: capture.mode().to_string(),
+        interfaces: attached.iter().map(|a| a.name.clone()).collect(),
+        detail: attached
+            .iter()
+            .filter_map(|a| a.xdp_mode.map(|m| format!("{}: {m}", a.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        follows: if !capture.follows_interfaces() {
+            String::new()
+        } else if settings.interfaces.is_empty() {
+            "all".to_owned()
+        } else {
+            settings.interfaces.join(", ")
+        },
+    }
 }
 
 /// Gives the pre-filter the users' ids and tag keys.

@@ -597,6 +597,7 @@ mod tests {
                 mode: String::new(),
                 interfaces: vec![],
                 detail: String::new(),
+                follows: String::new(),
             },
             firewall: FirewallStatus {
                 backend: String::new(),

@@ -21,7 +21,8 @@ use std::{
 
 pub use edit::{AddUserError, EXAMPLE, add_user, render_default, render_user};
 pub use schema::{
-    ConfigDuration, Limits, LogLimits, RawConfig, RawLimits, RawLog, RawServer, RawUser, Settings,
+    ConfigDuration, Limits, LogLimits, RawConfig, RawInterfaces, RawLimits, RawLog, RawServer,
+    RawUser, Settings,
 };
 
 use crate::{

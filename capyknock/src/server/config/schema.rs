@@ -31,14 +31,25 @@ pub struct RawConfig {
     pub users: Vec<Spanned<RawUser>>,
 }
 
+/// `interfaces`: the word `"all"`, or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawInterfaces {
+    /// One word; only `"all"` is valid.
+    Word(String),
+    /// Names and `prefix*` patterns.
+    List(Vec<String>),
+}
+
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawServer {
     /// UDP ports knocks are sent to. Default `[62201]`.
     pub knock_ports: Option<Spanned<Vec<u16>>>,
-    /// Interfaces to capture on. Default: empty (capture chooses).
-    pub interfaces: Option<Spanned<Vec<String>>>,
+    /// Interfaces to capture on: `"all"` or a list of names and `prefix*` patterns. Default:
+    /// all (every interface that is up or comes up, except loopback).
+    pub interfaces: Option<Spanned<RawInterfaces>>,
     /// `auto`, `xdp`, `pcap` or `udp`. Default `auto`.
     pub capture: Option<Spanned<String>>,
     /// `auto`, `native` or `skb`. Default `auto`.
@@ -174,7 +185,7 @@ pub struct Settings {
     pub path: PathBuf,
     /// Knock ports, sorted, no duplicates, never 0.
     pub knock_ports: Vec<u16>,
-    /// Interfaces to capture on; empty lets capture choose.
+    /// Interfaces to capture on (names and `prefix*` patterns); empty: all, except loopback.
     pub interfaces: Vec<String>,
     /// Capture mode.
     pub capture: CaptureMode,
