@@ -178,6 +178,10 @@ struct Started {
 }
 
 /// Start-up, in the order of the module docs; any failure stops the daemon with its reason.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up is one sequence of steps in the order the module docs give"
+)]
 fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // An absolute path, so status shows it and a reload finds it whatever the cwd.
     if let Ok(path) = std::fs::canonicalize(&opts.config) {
@@ -193,13 +197,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     // Bind the socket first: a second daemon must stop before touching capture or firewall.
     let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
-    // Off unless configured; bound before capture and firewall, so a taken port stops the start.
-    let metrics_server = settings
-        .metrics_listen
-        .as_ref()
-        .map(|l| MetricsServer::bind(l, settings.control_group.as_deref()))
-        .transpose()?;
-    let metrics = metrics_server.as_ref().map(|_| Metrics::new());
+    let (metrics, metrics_task) = start_metrics(&settings)?;
 
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
@@ -256,9 +254,6 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control_path = control.path().to_owned();
     let control_task = tokio::spawn(control.serve(control_tx));
-    let metrics_task = metrics_server
-        .zip(metrics.clone())
-        .map(|(server, m)| tokio::spawn(server.serve(m)));
 
     let verifier = Verifier::new(
         verify::Settings {
@@ -291,7 +286,6 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         fatal: None,
         metrics,
     };
-    core.publish_prefilter();
     announce(&core, &control_path);
     Ok(Started {
         core,
@@ -301,6 +295,20 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         reload_rx,
         worker,
     })
+}
+
+/// Binds and serves the metrics endpoint when `metrics_listen` is set (off by default). Called
+/// before capture and firewall start, so a port already taken stops the start early.
+fn start_metrics(
+    settings: &Settings,
+) -> Result<(Option<Metrics>, Option<tokio::task::JoinHandle<()>>), DaemonError> {
+    let Some(listen) = &settings.metrics_listen else {
+        return Ok((None, None));
+    };
+    let server = MetricsServer::bind(listen, settings.control_group.as_deref())?;
+    let metrics = Metrics::new();
+    let task = tokio::spawn(server.serve(metrics.clone()));
+    Ok((Some(metrics), Some(task)))
 }
 
 /// Logs that the daemon is ready and tells systemd.

@@ -626,6 +626,53 @@ mod tests {
         assert_eq!(saved.last_used(&UserId([2; 16])).map(|u| u.step), Some(100));
     }
 
+    #[test]
+    fn grants_bans_and_latency_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
+        let fw = Firewall::with_backend(Box::new(Fake::default()), None, false).unwrap();
+        let durable = Arc::new(AtomicBool::new(true));
+        let metrics = crate::server::metrics::Metrics::new();
+        let mut worker =
+            Worker::new(fw, state, Some(store), durable).with_metrics(Some(metrics.clone()));
+        let received = Instant::now()
+            .checked_sub(Duration::from_millis(30))
+            .unwrap();
+        worker.process(vec![
+            Effect::Grant {
+                grant: grant("alice", 1, "192.0.2.1"),
+                used: used(1, 100),
+                received,
+            },
+            Effect::Grant {
+                grant: grant("bob", 2, "192.0.2.2"),
+                used: used(2, 100),
+                received,
+            },
+        ]);
+        let (reply, _answer) = oneshot::channel();
+        worker.process(vec![Effect::Ban {
+            addr: "192.0.2.1".parse().unwrap(),
+            until: None,
+            reply,
+        }]);
+        let text = metrics.render();
+        for line in [
+            "\ncapyknock_grants_total 2\n",
+            "\ncapyknock_knock_to_firewall_seconds_count 2\n",
+            // Both took at least the 30 ms since `received`.
+            "\ncapyknock_knock_to_firewall_seconds_bucket{le=\"0.025\"} 0\n",
+            "\ncapyknock_bans_total 1\n",
+            "\ncapyknock_bans_active 1\n",
+            // bob's two ports; alice's went with her ban.
+            "\ncapyknock_grants_active 2\n",
+            "\ncapyknock_firewall_errors_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+
     fn status() -> Box<Status> {
         Box::new(Status {
             version: String::new(),
@@ -681,9 +728,7 @@ mod tests {
         })
         .unwrap();
         // Started after the queue is filled: all of it is one batch, the grants one change.
-        let metrics = crate::server::metrics::Metrics::new();
-        let worker = Worker::new(fw, state, Some(store), Arc::clone(&durable))
-            .with_metrics(Some(metrics.clone()));
+        let worker = Worker::new(fw, state, Some(store), Arc::clone(&durable));
         let bans = worker.subscribe_bans();
         let thread = std::thread::spawn(move || worker.run(rx));
         let s = answer.blocking_recv().unwrap().status.unwrap();
@@ -713,18 +758,6 @@ mod tests {
             bans.borrow()
                 .is_banned("192.0.2.1".parse().unwrap(), SystemTime::now())
         );
-        // Both grants, their latency and the ban are counted.
-        let text = metrics.render();
-        for line in [
-            "\ncapyknock_grants_total 2\n",
-            "\ncapyknock_knock_to_firewall_seconds_count 2\n",
-            "\ncapyknock_bans_total 1\n",
-            "\ncapyknock_bans_active 1\n",
-            // bob's two ports; alice's went with her ban.
-            "\ncapyknock_grants_active 2\n",
-        ] {
-            assert!(text.contains(line), "{line:?} missing from\n{text}");
-        }
         // Unbanning an address that is not banned says so.
         let (tx_reply, answer) = oneshot::channel();
         tx.blocking_send(Effect::Unban {

@@ -284,10 +284,9 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     metrics: &Metrics,
     timeout: Duration,
 ) {
-    let head = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
-        Ok(Ok(head)) => head,
-        // Timed out, closed early, or a read error: nothing to answer.
-        Err(_) | Ok(Err(_)) => return,
+    // Timed out, closed early, or a read error: nothing to answer.
+    let Ok(Ok(head)) = tokio::time::timeout(timeout, read_head(&mut stream)).await else {
+        return;
     };
     let response = match head.map(|h| route(&h)) {
         Ok(Route::Metrics { head }) => {

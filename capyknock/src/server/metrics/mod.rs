@@ -263,7 +263,7 @@ impl Collector for PrefilterSnapshot {
 /// Where the metrics endpoint listens (`metrics_listen`): a loopback address or a Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// `127.0.0.1:9184`, `[::1]:9184`: any address in 127.0.0.0/8, or ::1.
+    /// `127.0.0.1:9184`, `[::1]:9184`: any address in 127.0.0.0/8, or `::1`.
     Tcp(SocketAddr),
     /// `unix:/run/capyknock/metrics.sock`.
     Unix(PathBuf),
