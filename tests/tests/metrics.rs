@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt as _, time::Duration};
 
 use capyknock::server::control::Request;
-use capyknock_testkit::{clock::wait_into_step, clock::unix_now, wait::wait_until};
+use capyknock_testkit::{clock::unix_now, clock::wait_into_step, wait::wait_until};
 use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, knock_with_code, user, wrong_code};
 
 /// The loopback port the endpoint listens on (inside the test's own namespace).
@@ -34,6 +34,20 @@ impl Reply {
             .collect()
     }
 
+    /// The value of `series` as a count (a whole number); panics when it is missing.
+    #[expect(
+        clippy::cast_sign_loss,
+        reason = "checked: a non-negative whole number"
+    )]
+    fn count(&self, series: &str) -> u64 {
+        let v = self.value(series);
+        assert!(
+            v >= 0.0 && v.fract() == 0.0,
+            "{series} = {v} is not a count"
+        );
+        v as u64
+    }
+
     /// The value of `series`; panics when it is missing.
     fn value(&self, series: &str) -> f64 {
         self.samples()
@@ -48,7 +62,14 @@ fn curl(lab: &DaemonLab, args: &[&str]) -> Reply {
     let out = lab
         .server
         .command("curl")
-        .args(["--silent", "--show-error", "--http1.1", "--max-time", "5", "--include"])
+        .args([
+            "--silent",
+            "--show-error",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "--include",
+        ])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run curl (apt-get install curl): {e}"));
@@ -99,12 +120,18 @@ fn a_scrape_shows_knocks_grants_and_bans_as_they_happen() {
     lab.server_extra = format!("metrics_listen = \"127.0.0.1:{PORT}\"\n");
     lab.write_config(&[&alice]);
     lab.start();
-    lab.wait_log(&["capyknock daemon ready", &format!("metrics=127.0.0.1:{PORT}")]);
+    lab.wait_log(&[
+        "capyknock daemon ready",
+        &format!("metrics=127.0.0.1:{PORT}"),
+    ]);
 
     let before = scrape_until(
         || scrape_tcp(&lab, "/metrics"),
         "the first pre-filter copy",
-        |r| r.samples().contains_key("capyknock_prefilter_frames_total{verdict=\"wrong_size\"}"),
+        |r| {
+            r.samples()
+                .contains_key("capyknock_prefilter_frames_total{verdict=\"wrong_size\"}")
+        },
     );
     assert_eq!(before.status_line, "HTTP/1.1 200 OK", "{}", before.headers);
     assert!(
@@ -124,11 +151,11 @@ fn a_scrape_shows_knocks_grants_and_bans_as_they_happen() {
         "capyknock_bans_active",
         "capyknock_ring_buffer_drops_total",
     ] {
-        assert_eq!(before.value(series), 0.0, "{series}");
+        assert_eq!(before.count(series), 0, "{series}");
     }
     let wrong_size = "capyknock_prefilter_frames_total{verdict=\"wrong_size\"}";
     let delivered = "capyknock_prefilter_frames_total{verdict=\"delivered\"}";
-    let junk_before = before.value(wrong_size);
+    let junk_before = before.count(wrong_size);
 
     wait_into_step(4, 12);
     let t = unix_now();
@@ -148,24 +175,28 @@ fn a_scrape_shows_knocks_grants_and_bans_as_they_happen() {
     let after = scrape_until(
         || scrape_tcp(&lab, "/metrics"),
         "the junk datagram and the grant",
-        |r| r.value(wrong_size) > junk_before && r.value("capyknock_grants_total") >= 1.0,
+        |r| r.count(wrong_size) > junk_before && r.count("capyknock_grants_total") >= 1,
     );
-    assert_eq!(after.value(wrong_size), junk_before + 1.0);
-    assert!(after.value(delivered) >= 2.0, "{}", after.body);
-    assert_eq!(after.value("capyknock_knocks_accepted_total"), 1.0);
-    assert_eq!(after.value("capyknock_grants_total"), 1.0);
+    assert_eq!(after.count(wrong_size), junk_before + 1);
+    assert!(after.count(delivered) >= 2, "{}", after.body);
+    assert_eq!(after.count("capyknock_knocks_accepted_total"), 1);
+    assert_eq!(after.count("capyknock_grants_total"), 1);
     assert_eq!(
-        after.value("capyknock_knocks_rejected_total{reason=\"bad_totp\"}"),
-        1.0
+        after.count("capyknock_knocks_rejected_total{reason=\"bad_totp\"}"),
+        1
     );
-    assert_eq!(after.value("capyknock_knock_to_firewall_seconds_count"), 1.0);
+    assert_eq!(after.count("capyknock_knock_to_firewall_seconds_count"), 1);
     let latency = after.value("capyknock_knock_to_firewall_seconds_sum");
     assert!(latency > 0.0 && latency < 2.0, "latency {latency}");
     assert_eq!(
-        after.value("capyknock_knock_to_firewall_seconds_bucket{le=\"+Inf\"}"),
-        1.0
+        after.count("capyknock_knock_to_firewall_seconds_bucket{le=\"+Inf\"}"),
+        1
     );
-    assert!(after.value("capyknock_grants_active") >= 1.0, "{}", after.body);
+    assert!(
+        after.value("capyknock_grants_active") >= 1.0,
+        "{}",
+        after.body
+    );
 
     // A ban is counted and shows as active.
     let banned: IpAddr = "192.0.2.7".parse().unwrap();
@@ -175,14 +206,21 @@ fn a_scrape_shows_knocks_grants_and_bans_as_they_happen() {
     });
     assert!(r.ok, "{r:?}");
     let bans = scrape_tcp(&lab, "/metrics");
-    assert_eq!(bans.value("capyknock_bans_total"), 1.0);
-    assert_eq!(bans.value("capyknock_bans_active"), 1.0);
+    assert_eq!(bans.count("capyknock_bans_total"), 1);
+    assert_eq!(bans.count("capyknock_bans_active"), 1);
 
+    only_metrics_and_only_on_loopback(&lab);
+    assert!(lab.stop(), "daemon did not exit cleanly");
+}
+
+/// Nothing but `GET /metrics` is served, and only on loopback: the server's own address on the
+/// link does not answer.
+fn only_metrics_and_only_on_loopback(lab: &DaemonLab) {
     // Nothing else is served.
-    let other = scrape_tcp(&lab, "/");
+    let other = scrape_tcp(lab, "/");
     assert!(other.status_line.starts_with("HTTP/1.1 404"), "{other:?}");
     let post = curl(
-        &lab,
+        lab,
         &["-X", "POST", &format!("http://127.0.0.1:{PORT}/metrics")],
     );
     assert!(post.status_line.starts_with("HTTP/1.1 405"), "{post:?}");
@@ -192,14 +230,10 @@ fn a_scrape_shows_knocks_grants_and_bans_as_they_happen() {
         .server
         .command("curl")
         .args(["--silent", "--max-time", "3"])
-        .arg(format!(
-            "http://{}:{PORT}/metrics",
-            lab.server_addr(false)
-        ))
+        .arg(format!("http://{}:{PORT}/metrics", lab.server_addr(false)))
         .output()
         .unwrap();
     assert!(!out.status.success(), "the endpoint answered off loopback");
-    assert!(lab.stop(), "daemon did not exit cleanly");
 }
 
 /// On a Unix socket (mode 0660, removed at exit): a refused knock shows in the next scrape.
@@ -216,7 +250,7 @@ fn the_unix_socket_serves_the_same_metrics() {
     let path = socket.to_str().unwrap().to_owned();
     let scrape = || curl(&lab, &["--unix-socket", &path, "http://localhost/metrics"]);
     let rejected = "capyknock_knocks_rejected_total{reason=\"bad_totp\"}";
-    assert_eq!(scrape().value(rejected), 0.0);
+    assert_eq!(scrape().count(rejected), 0);
 
     wait_into_step(4, 12);
     let t = unix_now();
@@ -226,9 +260,9 @@ fn the_unix_socket_serves_the_same_metrics() {
         1,
     );
     lab.wait_log(&["knock rejected", "reason=bad_totp"]);
-    let after = scrape_until(scrape, "the refused knock", |r| r.value(rejected) >= 1.0);
-    assert_eq!(after.value(rejected), 1.0);
-    assert_eq!(after.value("capyknock_grants_total"), 0.0);
+    let after = scrape_until(scrape, "the refused knock", |r| r.count(rejected) >= 1);
+    assert_eq!(after.count(rejected), 1);
+    assert_eq!(after.count("capyknock_grants_total"), 0);
 
     assert!(lab.stop(), "daemon did not exit cleanly");
     assert!(!socket.exists(), "the metrics socket outlived the daemon");
