@@ -223,6 +223,13 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
     let _ = writeln!(out, "  users:           {}", s.users.len());
     let _ = writeln!(out, "  state directory: {}", s.state_dir.display());
     let _ = writeln!(out, "  control socket:  {}", s.control_socket.display());
+    let _ = writeln!(
+        out,
+        "  metrics:         {}",
+        s.metrics_listen
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), ToString::to_string)
+    );
     for w in s.protection_warnings() {
         let _ = writeln!(out, "  warning: {w}");
     }

@@ -12,6 +12,7 @@ use crate::{
     firewall::FirewallConfig,
     ports::PortSpec,
     protocol::users::{User, Users, UsersError},
+    server::metrics::Listen,
 };
 
 /// The configuration file exactly as written. Missing sections take their defaults.
@@ -69,6 +70,9 @@ pub struct RawServer {
     /// Ports the firewall closes to everyone a knock did not open them for (`"tcp/22"`, ...).
     /// Default: every port some user may open.
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Where the OpenMetrics endpoint listens: a loopback `ADDRESS:PORT` or `unix:PATH`.
+    /// Default: none (no endpoint).
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[limits]`.
@@ -206,6 +210,8 @@ pub struct Settings {
     /// `protect`: the ports the firewall protects, sorted, no duplicates, a superset of every
     /// user's ports; `None` when the file has no `protect` (then the users' ports are).
     pub protect: Option<Vec<PortSpec>>,
+    /// The metrics endpoint; `None`: off.
+    pub metrics_listen: Option<Listen>,
     /// Pre-filter rate limits.
     pub limits: Limits,
     /// Rejection log limits.

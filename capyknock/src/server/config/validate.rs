@@ -23,6 +23,7 @@ use crate::{
         keys::{TotpSecret, UserId, UserKey},
         users::{AllowIp, TotpMode, User},
     },
+    server::metrics::Listen,
 };
 
 /// Checks `raw` (parsed from `text`, which gives the lines) into settings, or every problem.
@@ -175,6 +176,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         ACCESS_RANGE,
         "default_access",
     );
+    // Off unless asked for; only loopback or a Unix socket (`metrics::Listen`).
+    let metrics_listen = s.metrics_listen.and_then(|v| {
+        v.get_ref()
+            .parse::<Listen>()
+            .map_err(|e| c.at(&v.span(), e.to_string()))
+            .ok()
+    });
     let protect = s
         .protect
         .map(|list| protect_list(&mut c, list, &knock_ports));
@@ -271,6 +279,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             default_access,
             revoke_removed_users: s.revoke_removed_users.unwrap_or(false),
             protect,
+            metrics_listen,
             limits,
             log,
             firewall,
