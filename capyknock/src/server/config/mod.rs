@@ -110,9 +110,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         path: path.to_owned(),
         problems,
     };
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| invalid(vec![conf::toml_problem(&KIND, text, &e)]))?;
-    validate::validate(path, text, raw).map_err(invalid)
+    let conf::Parsed {
+        value,
+        mut problems,
+    } = conf::parse_all::<RawConfig>(&KIND, text);
+    let Some(raw) = value else {
+        return Err(invalid(problems));
+    };
+    match validate::validate(path, text, raw) {
+        Ok(settings) if problems.is_empty() => Ok(settings),
+        Ok(_) => Err(invalid(problems)),
+        Err(more) => {
+            problems.extend(more);
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(invalid(problems))
+        }
+    }
 }
 
 /// Reads only the control socket path from a config, without the permission check or full
