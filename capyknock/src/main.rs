@@ -77,7 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;
             let action = filter.test_run(&[0u8; 64])?;
-            println!("XDP program loaded; a zero frame got action {action}");
+            let name = capyknock::capture::xdp::action_name(action);
+            println!("XDP program loaded; a frame of zeros (not a knock) got {name}");
             Ok(())
         }
         #[cfg(target_os = "linux")]

@@ -191,7 +191,11 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());
-    let _ = writeln!(out, "  knock ports:     udp/{:?}", s.knock_ports);
+    let _ = writeln!(
+        out,
+        "  knock ports:     {}",
+        crate::ports::knock_ports_text(&s.knock_ports)
+    );
     let _ = writeln!(
         out,
         "  capture:         {} on {}",
@@ -397,6 +401,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("warning: no `protect` list"), "{out}");
+        assert!(out.contains("knock ports:     udp/62201\n"), "{out}");
         let s = config::parse(
             path,
             &format!("[server]\nprotect = [\"tcp/22\", \"tcp/2222\"]\n{USER}"),

@@ -311,11 +311,11 @@ fn start_metrics(
 /// Logs that the daemon is ready and tells systemd.
 fn announce(core: &Core, control_path: &std::path::Path) {
     let ready = format!(
-        "knock ports {:?} ({}), firewall {}, {} users",
-        core.settings.knock_ports,
+        "knock ports {} ({}), firewall {}, {}",
+        crate::ports::knock_ports_text(&core.settings.knock_ports),
         core.capture.mode(),
         core.firewall_name,
-        core.users.len()
+        crate::ports::count_of(core.users.len(), "user")
     );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
