@@ -53,9 +53,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Error: {err:#}");
-            // `knock` documents its exit statuses (`capyknock knock --help`).
-            err.downcast_ref::<capyknock::client::KnockError>()
-                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
+            // `knock` (docs/CLIENT.md) and the server-side commands (docs/OPERATIONS.md) document
+            // their exit statuses.
+            if let Some(e) = err.downcast_ref::<capyknock::client::KnockError>() {
+                ExitCode::from(e.exit_code())
+            } else if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
+                ExitCode::from(e.exit_code())
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -135,6 +135,26 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     Ok(req)
 }
 
+/// Why `addr` must not be banned, if so: the host itself (loopback, or one of `local`, this
+/// server's own addresses), or no single host at all.
+#[must_use]
+pub fn unbannable(addr: IpAddr, local: &[IpAddr]) -> Option<&'static str> {
+    let addr = addr.to_canonical();
+    if addr.is_loopback() {
+        Some("a loopback address is this host itself")
+    } else if addr.is_unspecified() {
+        Some("the unspecified address is no host")
+    } else if addr.is_multicast() {
+        Some("a multicast address is a group, not a host")
+    } else if matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address is no host")
+    } else if local.iter().any(|l| l.to_canonical() == addr) {
+        Some("it is an address of this server; banning it would cut the server off from itself")
+    } else {
+        None
+    }
+}
+
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -535,10 +555,17 @@ pub fn parse_ban_duration(s: &str) -> Result<Duration, String> {
         Err(_) => humantime::parse_duration(s)
             .map_err(|e| format!("invalid duration {s:?} ({e}): write e.g. 3600, 10m, 1h or 7d"))?,
     };
-    if d.is_zero() || d > MAX_BAN || d.subsec_nanos() != 0 {
+    if d.is_zero() {
         return Err(format!(
-            "ban duration must be whole seconds from 1s to {}",
-            humantime::format_duration(MAX_BAN)
+            "a ban of {s} would end at once: give at least 1s, or -1 (or forever) for a ban \
+             until unbanned"
+        ));
+    }
+    if d > MAX_BAN || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "ban duration must be whole seconds from 1s to {} days (or -1 for a ban until \
+             unbanned)",
+            MAX_BAN.as_secs() / 86_400
         ));
     }
     Ok(d)
@@ -559,6 +586,47 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> std::path::P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_itself_and_non_hosts_cannot_be_banned() {
+        let local: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        ];
+        for addr in [
+            "127.0.0.1",
+            "127.3.4.5",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "192.0.2.10",
+            "::ffff:192.0.2.10",
+            "2001:db8::10",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert!(unbannable(ip, &local).is_some(), "{addr} was bannable");
+        }
+        for addr in ["192.0.2.11", "198.51.100.7", "2001:db8::11"] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert_eq!(unbannable(ip, &local), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn ban_durations_say_what_is_wrong() {
+        let zero = parse_ban_duration("0").unwrap_err();
+        assert!(
+            zero.contains("would end at once") && zero.contains("-1"),
+            "{zero}"
+        );
+        let long = parse_ban_duration("400d").unwrap_err();
+        assert!(long.contains("1s to 366 days"), "{long}");
+        assert_eq!(parse_ban_duration("10m"), Ok(Duration::from_mins(10)));
+    }
 
     #[test]
     fn requests_parse() {

@@ -70,7 +70,8 @@ pub const KIND: conf::Kind = conf::Kind {
 pub enum ConfigError {
     /// The file does not exist.
     #[error(
-        "config {} does not exist: check the path (or pass --config PATH)",
+        "config {} does not exist: check the path; `capyknock keygen` writes a first one with a \
+         user (docs/CONFIG.md)",
         path.display()
     )]
     Missing {
@@ -255,7 +256,7 @@ mod tests {
         let path = dir.path().join("server.toml");
         let err = load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Missing { .. }), "{err}");
-        assert!(err.to_string().contains("--config PATH"), "{err}");
+        assert!(err.to_string().contains("does not exist: check the path"), "{err}");
         crate::private_file::write_atomic(&path, b"").unwrap();
         assert!(load(&path).is_ok());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
