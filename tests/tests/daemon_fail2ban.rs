@@ -117,7 +117,10 @@ fn the_action_bans_and_unbans_through_the_configured_socket() {
     ];
     let run = |key: &str| {
         let argv = action_argv(key, &tags);
-        assert!(argv.iter().all(|w| !w.contains('<')), "unfilled tag: {argv:?}");
+        assert!(
+            argv.iter().all(|w| !w.contains('<')),
+            "unfilled tag: {argv:?}"
+        );
         let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
         assert!(out.status.success(), "{argv:?}: {out:?}");
     };

@@ -256,7 +256,10 @@ mod tests {
         let path = dir.path().join("server.toml");
         let err = load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Missing { .. }), "{err}");
-        assert!(err.to_string().contains("does not exist: check the path"), "{err}");
+        assert!(
+            err.to_string().contains("does not exist: check the path"),
+            "{err}"
+        );
         crate::private_file::write_atomic(&path, b"").unwrap();
         assert!(load(&path).is_ok());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
