@@ -23,6 +23,12 @@ fn derived_profile_knocks_without_a_human() {
         "{}",
         backup.stdout
     );
+    // The secret lives in the two configs only: keygen prints no URI for a machine.
+    assert!(
+        backup.uri.is_empty() && !backup.stdout.contains("otpauth://"),
+        "{}",
+        backup.stdout
+    );
 
     // Both files agree: derived mode, the same secret.
     let client = capyknock::client::config::load(&lab.client_config()).unwrap();
@@ -30,7 +36,6 @@ fn derived_profile_knocks_without_a_human() {
     let CodeSource::Derived(secret) = &profile.code else {
         panic!("profile is not derived: {profile:?}")
     };
-    assert_eq!(secret, &backup.secret());
     let server = capyknock::server::config::load(&lab.server_config()).unwrap();
     let user = server
         .users
@@ -38,6 +43,11 @@ fn derived_profile_knocks_without_a_human() {
         .find(|u| u.nickname == "backup")
         .unwrap();
     assert_eq!(user.totp_mode, TotpMode::Derived);
+    assert_eq!(secret, &user.totp);
+    assert!(
+        !backup.stdout.contains(&secret.to_base32_secret()),
+        "secret printed"
+    );
 
     lab.start_daemon();
     assert_eq!(Lab::probe(&lab.client, server_ip, SERVICE_PORT), None);
