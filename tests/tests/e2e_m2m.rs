@@ -66,3 +66,37 @@ fn derived_profile_knocks_without_a_human() {
     assert!(out.stderr.is_empty(), "--quiet printed: {}", text(&out));
     assert_eq!(lab.status().verifier.accepted, 1);
 }
+
+/// A machine profile checking a port the user may open but where nothing listens: dropped
+/// before the knock, refused after it. The client says the knock worked and the service is
+/// missing, exits 6 at once, and sends one knock, not a second one with the next code.
+#[test]
+fn a_port_where_nothing_listens_is_reported_as_such() {
+    const NOTHING_THERE: u16 = 2999;
+    let mut lab = Lab::new("m2n");
+    let server_ip = IpAddr::V4(lab.client_link.a_v4);
+    let _ = lab.keygen(
+        "cron",
+        "cron",
+        &server_ip.to_string(),
+        &[
+            "--totp-mode",
+            "derived",
+            "--ports",
+            &NOTHING_THERE.to_string(),
+        ],
+    );
+    lab.start_daemon();
+    let out = lab.knock(&["cron", "--port", &NOTHING_THERE.to_string()], "");
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the knock opened tcp/{NOTHING_THERE}"))
+            && text(&out).contains("nothing listens"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("wrong code"), "{}", text(&out));
+    assert_eq!(lab.status().verifier.accepted, 1);
+    let rejected: u64 = lab.status().verifier.rejected.values().sum();
+    assert_eq!(rejected, 0, "a second knock was sent and refused");
+}
