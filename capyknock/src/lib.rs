@@ -19,6 +19,7 @@ pub mod conf;
 pub mod error_chain;
 pub mod firewall;
 pub mod keygen;
+pub mod log_fields;
 pub mod ports;
 pub mod private_file;
 pub mod protocol;

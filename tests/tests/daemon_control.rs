@@ -122,6 +122,13 @@ fn the_host_itself_cannot_be_banned_and_exit_codes_tell_why() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("would end at once"));
 
+    // Log lines carry plain values, never Rust Debug output.
+    let log = lab.log();
+    assert!(log.contains("request=unban 198.51.100.99"), "{log}");
+    for debug in ["Unban {", "Ban {", "Some(", "=None", "=[["] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
+
     let out = cli(&["status", "--socket", "/nonexistent/capyknock.sock"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 

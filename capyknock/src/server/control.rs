@@ -67,6 +67,26 @@ pub enum Request {
     Reload {},
 }
 
+/// For log lines: `status`, `ban 192.0.2.1 for 3600s`, `ban 192.0.2.1 until unbanned`,
+/// `unban 192.0.2.1`, `reload`.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Status {} => f.write_str("status"),
+            Request::Ban {
+                addr,
+                duration_secs: Some(secs),
+            } => write!(f, "ban {addr} for {secs}s"),
+            Request::Ban {
+                addr,
+                duration_secs: None,
+            } => write!(f, "ban {addr} until unbanned"),
+            Request::Unban { addr } => write!(f, "unban {addr}"),
+            Request::Reload {} => f.write_str("reload"),
+        }
+    }
+}
+
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -495,7 +515,7 @@ mod server {
             let response = match parse_request(&line) {
                 Err(msg) => Response::error(msg),
                 Ok(request) => {
-                    tracing::info!(uid, pid, request = ?request, "control request");
+                    tracing::info!(uid, pid, request = %request, "control request");
                     let (reply, answer) = oneshot::channel();
                     let sent =
                         tokio::time::timeout(IO_TIMEOUT, commands.send(Command { request, reply }))
@@ -614,6 +634,19 @@ mod tests {
             let ip: IpAddr = addr.parse().unwrap();
             assert_eq!(unbannable(ip, &local), None, "{addr}");
         }
+    }
+
+    #[test]
+    fn requests_read_as_words_in_logs() {
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        let ban = |duration_secs| Request::Ban {
+            addr,
+            duration_secs,
+        };
+        assert_eq!(ban(Some(60)).to_string(), "ban 192.0.2.1 for 60s");
+        assert_eq!(ban(None).to_string(), "ban 192.0.2.1 until unbanned");
+        assert_eq!(Request::Unban { addr }.to_string(), "unban 192.0.2.1");
+        assert_eq!(Request::Status {}.to_string(), "status");
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn announce(core: &Core, control_path: &std::path::Path) {
     );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        knock_ports = ?core.settings.knock_ports,
+        knock_ports = %crate::ports::knock_ports_text(&core.settings.knock_ports),
         capture = %core.capture.mode(),
         firewall = core.firewall_name,
         users = core.users.len(),
