@@ -185,7 +185,13 @@ impl XdpFilter {
 
     fn load_program(program: &'static str, knock_ports: &[u16]) -> Result<Self, XdpError> {
         check_kernel()?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load_error)?;
+        // No kernel BTF: the program has no CO-RE relocations (it reads packet bytes, never a
+        // kernel struct), and parsing /sys/kernel/btf/vmlinux (several MiB) is what made the
+        // daemon's start-up peak RSS (docs/PERFORMANCE.md, "Memory").
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(classify_load_error)?;
         program_mut(&mut ebpf, program)?
             .load()
             .map_err(XdpError::Program)?;
