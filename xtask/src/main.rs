@@ -46,6 +46,10 @@ enum Task {
     /// Release artifacts in target/dist/: server and client .debs, static Linux client tarball,
     /// Windows zip, SHA256SUMS; `--check` lints and test-installs the .debs (root).
     Dist(dist::Options),
+    /// The CI step proving the client builds the public way: `cargo install` of the client in a
+    /// clean copy with bpf-linker and the nightly out of PATH, its ldd, `cargo check` for the
+    /// other platforms.
+    ClientBuild,
     /// Run every fuzz target (fuzz/) for N seconds; installs cargo-fuzz if missing.
     Fuzz(fuzz::FuzzOptions),
 }
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Task::Load(opts) => load::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Dist(opts) => dist::dist(&opts),
+        Task::ClientBuild => client_build::run().map(drop),
         Task::BenchXdp(opts) => bench_xdp::bench_xdp(&opts),
     };
     match result {
