@@ -4,8 +4,8 @@
 //! [`config`] reads and validates the file; [`daemon`] runs the core task (capture -> verify ->
 //! worker) with signals and reload ([`reload`]); [`worker`] owns the firewall and the state
 //! directory ([`state`]); [`control`] is the control socket and its client; [`logging`] writes
-//! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`cli`] holds
-//! the server-side subcommands.
+//! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
+//! the optional OpenMetrics endpoint; [`cli`] holds the server-side subcommands.
 
 pub mod cli;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod daemon;
 #[cfg(unix)]
 pub mod knock_sink;
 pub mod logging;
+pub mod metrics;
 pub mod reload;
 pub mod replay_store;
 pub mod state;
