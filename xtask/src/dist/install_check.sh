@@ -10,6 +10,9 @@ root=$work/root
 mkdir -p "$work/upper" "$work/work" "$root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$root"
 mount -t proc proc "$root/proc"
+# The real device nodes (/dev/null for maintainer scripts' redirections); without this, a
+# `>/dev/null` in the chroot would create a regular file in the overlay.
+mount --rbind /dev "$root/dev"
 mount -t tmpfs tmpfs "$root/tmp"
 mount -t tmpfs tmpfs "$root/run"
 cp "$deb" "$root/tmp/package.deb"
@@ -17,8 +20,18 @@ printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
 show() { echo "+ $*"; in_root "$@"; }
-# What the package left outside dpkg's own books, relative to the root.
+# What the package left outside dpkg's own books, relative to the root. An empty directory in
+# the overlay's upper layer that also exists in / is one that was copied up when the package
+# wrote into it (/usr/bin, ...), not something the package left.
 leftovers() {
+    upper_paths | while IFS= read -r p; do
+        if [ -d "$work/upper/$p" ] && [ ! -L "$work/upper/$p" ] && [ -d "/$p" ]; then
+            continue
+        fi
+        printf '%s\n' "$p"
+    done
+}
+upper_paths() {
     (cd "$work/upper" && find . -mindepth 1 \( -type f -o -type l -o -type d -empty \) \
         ! -path './var/lib/dpkg/*' ! -path './var/cache/*' ! -path './var/log/*' \
         ! -path './usr/sbin/policy-rc.d' ! -path './etc/group*' ! -path './etc/gshadow*' \

@@ -42,6 +42,11 @@ pub fn dist(opts: &Options) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&gen_dir)?;
     let version = env!("CARGO_PKG_VERSION");
+    check_changelog(
+        &std::fs::read_to_string(root.join(CHANGELOG))
+            .with_context(|| format!("reading {CHANGELOG}"))?,
+        version,
+    )?;
 
     // The server: full build, its docs, the unit with the packaged binary's path.
     cmd::run(&mut command(
@@ -104,6 +109,25 @@ pub fn dist(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.check {
         check(&artifacts[0], &artifacts[1], &out)?;
+    }
+    Ok(())
+}
+
+/// The Debian changelog both packages ship (cargo-deb `changelog`).
+const CHANGELOG: &str = "contrib/debian/changelog";
+/// cargo-deb's default Debian revision: the packages are `<version>-1`.
+const DEB_REVISION: &str = "1";
+
+/// The changelog's top entry must name the version being packaged, so a version bump in
+/// Cargo.toml without a changelog entry fails here instead of shipping a stale changelog.
+fn check_changelog(text: &str, version: &str) -> anyhow::Result<()> {
+    let expected = format!("capyknock ({version}-{DEB_REVISION}) ");
+    let first = text.lines().next().unwrap_or_default();
+    if !first.starts_with(&expected) {
+        bail!(
+            "{CHANGELOG}: the top entry is `{first}`, expected one starting `{expected}`: add an \
+             entry for this version (dch -v {version}-{DEB_REVISION}, or by hand)"
+        );
     }
     Ok(())
 }
@@ -251,4 +275,24 @@ fn check(server_deb: &Path, client_deb: &Path, out: &Path) -> anyhow::Result<()>
         &out.join("check-client"),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_top_entry_must_match_the_version() {
+        let text = "capyknock (0.1.0-1) unstable; urgency=medium\n\n  * x\n";
+        assert!(check_changelog(text, "0.1.0").is_ok());
+        assert!(check_changelog(text, "0.2.0").is_err());
+        assert!(check_changelog("", "0.1.0").is_err());
+        assert!(check_changelog("capyknock (0.1.0-2) unstable;", "0.1.0").is_err());
+    }
+
+    #[test]
+    fn shipped_changelog_matches_the_workspace_version() {
+        let text = std::fs::read_to_string(workspace_root().join(CHANGELOG)).unwrap();
+        check_changelog(&text, env!("CARGO_PKG_VERSION")).unwrap();
+    }
 }
