@@ -35,11 +35,12 @@ pub fn completions(mut cmd: clap::Command, shell: Shell, out: &mut dyn io::Write
     clap_complete::generate(shell.generator(), &mut cmd, name, out);
 }
 
-/// Writes `capyknock.1` and `capyknock-<sub>.1` for every visible subcommand into `dir`
-/// (created if missing). Returns the file names written.
+/// Writes `capyknock.1` and `capyknock-<sub>.1` for every visible subcommand (not clap's
+/// generated `help`) into `dir` (created if missing). Returns the file names written.
 pub fn manpages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
-    let mut cmd = cmd;
+    // clap's generated `help` subcommand only repeats the pages: no `capyknock-help(1)`.
+    let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let mut written = Vec::new();
     let name = cmd.get_name().to_owned();

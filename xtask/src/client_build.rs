@@ -73,20 +73,23 @@ pub fn run() -> anyhow::Result<PathBuf> {
     cmd::run(&mut install)?;
     let binary = root.join("bin/capyknock");
     check_ldd(&binary)?;
+    // One cargo run for all targets: their builds share the job queue.
+    let mut check = Command::new("cargo");
+    check.args([
+        "check",
+        "--locked",
+        "-p",
+        "capyknock",
+        "--no-default-features",
+        "--features",
+        "client",
+    ]);
     for target in CHECK_TARGETS {
-        let mut check = Command::new("cargo");
-        check.args([
-            "check",
-            "--locked",
-            "-p",
-            "capyknock",
-            "--no-default-features",
-        ]);
-        check.args(["--features", "client", "--target", target]);
-        env(&mut check);
-        println!("client build: {}", describe(&check));
-        cmd::run(&mut check)?;
+        check.args(["--target", target]);
     }
+    env(&mut check);
+    println!("client build: {}", describe(&check));
+    cmd::run(&mut check)?;
     Ok(binary)
 }
 

@@ -71,6 +71,8 @@ const APT_DIST: &[&str] = &[
     // `dist --check` reads the installed man page and verifies the installed unit.
     "man-db",
     "systemd",
+    // The Windows client zip (not in a minimal Debian).
+    "zip",
 ];
 /// Target of the static Linux client.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
