@@ -47,8 +47,9 @@ const APT_TESTS: &[&str] = &[
     "util-linux",
     // fail2ban-regex checks the shipped filter against a real daemon log.
     "fail2ban",
-    // systemd-analyze verifies the shipped unit.
+    // systemd-analyze verifies the shipped unit; it runs `man` on the unit's Documentation=.
     "systemd",
+    "man-db",
     // The exec firewall backend's shipped ipset example is tested end to end.
     "ipset",
     "iptables",
