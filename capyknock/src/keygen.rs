@@ -53,8 +53,9 @@ pub struct KeygenArgs {
     #[arg(long, value_name = "PATH", default_value = server_config::DEFAULT_CONFIG_PATH)]
     pub server_config: PathBuf,
 
-    /// Client config to append the profile to (created if missing) [default:
-    /// ~/.config/capyknock/client.toml on Linux, %APPDATA%\capyknock\client.toml on Windows].
+    /// Client config to append the profile to (created if missing) [default: a file of its own
+    /// for this user next to the server config, `clients/NICKNAME.toml` in a 0700 directory,
+    /// to hand over and delete; your own ~/.config/capyknock/client.toml only when you name it].
     #[arg(long, value_name = "PATH")]
     pub client_config: Option<PathBuf>,
 
@@ -247,7 +248,10 @@ fn plan(args: &KeygenArgs, ask: &mut Ask<'_>) -> Result<Plan, KeygenError> {
         )));
     }
     let (knock_port, default_access) = server_defaults(&args.server_config, args.knock_port)?;
-    let client_config = client_config::resolve_path(args.client_config.as_deref())?;
+    let client_config = args
+        .client_config
+        .clone()
+        .unwrap_or_else(|| handover_path(&args.server_config, &nickname));
     let profile = args.profile.clone().unwrap_or_else(|| server.clone());
     client_config::check_profile_name(&profile)
         .map_err(|m| KeygenError::Invalid(format!("{m} (choose one with --profile NAME)")))?;
@@ -361,6 +365,20 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
     })
 }
 
+/// Where a user's client profile goes when `--client-config` is not given: a file of its own in
+/// `clients/` next to the server config (`/etc/capyknock/clients/alice.toml`), never the
+/// admin's own client config, so one user's key does not end up among the admin's profiles.
+/// The directory is created 0700 like every directory of private files.
+#[must_use]
+pub fn handover_path(server_config: &Path, nickname: &str) -> PathBuf {
+    server_config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+        .join("clients")
+        .join(format!("{nickname}.toml"))
+}
+
 /// Prints what was done, the URI and the QR code (stdout), and writes the PNG.
 fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
     let ports: Vec<String> = c.ports.iter().map(ToString::to_string).collect();
@@ -378,7 +396,8 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
     let _ = write!(
         out,
         "Wrote client profile {:?} to {}\n  it holds {}'s secret key: give it to them over a \
-         private channel (their file: ~/.config/capyknock/client.toml, mode 0600)\n",
+         private channel (their file: ~/.config/capyknock/client.toml, mode 0600), then delete \
+         it here\n",
         c.profile,
         c.client_config.display(),
         c.nickname,
@@ -394,17 +413,19 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
         }
         TotpMode::Derived => out.push_str(
             "\nMachine profile: the client computes codes from the secret stored in the profile; \
-             no authenticator app is needed. The TOTP URI, for reference:\n",
+             no authenticator app is needed, and the secret is printed nowhere.\n",
         ),
     }
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let _ = lock.write_all(out.as_bytes());
-    if c.mode == TotpMode::Prompt && !args.no_qr {
-        let text = qr::terminal(&c.otpauth_uri, stdout.is_terminal())?;
-        let _ = lock.write_all(text.as_bytes());
+    if c.mode == TotpMode::Prompt {
+        if !args.no_qr {
+            let text = qr::terminal(&c.otpauth_uri, stdout.is_terminal())?;
+            let _ = lock.write_all(text.as_bytes());
+        }
+        let _ = writeln!(lock, "{}", c.otpauth_uri);
     }
-    let _ = writeln!(lock, "{}", c.otpauth_uri);
     if let Some(path) = &args.qr_png {
         let png = qr::png(&c.otpauth_uri)?;
         crate::private_file::write_private(path, &png).map_err(|source| KeygenError::Png {

@@ -26,6 +26,7 @@ pub mod error_chain;
 pub mod firewall;
 #[cfg(feature = "server")]
 pub mod keygen;
+pub mod log_fields;
 pub mod ports;
 pub mod private_file;
 pub mod protocol;

@@ -73,9 +73,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Error: {err:#}");
-            // `knock` documents its exit statuses (`capyknock knock --help`).
-            err.downcast_ref::<capyknock::client::KnockError>()
-                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
+            // `knock` (docs/CLIENT.md) and the server-side commands (docs/OPERATIONS.md) document
+            // their exit statuses.
+            if let Some(e) = err.downcast_ref::<capyknock::client::KnockError>() {
+                ExitCode::from(e.exit_code())
+            } else if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
+                ExitCode::from(e.exit_code())
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -116,7 +122,8 @@ fn run_server(command: ServerCommand) -> anyhow::Result<()> {
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;
             let action = filter.test_run(&[0u8; 64])?;
-            println!("XDP program loaded; a zero frame got action {action}");
+            let name = capyknock::capture::xdp::action_name(action);
+            println!("XDP program loaded; a frame of zeros (not a knock) got {name}");
             Ok(())
         }
         #[cfg(target_os = "linux")]

@@ -3,6 +3,23 @@
 
 use std::{fmt, str::FromStr};
 
+/// Knock ports as written everywhere else: `udp/62201, udp/62202`.
+#[must_use]
+pub fn knock_ports_text(ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(|p| format!("udp/{p}")).collect();
+    list.join(", ")
+}
+
+/// `1 user`, `2 users`: a count with its noun, singular or plural.
+#[must_use]
+pub fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A transport protocol a grant can open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -122,6 +139,15 @@ impl<'de> serde::Deserialize<'de> for PortSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knock_ports_and_counts_read_as_words() {
+        assert_eq!(knock_ports_text(&[62201]), "udp/62201");
+        assert_eq!(knock_ports_text(&[1, 2]), "udp/1, udp/2");
+        assert_eq!(count_of(1, "user"), "1 user");
+        assert_eq!(count_of(0, "user"), "0 users");
+        assert_eq!(count_of(2, "user"), "2 users");
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -33,7 +33,7 @@ const TEMP_RANDOM_CHARS: usize = 12;
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFileError {
     /// Reading failed.
-    #[error("cannot read {what} {}", path.display())]
+    #[error("cannot read {what} {}{}", path.display(), read_hint(source))]
     Read {
         /// What the file is ("config", "client config", ...).
         what: &'static str,
@@ -146,6 +146,17 @@ pub enum PrivateFileError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What to do about a read error, when the error kind says.
+fn read_hint(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::PermissionDenied => {
+            " (permission denied: the file is private to its owner; run this as that user, \
+             usually root)"
+        }
+        _ => "",
+    }
 }
 
 /// Who else may write to a directory we keep files in.

@@ -2,7 +2,8 @@
 //! decoder) to exactly the printed otpauth URI; `check-config` accepts the server config it
 //! wrote; a second user is appended without touching the first; both files are 0600 and agree;
 //! missing flags without a terminal and taken profile names fail clearly, leaving the files
-//! alone. No root needed.
+//! alone; without `--client-config` the profile goes to a file of its own next to the server
+//! config (never the admin's own client config), every new directory 0700. No root needed.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -225,4 +226,40 @@ fn missing_flags_without_a_terminal_fail_clearly() {
     assert!(text(&out).contains("no terminal"), "{}", text(&out));
     assert!(!dir.path().join("server.toml").exists());
     assert!(!dir.path().join("client.toml").exists());
+}
+
+/// keygen on a server, for someone else: the profile is a hand-over file of its own in a 0700
+/// `clients/` directory next to the server config, and the admin's own client config (under
+/// `$HOME`) is not touched. Directories keygen creates are 0700.
+#[test]
+fn without_client_config_the_profile_is_a_handover_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let etc = dir.path().join("etc/capyknock");
+    let out = Command::new(capyknock_bin())
+        .args(["keygen", "--nickname", "alice", "--server", "h.example"])
+        .args(["--ports", "22", "--no-qr", "--server-config"])
+        .arg(etc.join("server.toml"))
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let handover = etc.join("clients/alice.toml");
+    assert_eq!(mode(&handover), 0o600);
+    assert_eq!(mode(&etc.join("clients")), 0o700);
+    assert_eq!(mode(&etc), 0o700, "the server config directory");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&handover.display().to_string()),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !home.join(".config").exists(),
+        "the admin's own config was touched"
+    );
+    let client = capyknock::client::config::load(&handover).unwrap();
+    assert_eq!(client.profiles.len(), 1);
 }

@@ -161,3 +161,24 @@ fn proxy_relays_to_an_open_port() {
     assert_eq!(out.stdout, b"hello\nPING PONG\n");
     assert_eq!(server.join().unwrap(), b"ping pong\n");
 }
+
+/// A malformed code on stdin is refused before anything touches the network: no probe of the
+/// port, no packet.
+#[test]
+fn a_malformed_stdin_code_fails_before_any_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    service.set_nonblocking(true).unwrap();
+    let knock_rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    knock_rx.set_nonblocking(true).unwrap();
+    profile(
+        dir.path(),
+        "127.0.0.1",
+        service.local_addr().unwrap().port(),
+        knock_rx.local_addr().unwrap().port(),
+    );
+    let out = knock(dir.path(), &["p", "--otp-stdin"], "12x456\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(service.accept().is_err(), "the port was probed first");
+    assert!(knock_rx.recv(&mut [0u8; 1024]).is_err(), "a knock was sent");
+}

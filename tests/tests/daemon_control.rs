@@ -1,6 +1,7 @@
 //! The daemon's control side with the real process: bans and unbans over the control socket,
-//! who may use the socket, reload with a broken and then a good config, and running with only
-//! the capabilities the systemd unit grants. Needs root.
+//! who may use the socket, bans of the host itself refused, the commands' exit statuses, reload
+//! with a broken and then a good config, and running with only the capabilities the systemd unit
+//! grants. Needs root.
 //! Run: `cargo test -p capyknock-tests --test daemon_control -- --test-threads=1`.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -81,6 +82,66 @@ fn ban_and_unban_over_the_socket() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("until unbanned"));
     lab.wait_connect(SERVICE.port, false, false);
+    assert!(lab.stop());
+}
+
+/// The host itself cannot be banned (loopback, the server's own address), and the server-side
+/// commands' exit status tells a refused request (4) from a daemon that cannot be reached (3)
+/// and a config problem (2), as docs/OPERATIONS.md documents.
+#[test]
+fn the_host_itself_cannot_be_banned_and_exit_codes_tell_why() {
+    let mut lab = DaemonLab::new("dcx");
+    let alice = user("alice", 1);
+    lab.write_config(&[&alice]);
+    lab.start();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(capyknock_tests::capyknock_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let socket = lab.socket();
+    let socket = socket.to_str().unwrap();
+    let own = lab.server_addr(false).to_string();
+    for addr in ["127.0.0.1", "::1", own.as_str()] {
+        let out = cli(&["ban", addr, "1h", "--socket", socket]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{addr}: {out:?}");
+        assert!(err.contains(&format!("refusing to ban {addr}")), "{err}");
+    }
+    lab.wait_log(&["ban refused", "addr=127.0.0.1"]);
+    assert!(lab.status().bans.is_empty());
+
+    let stranger = "198.51.100.99";
+    let out = cli(&["unban", stranger, "--socket", socket]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not banned"));
+    assert_eq!(lab.count_log(&["address unbanned"]), 0, "{}", lab.log());
+
+    let out = cli(&["ban", stranger, "0", "--socket", socket]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would end at once"));
+
+    // Log lines carry plain values, never Rust Debug output.
+    let log = lab.log();
+    assert!(log.contains("request=unban 198.51.100.99"), "{log}");
+    for debug in ["Unban {", "Ban {", "Some(", "=None", "=[["] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
+
+    let out = cli(&["status", "--socket", "/nonexistent/capyknock.sock"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let missing = lab.file("missing.toml");
+    let out = cli(&["check-config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = cli(&["server", "--config", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        err.contains("does not exist") && !err.contains("daemon stopped"),
+        "{err}"
+    );
     assert!(lab.stop());
 }
 

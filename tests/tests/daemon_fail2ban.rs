@@ -2,6 +2,8 @@
 //! knock key is needed for (never replays, stale packets or bans, which a forged source address
 //! could produce), with the right address, IPv4 and IPv6. Needs root and `fail2ban-regex`
 //! (Debian package `fail2ban`).
+//! The action's ban and unban command lines, with fail2ban's tags filled in, work against a
+//! daemon on a socket of its own.
 //! Run: `cargo test -p capyknock-tests --test daemon_fail2ban -- --test-threads=1`.
 
 use std::{path::Path, process::Command};
@@ -77,4 +79,56 @@ fn filter_matches_the_daemons_key_holder_rejections_only() {
     assert!(matched.iter().any(|l| l.contains("reason=port_not_allowed")
         && l.contains(&format!("src={}", lab.client_addr(true)))));
     assert!(text.contains("2 matched"), "{text}");
+}
+
+/// The `actionban`/`actionunban` lines of contrib/fail2ban/action.d/capyknock.conf, tags filled
+/// in as fail2ban does (a jail that sets `socket`), as argv.
+fn action_argv(key: &str, tags: &[(&str, &str)]) -> Vec<String> {
+    let conf = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/fail2ban/action.d/capyknock.conf"),
+    )
+    .unwrap();
+    let line = conf
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in the action"));
+    line.split_whitespace()
+        .map(|word| {
+            tags.iter().fold(word.to_owned(), |w, (tag, value)| {
+                w.replace(&format!("<{tag}>"), value)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_action_bans_and_unbans_through_the_configured_socket() {
+    let mut lab = DaemonLab::new("dfa");
+    lab.write_config(&[&user("alice", 1)]);
+    lab.start();
+    let bin = capyknock_tests::capyknock_bin();
+    let socket = lab.socket();
+    let tags = [
+        ("capyknock", bin.to_str().unwrap()),
+        ("socket", socket.to_str().unwrap()),
+        ("ip", "198.51.100.7"),
+        ("duration", "<bantime>"),
+        ("bantime", "600"),
+    ];
+    let run = |key: &str| {
+        let argv = action_argv(key, &tags);
+        assert!(
+            argv.iter().all(|w| !w.contains('<')),
+            "unfilled tag: {argv:?}"
+        );
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    };
+    run("actionban");
+    let bans = lab.status().bans;
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert!(bans[0].expires_in_secs.is_some_and(|s| s <= 600 && s > 500));
+    run("actionunban");
+    assert!(lab.status().bans.is_empty());
+    assert!(lab.stop());
 }

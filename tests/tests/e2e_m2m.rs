@@ -23,6 +23,12 @@ fn derived_profile_knocks_without_a_human() {
         "{}",
         backup.stdout
     );
+    // The secret lives in the two configs only: keygen prints no URI for a machine.
+    assert!(
+        backup.uri.is_empty() && !backup.stdout.contains("otpauth://"),
+        "{}",
+        backup.stdout
+    );
 
     // Both files agree: derived mode, the same secret.
     let client = capyknock::client::config::load(&lab.client_config()).unwrap();
@@ -30,7 +36,6 @@ fn derived_profile_knocks_without_a_human() {
     let CodeSource::Derived(secret) = &profile.code else {
         panic!("profile is not derived: {profile:?}")
     };
-    assert_eq!(secret, &backup.secret());
     let server = capyknock::server::config::load(&lab.server_config()).unwrap();
     let user = server
         .users
@@ -38,6 +43,11 @@ fn derived_profile_knocks_without_a_human() {
         .find(|u| u.nickname == "backup")
         .unwrap();
     assert_eq!(user.totp_mode, TotpMode::Derived);
+    assert_eq!(secret, &user.totp);
+    assert!(
+        !backup.stdout.contains(&secret.to_base32_secret()),
+        "secret printed"
+    );
 
     lab.start_daemon();
     assert_eq!(Lab::probe(&lab.client, server_ip, SERVICE_PORT), None);
@@ -55,4 +65,38 @@ fn derived_profile_knocks_without_a_human() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(out.stderr.is_empty(), "--quiet printed: {}", text(&out));
     assert_eq!(lab.status().verifier.accepted, 1);
+}
+
+/// A machine profile checking a port the user may open but where nothing listens: dropped
+/// before the knock, refused after it. The client says the knock worked and the service is
+/// missing, exits 6 at once, and sends one knock, not a second one with the next code.
+#[test]
+fn a_port_where_nothing_listens_is_reported_as_such() {
+    const NOTHING_THERE: u16 = 2999;
+    let mut lab = Lab::new("m2n");
+    let server_ip = IpAddr::V4(lab.client_link.a_v4);
+    let _ = lab.keygen(
+        "cron",
+        "cron",
+        &server_ip.to_string(),
+        &[
+            "--totp-mode",
+            "derived",
+            "--ports",
+            &NOTHING_THERE.to_string(),
+        ],
+    );
+    lab.start_daemon();
+    let out = lab.knock(&["cron", "--port", &NOTHING_THERE.to_string()], "");
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the knock opened tcp/{NOTHING_THERE}"))
+            && text(&out).contains("nothing listens"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("wrong code"), "{}", text(&out));
+    assert_eq!(lab.status().verifier.accepted, 1);
+    let rejected: u64 = lab.status().verifier.rejected.values().sum();
+    assert_eq!(rejected, 0, "a second knock was sent and refused");
 }

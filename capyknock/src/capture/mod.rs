@@ -399,7 +399,7 @@ impl Capture {
         };
         tracing::info!(
             mode = %capture.mode(),
-            knock_ports = ?config.knock_ports,
+            knock_ports = %crate::ports::knock_ports_text(&config.knock_ports),
             interfaces = %capture
                 .interfaces()
                 .iter()

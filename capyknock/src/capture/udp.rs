@@ -64,7 +64,7 @@ impl UdpCapture {
             }
             tasks.push(tokio::spawn(receive(socket, prefilter.clone(), tx.clone())));
         }
-        tracing::info!(sockets = ?local, "udp capture listening");
+        tracing::info!(sockets = %crate::log_fields::List(&local), "udp capture listening");
         Ok(Self {
             rx,
             prefilter,

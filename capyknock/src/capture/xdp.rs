@@ -662,9 +662,29 @@ fn classify_load_error(err: aya::EbpfError) -> XdpError {
     XdpError::Load(err)
 }
 
+/// The name of an XDP action as the kernel's headers spell it (`XDP_PASS`), for messages.
+#[must_use]
+pub const fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "an unknown action",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actions_have_their_kernel_names() {
+        assert_eq!(action_name(1), "XDP_DROP");
+        assert_eq!(action_name(2), "XDP_PASS");
+        assert_eq!(action_name(99), "an unknown action");
+    }
 
     #[test]
     fn kernel_release_parses() {

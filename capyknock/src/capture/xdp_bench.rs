@@ -400,7 +400,7 @@ fn check_verdict(class: &Class, delta: &PrefilterDelta, action: u32) -> Result<(
             class: class.name,
             expected: class.expected.name(),
             got: match got {
-                Ok(c) => format!("{} (action {action})", c.name()),
+                Ok(c) => format!("{} ({})", c.name(), super::xdp::action_name(action)),
                 Err(counters) => counters,
             },
         });

@@ -8,7 +8,7 @@ use std::{net::IpAddr, path::PathBuf};
 /// Exit status: 0 the port answers (or the knock was sent, with --no-check); 1 an unexpected
 /// error (sending, relaying); 2 a usage or configuration problem; 3 the server name did not
 /// resolve; 4 the port stayed closed after the last attempt; 5 no code could be had (no
-/// terminal and no --otp).
+/// terminal and no --otp); 6 the knock opened the port but nothing listens on it.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Exit status:\n  \
     0  the port answers (or the knock was sent, with --no-check)\n  \
@@ -16,7 +16,8 @@ use std::{net::IpAddr, path::PathBuf};
     2  a usage or configuration problem (flags, profile, client config, malformed code)\n  \
     3  the server name did not resolve\n  \
     4  the port stayed closed after the last attempt\n  \
-    5  no code could be had (no terminal and no --otp/--otp-stdin)")]
+    5  no code could be had (no terminal and no --otp/--otp-stdin)\n  \
+    6  the knock opened the port (dropped before, refused after) but nothing listens on it")]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "clap flags: independent switches, not a state machine"

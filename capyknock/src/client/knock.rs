@@ -40,6 +40,8 @@ pub const EXIT_RESOLVE: u8 = 3;
 pub const EXIT_STILL_CLOSED: u8 = 4;
 /// Exit status: no code could be had.
 pub const EXIT_NO_CODE: u8 = 5;
+/// Exit status: the knock opened the port (dropped before, refused after), but nothing listens.
+pub const EXIT_NO_SERVICE: u8 = 6;
 
 /// Most malformed codes accepted at the prompt before giving up.
 const MAX_BAD_INPUT: u32 = 3;
@@ -80,6 +82,17 @@ pub enum KnockError {
         /// Knocks sent.
         attempts: u32,
     },
+    /// The knock worked (the port went from dropped to refused) but no service listens.
+    #[error(
+        "the knock opened {spec} on {addr} (dropped before, refused after), but nothing listens \
+         there: check the service on the server (is it running, on {spec}?)"
+    )]
+    NoService {
+        /// The port checked.
+        spec: PortSpec,
+        /// The address.
+        addr: IpAddr,
+    },
     /// No server address worked.
     #[error("no address of {host} is reachable: {last}")]
     Unreachable {
@@ -114,6 +127,7 @@ impl KnockError {
             KnockError::Resolve(_) => EXIT_RESOLVE,
             KnockError::Code(_) => EXIT_NO_CODE,
             KnockError::StillClosed { .. } => EXIT_STILL_CLOSED,
+            KnockError::NoService { .. } => EXIT_NO_SERVICE,
             KnockError::Send(_)
             | KnockError::Unreachable { .. }
             | KnockError::Proxy(_)
@@ -157,8 +171,8 @@ pub fn run(args: &KnockArgs) -> Result<Outcome, KnockError> {
 
 /// Where the code for each attempt comes from.
 enum Codes<'a> {
+    /// `--otp` or `--otp-stdin`: one code, read before anything is sent.
     Given(Option<TotpCode>),
-    Stdin,
     Prompt {
         last: Option<TotpCode>,
     },
@@ -204,7 +218,8 @@ impl<'a> Knock<'a> {
         let (codes, attempts) = if let Some(otp) = &args.otp {
             (Codes::Given(Some(code::from_arg(otp)?)), 1)
         } else if args.otp_stdin {
-            (Codes::Stdin, 1)
+            // Read (and check) now: a malformed code fails before any probe or packet.
+            (Codes::Given(Some(code::from_stdin()?)), 1)
         } else {
             match &profile.code {
                 CodeSource::Prompt => (Codes::Prompt { last: None }, args.attempts),
@@ -271,23 +286,31 @@ impl<'a> Knock<'a> {
 
     /// The whole story against one address of the server.
     fn with_address(&mut self, addr: IpAddr) -> Result<Outcome, KnockError> {
+        let mut dropped_before = false;
         if let (Some(spec), false) = (self.check, self.args.no_check) {
             let target = SocketAddr::new(addr, spec.port);
             let first = probe::probe(target, CHECK_TIMEOUT);
             self.progress
                 .say(&format!("{spec} on {addr}: {}", first.describe()));
             match first {
-                Probe::Open(stream) => {
+                Probe::Open(stream) if self.asks_only_for(spec) => {
                     self.progress.say("already open: no knock needed");
                     return self.finish(Outcome::AlreadyOpen, Some(stream));
                 }
+                // Open, perhaps through another user's grant for the same address (one NAT):
+                // that does not open this profile's other ports, nor last as long.
+                Probe::Open(_) => self.progress.say(
+                    "already answers, but this profile asks for more ports: knocking for all \
+                     of them",
+                ),
                 Probe::Failed(e) => {
                     return Err(KnockError::Unreachable {
                         host: self.profile.server.clone(),
                         last: e.to_string(),
                     });
                 }
-                Probe::Refused | Probe::Timeout => {}
+                Probe::Timeout => dropped_before = true,
+                Probe::Refused => {}
             }
         }
         let knock_to = SocketAddr::new(addr, self.profile.knock_port);
@@ -333,15 +356,22 @@ impl<'a> Knock<'a> {
             };
             std::thread::sleep(SETTLE);
             let target = SocketAddr::new(addr, spec.port);
-            let result = probe::wait_open(target, Duration::from_secs(self.args.wait));
+            let result =
+                probe::wait_open(target, Duration::from_secs(self.args.wait), dropped_before);
             match result {
                 Probe::Open(stream) => {
                     self.progress.say(&format!("{spec} on {addr}: open"));
                     return self.finish(Outcome::Opened(attempt), Some(stream));
                 }
+                // Dropped before, refused now: the firewall opened; nothing listens. Knocking
+                // again would not help.
+                Probe::Refused if dropped_before => {
+                    return Err(KnockError::NoService { spec, addr });
+                }
                 Probe::Refused => self.progress.say(&format!(
-                    "{spec} on {addr}: connection refused after the knock: the path works, but \
-                     is a service listening on {spec}?"
+                    "{spec} on {addr}: connection refused before and after the knock: is a \
+                     service listening on {spec}? (a firewall that rejects rather than drops \
+                     looks the same)"
                 )),
                 other => self.progress.say(&format!(
                     "port still closed after knock: wrong code, clock skew, or blocked path? \
@@ -358,6 +388,12 @@ impl<'a> Knock<'a> {
         })
     }
 
+    /// Whether the knock would ask for `spec` alone, so an open `spec` means nothing is left
+    /// to open. An empty request means all the user's ports, which may be more.
+    fn asks_only_for(&self, spec: PortSpec) -> bool {
+        !self.request.ports.is_empty() && self.request.ports.iter().all(|p| *p == spec)
+    }
+
     /// The code for the next attempt, and the time to put in the packet.
     fn next_code(&mut self) -> Result<(TotpCode, u64), KnockError> {
         let label = self.profile.label();
@@ -369,7 +405,6 @@ impl<'a> Knock<'a> {
                 })?;
                 Ok((code, now()))
             }
-            Codes::Stdin => Ok((code::from_stdin()?, now())),
             Codes::Prompt { last } => {
                 let mut bad = 0;
                 loop {
@@ -487,6 +522,27 @@ mod tests {
             Outcome::AlreadyOpen
         );
         assert!(knock_rx.recv(&mut [0u8; 2048]).is_err(), "a knock was sent");
+    }
+
+    #[test]
+    fn an_open_port_still_knocks_when_the_profile_asks_for_more() {
+        // tcp/port answers (say, through another user's grant behind the same NAT), but the
+        // profile also asks for tcp/1: the knock goes out for both.
+        let service = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = service.local_addr().unwrap().port();
+        let knock_rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = profile(
+            knock_rx.local_addr().unwrap().port(),
+            vec![PortSpec::tcp(port), PortSpec::tcp(1)],
+            CodeSource::Prompt,
+        );
+        let a = args(&["-q", "--otp", "123456"]);
+        assert_eq!(
+            Knock::new(&a, &p).unwrap().run().unwrap(),
+            Outcome::Opened(1)
+        );
+        let n = knock_rx.recv(&mut [0u8; 2048]).unwrap();
+        assert_eq!(n, capyknock_common::wire::KNOCK_LEN);
     }
 
     #[test]
@@ -614,10 +670,11 @@ mod tests {
             EXIT_RESOLVE,
             EXIT_STILL_CLOSED,
             EXIT_NO_CODE,
+            EXIT_NO_SERVICE,
         ];
         let mut sorted = codes.to_vec();
         sorted.dedup();
-        assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5, 6]);
         let resolve = KnockError::Resolve(probe::resolve("::1", Family::V4).unwrap_err());
         assert_eq!(resolve.exit_code(), EXIT_RESOLVE);
     }

@@ -135,14 +135,21 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
 }
 
 /// Probes `addr` repeatedly until it opens or `total` has passed (each try at most
-/// [`CHECK_TIMEOUT`], a short pause between refused tries). Returns the last result.
+/// [`CHECK_TIMEOUT`], a short pause between refused tries). Returns the last result, or a
+/// refusal at once when `refused_is_final` (the port was dropped before: a refusal now means
+/// the firewall opened and nothing listens, which waiting does not change).
 #[must_use]
-pub fn wait_open(addr: SocketAddr, total: Duration) -> Probe {
+pub fn wait_open(addr: SocketAddr, total: Duration, refused_is_final: bool) -> Probe {
     let deadline = Instant::now() + total;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let result = probe(addr, left.clamp(Duration::from_millis(100), CHECK_TIMEOUT));
-        if result.is_open() || Instant::now() >= deadline {
+        let done = match result {
+            Probe::Open(_) => true,
+            Probe::Refused => refused_is_final,
+            Probe::Timeout | Probe::Failed(_) => false,
+        };
+        if done || Instant::now() >= deadline {
             return result;
         }
         // A refused or failed connect returns at once: do not spin.
@@ -177,14 +184,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         assert!(probe(addr, CHECK_TIMEOUT).is_open());
-        assert!(wait_open(addr, Duration::from_secs(1)).is_open());
+        assert!(wait_open(addr, Duration::from_secs(1), false).is_open());
         drop(listener);
         let p = probe(addr, CHECK_TIMEOUT);
         assert!(matches!(p, Probe::Refused), "{p:?}");
         assert_eq!(p.describe(), "closed (connection refused)");
         let start = Instant::now();
-        let p = wait_open(addr, Duration::from_millis(500));
+        let p = wait_open(addr, Duration::from_millis(500), false);
         assert!(matches!(p, Probe::Refused), "{p:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
+        // Told a refusal is final, it returns on the first one.
+        let p = wait_open(addr, Duration::from_secs(30), true);
+        assert!(matches!(p, Probe::Refused), "{p:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 }

@@ -1,6 +1,7 @@
 //! What the server config and the client config have in common, written once: reading the file
 //! (a private file: [`crate::private_file::read_private`]), collecting every problem with its
 //! line ([`Problem`], [`Checker`]), TOML syntax errors in the same words ([`toml_problem`]),
+//! every shape error at once rather than serde's first ([`parse_all`]),
 //! rendering the list as `FILE:LINE: message` lines ([`render_problems`]), and the validators
 //! both sides apply to the same values ([`check_nickname`]).
 //!
@@ -9,11 +10,13 @@
 
 mod names;
 mod problem;
+mod recover;
 
 use std::path::Path;
 
 pub use names::{MAX_NICKNAME_LEN, check_nickname};
 pub use problem::{Checker, Problem, line_of, render_problems, toml_problem};
+pub use recover::{MAX_SHAPE_PROBLEMS, Parsed, parse_all};
 
 use crate::private_file::{self, PrivateFileError};
 

@@ -77,7 +77,7 @@ pub fn load(path: &Path) -> Vec<Ban> {
             tracing::warn!(
                 path = %path.display(),
                 %reason,
-                kept_as = ?kept_as,
+                kept_as = %crate::log_fields::OptPath(kept_as.as_deref()),
                 "saved ban list is unusable: starting with NO bans; fail2ban will ban again on \
                  the next matching log lines"
             );

@@ -299,7 +299,7 @@ impl Firewall {
                 return Err(err);
             }
             for g in &merged.apply {
-                tracing::debug!(addr = %g.addr, port = %g.key().port_spec(), until = ?g.until, "granted");
+                tracing::debug!(addr = %g.addr, port = %g.key().port_spec(), until = %crate::log_fields::Until(Some(g.until)), "granted");
             }
             self.save();
         }
@@ -370,7 +370,7 @@ impl Firewall {
                 return Err(err);
             }
         }
-        tracing::info!(addr = %ban.addr, until = ?ban.until, "banned");
+        tracing::info!(addr = %ban.addr, until = %crate::log_fields::Until(ban.until), "banned");
         self.save();
         self.save_bans();
         Ok(())
@@ -525,7 +525,7 @@ fn load_ledger(path: &Path, backend: &str, now: SystemTime) -> Result<Ledger, Er
             let aside = crate::private_file::move_aside(path);
             tracing::error!(
                 error = %ErrorChain(&err),
-                moved_to = ?aside,
+                moved_to = %crate::log_fields::OptPath(aside.as_deref()),
                 "ignoring the damaged firewall ledger; grants it listed will not be closed automatically"
             );
             Ok(Ledger::new())

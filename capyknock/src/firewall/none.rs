@@ -44,9 +44,8 @@ impl Backend for NoneBackend {
         Ok(())
     }
 
-    fn add_ban(&mut self, ban: &Ban, now: SystemTime) -> Result<bool, Error> {
-        let seconds = ban.remaining(now).flatten().map(|d| d.as_secs());
-        tracing::info!(addr = %ban.addr, ?seconds, "firewall none: would ban");
+    fn add_ban(&mut self, ban: &Ban, _now: SystemTime) -> Result<bool, Error> {
+        tracing::info!(addr = %ban.addr, until = %crate::log_fields::Until(ban.until), "firewall none: would ban");
         Ok(true)
     }
 

@@ -121,6 +121,33 @@ pub enum CliError {
     Unsupported(&'static str),
 }
 
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: an unexpected error (the daemon failed, the runtime could not start).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit status: usage or configuration (bad arguments, an invalid or unprotected config).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the daemon could not be reached (not running, another socket, no permission).
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status: the daemon refused the request (not banned, a ban of this host, reload refused).
+pub const EXIT_REFUSED: u8 = 4;
+
+impl CliError {
+    /// The process exit status for this error, documented in docs/OPERATIONS.md ("Exit status")
+    /// so scripts and fail2ban can tell a refused request from a daemon that is down.
+    #[must_use]
+    pub const fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => EXIT_USAGE,
+            CliError::Client(_) => EXIT_UNREACHABLE,
+            CliError::Refused(_) => EXIT_REFUSED,
+            #[cfg(target_os = "linux")]
+            CliError::Daemon(_) => EXIT_ERROR,
+            CliError::Runtime(_) | CliError::Unsupported(_) => EXIT_ERROR,
+        }
+    }
+}
+
 /// `capyknock server`: runs the daemon in the foreground until SIGTERM/SIGINT.
 pub fn server(args: &ServerArgs) -> Result<(), CliError> {
     #[cfg(target_os = "linux")]
@@ -139,7 +166,11 @@ pub fn server(args: &ServerArgs) -> Result<(), CliError> {
         };
         runtime
             .block_on(super::daemon::run(opts))
-            .map_err(CliError::Daemon)
+            .map_err(|err| match err {
+                // A config that cannot be used is the admin's to fix, not a daemon failure.
+                super::daemon::DaemonError::Config(err) => CliError::Config(err),
+                err => CliError::Daemon(err),
+            })
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -191,7 +222,11 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", path.display());
-    let _ = writeln!(out, "  knock ports:     udp/{:?}", s.knock_ports);
+    let _ = writeln!(
+        out,
+        "  knock ports:     {}",
+        crate::ports::knock_ports_text(&s.knock_ports)
+    );
     let _ = writeln!(
         out,
         "  capture:         {} on {}",
@@ -324,6 +359,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exit_codes_tell_unreachable_from_refused() {
+        let codes = [
+            EXIT_OK,
+            EXIT_ERROR,
+            EXIT_USAGE,
+            EXIT_UNREACHABLE,
+            EXIT_REFUSED,
+        ];
+        assert_eq!(codes, [0, 1, 2, 3, 4]);
+        assert_eq!(CliError::Usage("x".into()).exit_code(), EXIT_USAGE);
+        assert_eq!(CliError::Refused("x".into()).exit_code(), EXIT_REFUSED);
+        let down = CliError::Client(control::ClientError::NotRunning("/s".into()));
+        assert_eq!(down.exit_code(), EXIT_UNREACHABLE);
+        assert_eq!(CliError::Unsupported("x").exit_code(), EXIT_ERROR);
+    }
+
+    #[test]
     fn ban_durations_from_fail2ban() {
         assert_eq!(ban_duration("600").unwrap(), Duration::from_mins(10));
         assert_eq!(ban_duration("1h").unwrap(), Duration::from_hours(1));
@@ -397,6 +449,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("warning: no `protect` list"), "{out}");
+        assert!(out.contains("knock ports:     udp/62201\n"), "{out}");
         let s = config::parse(
             path,
             &format!("[server]\nprotect = [\"tcp/22\", \"tcp/2222\"]\n{USER}"),

@@ -67,6 +67,26 @@ pub enum Request {
     Reload {},
 }
 
+/// For log lines: `status`, `ban 192.0.2.1 for 3600s`, `ban 192.0.2.1 until unbanned`,
+/// `unban 192.0.2.1`, `reload`.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Status {} => f.write_str("status"),
+            Request::Ban {
+                addr,
+                duration_secs: Some(secs),
+            } => write!(f, "ban {addr} for {secs}s"),
+            Request::Ban {
+                addr,
+                duration_secs: None,
+            } => write!(f, "ban {addr} until unbanned"),
+            Request::Unban { addr } => write!(f, "unban {addr}"),
+            Request::Reload {} => f.write_str("reload"),
+        }
+    }
+}
+
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -133,6 +153,26 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         ));
     }
     Ok(req)
+}
+
+/// Why `addr` must not be banned, if so: the host itself (loopback, or one of `local`, this
+/// server's own addresses), or no single host at all.
+#[must_use]
+pub fn unbannable(addr: IpAddr, local: &[IpAddr]) -> Option<&'static str> {
+    let addr = addr.to_canonical();
+    if addr.is_loopback() {
+        Some("a loopback address is this host itself")
+    } else if addr.is_unspecified() {
+        Some("the unspecified address is no host")
+    } else if addr.is_multicast() {
+        Some("a multicast address is a group, not a host")
+    } else if matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address is no host")
+    } else if local.iter().any(|l| l.to_canonical() == addr) {
+        Some("it is an address of this server; banning it would cut the server off from itself")
+    } else {
+        None
+    }
 }
 
 /// Why the control socket could not be set up.
@@ -475,7 +515,7 @@ mod server {
             let response = match parse_request(&line) {
                 Err(msg) => Response::error(msg),
                 Ok(request) => {
-                    tracing::info!(uid, pid, request = ?request, "control request");
+                    tracing::info!(uid, pid, request = %request, "control request");
                     let (reply, answer) = oneshot::channel();
                     let sent =
                         tokio::time::timeout(IO_TIMEOUT, commands.send(Command { request, reply }))
@@ -535,10 +575,17 @@ pub fn parse_ban_duration(s: &str) -> Result<Duration, String> {
         Err(_) => humantime::parse_duration(s)
             .map_err(|e| format!("invalid duration {s:?} ({e}): write e.g. 3600, 10m, 1h or 7d"))?,
     };
-    if d.is_zero() || d > MAX_BAN || d.subsec_nanos() != 0 {
+    if d.is_zero() {
         return Err(format!(
-            "ban duration must be whole seconds from 1s to {}",
-            humantime::format_duration(MAX_BAN)
+            "a ban of {s} would end at once: give at least 1s, or -1 (or forever) for a ban \
+             until unbanned"
+        ));
+    }
+    if d > MAX_BAN || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "ban duration must be whole seconds from 1s to {} days (or -1 for a ban until \
+             unbanned)",
+            MAX_BAN.as_secs() / 86_400
         ));
     }
     Ok(d)
@@ -559,6 +606,60 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> std::path::P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_itself_and_non_hosts_cannot_be_banned() {
+        let local: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        ];
+        for addr in [
+            "127.0.0.1",
+            "127.3.4.5",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "192.0.2.10",
+            "::ffff:192.0.2.10",
+            "2001:db8::10",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert!(unbannable(ip, &local).is_some(), "{addr} was bannable");
+        }
+        for addr in ["192.0.2.11", "198.51.100.7", "2001:db8::11"] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert_eq!(unbannable(ip, &local), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn requests_read_as_words_in_logs() {
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        let ban = |duration_secs| Request::Ban {
+            addr,
+            duration_secs,
+        };
+        assert_eq!(ban(Some(60)).to_string(), "ban 192.0.2.1 for 60s");
+        assert_eq!(ban(None).to_string(), "ban 192.0.2.1 until unbanned");
+        assert_eq!(Request::Unban { addr }.to_string(), "unban 192.0.2.1");
+        assert_eq!(Request::Status {}.to_string(), "status");
+    }
+
+    #[test]
+    fn ban_durations_say_what_is_wrong() {
+        let zero = parse_ban_duration("0").unwrap_err();
+        assert!(
+            zero.contains("would end at once") && zero.contains("-1"),
+            "{zero}"
+        );
+        let long = parse_ban_duration("400d").unwrap_err();
+        assert!(long.contains("1s to 366 days"), "{long}");
+        assert_eq!(parse_ban_duration("10m"), Ok(Duration::from_mins(10)));
+    }
 
     #[test]
     fn requests_parse() {

@@ -311,15 +311,15 @@ fn start_metrics(
 /// Logs that the daemon is ready and tells systemd.
 fn announce(core: &Core, control_path: &std::path::Path) {
     let ready = format!(
-        "knock ports {:?} ({}), firewall {}, {} users",
-        core.settings.knock_ports,
+        "knock ports {} ({}), firewall {}, {}",
+        crate::ports::knock_ports_text(&core.settings.knock_ports),
         core.capture.mode(),
         core.firewall_name,
-        core.users.len()
+        crate::ports::count_of(core.users.len(), "user")
     );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        knock_ports = ?core.settings.knock_ports,
+        knock_ports = %crate::ports::knock_ports_text(&core.settings.knock_ports),
         capture = %core.capture.mode(),
         firewall = core.firewall_name,
         users = core.users.len(),
@@ -580,8 +580,8 @@ impl Core {
                 duration_secs,
             } => self.ban(addr, duration_secs, reply),
             Request::Unban { addr } => {
+                // The worker logs it once the firewall has lifted it.
                 let addr = addr.to_canonical();
-                tracing::info!(target: logging::KNOCK_TARGET, %addr, "address unbanned");
                 self.ban_effect(Effect::Unban { addr, reply });
             }
         }
@@ -589,6 +589,11 @@ impl Core {
 
     fn ban(&mut self, addr: IpAddr, duration_secs: Option<u64>, reply: oneshot::Sender<Response>) {
         let addr = addr.to_canonical();
+        if let Some(why) = super::control::unbannable(addr, &local_addresses()) {
+            tracing::warn!(target: logging::KNOCK_TARGET, %addr, why, "ban refused");
+            let _ = reply.send(Response::error(format!("refusing to ban {addr}: {why}")));
+            return;
+        }
         let until = duration_secs.map(|s| SystemTime::now() + Duration::from_secs(s));
         tracing::info!(
             target: logging::KNOCK_TARGET,
@@ -879,5 +884,24 @@ fn unix(t: SystemTime) -> u64 {
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(err) = sd_notify::notify(states) {
         tracing::debug!(error = %err, "sd_notify failed");
+    }
+}
+
+/// This host's own addresses (every interface's), so a ban cannot cut the server off from
+/// itself. Empty if they cannot be listed (the ban then goes ahead: loopback is still refused).
+fn local_addresses() -> Vec<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| {
+                let a = a.address?;
+                a.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list this host's addresses");
+            Vec::new()
+        }
     }
 }

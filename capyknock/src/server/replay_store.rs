@@ -128,7 +128,7 @@ impl ReplayStore {
                 tracing::warn!(
                     path = %path.display(),
                     %reason,
-                    kept_as = ?kept_as,
+                    kept_as = %crate::log_fields::OptPath(kept_as.as_deref()),
                     "saved replay state is unusable: starting safe, knocks made before now are \
                      refused, new knocks work normally"
                 );
@@ -517,7 +517,7 @@ fn migrate_v1(dir: &Path) -> Option<ReplayState> {
         }
         Err(reason) => {
             let kept_as = keep_corrupt(&path);
-            tracing::warn!(path = %path.display(), %reason, kept_as = ?kept_as, "version 1 replay state is unusable; starting safe");
+            tracing::warn!(path = %path.display(), %reason, kept_as = %crate::log_fields::OptPath(kept_as.as_deref()), "version 1 replay state is unusable; starting safe");
             None
         }
     }

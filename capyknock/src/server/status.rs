@@ -109,9 +109,17 @@ pub struct BanStatus {
 pub fn render_human(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "capyknock {} (up {})", s.version, dur(s.uptime_secs));
-    let _ = writeln!(out, "config:      {} ({} users)", s.config, s.users);
-    let ports: Vec<String> = s.knock_ports.iter().map(u16::to_string).collect();
-    let _ = writeln!(out, "knock ports: udp/{}", ports.join(", udp/"));
+    let _ = writeln!(
+        out,
+        "config:      {} ({})",
+        s.config,
+        crate::ports::count_of(s.users, "user")
+    );
+    let _ = writeln!(
+        out,
+        "knock ports: {}",
+        crate::ports::knock_ports_text(&s.knock_ports)
+    );
     let ifaces = if !s.capture.interfaces.is_empty() {
         s.capture.interfaces.join(", ")
     } else if s.capture.mode == "udp" {

@@ -365,7 +365,10 @@ impl Worker {
 
     fn unban(&mut self, addr: IpAddr) -> Response {
         match self.firewall.unban(addr) {
-            Ok(true) => Response::message(format!("unbanned {addr}")),
+            Ok(true) => {
+                tracing::info!(target: super::logging::KNOCK_TARGET, %addr, "address unbanned");
+                Response::message(format!("unbanned {addr}"))
+            }
             Ok(false) => Response::error(format!("{addr} is not banned")),
             Err(err) => {
                 self.firewall_errors += 1;

@@ -121,7 +121,7 @@ fn nl_err(action: impl Into<String>) -> impl FnOnce(NetlinkError) -> NftError {
     let action = action.into();
     move |source| {
         let action = if source.errno() == Some(libc::EPERM) {
-            format!("{action} (permission denied: the daemon needs root or CAP_NET_ADMIN)")
+            format!("{action} (permission denied: needs root or CAP_NET_ADMIN)")
         } else {
             action
         };

@@ -70,7 +70,8 @@ pub const KIND: conf::Kind = conf::Kind {
 pub enum ConfigError {
     /// The file does not exist.
     #[error(
-        "config {} does not exist: check the path (or pass --config PATH)",
+        "config {} does not exist: check the path; `capyknock keygen` writes a first one with a \
+         user (docs/CONFIG.md)",
         path.display()
     )]
     Missing {
@@ -110,9 +111,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         path: path.to_owned(),
         problems,
     };
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| invalid(vec![conf::toml_problem(&KIND, text, &e)]))?;
-    validate::validate(path, text, raw).map_err(invalid)
+    let conf::Parsed {
+        value,
+        mut problems,
+    } = conf::parse_all::<RawConfig>(&KIND, text);
+    let Some(raw) = value else {
+        return Err(invalid(problems));
+    };
+    match validate::validate(path, text, raw) {
+        Ok(settings) if problems.is_empty() => Ok(settings),
+        Ok(_) => Err(invalid(problems)),
+        Err(more) => {
+            problems.extend(more);
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(invalid(problems))
+        }
+    }
 }
 
 /// Reads only the control socket path from a config, without the permission check or full
@@ -242,7 +256,10 @@ mod tests {
         let path = dir.path().join("server.toml");
         let err = load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Missing { .. }), "{err}");
-        assert!(err.to_string().contains("--config PATH"), "{err}");
+        assert!(
+            err.to_string().contains("does not exist: check the path"),
+            "{err}"
+        );
         crate::private_file::write_atomic(&path, b"").unwrap();
         assert!(load(&path).is_ok());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -690,10 +690,25 @@ ports = ["tcp/22", "udp/51820"]
                     totp_mode = \"sms\"\nallow_ip = \"any\"\n";
         let pr = problems(text);
         let lines: Vec<_> = pr.iter().map(|p| p.line.unwrap()).collect();
-        assert_eq!(lines, vec![2, 3, 4, 6, 7, 8, 9, 11, 12, 10], "{pr:#?}");
+        assert_eq!(lines, vec![2, 3, 4, 6, 7, 8, 9, 10, 11, 12], "{pr:#?}");
         let text = ALICE.replace("udp/51820", "udp/62201");
         let pr = problems(&text);
         assert!(pr[0].message.contains("knock port"), "{pr:?}");
+    }
+
+    #[test]
+    fn shape_and_value_problems_are_reported_together() {
+        // Issue 14: an unknown key, a bad capture word and tcp/99999 in one file: all three.
+        let text = format!(
+            "[server]\nbogus = 1\ncapture = \"nonsense\"\n{}",
+            ALICE.replace("tcp/22", "tcp/99999")
+        );
+        let pr = problems(&text);
+        let lines: Vec<_> = pr.iter().map(|p| p.line.unwrap_or(0)).collect();
+        assert_eq!(lines, vec![2, 3, 10], "{pr:#?}");
+        assert!(pr[0].message.contains("unknown field `bogus`"), "{pr:?}");
+        assert!(pr[1].message.contains("nonsense"), "{pr:?}");
+        assert!(pr[2].message.contains("99999"), "{pr:?}");
     }
 
     #[test]
