@@ -26,6 +26,8 @@ pub mod error_chain;
 pub mod firewall;
 #[cfg(feature = "server")]
 pub mod keygen;
+// Only the server logs the values it formats (and it brings humantime).
+#[cfg(feature = "server")]
 pub mod log_fields;
 pub mod ports;
 pub mod private_file;

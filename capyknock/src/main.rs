@@ -76,12 +76,13 @@ fn main() -> ExitCode {
             // `knock` (docs/CLIENT.md) and the server-side commands (docs/OPERATIONS.md) document
             // their exit statuses.
             if let Some(e) = err.downcast_ref::<capyknock::client::KnockError>() {
-                ExitCode::from(e.exit_code())
-            } else if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
-                ExitCode::from(e.exit_code())
-            } else {
-                ExitCode::FAILURE
+                return ExitCode::from(e.exit_code());
             }
+            #[cfg(feature = "server")]
+            if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
+                return ExitCode::from(e.exit_code());
+            }
+            ExitCode::FAILURE
         }
     }
 }
