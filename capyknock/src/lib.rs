@@ -13,14 +13,25 @@
 // `firewall::windows` (COM).
 #![deny(unsafe_code)]
 
+// The `client` feature is the knock side (stable Rust, libc only); `server` adds the daemon and
+// what only it needs (capture, firewall, keygen). docs/PACKAGING.md.
+#[cfg(feature = "server")]
 pub mod capture;
+#[cfg(feature = "client")]
+pub mod cli_docs;
 pub mod client;
 pub mod conf;
 pub mod error_chain;
+#[cfg(feature = "server")]
 pub mod firewall;
+#[cfg(feature = "server")]
 pub mod keygen;
+// Only the server logs the values it formats (and it brings humantime).
+#[cfg(feature = "server")]
 pub mod log_fields;
 pub mod ports;
 pub mod private_file;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+pub mod tracing_setup;

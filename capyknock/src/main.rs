@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// Single packet authorization: one encrypted UDP knock with a TOTP code opens the firewall.
 #[derive(Debug, Parser)]
@@ -16,11 +16,31 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Knock: open your ports on a server, checking before and after (ssh: --proxy).
+    Knock(capyknock::client::KnockArgs),
+    /// Print a shell completion script to stdout (bash, zsh, fish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: capyknock::cli_docs::Shell,
+    },
+    /// Write the man pages (capyknock(1) and one per subcommand) into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write the pages into (created if missing).
+        dir: std::path::PathBuf,
+    },
+    #[cfg(feature = "server")]
+    #[command(flatten)]
+    Server(ServerCommand),
+}
+
+/// The subcommands only a build with the `server` feature has.
+#[cfg(feature = "server")]
+#[derive(Debug, clap::Subcommand)]
+enum ServerCommand {
     /// Create a user: random id, key and TOTP secret in the server and client configs, and a QR
     /// code for the authenticator app.
     Keygen(capyknock::keygen::KeygenArgs),
-    /// Knock: open your ports on a server, checking before and after (ssh: --proxy).
-    Knock(capyknock::client::KnockArgs),
     /// Firewall maintenance: `capyknock firewall remove` deletes everything capyknock created.
     Firewall(capyknock::firewall::cli::FirewallArgs),
     /// Run the daemon in the foreground (logs to stderr; systemd: contrib/systemd).
@@ -47,7 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    capyknock::server::logging::init();
+    capyknock::tracing_setup::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,22 +76,42 @@ fn main() -> ExitCode {
             // `knock` (docs/CLIENT.md) and the server-side commands (docs/OPERATIONS.md) document
             // their exit statuses.
             if let Some(e) = err.downcast_ref::<capyknock::client::KnockError>() {
-                ExitCode::from(e.exit_code())
-            } else if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
-                ExitCode::from(e.exit_code())
-            } else {
-                ExitCode::FAILURE
+                return ExitCode::from(e.exit_code());
             }
+            #[cfg(feature = "server")]
+            if let Some(e) = err.downcast_ref::<capyknock::server::cli::CliError>() {
+                return ExitCode::from(e.exit_code());
+            }
+            ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen(args) => capyknock::keygen::run(&args).map(drop).map_err(Into::into),
         Command::Knock(args) => capyknock::client::knock(&args)
             .map(drop)
             .map_err(Into::into),
+        Command::Completions { shell } => {
+            capyknock::cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            for file in capyknock::cli_docs::manpages(Cli::command(), &dir)? {
+                println!("{}", dir.join(file).display());
+            }
+            Ok(())
+        }
+        #[cfg(feature = "server")]
+        Command::Server(command) => run_server(command),
+    }
+}
+
+#[cfg(feature = "server")]
+fn run_server(command: ServerCommand) -> anyhow::Result<()> {
+    use ServerCommand as Command;
+    match command {
+        Command::Keygen(args) => capyknock::keygen::run(&args).map(drop).map_err(Into::into),
         Command::Firewall(args) => capyknock::firewall::cli::run(&args).map_err(Into::into),
         Command::Server(args) => Ok(capyknock::server::cli::server(&args)?),
         Command::CheckConfig(args) => Ok(capyknock::server::cli::check_config(&args)?),

@@ -1,6 +1,7 @@
 //! contrib/systemd/capyknock.service: `systemd-analyze verify` finds nothing to complain about
 //! (with `ExecStart` pointing at the built binary), and `systemd-analyze security` rates its
-//! hardening "OK" or better. Needs `systemd-analyze` (Debian package `systemd`); no root.
+//! hardening "OK" or better. Needs `systemd-analyze` (Debian package `systemd`) and `man`
+//! (`man-db`: `verify` opens the unit's `Documentation=` page); no root.
 //! Run: `cargo test -p capyknock-tests --test daemon_systemd`.
 
 use std::{path::Path, process::Command};
@@ -19,17 +20,36 @@ fn unit_with_built_binary(tag: &str) -> (std::path::PathBuf, String) {
 }
 
 fn systemd_analyze(args: &[&str], unit: &Path) -> std::process::Output {
-    Command::new("systemd-analyze")
-        .args(args)
-        .arg(unit)
+    systemd_analyze_cmd(args, unit)
         .output()
         .unwrap_or_else(|e| panic!("systemd-analyze missing ({e}): `apt-get install systemd`"))
 }
 
+fn systemd_analyze_cmd(args: &[&str], unit: &Path) -> Command {
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(args).arg(unit);
+    cmd
+}
+
 #[test]
 fn unit_verifies_clean() {
-    let (unit, _) = unit_with_built_binary("verify");
-    let out = systemd_analyze(&["verify"], &unit);
+    let (unit, text) = unit_with_built_binary("verify");
+    // `verify` runs `man` on the unit's `Documentation=man:...` pages: give it the pages the
+    // built binary generates (as the .deb installs them), so a page the unit names but nothing
+    // generates fails here.
+    assert!(text.contains("Documentation=man:capyknock-server(1)"));
+    let man_root = unit.parent().unwrap().join("man");
+    let status = Command::new(capyknock_tests::capyknock_bin())
+        .arg("manpages")
+        .arg(man_root.join("man1"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "capyknock manpages failed");
+    let out = systemd_analyze_cmd(&["verify"], &unit)
+        .env("MANPATH", &man_root)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze missing ({e}): `apt-get install systemd`"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.trim().is_empty(),

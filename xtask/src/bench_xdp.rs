@@ -105,6 +105,8 @@ pub fn bench_xdp(opts: &Options) -> anyhow::Result<()> {
              PATH=\"$PATH\" cargo xtask bench-xdp`"
         );
     }
+    // The test tools (tcpdump, nftables, ...) come with `setup --for-tests`; a no-op when present.
+    crate::setup::setup(&crate::setup::Options::tests())?;
     capyknock_testkit::wait::install_signal_handlers()?;
     capyknock_testkit::netns::remove_stale(NS_PREFIX, "capyknock-bench-xdp-");
     let bin = binary(opts)?;

@@ -94,7 +94,7 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
 fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
     if !opts.no_build {
         story.say("setup: cargo xtask setup (installs what is missing)");
-        crate::setup::setup(&crate::setup::Options {})?;
+        crate::setup::setup(&crate::setup::Options::tests())?;
     }
     cmd::capyknock_binary(opts.release, opts.no_build, |cargo| {
         story.say(&format!("build: {cargo}"));

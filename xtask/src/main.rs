@@ -4,8 +4,10 @@
 //! One module per subcommand, each with an options struct and a function.
 
 mod bench_xdp;
+mod client_build;
 mod cmd;
 mod demo;
+mod dist;
 mod fuzz;
 mod load;
 mod run;
@@ -25,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Task {
-    /// Install what building and testing need (apt packages, toolchains, bpf-linker). Idempotent.
+    /// Install what building needs (apt packages, toolchains, bpf-linker); `--for-tests` and
+    /// `--for-dist` add what the tests and `dist` need. Idempotent; starts no service.
     Setup(setup::Options),
     /// fmt, clippy, unit and property tests, Windows check, then the privileged tests (root).
     Test(test::Options),
@@ -40,6 +43,13 @@ enum Task {
     /// What the XDP program costs (root): ns per frame class against an empty program, and
     /// pass-through TCP with and without it, alone and beside a junk flood.
     BenchXdp(bench_xdp::Options),
+    /// Release artifacts in target/dist/: server and client .debs, static Linux client tarball,
+    /// Windows zip, SHA256SUMS; `--check` lints and test-installs the .debs (root).
+    Dist(dist::Options),
+    /// The CI step proving the client builds the public way: `cargo install` of the client in a
+    /// clean copy with bpf-linker and the nightly out of PATH, its ldd, `cargo check` for the
+    /// other platforms.
+    ClientBuild,
     /// Run every fuzz target (fuzz/) for N seconds; installs cargo-fuzz if missing.
     Fuzz(fuzz::FuzzOptions),
 }
@@ -53,6 +63,8 @@ fn main() -> ExitCode {
         Task::Demo(opts) => demo::demo(&opts),
         Task::Load(opts) => load::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::Dist(opts) => dist::dist(&opts),
+        Task::ClientBuild => client_build::run().map(drop),
         Task::BenchXdp(opts) => bench_xdp::bench_xdp(&opts),
     };
     match result {

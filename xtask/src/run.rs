@@ -21,7 +21,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "the daemon needs root (XDP, nftables): run `sudo -E env PATH=\"$PATH\" cargo xtask run -- ARGS`"
         );
     }
-    setup::setup(&setup::Options {})?;
+    setup::setup(&setup::Options::default())?;
     cmd::run(&mut command(
         "cargo",
         &["build", "--release", "-p", "capyknock"],

@@ -3,9 +3,12 @@
 //! (not root, not Debian/Ubuntu), it stops with the exact commands to run.
 //!
 //! What and why (docs/TOOLCHAIN.md has the long version):
-//! - apt packages: C libraries for the nftables (libnftnl, libmnl) and pcap bindings, and the
-//!   tools the privileged tests drive (iproute2, nftables, tcpdump, util-linux, fail2ban,
-//!   systemd-analyze).
+//! - apt packages: C libraries for the nftables (libnftnl, libmnl) and pcap bindings; with
+//!   `--for-tests` also the tools the privileged tests drive (iproute2, nftables, tcpdump,
+//!   util-linux, fail2ban, systemd-analyze, ...); with `--for-dist` what `cargo xtask dist` needs
+//!   (cargo-deb, lintian, the musl and Windows targets, mingw). A production server runs plain
+//!   `setup` and gets no test tools. Nothing setup does starts a service: apt runs under a
+//!   `policy-rc.d` that forbids it.
 //! - the pinned stable toolchain (rust-toolchain.toml) with clippy and rustfmt, plus the Windows
 //!   target for `cargo check` of the Windows code;
 //! - the pinned nightly with `rust-src`, which compiles the eBPF object (`-Z build-std=core`);
@@ -26,12 +29,16 @@ pub const NIGHTLY: &str = "nightly-2026-05-20";
 pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 /// bpf-linker release we build.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages needed to build and test.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages needed to build.
+const APT_BUILD: &[&str] = &[
     "pkg-config",
     "libnftnl-dev",
     "libmnl-dev",
     "libpcap-dev",
+    "gcc",
+];
+/// Debian packages only the tests need (`setup --for-tests`).
+const APT_TESTS: &[&str] = &[
     "iproute2",
     "nftables",
     "tcpdump",
@@ -40,8 +47,9 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // fail2ban-regex checks the shipped filter against a real daemon log.
     "fail2ban",
-    // systemd-analyze verifies the shipped unit.
+    // systemd-analyze verifies the shipped unit; it runs `man` on the unit's Documentation=.
     "systemd",
+    "man-db",
     // The exec firewall backend's shipped ipset example is tested end to end.
     "ipset",
     "iptables",
@@ -50,18 +58,66 @@ const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
     // curl scrapes the metrics endpoint in tests/tests/metrics.rs (TCP and Unix socket).
     "curl",
-    // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock.
+    // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock (also in
+    // APT_BUILD; the list is deduplicated).
     "gcc",
 ];
+/// Debian packages `cargo xtask dist` and `dist --check` need (`setup --for-dist`).
+const APT_DIST: &[&str] = &[
+    // lintian checks the .debs; dpkg-dev gives cargo-deb dpkg-shlibdeps.
+    "lintian",
+    "dpkg-dev",
+    // The Windows client zip is linked with mingw.
+    "gcc-mingw-w64-x86-64",
+    // `dist --check` reads the installed man page and verifies the installed unit.
+    "man-db",
+    "systemd",
+    // The Windows client zip (not in a minimal Debian).
+    "zip",
+];
+/// Target of the static Linux client.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// cargo-deb release `setup --for-dist` installs.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
-#[derive(Debug, clap::Args)]
-pub struct Options {}
+#[derive(Debug, Default, clap::Args)]
+pub struct Options {
+    /// Also install the tools the tests drive (the `test`, `demo`, `load` and `bench-xdp` tasks
+    /// ask for this).
+    #[arg(long)]
+    pub for_tests: bool,
+    /// Also install what `cargo xtask dist` needs: cargo-deb, lintian, the musl target, mingw.
+    #[arg(long)]
+    pub for_dist: bool,
+}
 
-pub fn setup(_opts: &Options) -> anyhow::Result<()> {
+impl Options {
+    /// What the tests need.
+    pub fn tests() -> Self {
+        Self {
+            for_tests: true,
+            for_dist: false,
+        }
+    }
+}
+
+pub fn setup(opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    apt_packages()?;
-    toolchains()?;
+    let mut packages = APT_BUILD.to_vec();
+    if opts.for_tests {
+        packages.extend_from_slice(APT_TESTS);
+    }
+    if opts.for_dist {
+        packages.extend_from_slice(APT_DIST);
+    }
+    packages.sort_unstable();
+    packages.dedup();
+    apt_packages(&packages)?;
+    toolchains(opts.for_dist)?;
     bpf_linker()?;
+    if opts.for_dist {
+        cargo_deb()?;
+    }
     println!(
         "setup: all prerequisites present ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -69,8 +125,8 @@ pub fn setup(_opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| !dpkg_installed(pkg))
@@ -95,7 +151,61 @@ fn apt_packages() -> anyhow::Result<()> {
     cmd.args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
+    let _guard = NoServiceStarts::new()?;
     cmd::run(&mut cmd)
+}
+
+/// While alive, `/usr/sbin/policy-rc.d` exits 101, so packages apt installs (fail2ban, ...) do
+/// not start their services. Only written if no policy exists; removed on drop.
+struct NoServiceStarts {
+    path: Option<PathBuf>,
+}
+
+impl NoServiceStarts {
+    const PATH: &str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = PathBuf::from(Self::PATH);
+        if path.exists() {
+            return Ok(Self { path: None });
+        }
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# written by cargo xtask setup: start no service\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        Ok(Self { path: Some(path) })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// cargo-deb, pinned, for `cargo xtask dist`.
+fn cargo_deb() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    cmd::run(&mut command(
+        "cargo",
+        &[
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+        ],
+    ))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -103,7 +213,7 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|s| s.ends_with("install ok installed"))
 }
 
-fn toolchains() -> anyhow::Result<()> {
+fn toolchains(for_dist: bool) -> anyhow::Result<()> {
     let rustup = |args: &[&str]| -> anyhow::Result<()> {
         if output(Command::new("rustup").arg("--version")).is_none() {
             bail!(
@@ -177,9 +287,18 @@ fn toolchains() -> anyhow::Result<()> {
         STABLE,
     ]))
     .unwrap_or_default();
-    if !targets.lines().any(|l| l.trim() == WINDOWS_TARGET) {
-        println!("setup: adding target {WINDOWS_TARGET} to {STABLE}");
-        rustup(&["target", "add", WINDOWS_TARGET, "--toolchain", STABLE])?;
+    let mut wanted = vec![WINDOWS_TARGET];
+    wanted.extend_from_slice(crate::client_build::CHECK_TARGETS);
+    if for_dist {
+        wanted.push(MUSL_TARGET);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    for target in wanted {
+        if !targets.lines().any(|l| l.trim() == target) {
+            println!("setup: adding target {target} to {STABLE}");
+            rustup(&["target", "add", target, "--toolchain", STABLE])?;
+        }
     }
     Ok(())
 }

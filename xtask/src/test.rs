@@ -1,7 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
 //!
 //! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
-//! targets; unit and property tests; `cargo check` for Windows; the privileged end-to-end tests
+//! targets; unit and property tests; `cargo check` for Windows; the client built the public way
+//! in a clean environment and checked for other targets (`client_build`); the release packages
+//! built and checked (`cargo xtask dist --check`, root); the privileged end-to-end tests
 //! (root only, one at a time); a short fuzzing pass (`cargo xtask fuzz`, 20 s per target); last,
 //! `cargo xtask load --quick` and `cargo xtask bench-xdp --quick` on the debug build (about a
 //! minute and 20 s; smoke tests of the benchmarks, which report their figures without judging
@@ -79,7 +81,12 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
     };
 
     let result = (|| -> anyhow::Result<()> {
-        step("setup", &mut |_| setup::setup(&setup::Options {}))?;
+        step("setup", &mut |_| {
+            setup::setup(&setup::Options {
+                for_tests: true,
+                for_dist: true,
+            })
+        })?;
         step("fmt", &mut |_| {
             cmd::run(&mut command("cargo", &["fmt", "--all", "--", "--check"]))
         })?;
@@ -105,21 +112,16 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
                 ],
             )
         })?;
-        step("windows check", &mut |_| {
-            cmd::run(&mut command(
-                "cargo",
-                &[
-                    "check",
-                    "-p",
-                    "capyknock",
-                    "--target",
-                    setup::WINDOWS_TARGET,
-                ],
-            ))
+        step("windows check", &mut |_| windows_check())?;
+        step("client build (clean env, other targets)", &mut |_| {
+            crate::client_build::run().map(drop)
         })?;
         if opts.unprivileged_only {
             bail!("privileged tests skipped (--unprivileged-only): this run is incomplete");
         }
+        step("dist --check", &mut |_| {
+            crate::dist::dist(&crate::dist::Options { check: true })
+        })?;
         step("privileged tests", &mut |t| {
             cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
             cargo_test(
@@ -167,4 +169,18 @@ fn cargo_test(tally: &mut Tally, args: &[&str]) -> anyhow::Result<()> {
         bail!("{} failed", cmd::describe(&cmd));
     }
     Ok(())
+}
+
+/// `cargo check` of the full crate for Windows (the client alone is checked by `client_build`).
+fn windows_check() -> anyhow::Result<()> {
+    cmd::run(&mut command(
+        "cargo",
+        &[
+            "check",
+            "-p",
+            "capyknock",
+            "--target",
+            setup::WINDOWS_TARGET,
+        ],
+    ))
 }

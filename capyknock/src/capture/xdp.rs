@@ -35,6 +35,11 @@ pub const MIN_KERNEL: (u32, u32) = (5, 18);
 /// Why the XDP program could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
+    /// This binary was built without the `ebpf` feature: its XDP object is an empty placeholder.
+    #[error(
+        "this capyknock was built without the XDP program (cargo feature `ebpf`); use capture = \"pcap\" or \"udp\", or rebuild with the default features"
+    )]
+    NotBuilt,
     /// Not allowed to create BPF maps or load programs.
     #[error(
         "no permission to load BPF programs: run as root, or grant CAP_BPF, CAP_NET_ADMIN and \
@@ -184,6 +189,9 @@ impl XdpFilter {
     }
 
     fn load_program(program: &'static str, knock_ports: &[u16]) -> Result<Self, XdpError> {
+        if OBJECT.is_empty() {
+            return Err(XdpError::NotBuilt);
+        }
         check_kernel()?;
         // No kernel BTF: the program has no CO-RE relocations (it reads packet bytes, never a
         // kernel struct), and parsing /sys/kernel/btf/vmlinux (several MiB) is what made the

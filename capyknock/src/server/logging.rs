@@ -33,21 +33,10 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 const MINUTE: Duration = Duration::from_mins(1);
 
-/// Sets up tracing for the process: to stderr, level from `RUST_LOG` (default `info`), colours
-/// only on a terminal, and no timestamp under systemd (journald adds its own).
+/// Sets up tracing for the process (kept here for callers of the daemon's API; the code lives in
+/// [`crate::tracing_setup`], shared with the client).
 pub fn init() {
-    use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    crate::tracing_setup::init();
 }
 
 /// Writes the line for an accepted knock.

@@ -156,6 +156,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              `sudo -E env PATH=\"$PATH\" cargo xtask load`"
         );
     }
+    // The test tools (tcpdump, nftables, ...) come with `setup --for-tests`; a no-op when present.
+    crate::setup::setup(&crate::setup::Options::tests())?;
     install_signal_handlers()?;
     netns::remove_stale(NS_PREFIX, TEMP_PREFIX);
     raise_fd_limit();
