@@ -421,7 +421,11 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
     let _ = lock.write_all(out.as_bytes());
     if c.mode == TotpMode::Prompt {
         if !args.no_qr {
-            let text = qr::terminal(&c.otpauth_uri, stdout.is_terminal())?;
+            let ansi = crate::tracing_setup::colours_on(
+                stdout.is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
+            let text = qr::terminal(&c.otpauth_uri, ansi)?;
             let _ = lock.write_all(text.as_bytes());
         }
         let _ = writeln!(lock, "{}", c.otpauth_uri);
