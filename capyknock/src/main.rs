@@ -41,6 +41,11 @@ enum Command {
     XdpSelfTest,
     /// What the XDP program costs per frame class, as JSON (diagnostic for `cargo xtask
     /// bench-xdp`; needs root).
+    /// The privileged firewall helper the daemon starts itself (privilege separation; not for
+    /// direct use: it talks to the daemon over its standard input).
+    #[cfg(target_os = "linux")]
+    #[command(hide = true, name = "firewall-helper")]
+    FirewallHelper,
     #[cfg(target_os = "linux")]
     #[command(hide = true)]
     XdpBench(capyknock::capture::xdp_bench::BenchArgs),
@@ -73,6 +78,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unban(args) => Ok(capyknock::server::cli::unban(&args)?),
         Command::Status(args) => Ok(capyknock::server::cli::status(&args)?),
         Command::Reload(args) => Ok(capyknock::server::cli::reload(&args)?),
+        #[cfg(target_os = "linux")]
+        Command::FirewallHelper => Ok(capyknock::server::privsep::helper::run()?),
         #[cfg(target_os = "linux")]
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;

@@ -184,6 +184,8 @@ fn read_loop(
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+        // Started before the daemon dropped its privileges: drop this thread's too.
+        crate::server::privsep::sandbox::catch_up();
         match cap.next_packet() {
             Ok(packet) => {
                 let mut p = prefilter.lock();

@@ -35,11 +35,11 @@ use super::{
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
-    reload,
+    privsep, reload,
     replay_store::ReplayStore,
     state::{StateDir, StateError},
     status::{CaptureStatus, FirewallStatus, Status, VerifierStatus},
-    worker::{Effect, Reopen, Worker},
+    worker::{Effect, OpenWith, Reopen, Worker},
 };
 use crate::{
     capture::{
@@ -116,6 +116,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The daemon could not drop its privileges (`privsep = false` runs without).
+    #[error("privilege separation")]
+    Privsep(#[source] privsep::sandbox::SandboxError),
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
@@ -179,6 +182,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     // Bind the socket first: a second daemon must stop before touching capture or firewall.
     let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
+    // The firewall helper starts now, before capture and the state directory are opened, so
+    // it inherits none of them; it touches the firewall only once told how, below.
+    let helper = privsep::wanted(settings.privsep)
+        .then(privsep::Helper::spawn)
+        .transpose()?;
 
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
@@ -207,15 +215,18 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .iter()
         .for_each(|w| tracing::warn!("{w}"));
     // The firewall owns the bans: it reads the saved ones back and applies them.
-    let fw = Firewall::open(
-        &settings.firewall,
-        &protected,
-        &knock_drop,
-        &settings.state_dir,
-    )?;
+    let fw = open_firewall(helper.as_ref(), &settings, &protected, &knock_drop)?;
     let firewall_name = fw.name();
     set_users(&mut capture, &users)?;
     capture.set_time_step(step_of(unix(now)))?;
+
+    // Everything privileged is done: XDP is loaded and attached, the ring buffer, the sockets
+    // and the state directory are open, the helper holds the firewall. From here on this
+    // process parses packets and control requests, so it keeps no capability and runs under
+    // its seccomp filter (threads started below inherit both).
+    if let Some(helper) = &helper {
+        enter_sandbox(helper)?;
+    }
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
@@ -224,6 +235,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
             config: settings.firewall.clone(),
             knock_drop,
             state_dir: settings.state_dir.clone(),
+            helper: helper.map(|h| OpenWith::new(move |ports| h.reopen(ports))),
         });
     let bans = worker.subscribe_bans();
     let worker = std::thread::Builder::new()
@@ -273,6 +285,41 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         reload_rx,
         worker,
     })
+}
+
+/// Drops every capability and enters the seccomp filter (privilege separation).
+fn enter_sandbox(helper: &privsep::Helper) -> Result<(), DaemonError> {
+    privsep::sandbox::enter_network().map_err(DaemonError::Privsep)?;
+    tracing::info!(
+        helper_pid = helper.pid(),
+        "privileges dropped: no capabilities, seccomp filter on; the firewall helper keeps CAP_NET_ADMIN"
+    );
+    Ok(())
+}
+
+/// Opens the firewall: through the privileged helper when there is one, here otherwise.
+fn open_firewall(
+    helper: Option<&privsep::Helper>,
+    settings: &Settings,
+    protected: &[crate::ports::PortSpec],
+    knock_drop: &[u16],
+) -> Result<Firewall, firewall::Error> {
+    match helper {
+        Some(helper) => {
+            settings.firewall.validate()?;
+            Firewall::with_backend(
+                helper.open(&settings.firewall, protected, knock_drop)?,
+                Some(&settings.state_dir),
+                settings.firewall.keep_established,
+            )
+        }
+        None => Firewall::open(
+            &settings.firewall,
+            protected,
+            knock_drop,
+            &settings.state_dir,
+        ),
+    }
 }
 
 /// Logs that the daemon is ready and tells systemd.

@@ -4,7 +4,8 @@
 //! [`config`] reads and validates the file; [`daemon`] runs the core task (capture -> verify ->
 //! worker) with signals and reload ([`reload`]); [`worker`] owns the firewall and the state
 //! directory ([`state`]); [`control`] is the control socket and its client; [`logging`] writes
-//! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`cli`] holds
+//! the knock lines fail2ban reads; [`privsep`] splits the daemon into an unprivileged,
+//! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`status`] is what `capyknock status` shows; [`cli`] holds
 //! the server-side subcommands.
 
 pub mod cli;
@@ -15,6 +16,8 @@ pub mod daemon;
 #[cfg(unix)]
 pub mod knock_sink;
 pub mod logging;
+#[cfg(target_os = "linux")]
+pub mod privsep;
 pub mod reload;
 pub mod replay_store;
 pub mod state;
