@@ -39,13 +39,13 @@ enum Command {
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
     XdpSelfTest,
-    /// What the XDP program costs per frame class, as JSON (diagnostic for `cargo xtask
-    /// bench-xdp`; needs root).
     /// The privileged firewall helper the daemon starts itself (privilege separation; not for
     /// direct use: it talks to the daemon over its standard input).
     #[cfg(target_os = "linux")]
     #[command(hide = true, name = "firewall-helper")]
     FirewallHelper,
+    /// What the XDP program costs per frame class, as JSON (diagnostic for `cargo xtask
+    /// bench-xdp`; needs root).
     #[cfg(target_os = "linux")]
     #[command(hide = true)]
     XdpBench(capyknock::capture::xdp_bench::BenchArgs),

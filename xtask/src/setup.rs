@@ -48,6 +48,8 @@ const APT_PACKAGES: &[&str] = &[
     // mkfs.ext4/e2fsck: the replay-guarantee test runs the state directory on a small ext4
     // image and makes it fail (read-only) under the daemon.
     "e2fsprogs",
+    // curl scrapes the metrics endpoint in tests/tests/metrics.rs (TCP and Unix socket).
+    "curl",
     // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock.
     "gcc",
 ];

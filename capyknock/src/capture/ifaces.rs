@@ -4,6 +4,8 @@
 //! Everything here asks the kernel through the calling thread's network namespace (netlink via
 //! `getifaddrs`, `if_nametoindex`), never `/sys`, which shows the namespace it was mounted in.
 
+use super::link_watch::IfaceSelector;
+
 /// Why an interface cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
@@ -11,7 +13,7 @@ pub enum IfaceError {
     #[error("invalid interface name {0:?} (1-15 characters, no '/', no NUL)")]
     BadName(String),
     /// No interface of that name in this network namespace.
-    #[error("interface {0:?} does not exist")]
+    #[error("interface {0:?} does not exist (`ip link` lists the interfaces)")]
     Missing(String),
     /// No interface to default to.
     #[error("no network interface is up (besides loopback); name one with --iface")]
@@ -35,25 +37,38 @@ pub fn index(name: &str) -> Result<u32, IfaceError> {
     nix::net::if_::if_nametoindex(name).map_err(|_| IfaceError::Missing(name.to_owned()))
 }
 
-/// `configured` if not empty (each checked to exist), else every interface that is up and not
-/// loopback, sorted by name.
+/// The interfaces `configured` selects now (see [`IfaceSelector`]): each exact name (which must
+/// exist), then every interface that is up, not loopback and matches a `prefix*` pattern; with
+/// nothing configured, every interface that is up except loopback, sorted by name.
 pub fn resolve(configured: &[String]) -> Result<Vec<(String, u32)>, IfaceError> {
-    if !configured.is_empty() {
-        return configured
-            .iter()
-            .map(|name| index(name).map(|i| (name.clone(), i)))
-            .collect();
-    }
+    let selector = IfaceSelector::new(configured);
     let mut out = Vec::new();
-    for name in up_non_loopback()? {
-        if let Ok(i) = index(&name) {
-            out.push((name, i));
+    for name in selector.names() {
+        out.push((name.clone(), index(name)?));
+    }
+    if selector.names().len() < configured.len() || selector.is_all() {
+        for name in up_non_loopback()? {
+            if selector.matches(&name, false)
+                && !out.iter().any(|(n, _)| *n == name)
+                && let Ok(i) = index(&name)
+            {
+                out.push((name, i));
+            }
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && selector.is_all() {
         return Err(IfaceError::NoneUp);
     }
     Ok(out)
+}
+
+/// Checks that every interface `configured` names exactly (not the `prefix*` patterns) exists:
+/// a named interface that does not exist is an error, whatever the capture mode.
+pub fn check_named(configured: &[String]) -> Result<(), IfaceError> {
+    for name in IfaceSelector::new(configured).names() {
+        index(name)?;
+    }
+    Ok(())
 }
 
 /// Names of the interfaces that are up and not loopback.
@@ -94,6 +109,14 @@ mod tests {
         assert!(matches!(err, IfaceError::Missing(_)));
         assert!(err.to_string().contains("ck-no-such0"));
         assert!(resolve(&["ck-no-such0".to_owned()]).is_err());
+        assert!(check_named(&["ck-no-such0".to_owned()]).is_err());
+        assert!(check_named(&["lo".to_owned(), "ck-no-such*".to_owned()]).is_ok());
+        // A pattern that matches nothing yet is not an error: interfaces may come later.
+        assert!(resolve(&["ck-no-such*".to_owned()]).unwrap().is_empty());
+        assert_eq!(
+            resolve(&["lo".to_owned()]).unwrap(),
+            [("lo".to_owned(), index("lo").unwrap())]
+        );
     }
 
     #[test]

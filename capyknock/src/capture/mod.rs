@@ -12,12 +12,19 @@
 //!
 //! All three run the very same pre-filter function (`capyknock_common::prefilter`) and count the
 //! same verdicts ([`PrefilterCounters`]). `auto` tries xdp, then pcap, then udp, and logs which it
-//! chose and why.
+//! chose and why. An interface the config names that does not exist is an error in every mode
+//! (`auto` does not fall through to udp for it).
+//!
+//! In xdp and pcap modes, [`Capture::next`] also follows the interfaces ([`link_watch`]): one
+//! that appears later and matches the config's `interfaces` (every one when empty, names,
+//! `prefix*` patterns) is attached to, and one that is removed is forgotten.
 
 pub mod userspace;
 
 #[cfg(target_os = "linux")]
 pub mod ifaces;
+#[cfg(target_os = "linux")]
+pub mod link_watch;
 #[cfg(target_os = "linux")]
 pub mod pcap;
 pub mod udp;
@@ -318,12 +325,30 @@ pub enum CaptureError {
     /// The capture threads or tasks ended.
     #[error("capture stopped")]
     Closed,
+    /// A named interface is unusable.
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Iface(#[from] ifaces::IfaceError),
+}
+
+/// One interface capture runs on, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// Interface name (as when attached).
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// The XDP attach mode in use (xdp capture only).
+    pub xdp_mode: Option<XdpAttachMode>,
 }
 
 /// Knock candidates from whichever mode runs. Dropping it stops capturing (and detaches XDP).
 #[derive(Debug)]
 pub struct Capture {
     backend: Backend,
+    /// Interfaces coming and going (xdp and pcap modes); `None` when not followed.
+    #[cfg(target_os = "linux")]
+    follow: Option<(link_watch::LinkWatch, link_watch::IfaceSelector)>,
 }
 
 #[derive(Debug)]
@@ -342,19 +367,89 @@ impl Capture {
         if config.knock_ports.is_empty() || config.knock_ports.contains(&0) {
             return Err(CaptureError::NoKnockPorts);
         }
+        // Before any mode: `auto` must not fall through to a UDP socket on every interface
+        // because of a typo in an interface name.
+        #[cfg(target_os = "linux")]
+        ifaces::check_named(&config.ifaces)?;
         let backend = match config.mode {
             CaptureMode::Xdp => open_xdp(config)?,
             CaptureMode::Pcap => open_pcap(config)?,
             CaptureMode::Udp => open_udp(config)?,
             CaptureMode::Auto => open_auto(config)?,
         };
-        let capture = Self { backend };
+        #[cfg(target_os = "linux")]
+        let follow = if matches!(backend, Backend::Udp(_)) {
+            None
+        } else {
+            match link_watch::LinkWatch::start() {
+                Ok(watch) => Some((watch, link_watch::IfaceSelector::new(&config.ifaces))),
+                Err(err) => {
+                    tracing::warn!(
+                        error = %ErrorChain(&err),
+                        "interfaces that appear later will not be captured on"
+                    );
+                    None
+                }
+            }
+        };
+        let capture = Self {
+            backend,
+            #[cfg(target_os = "linux")]
+            follow,
+        };
         tracing::info!(
             mode = %capture.mode(),
             knock_ports = ?config.knock_ports,
+            interfaces = %capture
+                .interfaces()
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             "capture started"
         );
         Ok(capture)
+    }
+
+    /// The interfaces capture runs on now (none for udp, whose sockets take every interface).
+    #[must_use]
+    pub fn interfaces(&self) -> Vec<Attached> {
+        match &self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Xdp(x) => {
+                let modes: Vec<_> = x.filter().attachments().map(|(_, m)| m).collect();
+                x.filter()
+                    .attached()
+                    .into_iter()
+                    .zip(modes)
+                    .map(|((index, name), mode)| Attached {
+                        name,
+                        index,
+                        xdp_mode: Some(mode),
+                    })
+                    .collect()
+            }
+            #[cfg(target_os = "linux")]
+            Backend::Pcap(p) => p
+                .attached()
+                .into_iter()
+                .map(|(index, name)| Attached {
+                    name,
+                    index,
+                    xdp_mode: None,
+                })
+                .collect(),
+            Backend::Udp(_) => Vec::new(),
+        }
+    }
+
+    /// Whether capture follows interfaces that appear later (xdp and pcap modes).
+    #[must_use]
+    pub fn follows_interfaces(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.follow.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// The mode that runs.
@@ -369,14 +464,77 @@ impl Capture {
         }
     }
 
-    /// The next candidate. Cancel-safe: usable in `tokio::select!`.
+    /// The next candidate. Cancel-safe: usable in `tokio::select!`. Meanwhile attaches to
+    /// interfaces that appear (xdp and pcap modes).
     pub async fn next(&mut self) -> Result<Candidate, CaptureError> {
-        match &mut self.backend {
-            #[cfg(target_os = "linux")]
-            Backend::Xdp(x) => x.next().await.map_err(CaptureError::Xdp),
-            #[cfg(target_os = "linux")]
-            Backend::Pcap(p) => p.next().await.ok_or(CaptureError::Closed),
-            Backend::Udp(u) => u.next().await.ok_or(CaptureError::Closed),
+        #[cfg(target_os = "linux")]
+        while let Some((watch, _)) = &mut self.follow {
+            // `biased`: interface changes first, so a new interface is attached to before the
+            // next knock is looked at.
+            let event = tokio::select! {
+                biased;
+                event = watch.next() => event,
+                candidate = next_of(&mut self.backend) => return candidate,
+            };
+            if let Some(event) = event {
+                self.on_link(&event);
+            } else {
+                tracing::warn!("interface changes are no longer followed");
+                self.follow = None;
+            }
+        }
+        next_of(&mut self.backend).await
+    }
+
+    /// Attaches to or forgets the interface of one link event.
+    #[cfg(target_os = "linux")]
+    fn on_link(&mut self, event: &link_watch::LinkEvent) {
+        use link_watch::Action;
+        let Some((_, selector)) = &self.follow else {
+            return;
+        };
+        let attached = match &self.backend {
+            Backend::Xdp(x) => x.filter().attached(),
+            Backend::Pcap(p) => p.attached(),
+            Backend::Udp(_) => return,
+        };
+        match link_watch::decide(selector, &attached, event) {
+            Action::Nothing => {}
+            Action::Attach { index, name } => {
+                let result = match &mut self.backend {
+                    Backend::Xdp(x) => x
+                        .attach_new(&name, index)
+                        .map(XdpAttachMode::as_str)
+                        .map_err(|e| ErrorChain(&e).to_string()),
+                    Backend::Pcap(p) => p
+                        .attach_new(&name, index)
+                        .map(|()| "pcap")
+                        .map_err(|e| ErrorChain(&e).to_string()),
+                    Backend::Udp(_) => return,
+                };
+                match result {
+                    Ok(how) => tracing::info!(
+                        iface = %name,
+                        ifindex = index,
+                        mode = how,
+                        "new interface: capture attached"
+                    ),
+                    Err(error) => tracing::error!(
+                        iface = %name,
+                        ifindex = index,
+                        error = %error,
+                        "new interface: cannot capture on it; knocks through it are not seen"
+                    ),
+                }
+            }
+            Action::Forget { index, name } => {
+                match &mut self.backend {
+                    Backend::Xdp(x) => x.filter_mut().forget(index),
+                    Backend::Pcap(p) => p.forget(index),
+                    Backend::Udp(_) => return,
+                }
+                tracing::info!(iface = %name, ifindex = index, "interface removed: capture detached");
+            }
         }
     }
 
@@ -432,6 +590,17 @@ impl Capture {
     pub fn shutdown(self) {
         tracing::info!(mode = %self.mode(), "capture stopped");
         drop(self);
+    }
+}
+
+/// The next candidate of whichever backend runs. Cancel-safe.
+async fn next_of(backend: &mut Backend) -> Result<Candidate, CaptureError> {
+    match backend {
+        #[cfg(target_os = "linux")]
+        Backend::Xdp(x) => x.next().await.map_err(CaptureError::Xdp),
+        #[cfg(target_os = "linux")]
+        Backend::Pcap(p) => p.next().await.ok_or(CaptureError::Closed),
+        Backend::Udp(u) => u.next().await.ok_or(CaptureError::Closed),
     }
 }
 

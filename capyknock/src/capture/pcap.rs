@@ -3,15 +3,28 @@
 //!
 //! One blocking thread per interface reads frames that match `udp dst port N` (also behind a VLAN
 //! tag), runs the userspace pre-filter on each and feeds candidates to a bounded tokio channel.
+//! The handle is non-blocking: the thread waits in `poll(2)` until libpcap's ring holds frames,
+//! then takes up to [`BATCH`] of them with the pre-filter locked once.
 //! libpcap only copies packets: the network stack still receives them, so the firewall backend
 //! must drop the knock port, or the kernel answers with ICMP "port unreachable".
+//!
+//! Interfaces that appear later get a handle and a thread of their own
+//! ([`PcapCapture::attach_new`], driven by `super::link_watch`); a removed interface's thread
+//! ends on the read error (or its stop flag).
 
 use std::{
+    collections::BTreeMap,
+    os::fd::AsFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+};
+
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
 };
 
 use pcap::{Active, Capture as PcapHandle, Direction, Linktype};
@@ -28,7 +41,13 @@ pub const QUEUE_LEN: usize = 1024;
 /// Bytes captured per frame: more than any header chain the parser follows plus a knock.
 const SNAPLEN: i32 = 8192;
 /// How long a read waits before the thread checks whether it should stop.
-const READ_TIMEOUT_MS: i32 = 100;
+const READ_TIMEOUT_MS: u16 = 100;
+/// Frames judged per wake-up with the pre-filter locked once.
+const BATCH: usize = 256;
+/// The kernel ring libpcap maps, in bytes (libpcap's default is 2 MiB). Each slot holds a whole
+/// frame up to the MTU, so this is about 4,000 frames: a few milliseconds of a flood at the
+/// rates a 2-core machine reaches, so a burst of junk does not crowd out a legit knock.
+const BUFFER_BYTES: i32 = 8 << 20;
 
 /// Why libpcap could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +90,15 @@ pub enum PcapError {
 #[derive(Debug)]
 pub struct PcapCapture {
     rx: mpsc::Receiver<Candidate>,
+    /// Kept for the threads of interfaces that appear later; so `next` waits for them rather
+    /// than ending when the last interface is removed.
+    tx: mpsc::Sender<Candidate>,
     prefilter: SharedPrefilter,
+    /// The BPF filter expression every handle gets.
+    filter: String,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// The capture thread of each interface, by index: its name, its own stop flag, the thread.
+    threads: BTreeMap<u32, (String, Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 /// The BPF filter expression for `ports`: UDP to any of them, plain or behind one VLAN tag.
@@ -101,31 +126,71 @@ impl PcapCapture {
             config.prefilter_config(),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (handle, iface, index) in handles {
-            let (shared, tx, stopped) = (prefilter.clone(), tx.clone(), Arc::clone(&stop));
-            tracing::info!(iface = %iface, ifindex = index, filter = %filter, "pcap capture on");
-            let thread = std::thread::Builder::new()
-                .name(format!("pcap-{iface}"))
-                .spawn(move || read_loop(handle, &iface, index, &shared, &tx, &stopped));
-            match thread {
-                Ok(t) => threads.push(t),
-                Err(err) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(PcapError::Thread(err));
-                }
-            }
-        }
-        Ok(Self {
+        let mut capture = Self {
             rx,
+            tx,
             prefilter,
-            stop,
-            threads,
-        })
+            filter,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: BTreeMap::new(),
+        };
+        for (handle, iface, index) in handles {
+            // An error drops `capture`, which stops the threads started so far.
+            capture.spawn(handle, iface, index)?;
+        }
+        Ok(capture)
     }
 
-    /// The next candidate; `None` once every capture thread ended.
+    /// Starts capturing on an interface that appeared after start. Already capturing on it (and
+    /// its thread still running): nothing to do.
+    pub fn attach_new(&mut self, iface: &str, index: u32) -> Result<(), PcapError> {
+        if self
+            .threads
+            .get(&index)
+            .is_some_and(|(_, _, t)| !t.is_finished())
+        {
+            return Ok(());
+        }
+        let handle = open_one(iface, &self.filter)?;
+        self.spawn(handle, iface.to_owned(), index)
+    }
+
+    /// Stops capturing on interface `index`, which is gone.
+    pub fn forget(&mut self, index: u32) {
+        if let Some((_, stop, _)) = self.threads.remove(&index) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The indexes and names of the interfaces captured on.
+    #[must_use]
+    pub fn attached(&self) -> BTreeMap<u32, String> {
+        self.threads
+            .iter()
+            .map(|(index, (name, _, _))| (*index, name.clone()))
+            .collect()
+    }
+
+    fn spawn(
+        &mut self,
+        handle: PcapHandle<Active>,
+        iface: String,
+        index: u32,
+    ) -> Result<(), PcapError> {
+        let own_stop = Arc::new(AtomicBool::new(false));
+        let (shared, tx) = (self.prefilter.clone(), self.tx.clone());
+        let stops = [Arc::clone(&self.stop), Arc::clone(&own_stop)];
+        tracing::info!(iface = %iface, ifindex = index, filter = %self.filter, "pcap capture on");
+        let name = iface.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pcap-{iface}"))
+            .spawn(move || read_loop(handle, &iface, index, &shared, &tx, &stops))
+            .map_err(PcapError::Thread)?;
+        self.threads.insert(index, (name, own_stop, thread));
+        Ok(())
+    }
+
+    /// The next candidate; `None` once capture stopped.
     pub async fn next(&mut self) -> Option<Candidate> {
         self.rx.recv().await
     }
@@ -155,7 +220,8 @@ fn open_one(iface: &str, filter: &str) -> Result<PcapHandle<Active>, PcapError> 
         .promisc(false)
         .immediate_mode(true)
         .snaplen(SNAPLEN)
-        .timeout(READ_TIMEOUT_MS)
+        .buffer_size(BUFFER_BYTES)
+        .timeout(i32::from(READ_TIMEOUT_MS))
         .open()
         .map_err(open_err)?;
     let linktype = cap.get_datalink();
@@ -172,7 +238,7 @@ fn open_one(iface: &str, filter: &str) -> Result<PcapHandle<Active>, PcapError> 
             filter: filter.to_owned(),
             source,
         })?;
-    Ok(cap)
+    cap.setnonblock().map_err(open_err)
 }
 
 fn read_loop(
@@ -181,25 +247,41 @@ fn read_loop(
     ifindex: u32,
     prefilter: &SharedPrefilter,
     tx: &mpsc::Sender<Candidate>,
-    stop: &AtomicBool,
+    stops: &[Arc<AtomicBool>; 2],
 ) {
-    while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+    while !stops.iter().any(|s| s.load(Ordering::Relaxed)) && !tx.is_closed() {
         // Started before the daemon dropped its privileges: drop this thread's too.
         crate::server::privsep::sandbox::catch_up();
-        match cap.next_packet() {
-            Ok(packet) => {
-                let mut p = prefilter.lock();
-                let now = p.now_ns();
-                p.check_frame(packet.data, Some(ifindex), now, &mut |c| {
-                    tx.try_send(c).is_ok()
-                });
-            }
-            Err(pcap::Error::TimeoutExpired) => {}
-            Err(err) => {
-                tracing::error!(iface, error = %err, "pcap capture failed, thread stops");
-                return;
+        if let Err(err) = wait_readable(&cap) {
+            tracing::error!(iface, error = %err, "pcap capture cannot wait for frames, thread stops");
+            return;
+        }
+        let mut p = prefilter.lock();
+        let now = p.now_ns();
+        for _ in 0..BATCH {
+            match cap.next_packet() {
+                Ok(packet) => {
+                    p.check_frame(packet.data, Some(ifindex), now, &mut |c| {
+                        tx.try_send(c).is_ok()
+                    });
+                }
+                // Non-blocking: the ring is empty.
+                Err(pcap::Error::TimeoutExpired) => break,
+                Err(err) => {
+                    tracing::error!(iface, error = %err, "pcap capture failed, thread stops");
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Waits until libpcap's descriptor is readable or [`READ_TIMEOUT_MS`] passed.
+fn wait_readable(cap: &PcapHandle<Active>) -> Result<(), Errno> {
+    let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(READ_TIMEOUT_MS)) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(err) => Err(err),
     }
 }
 

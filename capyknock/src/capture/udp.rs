@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
+use capyknock_common::wire::KNOCK_LEN;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 
@@ -109,8 +109,24 @@ fn bind(port: u16) -> io::Result<UdpSocket> {
             s
         }
     };
+    set_receive_buffer(&socket);
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
+}
+
+/// Asks for [`RECEIVE_BUFFER`]; a smaller buffer only costs knocks under a flood, so a refusal
+/// is logged, not fatal.
+fn set_receive_buffer(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+        if setsockopt(socket, RcvBufForce, &RECEIVE_BUFFER).is_ok() {
+            return;
+        }
+    }
+    if let Err(err) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::debug!(error = %err, "cannot enlarge the udp receive buffer");
+    }
 }
 
 fn dual_stack(port: u16) -> io::Result<Socket> {
@@ -120,9 +136,86 @@ fn dual_stack(port: u16) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Datagrams taken from the socket per `recvmmsg(2)` call: under a flood one system call and one
+/// pre-filter lock serve a whole batch instead of one datagram.
+#[cfg(target_os = "linux")]
+const BATCH: usize = 32;
+
+/// Receive buffer asked for (`SO_RCVBUFFORCE` as root, else `SO_RCVBUF`, which the kernel caps
+/// at `net.core.rmem_max`): about 1,800 full-size datagrams, a few milliseconds of a flood at
+/// the rates a 2-core machine reaches, so a burst of junk does not crowd out a legit knock.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// One buffer per datagram of a batch, one byte more than a knock, so a longer datagram shows
+/// as too long, not as a knock.
+type DatagramBuf = [u8; KNOCK_LEN + 1];
+
+#[cfg(target_os = "linux")]
 async fn receive(socket: UdpSocket, prefilter: SharedPrefilter, tx: mpsc::Sender<Candidate>) {
-    // One byte more than a knock, so a longer datagram shows as too long, not as a knock.
-    let mut buf = [0u8; KNOCK_LEN + 1];
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+    use tokio::io::Interest;
+
+    let fd = socket.as_raw_fd();
+    let mut bufs: Vec<DatagramBuf> = vec![[0; KNOCK_LEN + 1]; BATCH];
+    let mut batch: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        let received = socket
+            .async_io(Interest::READABLE, || {
+                // Made per call: nix's headers hold raw pointers, so they cannot live across an
+                // await in a task that may move between threads. Two small allocations per
+                // batch of up to BATCH datagrams.
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+                let mut iovs: Vec<[io::IoSliceMut<'_>; 1]> =
+                    bufs.iter_mut().map(|b| [io::IoSliceMut::new(b)]).collect();
+                let results = recvmmsg(
+                    fd,
+                    &mut headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                )
+                .map_err(io::Error::from)?;
+                for msg in results {
+                    let from = msg.address.as_ref().and_then(socket_addr);
+                    batch.push((msg.bytes, from));
+                }
+                Ok(())
+            })
+            .await;
+        match received {
+            Ok(()) => {
+                let mut p = prefilter.lock();
+                let now = p.now_ns();
+                for (&(n, from), buf) in batch.iter().zip(&bufs) {
+                    let Some(from) = from else { continue };
+                    let payload = buf.get(..n).unwrap_or_default();
+                    p.check_datagram(payload, from, now, &mut |c| tx.try_send(c).is_ok());
+                }
+            }
+            Err(err) => receive_error(&err).await,
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The sender's address as the standard library would report it.
+#[cfg(target_os = "linux")]
+fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn receive(socket: UdpSocket, prefilter: SharedPrefilter, tx: mpsc::Sender<Candidate>) {
+    let mut buf: DatagramBuf = [0; KNOCK_LEN + 1];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
@@ -132,13 +225,12 @@ async fn receive(socket: UdpSocket, prefilter: SharedPrefilter, tx: mpsc::Sender
                 p.check_datagram(payload, from, now, &mut |c| tx.try_send(c).is_ok());
             }
             // Windows reports a datagram longer than the buffer as an error (WSAEMSGSIZE).
-            Err(err) if is_message_too_long(&err) => prefilter.lock().count(Counter::WrongSize),
-            Err(err) => {
-                // ICMP errors for earlier sends and the like: not fatal for a receive-only
-                // socket. Yield so a persistent error cannot spin.
-                tracing::debug!(error = %err, "udp capture receive error");
-                tokio::task::yield_now().await;
+            Err(err) if is_message_too_long(&err) => {
+                prefilter
+                    .lock()
+                    .count(capyknock_common::counters::Counter::WrongSize);
             }
+            Err(err) => receive_error(&err).await,
         }
         if tx.is_closed() {
             return;
@@ -146,22 +238,25 @@ async fn receive(socket: UdpSocket, prefilter: SharedPrefilter, tx: mpsc::Sender
     }
 }
 
+/// ICMP errors for earlier sends and the like: not fatal for a receive-only socket. Yields so a
+/// persistent error cannot spin.
+async fn receive_error(err: &io::Error) {
+    tracing::debug!(error = %err, "udp capture receive error");
+    tokio::task::yield_now().await;
+}
+
+/// Windows reports a datagram longer than the buffer as an error (`WSAEMSGSIZE`).
+#[cfg(not(target_os = "linux"))]
 fn is_message_too_long(err: &io::Error) -> bool {
-    #[cfg(windows)]
-    {
-        // WSAEMSGSIZE
-        err.raw_os_error() == Some(10040)
-    }
-    #[cfg(not(windows))]
-    {
-        let _ = err;
-        false
-    }
+    cfg!(windows) && err.raw_os_error() == Some(10040)
 }
 
 #[cfg(test)]
 mod tests {
-    use capyknock_common::wire::{HEADER_LEN, Header, NONCE_LEN};
+    use capyknock_common::{
+        counters::Counter,
+        wire::{HEADER_LEN, Header, NONCE_LEN},
+    };
 
     use super::*;
     use crate::capture::{Capture, CaptureMode};

@@ -6,7 +6,7 @@
 //! `BPF_PROG_TEST_RUN` tests); [`XdpCapture`] is the attached program plus the ring buffer
 //! reader, the `xdp` mode of [`super::Capture`]. Dropping either detaches from every interface.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
+use std::{collections::BTreeMap, io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf,
@@ -127,7 +127,8 @@ pub struct XdpFilter {
     program: &'static str,
     /// The ports set in the `KNOCK_PORTS` bitmap.
     knock_ports: Vec<u16>,
-    links: Vec<(String, XdpLinkId, XdpAttachMode)>,
+    /// Attached interfaces by index: name, link, mode.
+    links: BTreeMap<u32, (String, XdpLinkId, XdpAttachMode)>,
 }
 
 /// What one `BPF_PROG_TEST_RUN` with a repeat count reported.
@@ -192,7 +193,7 @@ impl XdpFilter {
             ebpf,
             program,
             knock_ports: Vec::new(),
-            links: Vec::new(),
+            links: BTreeMap::new(),
         };
         filter.set_knock_ports(knock_ports)?;
         Ok(filter)
@@ -273,6 +274,20 @@ impl XdpFilter {
         mode: Option<XdpAttachMode>,
     ) -> Result<XdpAttachMode, XdpError> {
         let ifindex = ifaces::index(iface)?;
+        self.attach_index(iface, ifindex, mode)
+    }
+
+    /// Attaches to the interface with index `ifindex` (called `iface`), as [`Self::attach`]
+    /// does. Attaching again to an interface already attached to is a no-op.
+    pub fn attach_index(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: Option<XdpAttachMode>,
+    ) -> Result<XdpAttachMode, XdpError> {
+        if let Some((_, _, used)) = self.links.get(&ifindex) {
+            return Ok(*used);
+        }
         let program = program_mut(&mut self.ebpf, self.program)?;
         let attach_err = |mode| {
             move |source| XdpError::Attach {
@@ -304,13 +319,35 @@ impl XdpFilter {
             },
         };
         tracing::info!(iface, ifindex, mode = %used, "XDP pre-filter attached");
-        self.links.push((iface.to_owned(), link, used));
+        self.links.insert(ifindex, (iface.to_owned(), link, used));
         Ok(used)
     }
 
-    /// The interfaces attached to, with their modes.
+    /// The interfaces attached to, with their modes, by interface index.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, XdpAttachMode)> {
-        self.links.iter().map(|(i, _, m)| (i.as_str(), *m))
+        self.links.values().map(|(i, _, m)| (i.as_str(), *m))
+    }
+
+    /// The indexes and names of the interfaces attached to.
+    #[must_use]
+    pub fn attached(&self) -> BTreeMap<u32, String> {
+        self.links
+            .iter()
+            .map(|(index, (name, _, _))| (*index, name.clone()))
+            .collect()
+    }
+
+    /// Forgets interface `ifindex`, which is gone (the kernel removed its XDP program with it).
+    pub fn forget(&mut self, ifindex: u32) {
+        let Some((iface, link, _)) = self.links.remove(&ifindex) else {
+            return;
+        };
+        if let Ok(program) = program_mut(&mut self.ebpf, self.program) {
+            // Closes our link; the interface, and so the attachment, is gone already.
+            if let Err(err) = program.detach(link) {
+                tracing::debug!(iface, error = %err, "XDP link of a removed interface");
+            }
+        }
     }
 
     /// Detaches from every interface (dropping the filter does the same).
@@ -319,7 +356,7 @@ impl XdpFilter {
         let Ok(program) = program_mut(&mut self.ebpf, self.program) else {
             return;
         };
-        for (iface, link, _) in links {
+        for (iface, link, _) in links.into_values() {
             match program.detach(link) {
                 Ok(()) => tracing::info!(iface, "XDP pre-filter detached"),
                 Err(err) => tracing::warn!(iface, error = %err, "XDP detach failed"),
@@ -478,6 +515,8 @@ pub struct XdpCapture {
     events: AsyncFd<RingBuf<MapData>>,
     /// Forwards the program's rare log records; `None` if they could not be opened.
     logs: Option<LogForwarder>,
+    /// The attach mode asked for, for interfaces that appear later.
+    mode: Option<XdpAttachMode>,
 }
 
 impl std::fmt::Debug for XdpCapture {
@@ -486,6 +525,7 @@ impl std::fmt::Debug for XdpCapture {
             .field("filter", &self.filter)
             .field("events_fd", &self.events.as_raw_fd())
             .field("logs", &self.logs)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -522,7 +562,13 @@ impl XdpCapture {
             filter,
             events,
             logs,
+            mode: config.xdp_mode,
         })
+    }
+
+    /// Attaches to an interface that appeared after start, in the configured attach mode.
+    pub fn attach_new(&mut self, iface: &str, ifindex: u32) -> Result<XdpAttachMode, XdpError> {
+        self.filter.attach_index(iface, ifindex, self.mode)
     }
 
     /// The next candidate from the ring buffer. Cancel-safe.

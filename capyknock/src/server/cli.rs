@@ -170,6 +170,16 @@ pub fn check_config(args: &CheckConfigArgs) -> Result<(), CliError> {
     }
     s.users_table()
         .map_err(|e| CliError::Usage(format!("{}: {}", args.path.display(), ErrorChain(&e))))?;
+    // A named interface must exist here, as the daemon requires at start (patterns need not
+    // match anything yet).
+    #[cfg(target_os = "linux")]
+    crate::capture::ifaces::check_named(&s.interfaces).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: interfaces: {e}: fix the name, or use a pattern such as \"eth*\" for an \
+             interface that appears later",
+            args.path.display()
+        ))
+    })?;
     print!("{}", check_report(&args.path, &s));
     Ok(())
 }
@@ -191,9 +201,12 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
         "  capture:         {} on {}",
         s.capture.as_str(),
         if s.interfaces.is_empty() {
-            "every interface that is up".to_owned()
+            "every interface that is up, and those that appear later (except loopback)".to_owned()
         } else {
-            s.interfaces.join(", ")
+            format!(
+                "{}, and those of them that appear later",
+                s.interfaces.join(", ")
+            )
         }
     );
     let _ = writeln!(out, "  firewall:        {}", s.firewall.backend);
@@ -214,6 +227,13 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
     let _ = writeln!(out, "  users:           {}", s.users.len());
     let _ = writeln!(out, "  state directory: {}", s.state_dir.display());
     let _ = writeln!(out, "  control socket:  {}", s.control_socket.display());
+    let _ = writeln!(
+        out,
+        "  metrics:         {}",
+        s.metrics_listen
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), ToString::to_string)
+    );
     for w in s.protection_warnings() {
         let _ = writeln!(out, "  warning: {w}");
     }

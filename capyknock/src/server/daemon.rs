@@ -35,6 +35,10 @@ use super::{
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
+    metrics::{
+        Metrics,
+        http::{MetricsError, MetricsServer},
+    },
     privsep, reload,
     replay_store::ReplayStore,
     state::{StateDir, StateError},
@@ -42,10 +46,7 @@ use super::{
     worker::{Effect, OpenWith, Reopen, Worker},
 };
 use crate::{
-    capture::{
-        Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig,
-        XdpAttachMode,
-    },
+    capture::{Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig},
     firewall::{self, BanList, ErrorChain, Firewall, FirewallKind},
     protocol::{
         totp::step_of,
@@ -122,6 +123,9 @@ pub enum DaemonError {
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
+    /// The metrics endpoint could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Must run inside a multi-threaded tokio runtime.
@@ -130,11 +134,16 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let Started {
         mut core,
         control_task,
+        metrics_task,
         control_rx,
         reload_rx,
         worker,
     } = start(opts)?;
     let result = core.run(&mut signals, control_rx, reload_rx).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
     shutdown(core, control_task, worker).await;
     result
 }
@@ -161,12 +170,18 @@ impl Signals {
 struct Started {
     core: Core,
     control_task: tokio::task::JoinHandle<()>,
+    /// The metrics endpoint, when `metrics_listen` is set.
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
     control_rx: mpsc::Receiver<Command>,
     reload_rx: mpsc::Receiver<(Loaded, Option<oneshot::Sender<Response>>)>,
     worker: std::thread::JoinHandle<Firewall>,
 }
 
 /// Start-up, in the order of the module docs; any failure stops the daemon with its reason.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up is one sequence of steps in the order the module docs give"
+)]
 fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // An absolute path, so status shows it and a reload finds it whatever the cwd.
     if let Ok(path) = std::fs::canonicalize(&opts.config) {
@@ -187,6 +202,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let helper = privsep::wanted(settings.privsep)
         .then(privsep::Helper::spawn)
         .transpose()?;
+    let (metrics, metrics_task) = start_metrics(&settings)?;
 
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
@@ -230,13 +246,14 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
-    let worker =
-        Worker::new(fw, state, replay_store, Arc::clone(&replay_durable)).with_reopen(Reopen {
+    let worker = Worker::new(fw, state, replay_store, Arc::clone(&replay_durable))
+        .with_reopen(Reopen {
             config: settings.firewall.clone(),
             knock_drop,
             state_dir: settings.state_dir.clone(),
             helper: helper.map(|h| OpenWith::new(move |ports| h.reopen(ports))),
-        });
+        })
+        .with_metrics(metrics.clone());
     let bans = worker.subscribe_bans();
     let worker = std::thread::Builder::new()
         .name("capyknock-fw".into())
@@ -276,11 +293,13 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         last_step: step_of(unix(now)),
         ticks: 0,
         fatal: None,
+        metrics,
     };
     announce(&core, &control_path);
     Ok(Started {
         core,
         control_task,
+        metrics_task,
         control_rx,
         reload_rx,
         worker,
@@ -322,6 +341,20 @@ fn open_firewall(
     }
 }
 
+/// Binds and serves the metrics endpoint when `metrics_listen` is set (off by default). Called
+/// before capture and firewall start, so a port already taken stops the start early.
+fn start_metrics(
+    settings: &Settings,
+) -> Result<(Option<Metrics>, Option<tokio::task::JoinHandle<()>>), DaemonError> {
+    let Some(listen) = &settings.metrics_listen else {
+        return Ok((None, None));
+    };
+    let server = MetricsServer::bind(listen, settings.control_group.as_deref())?;
+    let metrics = Metrics::new();
+    let task = tokio::spawn(server.serve(metrics.clone()));
+    Ok((Some(metrics), Some(task)))
+}
+
 /// Logs that the daemon is ready and tells systemd.
 fn announce(core: &Core, control_path: &std::path::Path) {
     let ready = format!(
@@ -338,6 +371,7 @@ fn announce(core: &Core, control_path: &std::path::Path) {
         firewall = core.firewall_name,
         users = core.users.len(),
         control_socket = %control_path.display(),
+        metrics = %core.settings.metrics_listen.as_ref().map_or_else(|| "off".to_owned(), ToString::to_string),
         "capyknock daemon ready"
     );
     notify(&[
@@ -401,6 +435,8 @@ struct Core {
     last_step: u64,
     ticks: u64,
     fatal: Option<DaemonError>,
+    /// The metrics endpoint's counters, when it is on.
+    metrics: Option<Metrics>,
 }
 
 impl Core {
@@ -449,6 +485,7 @@ impl Core {
 
     /// One candidate: ban check, verify, log, hand the grant to the worker.
     fn knock(&mut self, c: &Candidate) {
+        let received = Instant::now();
         let now_wall = SystemTime::now();
         let now = unix(now_wall);
         let src = c.src.ip().to_canonical();
@@ -472,6 +509,9 @@ impl Core {
             }
             (Verdict::Grant(grant), Some(used)) => {
                 self.accepted += 1;
+                if let Some(m) = &self.metrics {
+                    m.accepted();
+                }
                 let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
                 logging::accepted(
                     &grant.nickname,
@@ -480,7 +520,11 @@ impl Core {
                     &ports.join(","),
                     grant.duration,
                 );
-                self.send(Effect::Grant { grant, used });
+                self.send(Effect::Grant {
+                    grant,
+                    used,
+                    received,
+                });
             }
             (Verdict::Grant(g), None) => {
                 // Cannot happen: the verifier charges a use for every grant. Refuse.
@@ -499,6 +543,9 @@ impl Core {
     fn rejected_line(&mut self, reason: RejectReason, src: IpAddr, nickname: Option<&str>) {
         if let Some(n) = self.rejected.get_mut(reason.name()) {
             *n += 1;
+        }
+        if let Some(m) = &self.metrics {
+            m.rejected(reason);
         }
         if self.limiter.allow(src, Instant::now()) {
             logging::rejected(reason.name(), src, nickname);
@@ -523,8 +570,22 @@ impl Core {
         }
     }
 
+    /// Copies the pre-filter counters into the metrics (once a second, when they are on): a
+    /// scrape reads the copy and never touches the capture.
+    fn publish_prefilter(&self) {
+        if let Some(m) = &self.metrics {
+            match self.capture.counters() {
+                Ok(c) => m.set_prefilter(&c),
+                Err(err) => {
+                    tracing::debug!(error = %ErrorChain(&err), "cannot read the pre-filter counters");
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) {
         self.ticks += 1;
+        self.publish_prefilter();
         let now_wall = SystemTime::now();
         let now = unix(now_wall);
         let step = step_of(now);
@@ -737,20 +798,7 @@ impl Core {
             config_loaded_at: self.loaded_at,
             knock_ports: self.settings.knock_ports.clone(),
             users: self.users.len(),
-            capture: CaptureStatus {
-                mode: self.capture.mode().to_string(),
-                interfaces: if self.settings.interfaces.is_empty() {
-                    vec!["all".to_owned()]
-                } else {
-                    self.settings.interfaces.clone()
-                },
-                detail: match self.capture.mode() {
-                    crate::capture::ActiveMode::Xdp => {
-                        format!("xdp_mode {}", xdp_mode_name(self.settings.xdp_mode))
-                    }
-                    _ => String::new(),
-                },
-            },
+            capture: capture_status(&self.capture, &self.settings),
             firewall: FirewallStatus {
                 backend: self.firewall_name.to_owned(),
             },
@@ -795,9 +843,26 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
     }
 }
 
-/// The config's spelling of an XDP attach mode (`None` is `auto`).
-fn xdp_mode_name(m: Option<XdpAttachMode>) -> &'static str {
-    m.map_or("auto", XdpAttachMode::as_str)
+/// The capture part of `status`: the interfaces attached now, with the XDP mode in use on
+/// each, and which new interfaces are followed.
+fn capture_status(capture: &Capture, settings: &Settings) -> CaptureStatus {
+    let attached = capture.interfaces();
+    CaptureStatus {
+        mode: capture.mode().to_string(),
+        interfaces: attached.iter().map(|a| a.name.clone()).collect(),
+        detail: attached
+            .iter()
+            .filter_map(|a| a.xdp_mode.map(|m| format!("{}: {m}", a.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        follows: if !capture.follows_interfaces() {
+            String::new()
+        } else if settings.interfaces.is_empty() {
+            "all".to_owned()
+        } else {
+            settings.interfaces.join(", ")
+        },
+    }
 }
 
 /// Gives the pre-filter the users' ids and tag keys.

@@ -4,9 +4,10 @@
 //! [`config`] reads and validates the file; [`daemon`] runs the core task (capture -> verify ->
 //! worker) with signals and reload ([`reload`]); [`worker`] owns the firewall and the state
 //! directory ([`state`]); [`control`] is the control socket and its client; [`logging`] writes
-//! the knock lines fail2ban reads; [`privsep`] splits the daemon into an unprivileged,
-//! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`status`] is what `capyknock status` shows; [`cli`] holds
-//! the server-side subcommands.
+//! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
+//! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
+//! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
+//! holds the server-side subcommands.
 
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod daemon;
 #[cfg(unix)]
 pub mod knock_sink;
 pub mod logging;
+pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod privsep;
 pub mod reload;

@@ -49,6 +49,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
     check(old.state_dir != new.state_dir, "state_dir");
     check(old.control_socket != new.control_socket, "control_socket");
     check(old.control_group != new.control_group, "control_group");
+    check(old.metrics_listen != new.metrics_listen, "metrics_listen");
     check(old.limits != new.limits, "[limits]");
     check(old.firewall != new.firewall, "[firewall]");
     check(old.privsep != new.privsep, "privsep");

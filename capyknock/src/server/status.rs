@@ -42,10 +42,15 @@ pub struct Status {
 pub struct CaptureStatus {
     /// `xdp`, `pcap` or `udp`.
     pub mode: String,
-    /// Interfaces captured on.
+    /// Interfaces captured on now, those that appeared after start included (empty for `udp`,
+    /// whose sockets take every interface).
     pub interfaces: Vec<String>,
-    /// Free-form details (XDP attach mode per interface, ...).
+    /// Free-form details: the XDP attach mode in use per interface (`eth0: native, veth1: skb`).
     pub detail: String,
+    /// Which interfaces that appear later are captured on: `all`, or the configured names and
+    /// patterns; empty when new interfaces are not followed (`udp`). Absent before 0.2.
+    #[serde(default)]
+    pub follows: String,
 }
 
 /// Firewall part of [`Status`].
@@ -107,16 +112,21 @@ pub fn render_human(s: &Status) -> String {
     let _ = writeln!(out, "config:      {} ({} users)", s.config, s.users);
     let ports: Vec<String> = s.knock_ports.iter().map(u16::to_string).collect();
     let _ = writeln!(out, "knock ports: udp/{}", ports.join(", udp/"));
-    let ifaces = if s.capture.interfaces.is_empty() {
-        "-".to_owned()
-    } else {
+    let ifaces = if !s.capture.interfaces.is_empty() {
         s.capture.interfaces.join(", ")
+    } else if s.capture.mode == "udp" {
+        "every interface (a UDP socket)".to_owned()
+    } else {
+        "no interface yet".to_owned()
     };
     let _ = write!(out, "capture:     {} on {ifaces}", s.capture.mode);
     if !s.capture.detail.is_empty() {
         let _ = write!(out, " ({})", s.capture.detail);
     }
     out.push('\n');
+    if !s.capture.follows.is_empty() {
+        let _ = writeln!(out, "             new interfaces: {}", s.capture.follows);
+    }
     let _ = writeln!(out, "firewall:    {}", s.firewall.backend);
 
     out.push_str("\npre-filter:\n");
@@ -195,8 +205,9 @@ mod tests {
             users: 2,
             capture: CaptureStatus {
                 mode: "xdp".into(),
-                interfaces: vec!["eth0".into()],
-                detail: "eth0: native".into(),
+                interfaces: vec!["eth0".into(), "veth-ck".into()],
+                detail: "eth0: native, veth-ck: skb".into(),
+                follows: "all".into(),
             },
             firewall: FirewallStatus {
                 backend: "nftables".into(),
@@ -230,6 +241,25 @@ mod tests {
     }
 
     #[test]
+    fn old_status_without_follows_still_parses() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["capture"].as_object_mut().unwrap().remove("follows");
+        let s: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(s.capture.follows, "");
+        assert!(!render_human(&s).contains("new interfaces"));
+        let udp = Status {
+            capture: CaptureStatus {
+                mode: "udp".into(),
+                interfaces: vec![],
+                detail: String::new(),
+                follows: String::new(),
+            },
+            ..sample()
+        };
+        assert!(render_human(&udp).contains("udp on every interface"));
+    }
+
+    #[test]
     fn json_round_trips() {
         let s = sample();
         let json = serde_json::to_string(&s).unwrap();
@@ -243,7 +273,8 @@ mod tests {
         for want in [
             "capyknock 0.1.0 (up 1h 2m 5s)",
             "udp/62201",
-            "xdp on eth0 (eth0: native)",
+            "xdp on eth0, veth-ck (eth0: native, veth-ck: skb)",
+            "new interfaces: all",
             "nftables",
             "bad_tag",
             "rejected replay",

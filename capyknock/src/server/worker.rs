@@ -17,13 +17,14 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     control::Response,
+    metrics::Metrics,
     replay_store::ReplayStore,
     state::StateDir,
     status::{BanStatus, GrantStatus, Status},
@@ -50,6 +51,8 @@ pub enum Effect {
         grant: verify::Access,
         /// The use the verifier charged for it.
         used: Used,
+        /// When the core took the knock off the capture (for the latency metric).
+        received: Instant,
     },
     /// Make a use durable that opens nothing (a knock refused by policy after its code was
     /// used up).
@@ -103,6 +106,8 @@ pub struct Worker {
     bans: watch::Sender<BanList>,
     firewall_errors: u64,
     reopen: Option<Reopen>,
+    /// Grants, bans, latency and errors for the metrics endpoint, when it is on.
+    metrics: Option<Metrics>,
 }
 
 /// How the firewall was opened, so it can be opened again with more protected ports.
@@ -167,6 +172,7 @@ impl Worker {
             bans,
             firewall_errors: 0,
             reopen: None,
+            metrics: None,
         }
     }
 
@@ -180,6 +186,17 @@ impl Worker {
     #[must_use]
     pub fn with_reopen(mut self, reopen: Reopen) -> Self {
         self.reopen = Some(reopen);
+        self
+    }
+
+    /// Counts grants, bans, latency and errors into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
+        if let Some(m) = &metrics {
+            m.set_bans_active(self.firewall.ban_list().len());
+            m.set_grants_active(self.firewall.grants().len());
+        }
+        self.metrics = metrics;
         self
     }
 
@@ -222,13 +239,15 @@ impl Worker {
         let uses_durable = self.save_uses(&charged);
 
         let mut shutdown = false;
-        let mut grants: Vec<verify::Access> = Vec::new();
+        let mut grants: Vec<(verify::Access, Instant)> = Vec::new();
         for effect in batch {
             if !matches!(effect, Effect::Grant { .. }) && !grants.is_empty() {
                 self.grant(&std::mem::take(&mut grants));
             }
             match effect {
-                Effect::Grant { grant, .. } if uses_durable => grants.push(grant),
+                Effect::Grant {
+                    grant, received, ..
+                } if uses_durable => grants.push((grant, received)),
                 Effect::Grant { grant, .. } => {
                     tracing::error!(
                         nickname = %grant.nickname,
@@ -263,6 +282,9 @@ impl Worker {
         }
         if !grants.is_empty() {
             self.grant(&grants);
+        }
+        if let Some(m) = &self.metrics {
+            m.set_firewall_errors(self.firewall_errors);
         }
         shutdown
     }
@@ -318,10 +340,10 @@ impl Worker {
         }
     }
 
-    fn grant(&mut self, grants: &[verify::Access]) {
+    fn grant(&mut self, grants: &[(verify::Access, Instant)]) {
         let now = SystemTime::now();
         let mut fw = Vec::new();
-        for g in grants {
+        for (g, _) in grants {
             let until = now + g.duration;
             for p in &g.ports {
                 fw.push(firewall::PortGrant {
@@ -334,7 +356,14 @@ impl Worker {
             }
         }
         match self.firewall.grant(&fw) {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(m) = &self.metrics {
+                    for (_, received) in grants {
+                        m.granted(received.elapsed());
+                    }
+                    m.set_grants_active(self.firewall.grants().len());
+                }
+            }
             Err(err) => {
                 self.firewall_errors += 1;
                 tracing::error!(
@@ -346,9 +375,14 @@ impl Worker {
         }
     }
 
-    /// Tells the core which addresses are banned (it checks them before verifying a knock).
+    /// Tells the core which addresses are banned (it checks them before verifying a knock),
+    /// and the metrics how many bans and grants there are.
     fn publish_bans(&self) {
         let bans = self.firewall.ban_list();
+        if let Some(m) = &self.metrics {
+            m.set_bans_active(bans.len());
+            m.set_grants_active(self.firewall.grants().len());
+        }
         self.bans.send_if_modified(|old| {
             let changed = *old != bans;
             if changed {
@@ -390,10 +424,15 @@ impl Worker {
                 |d| format!("for {}", humantime::format_duration(round_secs(d))),
             );
         match self.firewall.ban(addr, until) {
-            Ok(()) => Response::message(format!(
-                "banned {addr} {how_long} ({revoked} grant{} revoked)",
-                if revoked == 1 { "" } else { "s" }
-            )),
+            Ok(()) => {
+                if let Some(m) = &self.metrics {
+                    m.banned();
+                }
+                Response::message(format!(
+                    "banned {addr} {how_long} ({revoked} grant{} revoked)",
+                    if revoked == 1 { "" } else { "s" }
+                ))
+            }
             Err(firewall::Error::Model(err)) => Response::error(err.to_string()),
             Err(err) => {
                 self.firewall_errors += 1;
@@ -594,6 +633,7 @@ mod tests {
         worker.process(vec![Effect::Grant {
             grant: grant("alice", 1, "192.0.2.1"),
             used: used(1, 100),
+            received: Instant::now(),
         }]);
         assert!(
             calls.lock().unwrap().is_empty(),
@@ -613,11 +653,59 @@ mod tests {
         worker.process(vec![Effect::Grant {
             grant: grant("bob", 2, "192.0.2.2"),
             used: used(2, 100),
+            received: Instant::now(),
         }]);
         assert_eq!(calls.lock().unwrap().clone(), vec!["grant 2"]);
         let (saved, _, _) = ReplayStore::load(tmp.path(), 0);
         assert_eq!(saved.last_used(&UserId([1; 16])).map(|u| u.step), Some(100));
         assert_eq!(saved.last_used(&UserId([2; 16])).map(|u| u.step), Some(100));
+    }
+
+    #[test]
+    fn grants_bans_and_latency_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
+        let fw = Firewall::with_backend(Box::new(Fake::default()), None, false).unwrap();
+        let durable = Arc::new(AtomicBool::new(true));
+        let metrics = crate::server::metrics::Metrics::new();
+        let mut worker =
+            Worker::new(fw, state, Some(store), durable).with_metrics(Some(metrics.clone()));
+        let received = Instant::now()
+            .checked_sub(Duration::from_millis(30))
+            .unwrap();
+        worker.process(vec![
+            Effect::Grant {
+                grant: grant("alice", 1, "192.0.2.1"),
+                used: used(1, 100),
+                received,
+            },
+            Effect::Grant {
+                grant: grant("bob", 2, "192.0.2.2"),
+                used: used(2, 100),
+                received,
+            },
+        ]);
+        let (reply, _answer) = oneshot::channel();
+        worker.process(vec![Effect::Ban {
+            addr: "192.0.2.1".parse().unwrap(),
+            until: None,
+            reply,
+        }]);
+        let text = metrics.render();
+        for line in [
+            "\ncapyknock_grants_total 2\n",
+            "\ncapyknock_knock_to_firewall_seconds_count 2\n",
+            // Both took at least the 30 ms since `received`.
+            "\ncapyknock_knock_to_firewall_seconds_bucket{le=\"0.025\"} 0\n",
+            "\ncapyknock_bans_total 1\n",
+            "\ncapyknock_bans_active 1\n",
+            // bob's two ports; alice's went with her ban.
+            "\ncapyknock_grants_active 2\n",
+            "\ncapyknock_firewall_errors_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 
     fn status() -> Box<Status> {
@@ -632,6 +720,7 @@ mod tests {
                 mode: String::new(),
                 interfaces: vec![],
                 detail: String::new(),
+                follows: String::new(),
             },
             firewall: FirewallStatus {
                 backend: String::new(),
@@ -659,11 +748,13 @@ mod tests {
         tx.blocking_send(Effect::Grant {
             grant: grant("alice", 1, "192.0.2.1"),
             used: used(1, 100),
+            received: Instant::now(),
         })
         .unwrap();
         tx.blocking_send(Effect::Grant {
             grant: grant("bob", 2, "192.0.2.2"),
             used: used(2, 100),
+            received: Instant::now(),
         })
         .unwrap();
         let (tx_reply, answer) = oneshot::channel();

@@ -21,7 +21,8 @@ use std::{
 
 pub use edit::{AddUserError, EXAMPLE, add_user, render_default, render_user};
 pub use schema::{
-    ConfigDuration, Limits, LogLimits, RawConfig, RawLimits, RawLog, RawServer, RawUser, Settings,
+    ConfigDuration, Limits, LogLimits, RawConfig, RawInterfaces, RawLimits, RawLog, RawServer,
+    RawUser, Settings,
 };
 
 use crate::{
@@ -257,6 +258,41 @@ mod tests {
             err.contains(&format!("chmod go-w {}", dir.path().display())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_loopback_or_unix_only() {
+        assert_eq!(p("").unwrap().metrics_listen, None);
+        let line = EXAMPLE
+            .lines()
+            .find(|l| l.starts_with("# metrics_listen = "))
+            .unwrap();
+        let text = EXAMPLE.replacen(line, line.trim_start_matches("# "), 1);
+        assert_eq!(
+            p(&text).unwrap().metrics_listen,
+            Some(crate::server::metrics::Listen::Tcp(
+                "127.0.0.1:9184".parse().unwrap()
+            ))
+        );
+        let s = p("[server]\nmetrics_listen = \"unix:/run/capyknock/metrics.sock\"\n").unwrap();
+        assert_eq!(
+            s.metrics_listen,
+            Some(crate::server::metrics::Listen::Unix(
+                "/run/capyknock/metrics.sock".into()
+            ))
+        );
+        let err = p("[server]\nknock_ports = [62201]\nmetrics_listen = \"0.0.0.0:9184\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/capyknock/server.toml:3:")
+                && err.contains("0.0.0.0:9184 is not a loopback address"),
+            "{err}"
+        );
+        let err = p("[server]\nmetrics_listen = \"9184\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not an address"), "{err}");
     }
 
     #[test]

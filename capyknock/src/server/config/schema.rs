@@ -12,6 +12,7 @@ use crate::{
     firewall::FirewallConfig,
     ports::PortSpec,
     protocol::users::{User, Users, UsersError},
+    server::metrics::Listen,
 };
 
 /// The configuration file exactly as written. Missing sections take their defaults.
@@ -31,14 +32,25 @@ pub struct RawConfig {
     pub users: Vec<Spanned<RawUser>>,
 }
 
+/// `interfaces`: the word `"all"`, or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawInterfaces {
+    /// One word; only `"all"` is valid.
+    Word(String),
+    /// Names and `prefix*` patterns.
+    List(Vec<String>),
+}
+
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawServer {
     /// UDP ports knocks are sent to. Default `[62201]`.
     pub knock_ports: Option<Spanned<Vec<u16>>>,
-    /// Interfaces to capture on. Default: empty (capture chooses).
-    pub interfaces: Option<Spanned<Vec<String>>>,
+    /// Interfaces to capture on: `"all"` or a list of names and `prefix*` patterns. Default:
+    /// all (every interface that is up or comes up, except loopback).
+    pub interfaces: Option<Spanned<RawInterfaces>>,
     /// `auto`, `xdp`, `pcap` or `udp`. Default `auto`.
     pub capture: Option<Spanned<String>>,
     /// `auto`, `native` or `skb`. Default `auto`.
@@ -62,6 +74,9 @@ pub struct RawServer {
     /// Ports the firewall closes to everyone a knock did not open them for (`"tcp/22"`, ...).
     /// Default: every port some user may open.
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Where the OpenMetrics endpoint listens: a loopback `ADDRESS:PORT` or `unix:PATH`.
+    /// Default: none (no endpoint).
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[limits]`.
@@ -178,7 +193,7 @@ pub struct Settings {
     pub path: PathBuf,
     /// Knock ports, sorted, no duplicates, never 0.
     pub knock_ports: Vec<u16>,
-    /// Interfaces to capture on; empty lets capture choose.
+    /// Interfaces to capture on (names and `prefix*` patterns); empty: all, except loopback.
     pub interfaces: Vec<String>,
     /// Capture mode.
     pub capture: CaptureMode,
@@ -201,6 +216,8 @@ pub struct Settings {
     /// `protect`: the ports the firewall protects, sorted, no duplicates, a superset of every
     /// user's ports; `None` when the file has no `protect` (then the users' ports are).
     pub protect: Option<Vec<PortSpec>>,
+    /// The metrics endpoint; `None`: off.
+    pub metrics_listen: Option<Listen>,
     /// Pre-filter rate limits.
     pub limits: Limits,
     /// Rejection log limits.

@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::{
     ACCESS_RANGE, ConfigDuration, DEFAULT_ACCESS, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR,
     FRESHNESS_RANGE, Limits, LogLimits, MAX_INTERFACES, MAX_KNOCK_PORTS, MAX_PROTECTED_PORTS,
-    MAX_USER_PORTS, MAX_USERS, RawConfig, RawUser, Settings,
+    MAX_USER_PORTS, MAX_USERS, RawConfig, RawInterfaces, RawUser, Settings,
 };
 use crate::{
     capture::{CaptureMode, XdpAttachMode},
@@ -23,6 +23,7 @@ use crate::{
         keys::{TotpSecret, UserId, UserKey},
         users::{AllowIp, TotpMode, User},
     },
+    server::metrics::Listen,
 };
 
 /// Checks `raw` (parsed from `text`, which gives the lines) into settings, or every problem.
@@ -69,7 +70,20 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         None => Vec::new(),
         Some(ifs) => {
             let span = ifs.span();
-            let list = ifs.into_inner();
+            let list = match ifs.into_inner() {
+                RawInterfaces::List(list) => list,
+                RawInterfaces::Word(word) if word == "all" => Vec::new(),
+                RawInterfaces::Word(word) => {
+                    c.at(
+                        &span,
+                        format!(
+                            "interfaces = {word:?}: write \"all\" or a list such as \
+                             [\"eth0\", \"veth*\"]"
+                        ),
+                    );
+                    Vec::new()
+                }
+            };
             if list.len() > MAX_INTERFACES {
                 c.at(
                     &span,
@@ -162,6 +176,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         ACCESS_RANGE,
         "default_access",
     );
+    // Off unless asked for; only loopback or a Unix socket (`metrics::Listen`).
+    let metrics_listen = s.metrics_listen.and_then(|v| {
+        v.get_ref()
+            .parse::<Listen>()
+            .map_err(|e| c.at(&v.span(), e.to_string()))
+            .ok()
+    });
     let protect = s
         .protect
         .map(|list| protect_list(&mut c, list, &knock_ports));
@@ -259,6 +280,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             revoke_removed_users: s.revoke_removed_users.unwrap_or(false),
             privsep: s.privsep,
             protect,
+            metrics_listen,
             limits,
             log,
             firewall,
@@ -433,15 +455,18 @@ fn user_ports(
     ports.into_iter().collect()
 }
 
+/// An interface name, or a pattern: a prefix followed by `*` (`"veth*"`, `"*"`).
 fn check_interface(name: &str) -> Result<(), String> {
-    if name.is_empty()
+    let stem = name.strip_suffix('*').unwrap_or(name);
+    if (stem.is_empty() && stem.len() == name.len())
         || name.len() > 15
-        || !name
+        || !stem
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'))
     {
         return Err(format!(
-            "interface name {name:?} is not valid: 1-15 characters such as \"eth0\""
+            "interface name {name:?} is not valid: 1-15 characters such as \"eth0\", or a \
+             prefix and `*` such as \"veth*\""
         ));
     }
     Ok(())
@@ -529,6 +554,40 @@ ports = ["tcp/22", "udp/51820"]
         match p(text) {
             Err(ConfigError::Invalid { problems, .. }) => problems,
             other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn interfaces_take_names_and_prefix_patterns() {
+        let s = p("[server]\ninterfaces = [\"eth0\", \"veth*\", \"*\"]\n").unwrap();
+        assert_eq!(s.interfaces, ["eth0", "veth*", "*"]);
+        assert!(
+            p("[server]\ninterfaces = \"all\"\n")
+                .unwrap()
+                .interfaces
+                .is_empty()
+        );
+        assert!(
+            p("[server]\ninterfaces = []\n")
+                .unwrap()
+                .interfaces
+                .is_empty()
+        );
+        let found = problems("[server]\ninterfaces = \"eth0\"\n");
+        assert!(found[0].message.contains("write \"all\""), "{found:?}");
+        assert_eq!(found[0].line, Some(2));
+        for bad in [
+            "\"\"",
+            "\"a*b\"",
+            "\"**\"",
+            "\"eth 0\"",
+            "\"sixteen-chars-xx\"",
+        ] {
+            let found = problems(&format!("[server]\ninterfaces = [{bad}]\n"));
+            assert!(
+                found.iter().any(|p| p.message.contains("is not valid")),
+                "{bad}: {found:?}"
+            );
         }
     }
 
