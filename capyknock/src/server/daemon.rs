@@ -241,7 +241,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // process parses packets and control requests, so it keeps no capability and runs under
     // its seccomp filter (threads started below inherit both).
     if let Some(helper) = &helper {
-        enter_sandbox(helper)?;
+        enter_sandbox(helper, &capture)?;
     }
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
@@ -306,12 +306,27 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     })
 }
 
-/// Drops every capability and enters the seccomp filter (privilege separation).
-fn enter_sandbox(helper: &privsep::Helper) -> Result<(), DaemonError> {
-    privsep::sandbox::enter_network().map_err(DaemonError::Privsep)?;
+/// Drops every capability and enters the seccomp filter (privilege separation). Pcap capture
+/// that follows new interfaces keeps `CAP_NET_RAW` to open a capture on each (XDP needs nothing:
+/// attaching the program it already holds takes no capability).
+fn enter_sandbox(helper: &privsep::Helper, capture: &Capture) -> Result<(), DaemonError> {
+    use privsep::sandbox::{CapSet, Capability, CapsHashSet};
+    let mut keep = CapsHashSet::new();
+    if capture.mode() == crate::capture::ActiveMode::Pcap && capture.follows_interfaces() {
+        if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_RAW).unwrap_or(false) {
+            keep.insert(Capability::CAP_NET_RAW);
+        } else {
+            tracing::warn!(
+                "no CAP_NET_RAW: pcap capture cannot attach to interfaces that appear later"
+            );
+        }
+    }
+    privsep::sandbox::enter_network(keep.clone()).map_err(DaemonError::Privsep)?;
+    let kept: Vec<String> = keep.iter().map(ToString::to_string).collect();
     tracing::info!(
         helper_pid = helper.pid(),
-        "privileges dropped: no capabilities, seccomp filter on; the firewall helper keeps CAP_NET_ADMIN"
+        kept = %if kept.is_empty() { "none".to_owned() } else { kept.join(",") },
+        "privileges dropped: seccomp filter on, capabilities kept as listed; the firewall helper keeps CAP_NET_ADMIN"
     );
     Ok(())
 }

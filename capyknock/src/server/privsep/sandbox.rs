@@ -11,10 +11,13 @@
 use std::{
     cell::Cell,
     collections::BTreeMap,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-use caps::{CapSet, Capability, CapsHashSet};
+pub use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 /// Why the sandbox could not be entered.
@@ -31,6 +34,10 @@ pub enum SandboxError {
 /// Set once the network process has dropped its privileges: threads catch up.
 static DROPPED: AtomicBool = AtomicBool::new(false);
 
+/// The capabilities the network process keeps (none, or `CAP_NET_RAW` when pcap capture
+/// follows new interfaces); set once, by [`enter_network`].
+static KEPT: OnceLock<CapsHashSet> = OnceLock::new();
+
 thread_local! {
     static THREAD_DROPPED: Cell<bool> = const { Cell::new(false) };
 }
@@ -39,44 +46,48 @@ fn caps_err(e: &caps::errors::CapsError) -> SandboxError {
     SandboxError::Caps(e.to_string())
 }
 
-/// Drops every capability of the calling thread: bounding (so no exec could regain any),
-/// ambient, inheritable, permitted and effective.
-pub fn drop_all_caps_this_thread() -> Result<(), SandboxError> {
-    caps::clear(None, CapSet::Bounding).map_err(|e| caps_err(&e))?;
+/// Shrinks the bounding set to `keep`, so no later `execve` could regain more. Needs
+/// `CAP_SETPCAP`, which a systemd unit with a `CapabilityBoundingSet` may not grant: then the
+/// bounding set stays as it is, and `no_new_privs` (set by the seccomp filter, or here) keeps an
+/// `execve` from gaining anything beyond the permitted set, which is dropped anyway.
+fn shrink_bounding(keep: &CapsHashSet) -> Result<(), SandboxError> {
+    if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        tracing::debug!("no CAP_SETPCAP: the bounding set stays; no_new_privs covers execve");
+        return Ok(());
+    }
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| caps_err(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reduces the calling thread's capabilities to `keep`: bounding (when it can, see
+/// [`shrink_bounding`]), ambient, inheritable, permitted and effective.
+pub fn limit_caps_this_thread(keep: &CapsHashSet) -> Result<(), SandboxError> {
+    shrink_bounding(keep)?;
     caps::clear(None, CapSet::Ambient).map_err(|e| caps_err(&e))?;
     caps::clear(None, CapSet::Inheritable).map_err(|e| caps_err(&e))?;
-    caps::clear(None, CapSet::Effective).map_err(|e| caps_err(&e))?;
-    caps::clear(None, CapSet::Permitted).map_err(|e| caps_err(&e))?;
+    caps::set(None, CapSet::Effective, keep).map_err(|e| caps_err(&e))?;
+    caps::set(None, CapSet::Permitted, keep).map_err(|e| caps_err(&e))?;
     THREAD_DROPPED.with(|d| d.set(true));
     Ok(())
 }
 
-/// Keeps only `CAP_NET_ADMIN` (the firewall helper), also in the bounding set, so programs the
-/// exec backend runs get no more.
+/// Keeps only `CAP_NET_ADMIN` (the firewall helper), also in the bounding set when it can, so
+/// programs the exec backend runs get no more.
 pub fn keep_only_net_admin() -> Result<(), SandboxError> {
-    for cap in caps::all() {
-        if cap != Capability::CAP_NET_ADMIN
-            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
-        {
-            caps::drop(None, CapSet::Bounding, cap).map_err(|e| caps_err(&e))?;
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(|e| caps_err(&e))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| caps_err(&e))?;
     let only: CapsHashSet = std::iter::once(Capability::CAP_NET_ADMIN).collect();
-    caps::set(None, CapSet::Effective, &only).map_err(|e| caps_err(&e))?;
-    caps::set(None, CapSet::Permitted, &only).map_err(|e| caps_err(&e))?;
-    Ok(())
+    limit_caps_this_thread(&only)
 }
 
-/// Run by every runtime thread when it wakes up: drops its capabilities once the process has
-/// entered the sandbox. Cheap (one atomic load) otherwise.
+/// Run by every runtime and capture thread when it wakes up: drops its capabilities once the
+/// process has entered the sandbox. Cheap (one atomic load) otherwise.
 pub fn catch_up() {
-    if DROPPED.load(Ordering::Acquire)
-        && !THREAD_DROPPED.with(Cell::get)
-        && let Err(err) = drop_all_caps_this_thread()
-    {
-        {
+    if DROPPED.load(Ordering::Acquire) && !THREAD_DROPPED.with(Cell::get) {
+        let keep = KEPT.get().cloned().unwrap_or_default();
+        if let Err(err) = limit_caps_this_thread(&keep) {
             tracing::error!(error = %err, "a thread could not drop its capabilities");
             // Do not retry on every wake-up.
             THREAD_DROPPED.with(|d| d.set(true));
@@ -84,10 +95,11 @@ pub fn catch_up() {
     }
 }
 
-/// The network process enters its sandbox: no capability on this thread (others follow, see
-/// [`catch_up`]), the network filter on all threads.
-pub fn enter_network() -> Result<(), SandboxError> {
-    drop_all_caps_this_thread()?;
+/// The network process enters its sandbox: no capability but `keep` on this thread (others
+/// follow, see [`catch_up`]), the network filter on all threads (which sets `no_new_privs`).
+pub fn enter_network(keep: CapsHashSet) -> Result<(), SandboxError> {
+    let keep = KEPT.get_or_init(|| keep);
+    limit_caps_this_thread(keep)?;
     DROPPED.store(true, Ordering::Release);
     let filter = network_filter()?;
     seccompiler::apply_filter_all_threads(&filter).map_err(|e| SandboxError::Seccomp(e.to_string()))
@@ -154,6 +166,9 @@ const COMMON: &[i64] = &[
     libc::SYS_getgid,
     libc::SYS_getegid,
     libc::SYS_exit,
+    // A signal (SIGHUP, SIGTERM) that interrupts a sleep or timed wait restarts it through
+    // this call: without it a reload would kill the daemon.
+    libc::SYS_restart_syscall,
     libc::SYS_exit_group,
     libc::SYS_tgkill,
     libc::SYS_prctl,
@@ -256,6 +271,7 @@ const ARCH_SPECIFIC: &[i64] = &[
     libc::SYS_access,
     libc::SYS_readlink,
     libc::SYS_arch_prctl,
+    libc::SYS_getrlimit,
 ];
 #[cfg(not(target_arch = "x86_64"))]
 const ARCH_SPECIFIC: &[i64] = &[];
