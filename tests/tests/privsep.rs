@@ -11,7 +11,11 @@ use std::{
     time::Duration,
 };
 
-use capyknock_testkit::clock::{unix_now, wait_into_step};
+use capyknock::server::control::Request;
+use capyknock_testkit::{
+    Signal,
+    clock::{unix_now, wait_for_fresh_step, wait_into_step},
+};
 use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, user};
 
 /// `CAP_NET_ADMIN` alone, as /proc shows capability sets.
@@ -90,6 +94,49 @@ fn network_process_has_no_capability_and_the_helper_only_net_admin() {
             || lab.log().contains("granted")
             || lab.log().contains("knock accepted")
     );
+    assert!(lab.stop(), "daemon did not stop cleanly:\n{}", lab.log());
+}
+
+/// Under the sandbox: a ban and an unban over the control socket reach the firewall through the
+/// helper, and a SIGHUP reload that adds a user works (the seccomp filter allows every path).
+#[test]
+fn ban_unban_and_sighup_reload_work_in_the_sandbox() {
+    let mut lab = DaemonLab::new("psr");
+    let alice = user("alice", 1);
+    let bob = user("bob", 2);
+    lab.write_config(&[&alice]);
+    lab.start();
+    lab.wait_log(&["privileges dropped"]);
+    let pid = lab
+        .daemon
+        .as_ref()
+        .and_then(|d| d.pid())
+        .expect("daemon pid");
+
+    wait_into_step(2, 20);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    lab.wait_connect(SERVICE.port, false, true);
+    let client = lab.client_addr(false);
+    let r = lab.request(&Request::Ban {
+        addr: client,
+        duration_secs: None,
+    });
+    assert!(r.ok, "{r:?}");
+    lab.wait_connect(SERVICE.port, false, false);
+    let r = lab.request(&Request::Unban { addr: client });
+    assert!(r.ok, "{r:?}");
+    assert!(lab.status().bans.is_empty());
+
+    lab.write_config(&[&alice, &bob]);
+    lab.signal(Signal::SIGHUP);
+    lab.wait_log(&["configuration reloaded"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.is_running(), "SIGHUP killed the daemon:\n{}", lab.log());
+    wait_for_fresh_step(12);
+    lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
+    lab.wait_connect(SERVICE.port, false, true);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(field(&status, "Seccomp:"), "2", "{status}");
     assert!(lab.stop(), "daemon did not stop cleanly:\n{}", lab.log());
 }
 
