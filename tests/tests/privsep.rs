@@ -61,7 +61,7 @@ fn network_process_has_no_capability_and_the_helper_only_net_admin() {
     let pid = lab
         .daemon
         .as_ref()
-        .and_then(|d| d.pid())
+        .and_then(capyknock_testkit::daemon::Daemon::pid)
         .expect("daemon pid");
     // Runtime threads started before the drop follow at their next wake-up (the tick is 1 s).
     std::thread::sleep(Duration::from_secs(3));
@@ -110,7 +110,7 @@ fn ban_unban_and_sighup_reload_work_in_the_sandbox() {
     let pid = lab
         .daemon
         .as_ref()
-        .and_then(|d| d.pid())
+        .and_then(capyknock_testkit::daemon::Daemon::pid)
         .expect("daemon pid");
 
     wait_into_step(2, 20);
@@ -150,7 +150,7 @@ fn privsep_off_still_works() {
     let pid = lab
         .daemon
         .as_ref()
-        .and_then(|d| d.pid())
+        .and_then(capyknock_testkit::daemon::Daemon::pid)
         .expect("daemon pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(field(&status, "Seccomp:"), "0", "{status}");
