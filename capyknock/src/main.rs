@@ -59,6 +59,11 @@ enum ServerCommand {
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
     XdpSelfTest,
+    /// The privileged firewall helper the daemon starts itself (privilege separation; not for
+    /// direct use: it talks to the daemon over its standard input).
+    #[cfg(target_os = "linux")]
+    #[command(hide = true, name = "firewall-helper")]
+    FirewallHelper,
     /// What the XDP program costs per frame class, as JSON (diagnostic for `cargo xtask
     /// bench-xdp`; needs root).
     #[cfg(target_os = "linux")]
@@ -119,6 +124,8 @@ fn run_server(command: ServerCommand) -> anyhow::Result<()> {
         Command::Unban(args) => Ok(capyknock::server::cli::unban(&args)?),
         Command::Status(args) => Ok(capyknock::server::cli::status(&args)?),
         Command::Reload(args) => Ok(capyknock::server::cli::reload(&args)?),
+        #[cfg(target_os = "linux")]
+        Command::FirewallHelper => Ok(capyknock::server::privsep::helper::run()?),
         #[cfg(target_os = "linux")]
         Command::XdpSelfTest => {
             let mut filter = capyknock::capture::xdp::XdpFilter::load(&[])?;

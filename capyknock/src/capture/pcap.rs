@@ -251,6 +251,8 @@ fn read_loop(
     stops: &[Arc<AtomicBool>; 2],
 ) {
     while !stops.iter().any(|s| s.load(Ordering::Relaxed)) && !tx.is_closed() {
+        // Started before the daemon dropped its privileges: drop this thread's too.
+        crate::server::privsep::sandbox::catch_up();
         if let Err(err) = wait_readable(&cap) {
             tracing::error!(iface, error = %err, "pcap capture cannot wait for frames, thread stops");
             return;

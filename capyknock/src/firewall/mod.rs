@@ -146,6 +146,10 @@ pub enum Error {
     /// The ledger file could not be read.
     #[error("firewall ledger")]
     Ledger(#[from] persist::PersistError),
+    /// The privileged firewall helper refused or failed a request, or cannot be reached
+    /// (`server::privsep`).
+    #[error("firewall helper: {0}")]
+    Helper(String),
     /// Our rules are still not in place after a repair.
     #[error(
         "the {backend} firewall rules are still incomplete after repairing them; is another program changing them?"
@@ -532,6 +536,17 @@ fn load_ledger(path: &Path, backend: &str, now: SystemTime) -> Result<Ledger, Er
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// The backend `config` chooses, validated, without the facade: the privileged firewall helper
+/// (`server::privsep`) drives it on behalf of a facade in the unprivileged daemon.
+pub fn open_backend(
+    config: &FirewallConfig,
+    protected: &[PortSpec],
+    knock_ports: &[u16],
+) -> Result<Box<dyn Backend>, Error> {
+    config.validate()?;
+    make_backend(config, protected, knock_ports)
 }
 
 fn make_backend(

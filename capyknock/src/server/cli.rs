@@ -155,6 +155,10 @@ pub fn server(args: &ServerArgs) -> Result<(), CliError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("capyknock")
+            // Capabilities are per thread: the workers, started before the daemon drops its
+            // privileges, drop theirs when they next wake up (server::privsep).
+            .on_thread_start(super::privsep::sandbox::catch_up)
+            .on_thread_unpark(super::privsep::sandbox::catch_up)
             .enable_all()
             .build()
             .map_err(CliError::Runtime)?;

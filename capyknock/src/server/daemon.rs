@@ -39,11 +39,11 @@ use super::{
         Metrics,
         http::{MetricsError, MetricsServer},
     },
-    reload,
+    privsep, reload,
     replay_store::ReplayStore,
     state::{StateDir, StateError},
     status::{CaptureStatus, FirewallStatus, Status, VerifierStatus},
-    worker::{Effect, Reopen, Worker},
+    worker::{Effect, OpenWith, Reopen, Worker},
 };
 use crate::{
     capture::{Candidate, Capture, CaptureConfig, CaptureError, CaptureMode, RateLimitConfig},
@@ -117,6 +117,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The daemon could not drop its privileges (`privsep = false` runs without).
+    #[error("privilege separation")]
+    Privsep(#[source] privsep::sandbox::SandboxError),
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
@@ -194,6 +197,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     // Bind the socket first: a second daemon must stop before touching capture or firewall.
     let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
+    // The firewall helper starts now, before capture and the state directory are opened, so
+    // it inherits none of them; it touches the firewall only once told how, below.
+    let helper = privsep::wanted(settings.privsep)
+        .then(privsep::Helper::spawn)
+        .transpose()?;
     let (metrics, metrics_task) = start_metrics(&settings)?;
 
     let now = SystemTime::now();
@@ -223,15 +231,18 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .iter()
         .for_each(|w| tracing::warn!("{w}"));
     // The firewall owns the bans: it reads the saved ones back and applies them.
-    let fw = Firewall::open(
-        &settings.firewall,
-        &protected,
-        &knock_drop,
-        &settings.state_dir,
-    )?;
+    let fw = open_firewall(helper.as_ref(), &settings, &protected, &knock_drop)?;
     let firewall_name = fw.name();
     set_users(&mut capture, &users)?;
     capture.set_time_step(step_of(unix(now)))?;
+
+    // Everything privileged is done: XDP is loaded and attached, the ring buffer, the sockets
+    // and the state directory are open, the helper holds the firewall. From here on this
+    // process parses packets and control requests, so it keeps no capability and runs under
+    // its seccomp filter (threads started below inherit both).
+    if let Some(helper) = &helper {
+        enter_sandbox(helper, &capture)?;
+    }
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
@@ -240,6 +251,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
             config: settings.firewall.clone(),
             knock_drop,
             state_dir: settings.state_dir.clone(),
+            helper: helper.map(|h| OpenWith::new(move |ports| h.reopen(ports))),
         })
         .with_metrics(metrics.clone());
     let bans = worker.subscribe_bans();
@@ -292,6 +304,56 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         reload_rx,
         worker,
     })
+}
+
+/// Drops every capability and enters the seccomp filter (privilege separation). Pcap capture
+/// that follows new interfaces keeps `CAP_NET_RAW` to open a capture on each (XDP needs nothing:
+/// attaching the program it already holds takes no capability).
+fn enter_sandbox(helper: &privsep::Helper, capture: &Capture) -> Result<(), DaemonError> {
+    use privsep::sandbox::{CapSet, Capability, CapsHashSet};
+    let mut keep = CapsHashSet::new();
+    if capture.mode() == crate::capture::ActiveMode::Pcap && capture.follows_interfaces() {
+        if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_RAW).unwrap_or(false) {
+            keep.insert(Capability::CAP_NET_RAW);
+        } else {
+            tracing::warn!(
+                "no CAP_NET_RAW: pcap capture cannot attach to interfaces that appear later"
+            );
+        }
+    }
+    privsep::sandbox::enter_network(keep.clone()).map_err(DaemonError::Privsep)?;
+    let kept: Vec<String> = keep.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        helper_pid = helper.pid(),
+        kept = %if kept.is_empty() { "none".to_owned() } else { kept.join(",") },
+        "privileges dropped: seccomp filter on, capabilities kept as listed; the firewall helper keeps CAP_NET_ADMIN"
+    );
+    Ok(())
+}
+
+/// Opens the firewall: through the privileged helper when there is one, here otherwise.
+fn open_firewall(
+    helper: Option<&privsep::Helper>,
+    settings: &Settings,
+    protected: &[crate::ports::PortSpec],
+    knock_drop: &[u16],
+) -> Result<Firewall, firewall::Error> {
+    match helper {
+        Some(helper) => {
+            settings.firewall.validate()?;
+            Firewall::with_backend(
+                helper.open(&settings.firewall, protected, knock_drop)?,
+                Some(&settings.state_dir),
+                settings.firewall.keep_established,
+            )
+        }
+        None => Firewall::open(
+            &settings.firewall,
+            protected,
+            knock_drop,
+            &settings.state_dir,
+        ),
+    }
 }
 
 /// Binds and serves the metrics endpoint when `metrics_listen` is set (off by default). Called

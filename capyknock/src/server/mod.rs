@@ -5,7 +5,9 @@
 //! worker) with signals and reload ([`reload`]); [`worker`] owns the firewall and the state
 //! directory ([`state`]); [`control`] is the control socket and its client; [`logging`] writes
 //! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
-//! the optional OpenMetrics endpoint; [`cli`] holds the server-side subcommands.
+//! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
+//! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
+//! holds the server-side subcommands.
 
 pub mod cli;
 pub mod config;
@@ -16,6 +18,8 @@ pub mod daemon;
 pub mod knock_sink;
 pub mod logging;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod privsep;
 pub mod reload;
 pub mod replay_store;
 pub mod state;

@@ -52,6 +52,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
     check(old.metrics_listen != new.metrics_listen, "metrics_listen");
     check(old.limits != new.limits, "[limits]");
     check(old.firewall != new.firewall, "[firewall]");
+    check(old.privsep != new.privsep, "privsep");
 
     let new_ids: HashSet<UserId> = new.users.iter().map(|u| u.id).collect();
     let old_ids: HashSet<UserId> = old.users.iter().map(|u| u.id).collect();
@@ -77,6 +78,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
         freshness: new.freshness,
         default_access: new.default_access,
         revoke_removed_users: new.revoke_removed_users,
+        privsep: new.privsep,
         protect: new.protect,
         log: new.log,
         users: new.users,

@@ -119,6 +119,35 @@ pub struct Reopen {
     pub knock_drop: Vec<u16>,
     /// The state directory (ledger of timer-driven backends).
     pub state_dir: PathBuf,
+    /// Who opens the backend when the daemon cannot itself (the privileged firewall helper,
+    /// `server::privsep`); `None`: the worker opens it.
+    pub helper: Option<OpenWith>,
+}
+
+/// Opens a firewall backend for new protected ports somewhere else (the firewall helper).
+#[derive(Clone)]
+pub struct OpenWith(Arc<OpenBackend>);
+
+/// What [`OpenWith`] calls.
+type OpenBackend =
+    dyn Fn(&[PortSpec]) -> Result<Box<dyn firewall::Backend>, firewall::Error> + Send + Sync;
+
+impl OpenWith {
+    /// Wraps `open`.
+    pub fn new(
+        open: impl Fn(&[PortSpec]) -> Result<Box<dyn firewall::Backend>, firewall::Error>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self(Arc::new(open))
+    }
+}
+
+impl std::fmt::Debug for OpenWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenWith(..)")
+    }
 }
 
 impl Worker {
@@ -438,7 +467,13 @@ impl Worker {
             tracing::warn!("cannot change the protected ports of this firewall without a restart");
             return;
         };
-        match Firewall::open(&r.config, ports, &r.knock_drop, &r.state_dir) {
+        let opened = match &r.helper {
+            Some(open) => (open.0)(ports).and_then(|backend| {
+                Firewall::with_backend(backend, Some(&r.state_dir), r.config.keep_established)
+            }),
+            None => Firewall::open(&r.config, ports, &r.knock_drop, &r.state_dir),
+        };
+        match opened {
             Ok(fw) => {
                 // The old handle is dropped as it is: the rules now belong to the new one.
                 self.firewall = fw;

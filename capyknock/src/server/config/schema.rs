@@ -67,6 +67,10 @@ pub struct RawServer {
     pub default_access: Option<Spanned<ConfigDuration>>,
     /// On reload, revoke the grants of users removed from the file. Default `false`.
     pub revoke_removed_users: Option<bool>,
+    /// Privilege separation (Linux): the network-facing daemon drops every capability and runs
+    /// under a seccomp filter; a helper process keeping only `CAP_NET_ADMIN` changes the
+    /// firewall. Default: on when the daemon starts as root on Linux.
+    pub privsep: Option<bool>,
     /// Ports the firewall closes to everyone a knock did not open them for (`"tcp/22"`, ...).
     /// Default: every port some user may open.
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
@@ -207,6 +211,8 @@ pub struct Settings {
     pub default_access: Duration,
     /// Revoke removed users' grants on reload.
     pub revoke_removed_users: bool,
+    /// `privsep`: `None` means on when running as root on Linux (see `server::privsep`).
+    pub privsep: Option<bool>,
     /// `protect`: the ports the firewall protects, sorted, no duplicates, a superset of every
     /// user's ports; `None` when the file has no `protect` (then the users' ports are).
     pub protect: Option<Vec<PortSpec>>,

@@ -278,6 +278,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             freshness,
             default_access,
             revoke_removed_users: s.revoke_removed_users.unwrap_or(false),
+            privsep: s.privsep,
             protect,
             metrics_listen,
             limits,
