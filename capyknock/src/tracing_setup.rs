@@ -54,19 +54,15 @@ fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
-    #[cfg(unix)]
+    // journald is Linux-only; there dev_t and ino_t are u64.
+    #[cfg(target_os = "linux")]
     {
         let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
             return false;
         };
-        #[allow(
-            clippy::useless_conversion,
-            reason = "dev_t and ino_t are u64 on Linux, other widths on other Unixes"
-        )]
-        let (dev, ino) = (u64::from(stat.st_dev), u64::from(stat.st_ino));
-        journal_stream_matches(&value, dev, ino)
+        journal_stream_matches(&value, stat.st_dev, stat.st_ino)
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     {
         let _ = value;
         false
@@ -74,6 +70,10 @@ fn stderr_is_journal() -> bool {
 }
 
 /// Whether `JOURNAL_STREAM`'s `DEVICE:INODE` is `dev`/`ino`.
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "journald is Linux-only")
+)]
 fn journal_stream_matches(value: &OsStr, dev: u64, ino: u64) -> bool {
     let parsed = value.to_str().and_then(|v| {
         let (d, i) = v.split_once(':')?;
