@@ -290,6 +290,8 @@ mod client {
 }
 
 #[cfg(target_os = "linux")]
+pub(crate) use server::bind_socket_file;
+#[cfg(target_os = "linux")]
 pub use server::{Command, ControlServer};
 
 #[cfg(target_os = "linux")]
@@ -310,6 +312,37 @@ mod server {
         BUSY_LOG_INTERVAL, ControlError, IO_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_LINE,
         MAX_REQUESTS_PER_CONNECTION, ROOT_CONNECTIONS, Request, Response, parse_request,
     };
+
+    /// Binds a Unix socket at `path` with mode 0660 and group `gid` (root only when `None`),
+    /// for the control socket and the metrics socket alike. A missing parent directory is made
+    /// 0755. The socket is bound under a temporary name and renamed into place once its mode
+    /// and group are set, so no client ever sees it with other permissions.
+    pub(crate) fn bind_socket_file(path: &Path, gid: Option<u32>) -> std::io::Result<UnixListener> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp)?;
+        let setup = (|| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+            if let Some(gid) = gid {
+                std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+            }
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = setup {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(listener)
+    }
 
     /// Connection slots: [`MAX_CONNECTIONS`] shared by everyone, [`ROOT_CONNECTIONS`] more for
     /// root only.
@@ -393,33 +426,10 @@ mod server {
                 source,
             };
             let gid = group.map(lookup_group).transpose()?;
-            if let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-                && !dir.exists()
-            {
-                std::fs::create_dir_all(dir).map_err(io)?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                    .map_err(io)?;
-            }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(ControlError::InUse(shown));
             }
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(format!(".{}.tmp", std::process::id()));
-            let tmp = PathBuf::from(tmp);
-            let _ = std::fs::remove_file(&tmp);
-            let listener = UnixListener::bind(&tmp).map_err(io)?;
-            let setup = (|| {
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
-                if let Some(gid) = gid {
-                    std::os::unix::fs::chown(&tmp, None, Some(gid))?;
-                }
-                std::fs::rename(&tmp, path)
-            })();
-            if let Err(e) = setup {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io(e));
-            }
+            let listener = bind_socket_file(path, gid).map_err(io)?;
             Ok(Self {
                 listener,
                 path: path.to_owned(),

@@ -11,7 +11,7 @@
 
 use std::{
     io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -166,43 +166,21 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-/// Binds a Unix socket at `path` through a temporary name, so the final name appears only with
-/// its mode and group set.
+/// Binds the metrics socket at `path`: a stale socket file left by an earlier run is replaced,
+/// anything else there is refused; then as the control socket is
+/// ([`super::super::control::bind_socket_file`]).
 fn bind_unix(path: &Path, gid: Option<u32>, listen: &Listen) -> Result<UnixListener, MetricsError> {
     let bind_err = |source| MetricsError::Bind {
         listen: listen.to_string(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(bind_err)?;
-    }
     match std::fs::symlink_metadata(path) {
         // Left by an earlier run (the control socket, bound first, proves none is running).
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_err)?,
         Ok(_) => return Err(MetricsError::NotASocket(listen.to_string())),
         Err(_) => {}
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
-    let setup = (|| {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = setup {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bind_err(e));
-    }
-    Ok(listener)
+    super::super::control::bind_socket_file(path, gid).map_err(bind_err)
 }
 
 /// What a request asks for.
@@ -442,7 +420,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.sock");
         let unix = MetricsServer::bind(&Listen::Unix(path.clone()), None).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        ) & 0o777;
         assert_eq!(mode, 0o660);
         let tcp = MetricsServer::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()), None).unwrap();
         let addr = tcp.local_addr().unwrap();
