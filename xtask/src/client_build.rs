@@ -22,6 +22,7 @@ pub const CHECK_TARGETS: &[&str] = &[
     "x86_64-apple-darwin",
     "aarch64-apple-darwin",
     "x86_64-pc-windows-gnu",
+    "x86_64-unknown-freebsd",
 ];
 
 /// Shared libraries a client binary may link: libc and what the Rust runtime always brings.

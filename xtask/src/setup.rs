@@ -9,8 +9,8 @@
 //!   (cargo-deb, lintian, the musl and Windows targets, mingw). A production server runs plain
 //!   `setup` and gets no test tools. Nothing setup does starts a service: apt runs under a
 //!   `policy-rc.d` that forbids it.
-//! - the pinned stable toolchain (rust-toolchain.toml) with clippy and rustfmt, plus the Windows
-//!   target for `cargo check` of the Windows code;
+//! - the pinned stable toolchain (rust-toolchain.toml) with clippy and rustfmt, plus the Windows,
+//!   macOS and FreeBSD targets for the compile checks (and the Windows build run under Wine);
 //! - the pinned nightly with `rust-src`, which compiles the eBPF object (`-Z build-std=core`);
 //! - bpf-linker, linked against the nightly's own libLLVM so its LLVM major version matches the
 //!   bitcode rustc emits (a plain `cargo install bpf-linker` picks Debian's LLVM 14 and fails).
@@ -25,8 +25,14 @@ use crate::cmd::{self, command, is_root, output};
 pub const STABLE: &str = "1.95.0";
 /// The nightly that builds the eBPF object; must match capyknock/build.rs.
 pub const NIGHTLY: &str = "nightly-2026-05-20";
-/// Target for the Windows compile check.
+/// Target of the Windows build (compile check, the Wine tests, the Windows zip).
 pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+/// Targets the whole crate, daemon included, is checked for besides Linux (`cargo xtask test`).
+pub const SERVER_CHECK_TARGETS: &[&str] = &[
+    WINDOWS_TARGET,
+    "x86_64-apple-darwin",
+    "x86_64-unknown-freebsd",
+];
 /// bpf-linker release we build.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages needed to build.
@@ -61,6 +67,10 @@ const APT_TESTS: &[&str] = &[
     // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock (also in
     // APT_BUILD; the list is deduplicated).
     "gcc",
+    // The Windows build runs under Wine in tests/tests/windows_wine.rs: mingw links the .exe
+    // and the test's ProcessPrng shim DLL, wine64 runs them (Wine 8.0; docs/WINDOWS.md).
+    "gcc-mingw-w64-x86-64",
+    "wine64",
 ];
 /// Debian packages `cargo xtask dist` and `dist --check` need (`setup --for-dist`).
 const APT_DIST: &[&str] = &[
@@ -287,7 +297,7 @@ fn toolchains(for_dist: bool) -> anyhow::Result<()> {
         STABLE,
     ]))
     .unwrap_or_default();
-    let mut wanted = vec![WINDOWS_TARGET];
+    let mut wanted = SERVER_CHECK_TARGETS.to_vec();
     wanted.extend_from_slice(crate::client_build::CHECK_TARGETS);
     if for_dist {
         wanted.push(MUSL_TARGET);

@@ -557,6 +557,13 @@ fn make_backend(
     make_backend_of(config.backend, config, protected, knock_ports)
 }
 
+#[cfg_attr(
+    not(any(target_os = "linux", windows)),
+    expect(
+        clippy::only_used_in_recursion,
+        reason = "only nftables and Windows Firewall protect ports by themselves; exec and none take no port list"
+    )
+)]
 fn make_backend_of(
     kind: FirewallKind,
     config: &FirewallConfig,

@@ -101,7 +101,6 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The daemon failed.
-    #[cfg(target_os = "linux")]
     #[error("the daemon stopped")]
     Daemon(#[source] super::daemon::DaemonError),
     /// The daemon could not be reached.
@@ -141,46 +140,44 @@ impl CliError {
             CliError::Config(_) | CliError::Usage(_) => EXIT_USAGE,
             CliError::Client(_) => EXIT_UNREACHABLE,
             CliError::Refused(_) => EXIT_REFUSED,
-            #[cfg(target_os = "linux")]
-            CliError::Daemon(_) => EXIT_ERROR,
-            CliError::Runtime(_) | CliError::Unsupported(_) => EXIT_ERROR,
+            CliError::Daemon(_) | CliError::Runtime(_) | CliError::Unsupported(_) => EXIT_ERROR,
         }
     }
 }
 
-/// `capyknock server`: runs the daemon in the foreground until SIGTERM/SIGINT.
+/// `capyknock server`: runs the daemon in the foreground until SIGTERM/SIGINT (Windows: Ctrl-C,
+/// Ctrl-Break or closing the console).
 pub fn server(args: &ServerArgs) -> Result<(), CliError> {
+    server_until(args, std::future::pending())
+}
+
+/// [`server`], also stopping cleanly when `stop` completes (the Windows service's stop).
+pub fn server_until(
+    args: &ServerArgs,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let builder = &mut tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).thread_name("capyknock");
+    // Capabilities are per thread: the workers, started before the daemon drops its
+    // privileges, drop theirs when they next wake up (server::privsep).
     #[cfg(target_os = "linux")]
-    {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("capyknock")
-            // Capabilities are per thread: the workers, started before the daemon drops its
-            // privileges, drop theirs when they next wake up (server::privsep).
-            .on_thread_start(super::privsep::sandbox::catch_up)
-            .on_thread_unpark(super::privsep::sandbox::catch_up)
-            .enable_all()
-            .build()
-            .map_err(CliError::Runtime)?;
-        let opts = super::daemon::Options {
-            config: args.config.clone(),
-            ifaces: args.ifaces.clone(),
-            capture: args.capture,
-            firewall: args.firewall,
-        };
-        runtime
-            .block_on(super::daemon::run(opts))
-            .map_err(|err| match err {
-                // A config that cannot be used is the admin's to fix, not a daemon failure.
-                super::daemon::DaemonError::Config(err) => CliError::Config(err),
-                err => CliError::Daemon(err),
-            })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = args;
-        Err(CliError::Unsupported("the daemon"))
-    }
+    builder
+        .on_thread_start(super::privsep::sandbox::catch_up)
+        .on_thread_unpark(super::privsep::sandbox::catch_up);
+    let runtime = builder.enable_all().build().map_err(CliError::Runtime)?;
+    let opts = super::daemon::Options {
+        config: args.config.clone(),
+        ifaces: args.ifaces.clone(),
+        capture: args.capture,
+        firewall: args.firewall,
+    };
+    runtime
+        .block_on(super::daemon::run_until(opts, stop))
+        .map_err(|err| match err {
+            // A config that cannot be used is the admin's to fix, not a daemon failure.
+            super::daemon::DaemonError::Config(err) => CliError::Config(err),
+            err => CliError::Daemon(err),
+        })
 }
 
 /// `capyknock check-config`: validates a configuration and prints what it sets up.

@@ -1,5 +1,7 @@
 //! The control socket: a Unix domain socket (mode 0660, owner root, group from the config) that
-//! speaks line-delimited JSON. `capyknock status|ban|unban|reload` are its clients; fail2ban
+//! speaks line-delimited JSON. On Windows the same lines go over a named pipe
+//! (`\\.\pipe\capyknock`) whose ACL admits SYSTEM, Administrators and the configured group
+//! ([`super::pipe_acl`]). `capyknock status|ban|unban|reload` are its clients; fail2ban
 //! reaches it through `capyknock ban`.
 //!
 //! One request per line, one response line per request (docs/OPERATIONS.md):
@@ -233,26 +235,18 @@ pub enum ClientError {
     BadResponse(String),
 }
 
-#[cfg(unix)]
 pub use client::request;
 
-/// Sends one request to the daemon: only on Unix, where the daemon's control socket exists.
-#[cfg(not(unix))]
-pub fn request(socket: &Path, _req: &Request) -> Result<Response, ClientError> {
-    Err(ClientError::NotRunning(socket.display().to_string()))
-}
-
-#[cfg(unix)]
 mod client {
     use std::{
         io::{BufRead as _, BufReader, Read as _, Write as _},
-        os::unix::net::UnixStream,
         path::Path,
     };
 
-    use super::{ClientError, IO_TIMEOUT, MAX_RESPONSE_LINE, Request, Response};
+    use super::{ClientError, MAX_RESPONSE_LINE, Request, Response};
 
-    /// Sends one request to the daemon at `socket` and returns its response.
+    /// Sends one request to the daemon at `socket` (Windows: the named pipe) and returns its
+    /// response.
     pub fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
         let path = socket.display().to_string();
         let io = |source: std::io::Error| match source.kind() {
@@ -265,10 +259,7 @@ mod client {
                 source,
             },
         };
-        let mut stream = UnixStream::connect(socket).map_err(io)?;
-        // Reload and status can take a moment on a busy daemon: allow three timeouts.
-        stream.set_read_timeout(Some(IO_TIMEOUT * 3)).map_err(io)?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        let mut stream = connect(socket).map_err(io)?;
         let mut line = serde_json::to_vec(req)
             .map_err(|e| ClientError::BadResponse(format!("cannot encode request: {e}")))?;
         line.push(b'\n');
@@ -287,24 +278,56 @@ mod client {
         }
         serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
+
+    /// The daemon's Unix socket, with read and write timeouts.
+    #[cfg(unix)]
+    fn connect(socket: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        // Reload and status can take a moment on a busy daemon: allow three timeouts.
+        stream.set_read_timeout(Some(super::IO_TIMEOUT * 3))?;
+        stream.set_write_timeout(Some(super::IO_TIMEOUT))?;
+        Ok(stream)
+    }
+
+    /// The daemon's named pipe. Every instance busy (`ERROR_PIPE_BUSY`): tried again for a
+    /// few seconds, as a Unix client waits in the socket's backlog.
+    #[cfg(windows)]
+    fn connect(pipe: &Path) -> std::io::Result<std::fs::File> {
+        /// `ERROR_PIPE_BUSY`.
+        const PIPE_BUSY: i32 = 231;
+        let mut tries = 0;
+        loop {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(pipe)
+            {
+                Err(e) if e.raw_os_error() == Some(PIPE_BUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 pub(crate) use server::bind_socket_file;
-#[cfg(target_os = "linux")]
 pub use server::{Command, ControlServer};
 
-#[cfg(target_os = "linux")]
 mod server {
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt as _;
     use std::{
-        os::unix::fs::PermissionsExt as _,
         path::{Path, PathBuf},
         sync::Arc,
     };
 
+    #[cfg(unix)]
+    use tokio::net::{UnixListener, UnixStream};
     use tokio::{
         io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-        net::{UnixListener, UnixStream},
         sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     };
 
@@ -317,6 +340,7 @@ mod server {
     /// for the control socket and the metrics socket alike. A missing parent directory is made
     /// 0755. The socket is bound under a temporary name and renamed into place once its mode
     /// and group are set, so no client ever sees it with other permissions.
+    #[cfg(unix)]
     pub(crate) fn bind_socket_file(path: &Path, gid: Option<u32>) -> std::io::Result<UnixListener> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -408,12 +432,14 @@ mod server {
     }
 
     /// The bound control socket.
+    #[cfg(unix)]
     #[derive(Debug)]
     pub struct ControlServer {
         listener: UnixListener,
         path: PathBuf,
     }
 
+    #[cfg(unix)]
     impl ControlServer {
         /// Binds `path` with mode 0660, group `group` (root only when `None`). A stale socket
         /// file is replaced; a live one (another daemon answers) is an error. The socket is
@@ -473,19 +499,21 @@ mod server {
                 };
                 let commands = commands.clone();
                 tokio::spawn(async move {
-                    handle(stream, commands).await;
+                    handle_unix(stream, commands).await;
                     drop(permit);
                 });
             }
         }
     }
 
+    #[cfg(unix)]
     impl Drop for ControlServer {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
 
+    #[cfg(unix)]
     fn lookup_group(name: &str) -> Result<u32, ControlError> {
         match nix::unistd::Group::from_name(name) {
             Ok(Some(g)) => Ok(g.gid.as_raw()),
@@ -497,11 +525,28 @@ mod server {
         }
     }
 
-    async fn handle(stream: UnixStream, commands: mpsc::Sender<Command>) {
+    #[cfg(unix)]
+    async fn handle_unix(stream: UnixStream, commands: mpsc::Sender<Command>) {
         let (uid, pid) = stream
             .peer_cred()
             .map_or((u32::MAX, 0), |c| (c.uid(), c.pid().unwrap_or(0)));
-        let (read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
+        handle(read, write, uid, pid, commands).await;
+    }
+
+    /// Serves one connection: up to [`MAX_REQUESTS_PER_CONNECTION`] requests, each line
+    /// bounded and timed. `uid` and `pid` are the peer's, for the log (`u32::MAX` and 0 when
+    /// unknown).
+    async fn handle<R, W>(
+        read: R,
+        mut write: W,
+        uid: u32,
+        pid: i32,
+        commands: mpsc::Sender<Command>,
+    ) where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         let mut reader = BufReader::new(read);
         for _ in 0..MAX_REQUESTS_PER_CONNECTION {
             let line = match tokio::time::timeout(IO_TIMEOUT, read_line(&mut reader)).await {
@@ -568,7 +613,7 @@ mod server {
         }
     }
 
-    async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> Result<(), ()> {
+    async fn send<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, r: &Response) -> Result<(), ()> {
         let mut bytes = serde_json::to_vec(r).map_err(|_| ())?;
         bytes.push(b'\n');
         match tokio::time::timeout(IO_TIMEOUT, write.write_all(&bytes)).await {
@@ -576,8 +621,102 @@ mod server {
             _ => Err(()),
         }
     }
-}
 
+    /// The bound control pipe (Windows): `\\.\pipe\capyknock` or the config's
+    /// `control_socket`, with the ACL of [`super::super::pipe_acl`].
+    #[cfg(windows)]
+    #[derive(Debug)]
+    pub struct ControlServer {
+        security: super::super::pipe_acl::PipeSecurity,
+        /// The instance the next client connects to.
+        next: tokio::net::windows::named_pipe::NamedPipeServer,
+        path: PathBuf,
+    }
+
+    #[cfg(windows)]
+    impl ControlServer {
+        /// Creates the pipe's first instance with the ACL for SYSTEM, Administrators and
+        /// `group`. A pipe of that name that already exists (another daemon serves it) is an
+        /// error.
+        pub fn bind(path: &Path, group: Option<&str>) -> Result<Self, ControlError> {
+            let shown = path.display().to_string();
+            let io = |source| ControlError::Io {
+                path: shown.clone(),
+                source,
+            };
+            let security = super::super::pipe_acl::PipeSecurity::new(group).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    ControlError::NoSuchGroup(group.unwrap_or_default().to_owned())
+                } else {
+                    io(e)
+                }
+            })?;
+            let next = match security.create(&shown, true) {
+                Ok(p) => p,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(ControlError::InUse(shown));
+                }
+                Err(e) => return Err(io(e)),
+            };
+            tracing::debug!(pipe = %shown, acl = security.sddl(), "control pipe created");
+            Ok(Self {
+                security,
+                next,
+                path: path.to_owned(),
+            })
+        }
+
+        /// The pipe's name.
+        #[must_use]
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Serves clients until the task is dropped or `commands` closes, each connection in
+        /// its own task, as on Unix. Every client counts against the shared slots (the pipe's
+        /// ACL already admits administrators only, or the configured group).
+        pub async fn serve(mut self, commands: mpsc::Sender<Command>) {
+            let slots = Slots::new();
+            let mut busy = BusyLog::default();
+            let name = self.path.display().to_string();
+            loop {
+                if let Err(err) = self.next.connect().await {
+                    tracing::warn!(error = %err, "control pipe accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                let connected = loop {
+                    match self.security.create(&name, false) {
+                        Ok(fresh) => break std::mem::replace(&mut self.next, fresh),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot create the next control pipe instance");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                if commands.is_closed() {
+                    return;
+                }
+                let Some(permit) = slots.admit(u32::MAX) else {
+                    busy.refused(u32::MAX);
+                    let mut line = serde_json::to_vec(&Response::error(
+                        "the daemon is busy: too many control connections; try again",
+                    ))
+                    .unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = connected.try_write(&line);
+                    continue;
+                };
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let (read, write) = tokio::io::split(connected);
+                    handle(read, write, u32::MAX, 0, commands).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
 /// Parses a CLI ban duration: `3600`, `90s`, `1h`, `2days`.
 pub fn parse_ban_duration(s: &str) -> Result<Duration, String> {
     let d = match s.parse::<u64>() {

@@ -25,21 +25,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot, watch},
-};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     config::{self, ConfigError, Settings},
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
-    metrics::{
-        Metrics,
-        http::{MetricsError, MetricsServer},
-    },
-    privsep, reload,
+    metrics::Metrics,
+    reload,
     replay_store::ReplayStore,
     state::{StateDir, StateError},
     status::{CaptureStatus, FirewallStatus, Status, VerifierStatus},
@@ -118,19 +112,33 @@ pub enum DaemonError {
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
     /// The daemon could not drop its privileges (`privsep = false` runs without).
+    #[cfg(target_os = "linux")]
     #[error("privilege separation")]
-    Privsep(#[source] privsep::sandbox::SandboxError),
+    Privsep(#[source] super::privsep::sandbox::SandboxError),
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
     /// The metrics endpoint could not be set up.
+    #[cfg(unix)]
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(#[from] super::metrics::http::MetricsError),
+    /// A setting asks for something this operating system does not have.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Must run inside a multi-threaded tokio runtime.
+/// Runs the daemon until SIGTERM or SIGINT (Windows: Ctrl-C, Ctrl-Break, console close).
+/// Must run inside a multi-threaded tokio runtime.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    let mut signals = Signals::install()?;
+    run_until(opts, std::future::pending()).await
+}
+
+/// [`run`], also stopping cleanly when `stop` completes (the Windows service's stop request).
+pub async fn run_until(
+    opts: Options,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let mut signals = Signals::install(Box::pin(stop))?;
     let Started {
         mut core,
         control_task,
@@ -148,21 +156,98 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     result
 }
 
-/// The signals the daemon handles.
+/// What a signal (or, on Windows, a console event or a service stop) asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignalEvent {
+    /// Stop cleanly; the text names what asked, for the log.
+    Stop(&'static str),
+    /// Re-read the configuration (SIGHUP; Windows has no such signal: `capyknock reload`).
+    #[cfg(unix)]
+    Reload,
+}
+
+/// The signals the daemon handles, plus an outside stop request.
 struct Signals {
+    #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
     hup: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+    #[cfg(windows)]
+    ctrl_close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    ctrl_shutdown: tokio::signal::windows::CtrlShutdown,
+    /// Completes when someone outside asks the daemon to stop (the Windows service manager).
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    stopped: bool,
 }
 
 impl Signals {
-    fn install() -> Result<Self, DaemonError> {
-        let make = |kind| signal(kind).map_err(DaemonError::Signals);
-        Ok(Self {
-            term: make(SignalKind::terminate())?,
-            int: make(SignalKind::interrupt())?,
-            hup: make(SignalKind::hangup())?,
-        })
+    fn install(
+        stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Result<Self, DaemonError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let make = |kind| signal(kind).map_err(DaemonError::Signals);
+            Ok(Self {
+                term: make(SignalKind::terminate())?,
+                int: make(SignalKind::interrupt())?,
+                hup: make(SignalKind::hangup())?,
+                stop,
+                stopped: false,
+            })
+        }
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows;
+            Ok(Self {
+                ctrl_c: windows::ctrl_c().map_err(DaemonError::Signals)?,
+                ctrl_break: windows::ctrl_break().map_err(DaemonError::Signals)?,
+                ctrl_close: windows::ctrl_close().map_err(DaemonError::Signals)?,
+                ctrl_shutdown: windows::ctrl_shutdown().map_err(DaemonError::Signals)?,
+                stop,
+                stopped: false,
+            })
+        }
+    }
+
+    /// The next event. Cancel-safe.
+    async fn next(&mut self) -> SignalEvent {
+        let already = self.stopped;
+        let stop_request = &mut self.stop;
+        let stop = async move {
+            if already {
+                std::future::pending::<()>().await;
+            }
+            stop_request.await;
+        };
+        #[cfg(unix)]
+        let event = tokio::select! {
+            biased;
+            _ = self.term.recv() => SignalEvent::Stop("SIGTERM"),
+            _ = self.int.recv() => SignalEvent::Stop("SIGINT"),
+            _ = self.hup.recv() => SignalEvent::Reload,
+            () = stop => SignalEvent::Stop("stop request"),
+        };
+        #[cfg(windows)]
+        let event = tokio::select! {
+            biased;
+            _ = self.ctrl_c.recv() => SignalEvent::Stop("Ctrl-C"),
+            _ = self.ctrl_break.recv() => SignalEvent::Stop("Ctrl-Break"),
+            _ = self.ctrl_close.recv() => SignalEvent::Stop("console closed"),
+            _ = self.ctrl_shutdown.recv() => SignalEvent::Stop("system shutdown"),
+            () = stop => SignalEvent::Stop("service stop"),
+        };
+        if matches!(event, SignalEvent::Stop(_)) {
+            self.stopped = true;
+        }
+        event
     }
 }
 
@@ -199,9 +284,12 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
     // The firewall helper starts now, before capture and the state directory are opened, so
     // it inherits none of them; it touches the firewall only once told how, below.
-    let helper = privsep::wanted(settings.privsep)
-        .then(privsep::Helper::spawn)
+    #[cfg(target_os = "linux")]
+    let helper = super::privsep::wanted(settings.privsep)
+        .then(super::privsep::Helper::spawn)
         .transpose()?;
+    #[cfg(not(target_os = "linux"))]
+    let helper = no_privsep(&settings);
     let (metrics, metrics_task) = start_metrics(&settings)?;
 
     let now = SystemTime::now();
@@ -240,6 +328,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // and the state directory are open, the helper holds the firewall. From here on this
     // process parses packets and control requests, so it keeps no capability and runs under
     // its seccomp filter (threads started below inherit both).
+    #[cfg(target_os = "linux")]
     if let Some(helper) = &helper {
         enter_sandbox(helper, &capture)?;
     }
@@ -251,7 +340,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
             config: settings.firewall.clone(),
             knock_drop,
             state_dir: settings.state_dir.clone(),
-            helper: helper.map(|h| OpenWith::new(move |ports| h.reopen(ports))),
+            helper: reopen_with(helper),
         })
         .with_metrics(metrics.clone());
     let bans = worker.subscribe_bans();
@@ -306,11 +395,40 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     })
 }
 
+/// How the worker reopens the firewall after a failure: through the helper when there is one.
+#[cfg(target_os = "linux")]
+fn reopen_with(helper: Option<super::privsep::Helper>) -> Option<OpenWith> {
+    helper.map(|h| OpenWith::new(move |ports| h.reopen(ports)))
+}
+
+/// Without privilege separation the worker reopens the firewall itself.
+#[cfg(not(target_os = "linux"))]
+fn reopen_with(helper: Option<NoHelper>) -> Option<OpenWith> {
+    helper.map(|never| match never {})
+}
+
+/// Privilege separation exists on Linux only: elsewhere there is never a helper.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+enum NoHelper {}
+
+/// Logs that `privsep = true` cannot be honoured here; there is never a helper.
+#[cfg(not(target_os = "linux"))]
+fn no_privsep(settings: &Settings) -> Option<NoHelper> {
+    if settings.privsep == Some(true) {
+        tracing::warn!(
+            "privsep = true: privilege separation exists only on Linux; the daemon runs as one process"
+        );
+    }
+    None
+}
+
 /// Drops every capability and enters the seccomp filter (privilege separation). Pcap capture
 /// that follows new interfaces keeps `CAP_NET_RAW` to open a capture on each (XDP needs nothing:
 /// attaching the program it already holds takes no capability).
-fn enter_sandbox(helper: &privsep::Helper, capture: &Capture) -> Result<(), DaemonError> {
-    use privsep::sandbox::{CapSet, Capability, CapsHashSet};
+#[cfg(target_os = "linux")]
+fn enter_sandbox(helper: &super::privsep::Helper, capture: &Capture) -> Result<(), DaemonError> {
+    use super::privsep::sandbox::{CapSet, Capability, CapsHashSet};
     let mut keep = CapsHashSet::new();
     if capture.mode() == crate::capture::ActiveMode::Pcap && capture.follows_interfaces() {
         if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_RAW).unwrap_or(false) {
@@ -321,7 +439,7 @@ fn enter_sandbox(helper: &privsep::Helper, capture: &Capture) -> Result<(), Daem
             );
         }
     }
-    privsep::sandbox::enter_network(keep.clone()).map_err(DaemonError::Privsep)?;
+    super::privsep::sandbox::enter_network(keep.clone()).map_err(DaemonError::Privsep)?;
     let kept: Vec<String> = keep.iter().map(ToString::to_string).collect();
     tracing::info!(
         helper_pid = helper.pid(),
@@ -332,8 +450,9 @@ fn enter_sandbox(helper: &privsep::Helper, capture: &Capture) -> Result<(), Daem
 }
 
 /// Opens the firewall: through the privileged helper when there is one, here otherwise.
+#[cfg(target_os = "linux")]
 fn open_firewall(
-    helper: Option<&privsep::Helper>,
+    helper: Option<&super::privsep::Helper>,
     settings: &Settings,
     protected: &[crate::ports::PortSpec],
     knock_drop: &[u16],
@@ -356,18 +475,53 @@ fn open_firewall(
     }
 }
 
+/// Opens the firewall in this process (no privilege separation outside Linux).
+#[cfg(not(target_os = "linux"))]
+fn open_firewall(
+    helper: Option<&NoHelper>,
+    settings: &Settings,
+    protected: &[crate::ports::PortSpec],
+    knock_drop: &[u16],
+) -> Result<Firewall, firewall::Error> {
+    if let Some(never) = helper {
+        match *never {}
+    }
+    Firewall::open(
+        &settings.firewall,
+        protected,
+        knock_drop,
+        &settings.state_dir,
+    )
+}
+
 /// Binds and serves the metrics endpoint when `metrics_listen` is set (off by default). Called
 /// before capture and firewall start, so a port already taken stops the start early.
+#[cfg(unix)]
 fn start_metrics(
     settings: &Settings,
 ) -> Result<(Option<Metrics>, Option<tokio::task::JoinHandle<()>>), DaemonError> {
     let Some(listen) = &settings.metrics_listen else {
         return Ok((None, None));
     };
-    let server = MetricsServer::bind(listen, settings.control_group.as_deref())?;
+    let server =
+        super::metrics::http::MetricsServer::bind(listen, settings.control_group.as_deref())?;
     let metrics = Metrics::new();
     let task = tokio::spawn(server.serve(metrics.clone()));
     Ok((Some(metrics), Some(task)))
+}
+
+/// The metrics endpoint is served on Unix only for now: a config that asks for it elsewhere is
+/// refused rather than silently ignored.
+#[cfg(not(unix))]
+fn start_metrics(
+    settings: &Settings,
+) -> Result<(Option<Metrics>, Option<tokio::task::JoinHandle<()>>), DaemonError> {
+    match settings.metrics_listen {
+        None => Ok((None, None)),
+        Some(_) => Err(DaemonError::Unsupported(
+            "metrics_listen: the metrics endpoint is not available on Windows yet; remove it from [server]",
+        )),
+    }
 }
 
 /// Logs that the daemon is ready and tells systemd.
@@ -389,10 +543,7 @@ fn announce(core: &Core, control_path: &std::path::Path) {
         metrics = %core.settings.metrics_listen.as_ref().map_or_else(|| "off".to_owned(), ToString::to_string),
         "capyknock daemon ready"
     );
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&ready),
-    ]);
+    notify(Notify::Ready(&ready));
 }
 
 /// Stops serving, stops capture (detaching XDP), saves the state; leaves the firewall as it is.
@@ -401,7 +552,7 @@ async fn shutdown(
     control_task: tokio::task::JoinHandle<()>,
     worker: std::thread::JoinHandle<Firewall>,
 ) {
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify(Notify::Stopping);
     control_task.abort();
     let _ = control_task.await;
     let Core {
@@ -468,18 +619,17 @@ impl Core {
             // flood of knocks cannot starve them.
             tokio::select! {
                 biased;
-                _ = signals.term.recv() => {
-                    tracing::info!("SIGTERM: shutting down");
-                    break;
-                }
-                _ = signals.int.recv() => {
-                    tracing::info!("SIGINT: shutting down");
-                    break;
-                }
-                _ = signals.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    self.start_reload(None);
-                }
+                event = signals.next() => match event {
+                    SignalEvent::Stop(what) => {
+                        tracing::info!("{what}: shutting down");
+                        break;
+                    }
+                    #[cfg(unix)]
+                    SignalEvent::Reload => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        self.start_reload(None);
+                    }
+                },
                 Some((loaded, reply)) = reloads.recv() => self.finish_reload(loaded, reply),
                 Some(cmd) = control.recv() => self.control(cmd),
                 _ = tick.tick() => self.tick(),
@@ -686,7 +836,7 @@ impl Core {
             return;
         }
         self.reloading = true;
-        notify(&[sd_notify::NotifyState::Reloading]);
+        notify(Notify::Reloading);
         let path = self.settings.path.clone();
         let opts = self.opts.clone();
         let tx = self.reload_tx.clone();
@@ -715,14 +865,11 @@ impl Core {
             }
             Ok((new, users)) => self.apply_reload(new, users),
         };
-        notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status(if response.ok {
-                "configuration reloaded"
-            } else {
-                "reload refused; old configuration in force"
-            }),
-        ]);
+        notify(Notify::Ready(if response.ok {
+            "configuration reloaded"
+        } else {
+            "reload refused; old configuration in force"
+        }));
         if let Some(reply) = reply {
             let _ = reply.send(response);
         }
@@ -942,15 +1089,47 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the daemon tells its service manager.
+#[derive(Debug, Clone, Copy)]
+enum Notify<'a> {
+    /// Serving, with a one-line status.
+    Ready(&'a str),
+    /// Re-reading the configuration.
+    Reloading,
+    /// Shutting down.
+    Stopping,
+}
+
 /// Tells systemd (when `NOTIFY_SOCKET` is set); errors are logged, never fatal.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(err) = sd_notify::notify(states) {
+#[cfg(target_os = "linux")]
+fn notify(what: Notify<'_>) {
+    use sd_notify::NotifyState;
+    let result = match what {
+        Notify::Ready(status) => {
+            sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)])
+        }
+        Notify::Reloading => sd_notify::notify(&[NotifyState::Reloading]),
+        Notify::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
+    };
+    if let Err(err) = result {
         tracing::debug!(error = %err, "sd_notify failed");
     }
 }
 
+/// No systemd outside Linux (the Windows service reports its state itself).
+#[cfg(not(target_os = "linux"))]
+fn notify(what: Notify<'_>) {
+    let status = match what {
+        Notify::Ready(status) => status,
+        Notify::Reloading => "reloading",
+        Notify::Stopping => "stopping",
+    };
+    tracing::trace!(status, "no service manager notification on this platform");
+}
+
 /// This host's own addresses (every interface's), so a ban cannot cut the server off from
 /// itself. Empty if they cannot be listed (the ban then goes ahead: loopback is still refused).
+#[cfg(unix)]
 fn local_addresses() -> Vec<IpAddr> {
     match nix::ifaddrs::getifaddrs() {
         Ok(addrs) => addrs
@@ -966,4 +1145,10 @@ fn local_addresses() -> Vec<IpAddr> {
             Vec::new()
         }
     }
+}
+
+/// Windows: the interface list is not read yet (loopback is still refused); docs/WINDOWS.md.
+#[cfg(not(unix))]
+fn local_addresses() -> Vec<IpAddr> {
+    Vec::new()
 }

@@ -7,17 +7,21 @@
 //! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
 //! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
-//! holds the server-side subcommands.
+//! holds the server-side subcommands; [`pipe_acl`] is the control pipe's ACL on Windows.
 
 pub mod cli;
 pub mod config;
 pub mod control;
-#[cfg(target_os = "linux")]
 pub mod daemon;
-#[cfg(unix)]
 pub mod knock_sink;
 pub mod logging;
 pub mod metrics;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "builds the control pipe's security descriptor through Win32 calls"
+)]
+pub mod pipe_acl;
 #[cfg(target_os = "linux")]
 pub mod privsep;
 pub mod reload;

@@ -31,11 +31,24 @@ use crate::{
 };
 
 /// Where the daemon looks for its configuration when `--config` is not given.
+#[cfg(not(windows))]
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/capyknock/server.toml";
 /// Default state directory (systemd `StateDirectory=capyknock`).
+#[cfg(not(windows))]
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/capyknock";
 /// Default control socket (systemd `RuntimeDirectory=capyknock`).
+#[cfg(not(windows))]
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/capyknock/control.sock";
+/// Where the daemon looks for its configuration on Windows (`%ProgramData%` of a standard
+/// install; docs/WINDOWS.md).
+#[cfg(windows)]
+pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\capyknock\server.toml";
+/// Default state directory on Windows.
+#[cfg(windows)]
+pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\capyknock\state";
+/// The control pipe on Windows.
+#[cfg(windows)]
+pub const DEFAULT_CONTROL_SOCKET: &str = r"\\.\pipe\capyknock";
 /// Default access duration for users that do not set their own.
 pub const DEFAULT_ACCESS: Duration = Duration::from_mins(5);
 

@@ -1,0 +1,172 @@
+//! The control pipe's security on Windows: `\\.\pipe\capyknock` is created with a DACL that
+//! admits SYSTEM and the Administrators group (full access) and, when `control_group` is set,
+//! that group (read and write), and nobody else; remote clients are refused. The Windows
+//! counterpart of the Unix socket's mode 0660 and group (docs/WINDOWS.md).
+//!
+//! The only `unsafe` here is the Win32 calls that build the security descriptor from SDDL and
+//! resolve the group's name to a SID; everything else sees [`PipeSecurity`].
+
+use std::{ffi::c_void, io};
+
+use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
+use windows::{
+    Win32::{
+        Foundation::{HLOCAL, LocalFree},
+        Security::{
+            Authorization::{
+                ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
+                SDDL_REVISION_1,
+            },
+            LookupAccountNameW, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES, SID_NAME_USE,
+        },
+    },
+    core::{HSTRING, PWSTR},
+};
+
+/// The security descriptor the pipe's instances are created with.
+#[derive(Debug)]
+pub struct PipeSecurity {
+    descriptor: PSECURITY_DESCRIPTOR,
+    sddl: String,
+}
+
+// SAFETY: the descriptor is allocated once by `ConvertStringSecurityDescriptorToSecurityDescriptorW`,
+// only read afterwards (by `CreateNamedPipeW`), and freed once, in `Drop`.
+unsafe impl Send for PipeSecurity {}
+// SAFETY: as above: shared use only reads the descriptor.
+unsafe impl Sync for PipeSecurity {}
+
+/// The DACL in SDDL: protected (no inherited entries), SYSTEM and Administrators with full
+/// access, the group (a SID string) with read and write.
+#[must_use]
+pub fn sddl(group_sid: Option<&str>) -> String {
+    let base = "D:P(A;;GA;;;SY)(A;;GA;;;BA)";
+    match group_sid {
+        Some(sid) => format!("{base}(A;;GRGW;;;{sid})"),
+        None => base.to_owned(),
+    }
+}
+
+impl PipeSecurity {
+    /// The descriptor for SYSTEM, Administrators and `group` (a local or domain group name).
+    pub fn new(group: Option<&str>) -> io::Result<Self> {
+        let sid = group.map(group_sid).transpose()?;
+        let sddl = sddl(sid.as_deref());
+        let text = HSTRING::from(sddl.as_str());
+        let mut descriptor = PSECURITY_DESCRIPTOR::default();
+        // SAFETY: `text` is a NUL-terminated wide string that outlives the call; `descriptor`
+        // is a valid out pointer; the result is freed with LocalFree in Drop.
+        unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                &text,
+                SDDL_REVISION_1,
+                &raw mut descriptor,
+                None,
+            )
+        }
+        .map_err(io::Error::other)?;
+        Ok(Self { descriptor, sddl })
+    }
+
+    /// The DACL in SDDL, for logs and tests.
+    #[must_use]
+    pub fn sddl(&self) -> &str {
+        &self.sddl
+    }
+
+    /// Creates one instance of the pipe `name` with this descriptor. `first`: fail if the pipe
+    /// already exists (another daemon serves it).
+    pub fn create(&self, name: &str, first: bool) -> io::Result<NamedPipeServer> {
+        let mut attrs = SECURITY_ATTRIBUTES {
+            nLength: u32::try_from(std::mem::size_of::<SECURITY_ATTRIBUTES>()).unwrap_or(u32::MAX),
+            lpSecurityDescriptor: self.descriptor.0,
+            bInheritHandle: false.into(),
+        };
+        let mut options = ServerOptions::new();
+        options
+            .first_pipe_instance(first)
+            .reject_remote_clients(true);
+        // SAFETY: `attrs` is a valid SECURITY_ATTRIBUTES whose descriptor lives as long as
+        // `self`; CreateNamedPipeW only reads it during the call.
+        unsafe {
+            options.create_with_security_attributes_raw(name, (&raw mut attrs).cast::<c_void>())
+        }
+    }
+}
+
+impl Drop for PipeSecurity {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ConvertStringSecurityDescriptorToSecurityDescriptorW with
+        // LocalAlloc, freed exactly once here.
+        unsafe {
+            let _ = LocalFree(Some(HLOCAL(self.descriptor.0)));
+        }
+    }
+}
+
+/// The SID of the account or group `name`, as an `S-1-...` string.
+fn group_sid(name: &str) -> io::Result<String> {
+    let wide = HSTRING::from(name);
+    let mut sid_len = 0u32;
+    let mut domain_len = 0u32;
+    let mut kind = SID_NAME_USE::default();
+    // SAFETY: the sizing call: null buffers with zero lengths; it only writes the lengths.
+    let _ = unsafe {
+        LookupAccountNameW(
+            None,
+            &wide,
+            None,
+            &raw mut sid_len,
+            None,
+            &raw mut domain_len,
+            &raw mut kind,
+        )
+    };
+    if sid_len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("control_group {name:?}: no such group on this machine or domain"),
+        ));
+    }
+    let mut sid = vec![0u8; sid_len as usize];
+    let mut domain = vec![0u16; domain_len.max(1) as usize];
+    // SAFETY: both buffers have the sizes the sizing call returned, and outlive the call.
+    unsafe {
+        LookupAccountNameW(
+            None,
+            &wide,
+            Some(PSID(sid.as_mut_ptr().cast())),
+            &raw mut sid_len,
+            Some(PWSTR(domain.as_mut_ptr())),
+            &raw mut domain_len,
+            &raw mut kind,
+        )
+    }
+    .map_err(|e| io::Error::other(format!("control_group {name:?}: {e}")))?;
+    let mut text = PWSTR::null();
+    // SAFETY: `sid` holds the SID just written; `text` receives a LocalAlloc'd string, freed
+    // below after it is copied.
+    unsafe { ConvertSidToStringSidW(PSID(sid.as_mut_ptr().cast()), &raw mut text) }
+        .map_err(io::Error::other)?;
+    // SAFETY: `text` is the NUL-terminated string ConvertSidToStringSidW returned.
+    let out = unsafe { text.to_string() }.map_err(io::Error::other);
+    // SAFETY: allocated by ConvertSidToStringSidW with LocalAlloc, freed once.
+    unsafe {
+        let _ = LocalFree(Some(HLOCAL(text.0.cast())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sddl_admits_system_administrators_and_the_group_only() {
+        assert_eq!(sddl(None), "D:P(A;;GA;;;SY)(A;;GA;;;BA)");
+        assert_eq!(
+            sddl(Some("S-1-5-21-1-2-3-1001")),
+            "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;S-1-5-21-1-2-3-1001)"
+        );
+    }
+}
