@@ -2,7 +2,8 @@
 //! (`capyknock-testkit`: namespaces, veths, the daemon guard, the TCP service, probes, the clock),
 //! with what only the tests need: the daemon lab with fixed-key users ([`daemon`]), the
 //! end-to-end lab driving the real binary ([`e2e`]), the firewall lab ([`firewall`]), crafted
-//! frames ([`frames`]) and the XDP differential harness ([`xdp_harness`]).
+//! frames ([`frames`]), the XDP differential harness ([`xdp_harness`]) and the Windows build
+//! under Wine ([`wine`]).
 //!
 //! ```text
 //!   [ns A] veth-a 10.x.y.1/24, fd00:x:y::1/64  <---->  veth-b 10.x.y.2/24, fd00:x:y::2/64 [ns B]
@@ -17,6 +18,7 @@ pub mod e2e;
 pub mod firewall;
 pub mod frames;
 pub mod raw;
+pub mod wine;
 pub mod xdp_harness;
 
 use std::path::PathBuf;

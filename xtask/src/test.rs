@@ -4,7 +4,8 @@
 //! targets; unit and property tests; clippy of the whole crate for Windows, macOS and FreeBSD; the client built the public way
 //! in a clean environment and checked for other targets (`client_build`); the release packages
 //! built and checked (`cargo xtask dist --check`, root); the privileged end-to-end tests
-//! (root only, one at a time); a short fuzzing pass (`cargo xtask fuzz`, 20 s per target); last,
+//! (root only, one at a time; with the Windows debug build, which `windows_wine` runs under
+//! Wine); a short fuzzing pass (`cargo xtask fuzz`, 20 s per target); last,
 //! `cargo xtask load --quick` and `cargo xtask bench-xdp --quick` on the debug build (about a
 //! minute and 20 s; smoke tests of the benchmarks, which report their figures without judging
 //! them). Not root: fails with how to run it, never skips.
@@ -124,6 +125,17 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         })?;
         step("privileged tests", &mut |t| {
             cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
+            // The Windows build the Wine tests run (tests/tests/windows_wine.rs), built once.
+            cmd::run(&mut command(
+                "cargo",
+                &[
+                    "build",
+                    "-p",
+                    "capyknock",
+                    "--target",
+                    setup::WINDOWS_TARGET,
+                ],
+            ))?;
             cargo_test(
                 t,
                 &["test", "-p", "capyknock-tests", "--", "--test-threads=1"],

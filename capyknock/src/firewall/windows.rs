@@ -57,6 +57,9 @@ pub enum WinFwError {
     /// The TCP table could not be read.
     #[error("reading the TCP connection table failed (error {0})")]
     TcpTable(u32),
+    /// Windows Firewall took a rule but does not list it afterwards.
+    #[error("Windows Firewall accepted rule {0:?} but does not list it: the rule is not in effect")]
+    NotApplied(String),
 }
 
 fn com(action: impl Into<String>) -> impl FnOnce(windows::core::Error) -> WinFwError {
@@ -141,13 +144,19 @@ fn rule_exists(rules: &INetFwRules, name: &str) -> bool {
     unsafe { rules.Item(&BSTR::from(name)) }.is_ok()
 }
 
-/// Removes every rule called `name` (names are not unique in Windows Firewall).
-fn remove_rule(rules: &INetFwRules, name: &str) -> Result<(), WinFwError> {
+/// Removes every rule called `name` (names are not unique in Windows Firewall). Without
+/// `readback` (a firewall that cannot list rules) `Remove` is called once and its error, if
+/// any, returned: nothing can tell whether the rule is there.
+fn remove_rule(rules: &INetFwRules, name: &str, readback: bool) -> Result<(), WinFwError> {
     debug_assert!(wm::is_ours(name), "only our rules are removed");
     if !wm::is_ours(name) {
         return Ok(());
     }
     let bname = BSTR::from(name);
+    if !readback {
+        // SAFETY: COM is initialized; `Remove` copies the name.
+        return unsafe { rules.Remove(&bname) }.map_err(com(format!("removing rule {name:?}")));
+    }
     for _ in 0..16 {
         if !rule_exists(rules, name) {
             break;
@@ -272,7 +281,7 @@ pub fn remove_all_rules() -> Result<usize, WinFwError> {
             .filter(|n| wm::is_ours(n))
             .collect();
         for name in &ours {
-            remove_rule(rules, name)?;
+            remove_rule(rules, name, true)?;
         }
         Ok(ours.len())
     })
@@ -284,6 +293,9 @@ pub struct WindowsBackend {
     protected: Vec<PortSpec>,
     /// Names of the rules that should exist (for `is_intact`).
     expected: std::collections::BTreeSet<String>,
+    /// Whether the firewall lists its rules. When it cannot (Wine's stub firewall; a broken
+    /// firewall service), rules are added unverified and the start-up log says so.
+    readback: bool,
     connections: Option<(Instant, Vec<Connection>)>,
 }
 
@@ -291,18 +303,43 @@ impl WindowsBackend {
     /// A backend for the `protected` ports; checks that Windows Firewall can be opened.
     pub fn new(protected: &[PortSpec]) -> Result<Self, WinFwError> {
         with_rules(|_| Ok(()))?;
+        let readback = match with_rules(rule_names) {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(
+                    error = %super::ErrorChain(&err),
+                    "Windows Firewall cannot list its rules: capyknock adds its rules but cannot \
+                     verify, repair or remove them, so grants and bans may not be in effect and \
+                     expired ones may stay (Wine's firewall is a stub and does this; on Windows, \
+                     check the Windows Defender Firewall service, mpssvc)"
+                );
+                false
+            }
+        };
         Ok(Self {
             protected: protected.to_vec(),
             expected: std::collections::BTreeSet::new(),
             connections: None,
+            readback,
         })
     }
 
     fn ensure(&mut self, specs: &[RuleSpec]) -> Result<(), WinFwError> {
+        let readback = self.readback;
         with_rules(|rules| {
             for spec in specs {
                 if !rule_exists(rules, &spec.name) {
                     add_rule(rules, spec)?;
+                    // Verified after applying: a rule the firewall does not list is not there.
+                    if readback && !rule_exists(rules, &spec.name) {
+                        return Err(WinFwError::NotApplied(spec.name.clone()));
+                    }
+                    if !readback {
+                        tracing::warn!(
+                            rule = %spec.name,
+                            "Windows Firewall took the rule but cannot list rules: not verified"
+                        );
+                    }
                 }
             }
             Ok(())
@@ -312,9 +349,10 @@ impl WindowsBackend {
     }
 
     fn remove(&mut self, names: &[String]) -> Result<(), WinFwError> {
+        let readback = self.readback;
         with_rules(|rules| {
             for name in names {
-                remove_rule(rules, name)?;
+                remove_rule(rules, name, readback)?;
             }
             Ok(())
         })?;
@@ -361,6 +399,10 @@ impl Backend for WindowsBackend {
     }
 
     fn is_intact(&mut self) -> Result<bool, Error> {
+        if !self.readback {
+            // Nothing to compare with; the start-up log said so.
+            return Ok(true);
+        }
         let names = with_rules(rule_names)?;
         let present: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
         Ok(self.expected.iter().all(|n| present.contains(n.as_str())))
@@ -368,10 +410,16 @@ impl Backend for WindowsBackend {
 
     fn restore(&mut self, ledger: &Ledger, _now: SystemTime) -> Result<(), Error> {
         let desired = wm::desired_rules(ledger, &self.protected);
+        if !self.readback {
+            // Cannot see what is there: add what should be, remove nothing.
+            self.ensure(&desired)?;
+            self.expected = desired.into_iter().map(|r| r.name).collect();
+            return Ok(());
+        }
         with_rules(|rules| {
             let plan = wm::plan(&rule_names(rules)?, &desired);
             for name in &plan.remove {
-                remove_rule(rules, name)?;
+                remove_rule(rules, name, true)?;
             }
             for spec in &plan.add {
                 add_rule(rules, spec)?;

@@ -268,8 +268,13 @@ struct Started {
     reason = "start-up is one sequence of steps in the order the module docs give"
 )]
 fn start(mut opts: Options) -> Result<Started, DaemonError> {
-    // An absolute path, so status shows it and a reload finds it whatever the cwd.
-    if let Ok(path) = std::fs::canonicalize(&opts.config) {
+    // An absolute path, so status shows it and a reload finds it whatever the cwd. (Windows:
+    // without resolving links, which would give a `\\?\` verbatim path admins do not write.)
+    #[cfg(not(windows))]
+    let absolute = std::fs::canonicalize(&opts.config);
+    #[cfg(windows)]
+    let absolute = std::path::absolute(&opts.config);
+    if let Ok(path) = absolute {
         opts.config = path;
     }
     let settings = opts.apply(config::load(&opts.config)?);
