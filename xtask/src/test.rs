@@ -124,18 +124,7 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
             crate::dist::dist(&crate::dist::Options { check: true })
         })?;
         step("privileged tests", &mut |t| {
-            cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
-            // The Windows build the Wine tests run (tests/tests/windows_wine.rs), built once.
-            cmd::run(&mut command(
-                "cargo",
-                &[
-                    "build",
-                    "-p",
-                    "capyknock",
-                    "--target",
-                    setup::WINDOWS_TARGET,
-                ],
-            ))?;
+            privileged_builds()?;
             cargo_test(
                 t,
                 &["test", "-p", "capyknock-tests", "--", "--test-threads=1"],
@@ -171,6 +160,22 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         tally.passed, tally.failed, tally.ignored
     );
     result
+}
+
+/// The binaries the privileged tests run: the Linux debug build and the Windows debug build
+/// that tests/tests/windows_wine.rs runs under Wine (built once, about 3 minutes from scratch).
+fn privileged_builds() -> anyhow::Result<()> {
+    cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
+    cmd::run(&mut command(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "capyknock",
+            "--target",
+            setup::WINDOWS_TARGET,
+        ],
+    ))
 }
 
 fn cargo_test(tally: &mut Tally, args: &[&str]) -> anyhow::Result<()> {
