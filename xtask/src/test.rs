@@ -163,7 +163,7 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// The binaries the privileged tests run: the Linux debug build and the Windows debug build
-/// that tests/tests/windows_wine.rs runs under Wine (built once, about 3 minutes from scratch).
+/// that `tests/tests/windows_wine.rs` runs under Wine (built once, about 3 minutes from scratch).
 fn privileged_builds() -> anyhow::Result<()> {
     cmd::run(&mut command("cargo", &["build", "-p", "capyknock"]))?;
     cmd::run(&mut command(
