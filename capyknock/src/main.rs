@@ -55,6 +55,9 @@ enum ServerCommand {
     Status(capyknock::server::cli::StatusArgs),
     /// Make the daemon re-read its configuration (like SIGHUP, but reports the result).
     Reload(capyknock::server::cli::ReloadArgs),
+    /// The Windows service: install, uninstall, start, stop (docs/WINDOWS.md).
+    #[cfg(windows)]
+    Service(capyknock::server::service::ServiceArgs),
     /// Print the XDP program's verdict counters after running it on a crafted frame (diagnostic;
     /// needs root). Proves the embedded eBPF object loads on this kernel.
     #[cfg(target_os = "linux")]
@@ -72,7 +75,10 @@ enum ServerCommand {
 }
 
 fn main() -> ExitCode {
-    capyknock::tracing_setup::init();
+    // The Windows service logs to a file, set up by `service run` itself.
+    if !is_service_run() {
+        capyknock::tracing_setup::init();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +96,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether this is `capyknock service run` (Windows service entry point).
+fn is_service_run() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    cfg!(all(windows, feature = "server"))
+        && args.next().is_some_and(|a| a == "service")
+        && args.next().is_some_and(|a| a == "run")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -124,6 +138,8 @@ fn run_server(command: ServerCommand) -> anyhow::Result<()> {
         Command::Unban(args) => Ok(capyknock::server::cli::unban(&args)?),
         Command::Status(args) => Ok(capyknock::server::cli::status(&args)?),
         Command::Reload(args) => Ok(capyknock::server::cli::reload(&args)?),
+        #[cfg(windows)]
+        Command::Service(args) => Ok(capyknock::server::service::run(&args)?),
         #[cfg(target_os = "linux")]
         Command::FirewallHelper => Ok(capyknock::server::privsep::helper::run()?),
         #[cfg(target_os = "linux")]

@@ -41,6 +41,21 @@ pub fn init() {
     }
 }
 
+/// Sets up tracing to `writer` (a log file) instead of stderr: same lines, no colours. For the
+/// Windows service, which has no console.
+pub fn init_with_writer<W>(writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .init();
+}
+
 /// Whether to colour output to a stream: only a terminal, and never when `NO_COLOR` is set to
 /// anything but the empty string (<https://no-color.org>).
 #[must_use]

@@ -19,6 +19,7 @@
 use std::{
     fs::File,
     net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant, SystemTime},
@@ -174,6 +175,19 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     text.push_str(&render_user(&alice));
     write_private(&config, text.as_bytes()).unwrap();
     let log = dir.path().join("server.log");
+
+    // The Windows form of "a config readable by others is refused": Wine shows mode 0644 as a
+    // DACL that lets Everyone read; the daemon refuses it and says how to fix it.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = win_path(&config);
+    let out = win_cli(&wine, &server, &["server", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("icacls"),
+        "{}",
+        output_text(&out)
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let mut daemon = WinDaemon::start(&wine, &server, &config, &log, &[]);
     let ready = daemon.wait_log(&["capyknock daemon ready"], START_TIMEOUT);

@@ -1,7 +1,7 @@
 //! The control socket: a Unix domain socket (mode 0660, owner root, group from the config) that
 //! speaks line-delimited JSON. On Windows the same lines go over a named pipe
 //! (`\\.\pipe\capyknock`) whose ACL admits SYSTEM, Administrators and the configured group
-//! ([`super::pipe_acl`]). `capyknock status|ban|unban|reload` are its clients; fail2ban
+//! ([`super::win_acl`]). `capyknock status|ban|unban|reload` are its clients; fail2ban
 //! reaches it through `capyknock ban`.
 //!
 //! One request per line, one response line per request (docs/OPERATIONS.md):
@@ -623,11 +623,11 @@ mod server {
     }
 
     /// The bound control pipe (Windows): `\\.\pipe\capyknock` or the config's
-    /// `control_socket`, with the ACL of [`super::super::pipe_acl`].
+    /// `control_socket`, with the ACL of [`super::super::win_acl`].
     #[cfg(windows)]
     #[derive(Debug)]
     pub struct ControlServer {
-        security: super::super::pipe_acl::PipeSecurity,
+        security: super::super::win_acl::PipeSecurity,
         /// The instance the next client connects to.
         next: tokio::net::windows::named_pipe::NamedPipeServer,
         path: PathBuf,
@@ -644,7 +644,7 @@ mod server {
                 path: shown.clone(),
                 source,
             };
-            let security = super::super::pipe_acl::PipeSecurity::new(group).map_err(|e| {
+            let security = super::super::win_acl::PipeSecurity::new(group).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     ControlError::NoSuchGroup(group.unwrap_or_default().to_owned())
                 } else {

@@ -125,6 +125,10 @@ pub enum DaemonError {
     /// A setting asks for something this operating system does not have.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// Windows: the state directory's access list lets others in.
+    #[cfg(windows)]
+    #[error("{0}")]
+    Acl(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (Windows: Ctrl-C, Ctrl-Break, console close).
@@ -298,7 +302,19 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let (metrics, metrics_task) = start_metrics(&settings)?;
 
     let now = SystemTime::now();
+    // Windows: a state directory we create gets the ACL mode 0700 gives it on Unix.
+    #[cfg(windows)]
+    if !settings.state_dir.exists()
+        && std::fs::create_dir_all(&settings.state_dir).is_ok()
+        && let Err(err) = super::win_acl::protect_dir(&settings.state_dir)
+    {
+        tracing::warn!(dir = %settings.state_dir.display(), error = %err, "cannot restrict the new state directory to SYSTEM and Administrators");
+    }
     let state = StateDir::open(&settings.state_dir)?;
+    // Windows has no mode bits: the state directory's DACL must keep others out.
+    #[cfg(windows)]
+    super::win_acl::check_private(&settings.state_dir, "state directory")
+        .map_err(DaemonError::Acl)?;
     let (replay, replay_store) = open_replay(&state, unix(now));
 
     let mut capture = Capture::open(&capture_config(&settings))?;

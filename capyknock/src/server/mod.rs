@@ -7,7 +7,8 @@
 //! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
 //! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
-//! holds the server-side subcommands; [`pipe_acl`] is the control pipe's ACL on Windows.
+//! holds the server-side subcommands; [`win_acl`] holds the Windows ACLs (control pipe,
+//! `%ProgramData%`, the config check) and [`service`] the Windows service.
 
 pub mod cli;
 pub mod config;
@@ -16,16 +17,23 @@ pub mod daemon;
 pub mod knock_sink;
 pub mod logging;
 pub mod metrics;
-#[cfg(windows)]
-#[allow(
-    unsafe_code,
-    reason = "builds the control pipe's security descriptor through Win32 calls"
-)]
-pub mod pipe_acl;
 #[cfg(target_os = "linux")]
 pub mod privsep;
 pub mod reload;
 pub mod replay_store;
+pub mod sddl;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "windows-service's define_windows_service! expands to the service's extern entry point"
+)]
+pub mod service;
 pub mod state;
 pub mod status;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "security descriptors (control pipe, ProgramData, the config check) through Win32 calls"
+)]
+pub mod win_acl;
 pub mod worker;

@@ -94,6 +94,10 @@ pub enum ConfigError {
     /// Unreadable, too large, or not private (mode, owner, directory).
     #[error(transparent)]
     File(#[from] PrivateFileError),
+    /// Windows: the file's access list lets others read or change it.
+    #[cfg(windows)]
+    #[error("{0}")]
+    Acl(String),
     /// Syntax or content problems, each with its line.
     #[error("{}", conf::render_problems(&KIND, path, problems))]
     Invalid {
@@ -113,9 +117,13 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 /// Reads `path` after checking it is a private regular file of sane size: owned by us (or
 /// root), accessible by its owner alone, in a directory others cannot write to.
 pub fn read_checked(path: &Path) -> Result<String, ConfigError> {
-    conf::read(&KIND, path)?.ok_or_else(|| ConfigError::Missing {
+    let text = conf::read(&KIND, path)?.ok_or_else(|| ConfigError::Missing {
         path: path.to_owned(),
-    })
+    })?;
+    // Windows has no mode bits: its DACL must not open the file to Everyone or Users.
+    #[cfg(windows)]
+    super::win_acl::check_private(path, "config").map_err(ConfigError::Acl)?;
+    Ok(text)
 }
 
 /// Parses and validates config text; `path` is only used in messages.

@@ -1,12 +1,20 @@
-//! The control pipe's security on Windows: `\\.\pipe\capyknock` is created with a DACL that
-//! admits SYSTEM and the Administrators group (full access) and, when `control_group` is set,
-//! that group (read and write), and nobody else; remote clients are refused. The Windows
-//! counterpart of the Unix socket's mode 0660 and group (docs/WINDOWS.md).
+//! Windows ACLs, written and read as SDDL (docs/WINDOWS.md):
 //!
-//! The only `unsafe` here is the Win32 calls that build the security descriptor from SDDL and
-//! resolve the group's name to a SID; everything else sees [`PipeSecurity`].
+//! - the control pipe: `\\.\pipe\capyknock` is created with a DACL that admits SYSTEM and the
+//!   Administrators group (full access) and, when `control_group` is set, that group (read and
+//!   write), and nobody else; remote clients are refused. The Windows counterpart of the Unix
+//!   socket's mode 0660 and group ([`PipeSecurity`]);
+//! - `%ProgramData%\capyknock` and its state directory: SYSTEM and Administrators only,
+//!   inherited by what is created inside ([`protect_dir`]);
+//! - the Windows form of "a config readable by others is refused": a config or state directory
+//!   whose DACL lets Everyone, Users or Authenticated Users read or write it is refused, with the
+//!   `icacls` command that fixes it ([`check_private`], on top of `open_to_others`, a pure
+//!   function over the SDDL text in [`super::sddl`]).
+//!
+//! The only `unsafe` here is the Win32 calls that convert between SDDL and security
+//! descriptors, read and set a file's DACL and resolve a group's name to a SID.
 
-use std::{ffi::c_void, io};
+use std::{ffi::c_void, io, path::Path};
 
 use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
 use windows::{
@@ -14,10 +22,12 @@ use windows::{
         Foundation::{HLOCAL, LocalFree},
         Security::{
             Authorization::{
-                ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
-                SDDL_REVISION_1,
+                ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertSidToStringSidW,
+                ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
             },
-            LookupAccountNameW, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES, SID_NAME_USE,
+            DACL_SECURITY_INFORMATION, GetFileSecurityW, LookupAccountNameW,
+            PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES,
+            SID_NAME_USE, SetFileSecurityW,
         },
     },
     core::{HSTRING, PWSTR},
@@ -51,7 +61,11 @@ impl PipeSecurity {
     /// The descriptor for SYSTEM, Administrators and `group` (a local or domain group name).
     pub fn new(group: Option<&str>) -> io::Result<Self> {
         let sid = group.map(group_sid).transpose()?;
-        let sddl = sddl(sid.as_deref());
+        Self::from_sddl(sddl(sid.as_deref()))
+    }
+
+    /// A descriptor from SDDL text.
+    fn from_sddl(sddl: String) -> io::Result<Self> {
         let text = HSTRING::from(sddl.as_str());
         let mut descriptor = PSECURITY_DESCRIPTOR::default();
         // SAFETY: `text` is a NUL-terminated wide string that outlives the call; `descriptor`
@@ -101,6 +115,86 @@ impl Drop for PipeSecurity {
         unsafe {
             let _ = LocalFree(Some(HLOCAL(self.descriptor.0)));
         }
+    }
+}
+
+/// SYSTEM and Administrators only, inherited by every file and directory created inside.
+pub const ADMIN_ONLY_DIR: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+
+/// Sets `dir`'s DACL to [`ADMIN_ONLY_DIR`] (protected: nothing inherited from the parent).
+pub fn protect_dir(dir: &Path) -> io::Result<()> {
+    let security = PipeSecurity::from_sddl(ADMIN_ONLY_DIR.to_owned())?;
+    let wide = HSTRING::from(dir.as_os_str());
+    // SAFETY: `wide` is a NUL-terminated path and `security` a valid descriptor; both outlive
+    // the call, which copies what it needs.
+    unsafe {
+        SetFileSecurityW(
+            &wide,
+            DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+            security.descriptor,
+        )
+    }
+    .ok()
+    .map_err(io::Error::other)
+}
+
+/// The DACL of `path` as SDDL text (`D:...`).
+pub fn dacl_sddl(path: &Path) -> io::Result<String> {
+    let wide = HSTRING::from(path.as_os_str());
+    let info = DACL_SECURITY_INFORMATION.0;
+    let mut needed = 0u32;
+    // SAFETY: the sizing call: no buffer, length 0; it writes only `needed`.
+    let _ = unsafe { GetFileSecurityW(&wide, info, None, 0, &raw mut needed) };
+    if needed == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // u64 words: aligned for the descriptor's fields.
+    let mut buf = vec![0u64; (needed as usize).div_ceil(8)];
+    let descriptor = PSECURITY_DESCRIPTOR(buf.as_mut_ptr().cast());
+    // SAFETY: `buf` holds at least `needed` bytes and outlives the call.
+    unsafe { GetFileSecurityW(&wide, info, Some(descriptor), needed, &raw mut needed) }
+        .ok()
+        .map_err(io::Error::other)?;
+    let mut text = PWSTR::null();
+    // SAFETY: `descriptor` is the self-relative descriptor just read; `text` receives a
+    // LocalAlloc'd string, freed below after it is copied.
+    unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            descriptor,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &raw mut text,
+            None,
+        )
+    }
+    .map_err(io::Error::other)?;
+    // SAFETY: `text` is the NUL-terminated string the call returned.
+    let out = unsafe { text.to_string() }.map_err(io::Error::other);
+    // SAFETY: allocated with LocalAlloc by the call, freed once.
+    unsafe {
+        let _ = LocalFree(Some(HLOCAL(text.0.cast())));
+    }
+    out
+}
+
+/// Refuses `path` (a config file or the state directory) when its DACL lets Everyone, Users or
+/// Authenticated Users read or write it; the message names who and the `icacls` fix.
+pub fn check_private(path: &Path, what: &str) -> Result<(), String> {
+    let sddl = dacl_sddl(path).map_err(|e| {
+        format!(
+            "cannot read the permissions of {what} {}: {e}",
+            path.display()
+        )
+    })?;
+    match super::sddl::open_to_others(&sddl) {
+        None => Ok(()),
+        Some(who) => Err(format!(
+            "{what} {} can be read or changed by {who}: it holds secret keys or replay state and \
+             must be for SYSTEM and Administrators only; run (as Administrator) \
+             `icacls \"{}\" /inheritance:r /grant:r SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F`",
+            path.display(),
+            path.display()
+        )),
     }
 }
 
