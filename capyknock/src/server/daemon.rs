@@ -31,6 +31,10 @@ use tokio::{
 };
 
 use super::{
+    cluster::{
+        fleet::{Fleet, Pending},
+        store::StoreError,
+    },
     config::{self, ConfigError, Settings},
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
@@ -126,6 +130,9 @@ pub enum DaemonError {
     /// The metrics endpoint could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Fleet mode could not start (`[cluster]`).
+    #[error("fleet mode ([cluster])")]
+    Cluster(#[source] StoreError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Must run inside a multi-threaded tokio runtime.
@@ -203,6 +210,13 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .then(privsep::Helper::spawn)
         .transpose()?;
     let (metrics, metrics_task) = start_metrics(&settings)?;
+    // Reads the TLS files now; connects in the background (start-up never waits for etcd).
+    let fleet = settings
+        .cluster
+        .as_ref()
+        .map(|c| Fleet::start(c, settings.freshness))
+        .transpose()
+        .map_err(DaemonError::Cluster)?;
 
     let now = SystemTime::now();
     let state = StateDir::open(&settings.state_dir)?;
@@ -294,6 +308,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         ticks: 0,
         fatal: None,
         metrics,
+        fleet,
     };
     announce(&core, &control_path);
     Ok(Started {
@@ -452,6 +467,8 @@ struct Core {
     fatal: Option<DaemonError>,
     /// The metrics endpoint's counters, when it is on.
     metrics: Option<Metrics>,
+    /// Fleet mode: every grant is claimed in etcd first (`server::cluster`).
+    fleet: Option<Fleet>,
 }
 
 impl Core {
@@ -521,6 +538,17 @@ impl Core {
                 // Fail closed: without a durable record, a restart could accept this again.
                 self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
                 self.send(Effect::RecordUse(used));
+            }
+            (Verdict::Grant(grant), Some(used)) if self.fleet.is_some() => {
+                if let Some(fleet) = &self.fleet {
+                    let knock = Pending {
+                        grant,
+                        used,
+                        received,
+                        src,
+                    };
+                    fleet.claim_then_grant(knock, self.effects.clone(), self.metrics.clone());
+                }
             }
             (Verdict::Grant(grant), Some(used)) => {
                 self.accepted += 1;

@@ -7,9 +7,10 @@
 //! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
 //! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
-//! holds the server-side subcommands.
+//! holds the server-side subcommands; [`cluster`] is fleet mode on etcd (docs/FLEET.md).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 #[cfg(target_os = "linux")]

@@ -12,7 +12,10 @@ use crate::{
     firewall::FirewallConfig,
     ports::PortSpec,
     protocol::users::{User, Users, UsersError},
-    server::metrics::Listen,
+    server::{
+        cluster::config::{ClusterSettings, RawCluster},
+        metrics::Listen,
+    },
 };
 
 /// The configuration file exactly as written. Missing sections take their defaults.
@@ -27,6 +30,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[firewall]`: the firewall backend's settings.
     pub firewall: Option<Spanned<FirewallConfig>>,
+    /// `[cluster]`: fleet mode on etcd (`server::cluster`); absent: a single server.
+    pub cluster: Option<Spanned<RawCluster>>,
     /// `[[user]]` entries.
     #[serde(rename = "user")]
     pub users: Vec<Spanned<RawUser>>,
@@ -224,6 +229,8 @@ pub struct Settings {
     pub log: LogLimits,
     /// The `[firewall]` section.
     pub firewall: FirewallConfig,
+    /// The `[cluster]` section; `None`: a single server, no etcd.
+    pub cluster: Option<ClusterSettings>,
     /// Users, in file order (ids and nicknames unique).
     pub users: Vec<User>,
 }

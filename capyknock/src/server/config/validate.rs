@@ -265,6 +265,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         }
     };
 
+    let cluster = raw.cluster.and_then(|section| {
+        let span = section.span();
+        crate::server::cluster::config::validate(&mut c, section.into_inner(), &span)
+    });
+
     match (capture, xdp_mode) {
         (Ok(capture), Ok(xdp_mode)) if c.is_clean() => Ok(Settings {
             path: path.to_owned(),
@@ -284,6 +289,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             limits,
             log,
             firewall,
+            cluster,
             users,
         }),
         _ => Err(c.into_problems()),

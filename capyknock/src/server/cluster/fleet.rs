@@ -1,0 +1,203 @@
+//! Fleet mode in the daemon: a knock that passed every local check (including the local replay
+//! state, the first filter, which costs no round trip) is claimed in etcd on a task of its own
+//! before its grant goes to the worker. The core never waits for it: capture and verification
+//! go on while claims are in flight.
+//!
+//! Outcomes: claimed -> "knock accepted" and the grant; claimed before (by any node, or by this
+//! one before a restart) -> `knock rejected reason=replayed_in_fleet`; store unreachable ->
+//! `on_store_failure`: `refuse` logs `knock rejected reason=store_unavailable`, `local` accepts
+//! on local state with a loud error line and claims the knock when the store returns. In every
+//! case the use is also recorded in the local replay state (the worker makes it durable).
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{
+    config::{ClusterSettings, OnStoreFailure},
+    store::{Claim, Store, StoreError},
+};
+use crate::{
+    error_chain::ErrorChain,
+    protocol::{replay::Used, verify},
+    server::{logging, metrics::Metrics, worker::Effect},
+};
+
+/// Most claims in flight at once; beyond that a knock is treated as if the store were
+/// unreachable (valid knocks are rate-limited per user long before this).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// The rejection reason of a knock another claim came first for.
+pub const REPLAYED_IN_FLEET: &str = "replayed_in_fleet";
+/// The rejection reason of a knock refused because the store is unreachable.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+
+/// The daemon's handle on the fleet.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    store: Store,
+    policy: OnStoreFailure,
+    in_flight: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+/// What fleet mode did, for status and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Knocks claimed fleet-wide.
+    pub claimed: AtomicU64,
+    /// Knocks refused because another claim came first.
+    pub replayed: AtomicU64,
+    /// Knocks refused because the store was unreachable (`refuse`).
+    pub refused_store_down: AtomicU64,
+    /// Knocks accepted on local state alone (`local`).
+    pub accepted_locally: AtomicU64,
+}
+
+/// A verified knock waiting for its claim.
+#[derive(Debug)]
+pub struct Pending {
+    /// The verifier's grant.
+    pub grant: verify::Access,
+    /// The use it charged.
+    pub used: Used,
+    /// When the core took it off the capture.
+    pub received: Instant,
+    /// Where it came from.
+    pub src: IpAddr,
+}
+
+impl Fleet {
+    /// Starts the store client (see [`Store::start`]).
+    pub fn start(settings: &ClusterSettings, freshness: Duration) -> Result<Self, StoreError> {
+        let store = Store::start(settings, freshness)?;
+        tracing::info!(
+            node = %settings.node,
+            groups = %settings.groups.join(","),
+            endpoints = %settings.endpoints.join(","),
+            on_store_failure = settings.on_store_failure.as_str(),
+            "fleet mode: knocks are claimed in etcd before they open"
+        );
+        Ok(Self {
+            store,
+            policy: settings.on_store_failure,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Claims `knock` on a task of its own, then hands the worker its grant (or only its use).
+    pub fn claim_then_grant(
+        &self,
+        knock: Pending,
+        effects: mpsc::Sender<Effect>,
+        metrics: Option<Metrics>,
+    ) {
+        let permit = Arc::clone(&self.in_flight).try_acquire_owned().ok();
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let outcome = match &permit {
+                Some(_) => fleet.store.claim(&knock.used).await,
+                None => Err(StoreError::Unreachable),
+            };
+            drop(permit);
+            let effect = fleet.decide(knock, outcome, metrics.as_ref());
+            // The worker's queue is bounded; waiting here delays only this knock.
+            let _ = effects.send(effect).await;
+        });
+    }
+
+    /// Logs the outcome and returns what the worker must do.
+    fn decide(
+        &self,
+        knock: Pending,
+        outcome: Result<Claim, StoreError>,
+        metrics: Option<&Metrics>,
+    ) -> Effect {
+        let Pending {
+            grant,
+            used,
+            received,
+            src,
+        } = knock;
+        let grant_effect = |grant: verify::Access| {
+            let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
+            logging::accepted(
+                &grant.nickname,
+                src,
+                grant.addr,
+                &ports.join(","),
+                grant.duration,
+            );
+            if let Some(m) = metrics {
+                m.accepted();
+            }
+            Effect::Grant {
+                grant,
+                used,
+                received,
+            }
+        };
+        match outcome {
+            Ok(Claim::Claimed) => {
+                self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(claim_ms = received.elapsed().as_secs_f64() * 1e3, "claimed");
+                grant_effect(grant)
+            }
+            Ok(Claim::Taken) => {
+                self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                logging::rejected(REPLAYED_IN_FLEET, src, Some(&grant.nickname));
+                Effect::RecordUse(used)
+            }
+            Err(err) => match self.policy {
+                OnStoreFailure::Refuse => {
+                    self.counters
+                        .refused_store_down
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %ErrorChain(&err),
+                        nickname = %grant.nickname,
+                        %src,
+                        "knock verified but REFUSED: it cannot be claimed in the fleet store \
+                         (on_store_failure = refuse)"
+                    );
+                    logging::rejected(STORE_UNAVAILABLE, src, Some(&grant.nickname));
+                    Effect::RecordUse(used)
+                }
+                OnStoreFailure::Local => {
+                    self.counters
+                        .accepted_locally
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %ErrorChain(&err),
+                        nickname = %grant.nickname,
+                        %src,
+                        "FLEET STORE UNREACHABLE: knock accepted on this node's one-time state \
+                         ONLY (on_store_failure = local); another node could accept a replay of \
+                         it until the store returns"
+                    );
+                    self.store.remember_unclaimed(used);
+                    grant_effect(grant)
+                }
+            },
+        }
+    }
+}

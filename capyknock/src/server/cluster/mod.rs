@@ -1,0 +1,13 @@
+//! Fleet mode (issue 16, docs/FLEET.md): servers that share one-time knocks through etcd.
+//!
+//! [`config`] is the `[cluster]` section (without it the daemon is a single server and needs no
+//! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
+//! transaction; [`fleet`] hooks the claim into the daemon between verification and the worker
+//! (which opens the firewall). The store parts are Linux-only, like the daemon.
+
+pub mod config;
+#[cfg(target_os = "linux")]
+pub mod fleet;
+pub mod keys;
+#[cfg(target_os = "linux")]
+pub mod store;
