@@ -312,6 +312,13 @@ impl DaemonLab {
     /// Waits up to 5 s for a log line (of this run) containing every one of `parts`; returns it.
     #[expect(clippy::must_use_candidate, reason = "often called only to wait")]
     pub fn wait_log(&self, parts: &[&str]) -> String {
+        self.wait_log_within(parts, 5)
+    }
+
+    /// Waits up to `secs` seconds for a log line (of this run) containing every one of
+    /// `parts`; returns it.
+    #[expect(clippy::must_use_candidate, reason = "often called only to wait")]
+    pub fn wait_log_within(&self, parts: &[&str], secs: u64) -> String {
         let find = || {
             self.run_log()
                 .lines()
@@ -319,7 +326,7 @@ impl DaemonLab {
                 .map(str::to_owned)
         };
         let mut found = None;
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        wait_until(Duration::from_secs(secs), Duration::from_millis(50), || {
             found = find();
             Ok(found.is_some())
         })

@@ -1,7 +1,8 @@
 //! Helpers for capyknock's privileged end-to-end tests, on top of the lab kit
 //! (`capyknock-testkit`: namespaces, veths, the daemon guard, the TCP service, probes, the clock),
 //! with what only the tests need: the daemon lab with fixed-key users ([`daemon`]), the
-//! end-to-end lab driving the real binary ([`e2e`]), the firewall lab ([`firewall`]), crafted
+//! end-to-end lab driving the real binary ([`e2e`]), the firewall lab ([`firewall`]), fleet
+//! nodes on a real etcd cluster ([`fleet`]), crafted
 //! frames ([`frames`]) and the XDP differential harness ([`xdp_harness`]).
 //!
 //! ```text
@@ -15,6 +16,7 @@
 pub mod daemon;
 pub mod e2e;
 pub mod firewall;
+pub mod fleet;
 pub mod frames;
 pub mod raw;
 pub mod xdp_harness;

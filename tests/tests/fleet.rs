@@ -1,0 +1,272 @@
+//! Fleet mode on a real etcd (issue 16): capyknock nodes in namespaces of their own share
+//! one-time knocks through etcd members the test starts (tests/src/fleet.rs has the picture).
+//! A knock accepted by one node is refused as a replay by another (from another address) and by
+//! the same node after a restart; with etcd down, `on_store_failure = "refuse"` refuses new
+//! knocks and `"local"` accepts them with a loud log line, and both recover when etcd returns;
+//! a three-member cluster keeps working with one member down and refuses with two down; the
+//! claim's latency on three members is measured.
+//!
+//! Needs root and etcd (`cargo xtask setup --for-tests` installs it). Run:
+//! `cargo build -p capyknock && cargo test -p capyknock-tests --test fleet -- --test-threads=1 --nocapture`.
+
+use std::time::{Duration, Instant};
+
+use capyknock::{
+    protocol::{keys::UserId, payload::PacketId, replay::Used},
+    server::cluster::{
+        config::{ClusterSettings, OnStoreFailure},
+        store::{Claim, Store},
+    },
+};
+use capyknock_testkit::{
+    clock::{time_step, unix_now, wait_for_fresh_step},
+    etcd::EtcdCluster,
+};
+use capyknock_tests::{
+    daemon::{SERVICE, knock, user},
+    fleet::{Node, PREFIX},
+    require_root,
+};
+
+fn etcd(tag: &str, size: usize) -> EtcdCluster {
+    require_root();
+    EtcdCluster::start(tag, size).unwrap_or_else(|e| panic!("etcd: {e:?}"))
+}
+
+#[test]
+fn knock_accepted_by_one_node_is_refused_by_another_and_after_restart() {
+    let etcd = etcd("fle1", 1);
+    let (alice, bob) = (user("alice", 1), user("bob", 2));
+    let mut a = Node::new("fla", "node-a", &etcd, "refuse");
+    let mut b = Node::new("flb", "node-b", &etcd, "refuse");
+    // C starts now (a node with no state refuses knocks made before it started) and sees
+    // nothing until the end.
+    let mut c = Node::new("flc", "node-c", &etcd, "refuse");
+    for n in [&a, &b, &c] {
+        n.write_config(&[&alice, &bob]);
+    }
+    a.start();
+    b.start();
+    c.start();
+
+    wait_for_fresh_step(15);
+    let packet = knock(&alice, &[SERVICE], unix_now());
+    a.lab.send(&packet, false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=alice"]);
+    a.lab.wait_connect(SERVICE.port, false, true);
+    let keys = etcd.keys(PREFIX).unwrap();
+    assert_eq!(keys.len(), 2, "one step and one packet claim: {keys:?}");
+
+    // The same packet, captured, sent to B from B's client (another address): refused.
+    b.lab.send(&packet, false, 1);
+    let line = b.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=replayed_in_fleet"), "{line}");
+    assert!(
+        line.contains(&format!("src={}", b.lab.client_addr(false))),
+        "{line}"
+    );
+    assert!(!b.lab.can_connect(SERVICE.port, false), "B opened a replay");
+    // B itself works: bob's fresh knock opens.
+    b.lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
+    b.lab.wait_log(&["knock accepted", "nickname=bob"]);
+    b.lab.wait_connect(SERVICE.port, false, true);
+
+    // A after kill -9 and a restart, and node C, which has never seen the packet: both refuse.
+    a.lab.kill9();
+    a.start();
+    a.lab.send(&packet, false, 1);
+    let line = a.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=replayed_"), "{line}");
+    c.lab.send(&packet, false, 1);
+    let line = c.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=replayed_in_fleet"), "{line}");
+    assert!(!c.lab.can_connect(SERVICE.port, false));
+    for n in [&mut a, &mut b, &mut c] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+#[test]
+fn store_down_refuse_refuses_local_accepts_loudly_both_recover() {
+    let mut etcd = etcd("fle2", 1);
+    let users = [
+        user("alice", 1),
+        user("bob", 2),
+        user("carol", 3),
+        user("dave", 4),
+    ];
+    let [alice, bob, carol, dave] = &users;
+    let mut a = Node::new("fra", "node-a", &etcd, "refuse");
+    let mut b = Node::new("frb", "node-b", &etcd, "local");
+    for n in [&a, &b] {
+        n.write_config(&[alice, bob, carol, dave]);
+    }
+    a.start();
+    b.start();
+
+    etcd.kill_member(0).unwrap();
+    for n in [&a, &b] {
+        n.lab
+            .wait_log_within(&["FLEET STORE (etcd) UNREACHABLE"], 10);
+    }
+    wait_for_fresh_step(15);
+    // refuse: a valid knock is refused, the port stays closed.
+    let started = Instant::now();
+    a.lab.send(&knock(alice, &[SERVICE], unix_now()), false, 1);
+    let line = a.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=store_unavailable"), "{line}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a down store must not hold a knock"
+    );
+    assert!(!a.lab.can_connect(SERVICE.port, false));
+    // local: accepted on local state, with the loud line.
+    let bobs = knock(bob, &[SERVICE], unix_now());
+    b.lab.send(&bobs, false, 1);
+    b.lab.wait_log(&["knock accepted", "nickname=bob"]);
+    b.lab
+        .wait_log(&["FLEET STORE UNREACHABLE: knock accepted on this node's one-time state ONLY"]);
+    b.lab.wait_connect(SERVICE.port, false, true);
+    // Local replay state still filters on B.
+    b.lab.send(&bobs, false, 1);
+    let line = b.lab.wait_log(&["knock rejected", "nickname=bob"]);
+    assert!(line.contains("reason=replayed_"), "{line}");
+
+    // etcd returns: both nodes see it, B claims what it accepted alone.
+    etcd.start_member(0).unwrap();
+    etcd.wait_healthy(Duration::from_secs(20)).unwrap();
+    a.wait_store_reachable();
+    b.wait_store_reachable();
+    b.lab.wait_log_within(
+        &["knocks accepted while the fleet store was away are now claimed"],
+        10,
+    );
+    // bob's packet, replayed to A: refused fleet-wide now.
+    a.lab.send(&bobs, false, 1);
+    let line = a.lab.wait_log(&["knock rejected", "nickname=bob"]);
+    assert!(line.contains("reason=replayed_in_fleet"), "{line}");
+    // New knocks open again on both (users that have not knocked this step).
+    a.lab.send(&knock(carol, &[SERVICE], unix_now()), false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=carol"]);
+    a.lab.wait_connect(SERVICE.port, false, true);
+    b.lab.send(&knock(dave, &[SERVICE], unix_now()), false, 1);
+    b.lab.wait_log(&["knock accepted", "nickname=dave"]);
+    for n in [&mut a, &mut b] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+#[test]
+fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
+    let mut etcd = etcd("fle3", 3);
+    let users = [user("alice", 1), user("bob", 2), user("carol", 3)];
+    let [alice, bob, carol] = &users;
+    let mut a = Node::new("fta", "node-a", &etcd, "refuse");
+    let mut b = Node::new("ftb", "node-b", &etcd, "refuse");
+    for n in [&a, &b] {
+        n.write_config(&[alice, bob, carol]);
+    }
+    a.start();
+    b.start();
+
+    // One member down (the first endpoint): a quorum of two is left.
+    etcd.kill_member(0).unwrap();
+    wait_for_fresh_step(15);
+    let packet = knock(alice, &[SERVICE], unix_now());
+    a.lab.send(&packet, false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=alice"]);
+    a.lab.wait_connect(SERVICE.port, false, true);
+    b.lab.send(&packet, false, 1);
+    let line = b.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=replayed_in_fleet"), "{line}");
+
+    // Two down: no quorum. The nodes notice, and refuse.
+    etcd.kill_member(1).unwrap();
+    a.lab
+        .wait_log_within(&["FLEET STORE (etcd) UNREACHABLE"], 15);
+    a.lab.send(&knock(bob, &[SERVICE], unix_now()), false, 1);
+    let line = a.lab.wait_log(&["knock rejected", "nickname=bob"]);
+    assert!(line.contains("reason=store_unavailable"), "{line}");
+
+    // Both back: claims work again.
+    etcd.start_member(0).unwrap();
+    etcd.start_member(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(30)).unwrap();
+    b.lab.wait_log_within(&["fleet store (etcd) reachable"], 20);
+    let step = time_step();
+    b.lab.send(&knock(carol, &[SERVICE], unix_now()), false, 1);
+    b.lab.wait_log(&["knock accepted", "nickname=carol"]);
+    b.lab.wait_connect(SERVICE.port, false, true);
+    assert!(time_step() >= step);
+    for n in [&mut a, &mut b] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+/// The claim's cost: sequential claims from a node's namespace to a three-member cluster,
+/// through the daemon's own store client. Prints p50/p99/max (docs/FLEET.md); fails only when
+/// far off the 5 ms p99 budget, so a busy CI machine does not fail it.
+#[test]
+fn claim_latency_on_three_members() {
+    const CLAIMS: usize = 500;
+    let etcd = etcd("fle4", 3);
+    let node = Node::new("fll", "node-l", &etcd, "refuse");
+    let settings = ClusterSettings {
+        endpoints: node.endpoints.clone(),
+        node: "node-l".into(),
+        groups: Vec::new(),
+        prefix: PREFIX.into(),
+        tls: None,
+        auth: None,
+        on_store_failure: OnStoreFailure::Refuse,
+        timeout: Duration::from_secs(2),
+    };
+    let mut times = node
+        .lab
+        .server
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let store = Store::start(&settings, Duration::from_secs(90)).unwrap();
+                let t = Instant::now();
+                while !store.is_healthy() {
+                    assert!(t.elapsed() < Duration::from_secs(20), "store not reachable");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let mut times = Vec::with_capacity(CLAIMS);
+                for i in 0..CLAIMS {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    let used = Used {
+                        user: UserId([7; 16]),
+                        step: 1_000_000 + i as u64,
+                        packet_id: PacketId(id),
+                    };
+                    let t = Instant::now();
+                    let claim = store.claim(&used).await.unwrap();
+                    times.push(t.elapsed());
+                    assert_eq!(claim, Claim::Claimed);
+                    // The same claim again is refused.
+                    if i % 50 == 0 {
+                        assert_eq!(store.claim(&used).await.unwrap(), Claim::Taken);
+                    }
+                }
+                times
+            })
+        })
+        .unwrap();
+    times.sort();
+    let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)];
+    let (p50, p99, max) = (at(50), at(99), times[times.len() - 1]);
+    println!(
+        "claim latency, 3 members, {CLAIMS} sequential claims: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    assert!(p99 < Duration::from_millis(50), "claim p99 {p99:?}");
+}
