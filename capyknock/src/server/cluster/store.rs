@@ -1,6 +1,12 @@
-//! The etcd side of fleet mode: one client per daemon, connected in the background with backoff
-//! (the daemon starts and captures whether or not etcd answers), a health probe, and the claim
-//! transaction that makes a knock one-time across the fleet.
+//! The etcd side of fleet mode: one client per etcd member, connected in the background with
+//! backoff (the daemon starts and captures whether or not etcd answers), a health probe, and the
+//! claim transaction that makes a knock one-time across the fleet.
+//!
+//! Requests go to the member that answered last; when it fails (down, or cut off from the
+//! quorum: requests carry "require leader"), the next member is tried within the same timeout.
+//! (One balanced gRPC channel over all members was tried first: it kept sending every other
+//! request to a dead member, which failed them.) A retry after a request that may have reached
+//! etcd can only make the claim look taken: it fails closed.
 //!
 //! The claim (docs/FLEET.md, "Why a replay cannot slip through two nodes"): one etcd
 //! transaction, `if create_revision(step key) == 0 and create_revision(packet key) == 0 then put
@@ -15,7 +21,7 @@
 use std::{
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -86,7 +92,10 @@ struct Inner {
     options: ConnectOptions,
     timeout: Duration,
     lifetime: Duration,
-    client: OnceLock<Client>,
+    /// One client per endpoint, in `endpoints` order, once connected.
+    clients: OnceLock<Vec<Client>>,
+    /// The member that answered last.
+    preferred: AtomicUsize,
     healthy: AtomicBool,
     lease: tokio::sync::Mutex<Option<Lease>>,
     unclaimed: Mutex<Vec<(Used, Instant)>>,
@@ -113,8 +122,10 @@ impl Store {
     /// Reads the TLS files (now, before the daemon drops its privileges) and starts connecting
     /// and probing in the background. Must run inside the tokio runtime.
     pub fn start(settings: &ClusterSettings, freshness: Duration) -> Result<Self, StoreError> {
+        // A dead member must leave time to try the others within one claim's timeout.
+        let members = u32::try_from(settings.endpoints.len()).unwrap_or(1).max(1);
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(settings.timeout)
+            .with_connect_timeout((settings.timeout / (members + 1)).max(Duration::from_millis(50)))
             .with_timeout(settings.timeout.max(Duration::from_secs(1)))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(1))
             // A member that lost quorum refuses the request instead of serving it.
@@ -146,7 +157,8 @@ impl Store {
                 options,
                 timeout: settings.timeout,
                 lifetime: claim_lifetime(freshness),
-                client: OnceLock::new(),
+                clients: OnceLock::new(),
+                preferred: AtomicUsize::new(0),
                 healthy: AtomicBool::new(false),
                 lease: tokio::sync::Mutex::new(None),
                 unclaimed: Mutex::new(Vec::new()),
@@ -171,11 +183,29 @@ impl Store {
     /// Claims `used` for this node, within the configured timeout. Fails at once while the
     /// health probe finds the store unreachable, so a down store costs a knock no wait.
     pub async fn claim(&self, used: &Used) -> Result<Claim, StoreError> {
-        let (Some(client), true) = (self.inner.client.get(), self.is_healthy()) else {
+        let (Some(clients), true) = (self.inner.clients.get(), self.is_healthy()) else {
             return Err(StoreError::Unreachable);
         };
         let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, self.claim_with(client.clone(), used)).await {
+        let each_member = async {
+            let first = self.inner.preferred.load(Ordering::Relaxed);
+            let mut last = StoreError::Unreachable;
+            for i in 0..clients.len() {
+                let idx = (first + i) % clients.len();
+                let Some(client) = clients.get(idx) else {
+                    continue;
+                };
+                match self.claim_with(client.clone(), used).await {
+                    Ok(claim) => {
+                        self.inner.preferred.store(idx, Ordering::Relaxed);
+                        return Ok(claim);
+                    }
+                    Err(err) => last = err,
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(timeout, each_member).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(timeout)),
         }
@@ -247,25 +277,17 @@ impl Store {
     /// Connects (with backoff), then probes the store's health forever; claims what was
     /// accepted locally while it was away once it is back.
     async fn maintain(self) {
-        let client = self.connect().await;
-        let _ = self.inner.client.set(client.clone());
+        let mut clients = Vec::with_capacity(self.inner.endpoints.len());
+        for endpoint in &self.inner.endpoints {
+            clients.push(self.connect(endpoint).await);
+        }
+        let _ = self.inner.clients.set(clients.clone());
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error = String::new();
         loop {
             interval.tick().await;
-            let probe = tokio::time::timeout(
-                self.inner.timeout.max(Duration::from_millis(300)),
-                client
-                    .clone()
-                    .get(format!("{}health", self.inner.prefix), None),
-            )
-            .await;
-            let error = match probe {
-                Ok(Ok(_)) => None,
-                Ok(Err(err)) => Some(ErrorChain(&err).to_string()),
-                Err(_) => Some("no answer in time".to_owned()),
-            };
+            let error = self.probe(&clients).await;
             let was = self.inner.healthy.swap(error.is_none(), Ordering::AcqRel);
             match (was, error) {
                 (false, None) => {
@@ -295,10 +317,40 @@ impl Store {
         }
     }
 
-    async fn connect(&self) -> Client {
+    /// A linearizable read (it needs a quorum) through the preferred member, then the others;
+    /// the first that answers becomes the preferred one. `None`: healthy.
+    async fn probe(&self, clients: &[Client]) -> Option<String> {
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in 0..clients.len() {
+            let idx = (first + i) % clients.len();
+            let Some(client) = clients.get(idx) else {
+                continue;
+            };
+            let probe = tokio::time::timeout(
+                self.inner.timeout.max(Duration::from_millis(300)),
+                client
+                    .clone()
+                    .get(format!("{}health", self.inner.prefix), None),
+            )
+            .await;
+            let endpoint = self.inner.endpoints.get(idx).map_or("?", String::as_str);
+            match probe {
+                Ok(Ok(_)) => {
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return None;
+                }
+                Ok(Err(err)) => errors.push(format!("{endpoint}: {}", ErrorChain(&err))),
+                Err(_) => errors.push(format!("{endpoint}: no answer in time")),
+            }
+        }
+        Some(errors.join("; "))
+    }
+
+    async fn connect(&self, endpoint: &str) -> Client {
         let mut wait = BACKOFF.0;
         loop {
-            match Client::connect(&self.inner.endpoints, Some(self.inner.options.clone())).await {
+            match Client::connect([endpoint], Some(self.inner.options.clone())).await {
                 Ok(client) => return client,
                 Err(err) => {
                     tracing::warn!(
