@@ -17,6 +17,7 @@ use capyknock::{
         config::{ClusterSettings, OnStoreFailure},
         store::{Claim, Store},
     },
+    server::control::Request,
 };
 use capyknock_testkit::{
     clock::{time_step, unix_now, wait_for_fresh_step},
@@ -203,6 +204,69 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     b.lab.wait_connect(SERVICE.port, false, true);
     assert!(time_step() >= step);
     for n in [&mut a, &mut b] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+#[test]
+fn ban_on_one_node_reaches_the_others_within_a_second_and_new_nodes_catch_up() {
+    let etcd = etcd("fle5", 1);
+    let alice = user("alice", 1);
+    let mut a = Node::new("fba", "node-a", &etcd, "refuse");
+    let mut b = Node::new("fbb", "node-b", &etcd, "refuse");
+    let mut c = Node::new("fbc", "node-c", &etcd, "refuse");
+    for n in [&a, &b, &c] {
+        n.write_config(&[&alice]);
+    }
+    a.start();
+    b.start();
+    let target = b.lab.client_addr(false);
+    let banned_on = |n: &Node| n.lab.status().bans.iter().any(|x| x.addr == target);
+
+    // A bans B's client (as fail2ban would, through A's control socket).
+    let started = Instant::now();
+    let r = a.lab.request(&Request::Ban {
+        addr: target,
+        duration_secs: Some(600),
+    });
+    assert!(r.ok, "{r:?}");
+    while !banned_on(&b) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the ban did not reach B within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "ban propagation A -> B: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(etcd.keys(&format!("{PREFIX}bans/")).unwrap().len() == 1);
+    wait_for_fresh_step(15);
+    b.lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    b.lab
+        .wait_log(&["knock rejected", "reason=banned", &format!("src={target}")]);
+    assert!(!b.lab.can_connect(SERVICE.port, false));
+
+    // C starts later: it has the ban when it reports ready.
+    c.lab.start();
+    assert!(banned_on(&c), "C did not catch up before ready");
+
+    // Unban on B: lifted on A within 1 s.
+    let started = Instant::now();
+    assert!(b.lab.request(&Request::Unban { addr: target }).ok);
+    while banned_on(&a) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the unban did not reach A within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "unban propagation B -> A: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for n in [&mut a, &mut b, &mut c] {
         assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
     }
 }

@@ -65,6 +65,8 @@ const EFFECT_QUEUE: usize = 4096;
 const CONTROL_QUEUE: usize = 16;
 /// How often the core's timer runs (time step, log summary).
 const TICK: Duration = Duration::from_secs(1);
+/// Longest wait at start for the fleet's bans (`[cluster]`).
+const FLEET_CATCH_UP: Duration = Duration::from_secs(5);
 /// Every this many ticks: firewall check and repair, pruning.
 const REPAIR_TICKS: u64 = 5;
 
@@ -273,6 +275,15 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .name("capyknock-fw".into())
         .spawn(move || worker.run(effects_rx))
         .map_err(|_| DaemonError::Worker("could not start"))?;
+    // Fleet bans are applied before the daemon reports ready (bounded: a down store delays
+    // the start by at most this, and its bans follow when it returns).
+    let mut fleet = fleet;
+    if let Some(f) = fleet.as_mut() {
+        let (tx, local) = (effects.clone(), local_addresses());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(f.start_ban_sync(tx, local, FLEET_CATCH_UP))
+        });
+    }
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control_path = control.path().to_owned();
@@ -672,6 +683,9 @@ impl Core {
             Request::Unban { addr } => {
                 // The worker logs it once the firewall has lifted it.
                 let addr = addr.to_canonical();
+                if let Some(fleet) = &self.fleet {
+                    fleet.publish_unban(addr);
+                }
                 self.ban_effect(Effect::Unban { addr, reply });
             }
         }
@@ -685,6 +699,9 @@ impl Core {
             return;
         }
         let until = duration_secs.map(|s| SystemTime::now() + Duration::from_secs(s));
+        if let Some(fleet) = &self.fleet {
+            fleet.publish_ban(addr, duration_secs.map(Duration::from_secs));
+        }
         tracing::info!(
             target: logging::KNOCK_TARGET,
             %addr,

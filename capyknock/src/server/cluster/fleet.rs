@@ -21,6 +21,7 @@ use std::{
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{
+    bans::BanSync,
     config::{ClusterSettings, OnStoreFailure},
     store::{Claim, Store, StoreError},
 };
@@ -42,6 +43,7 @@ pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 #[derive(Debug, Clone)]
 pub struct Fleet {
     store: Store,
+    bans: Option<BanSync>,
     policy: OnStoreFailure,
     in_flight: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -86,6 +88,7 @@ impl Fleet {
         );
         Ok(Self {
             store,
+            bans: None,
             policy: settings.on_store_failure,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             counters: Arc::new(Counters::default()),
@@ -96,6 +99,48 @@ impl Fleet {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Starts applying the fleet's bans here (through `effects`, the worker's queue) and
+    /// waits up to `within` for the first catch-up; whether it was applied. `local`: this
+    /// host's own addresses, never banned.
+    pub async fn start_ban_sync(
+        &mut self,
+        effects: mpsc::Sender<Effect>,
+        local: Vec<IpAddr>,
+        within: Duration,
+    ) -> bool {
+        let sync = BanSync::start(self.store.clone(), effects, local);
+        let caught_up = sync.wait_caught_up(within).await;
+        if !caught_up {
+            tracing::warn!(
+                waited = ?within,
+                "fleet bans not caught up yet (store unreachable?): starting with this node's \
+                 own bans; the fleet's are applied once the store answers"
+            );
+        }
+        self.bans = Some(sync);
+        caught_up
+    }
+
+    /// Writes a ban made on this node (CLI, control socket, fail2ban) to the fleet.
+    pub fn publish_ban(&self, addr: IpAddr, duration: Option<Duration>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.put_ban(addr, duration).await {
+                tracing::error!(%addr, error = %ErrorChain(&err), "ban applied on this node but NOT written to the fleet store: ban it again once the store is back");
+            }
+        });
+    }
+
+    /// Removes a ban from the fleet (unbanned on this node).
+    pub fn publish_unban(&self, addr: IpAddr) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.delete_ban(addr).await {
+                tracing::error!(%addr, error = %ErrorChain(&err), "unban applied on this node but NOT written to the fleet store: unban it again once the store is back");
+            }
+        });
     }
 
     /// The counters.

@@ -2,9 +2,12 @@
 //!
 //! [`config`] is the `[cluster]` section (without it the daemon is a single server and needs no
 //! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
-//! transaction; [`fleet`] hooks the claim into the daemon between verification and the worker
+//! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`fleet`]
+//! hooks the claim into the daemon between verification and the worker
 //! (which opens the firewall). The store parts are Linux-only, like the daemon.
 
+#[cfg(target_os = "linux")]
+pub mod bans;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod fleet;

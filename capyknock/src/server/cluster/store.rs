@@ -180,6 +180,54 @@ impl Store {
         &self.inner.node
     }
 
+    /// The key prefix (ends with `/`).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The client of the member that answered last, once connected.
+    #[must_use]
+    pub fn preferred_client(&self) -> Option<Client> {
+        let clients = self.inner.clients.get()?;
+        let idx = self.inner.preferred.load(Ordering::Relaxed);
+        clients.get(idx).or_else(|| clients.first()).cloned()
+    }
+
+    /// Runs `f` with the preferred member's client, then the others', until one succeeds,
+    /// within the configured timeout.
+    pub async fn with_member<T, F>(&self, f: impl Fn(Client) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let Some(clients) = self.inner.clients.get() else {
+            return Err(StoreError::Unreachable);
+        };
+        let timeout = self.inner.timeout;
+        let each_member = async {
+            let first = self.inner.preferred.load(Ordering::Relaxed);
+            let mut last = StoreError::Unreachable;
+            for i in 0..clients.len() {
+                let idx = (first + i) % clients.len();
+                let Some(client) = clients.get(idx) else {
+                    continue;
+                };
+                match f(client.clone()).await {
+                    Ok(v) => {
+                        self.inner.preferred.store(idx, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(err) => last = StoreError::Etcd(err),
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(timeout, each_member).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
     /// Claims `used` for this node, within the configured timeout. Fails at once while the
     /// health probe finds the store unreachable, so a down store costs a knock no wait.
     pub async fn claim(&self, used: &Used) -> Result<Claim, StoreError> {
