@@ -83,6 +83,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
         protect: new.protect,
         log: new.log,
         users: new.users,
+        user_scopes: new.user_scopes,
         ..old.clone()
     };
     Plan {

@@ -374,6 +374,43 @@ pub fn validate(
     })
 }
 
+/// A user's `scope`: `None` for `"node"`, the group's name for `"group:NAME"`, which must be
+/// one of this node's `[cluster] groups` (a problem is recorded otherwise).
+pub fn user_scope(
+    c: &mut Checker<'_>,
+    scope: &Spanned<String>,
+    cluster: Option<&ClusterSettings>,
+) -> Option<String> {
+    let text = scope.get_ref();
+    if text == "node" {
+        return None;
+    }
+    let Some(group) = text.strip_prefix("group:") else {
+        c.at(
+            &scope.span(),
+            format!(
+                "unknown scope {text:?}: use \"node\" (open on the node knocked) or \
+                 \"group:NAME\" (open on every node of group NAME)"
+            ),
+        );
+        return None;
+    };
+    match cluster {
+        None => c.at(
+            &scope.span(),
+            "scope = \"group:...\" needs a [cluster] section (docs/FLEET.md)",
+        ),
+        Some(cl) if !cl.groups.iter().any(|g| g == group) => c.at(
+            &scope.span(),
+            format!(
+                "scope {text:?}: this node is not in group {group:?}; add it to [cluster] groups"
+            ),
+        ),
+        Some(_) => return Some(group.to_owned()),
+    }
+    None
+}
+
 /// A node, group or user name: 1 to [`MAX_NAME_LEN`] letters, digits, `.`, `_`, `-`.
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty()
@@ -545,6 +582,35 @@ mod tests {
                 "{text:?}: want line {line} and {want:?} in\n{err}"
             );
         }
+    }
+
+    #[test]
+    fn user_scopes() {
+        let head = "[cluster]\nendpoints = [\"http://e:2379\"]\nnode = \"a\"\ngroups = [\"pool\"]\n\
+                    [[user]]\nid = \"000102030405060708090a0b0c0d0e0f\"\nnickname = \"alice\"\n\
+                    key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
+                    totp_secret = \"AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT\"\nports = [\"tcp/22\"]\n";
+        let s = p(&format!("{head}scope = \"group:pool\"\n")).unwrap();
+        assert_eq!(s.user_scopes.values().collect::<Vec<_>>(), vec!["pool"]);
+        assert!(
+            p(&format!("{head}scope = \"node\"\n"))
+                .unwrap()
+                .user_scopes
+                .is_empty()
+        );
+        let err = p(&format!("{head}scope = \"group:other\"\n")).unwrap_err();
+        assert!(
+            err.contains(":11:") && err.contains("not in group \"other\""),
+            "{err}"
+        );
+        let err = p(&format!("{head}scope = \"everywhere\"\n")).unwrap_err();
+        assert!(err.contains("unknown scope"), "{err}");
+        let err = p(&format!(
+            "{}scope = \"group:pool\"\n",
+            &head[head.find("[[user]]").unwrap()..]
+        ))
+        .unwrap_err();
+        assert!(err.contains("needs a [cluster] section"), "{err}");
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct RawUser {
     pub access: Option<Spanned<ConfigDuration>>,
     /// `source`, `payload` or `require-match`. Default `source`.
     pub allow_ip: Option<Spanned<String>>,
+    /// Fleet mode: `node` (a knock opens on the node it reached) or `group:NAME` (on every
+    /// node of group NAME). Default `node`.
+    pub scope: Option<Spanned<String>>,
 }
 
 /// A duration written as a string with units (`"90s"`, `"5m"`, `"1h 30m"`) or as an integer
@@ -231,6 +234,8 @@ pub struct Settings {
     pub firewall: FirewallConfig,
     /// The `[cluster]` section; `None`: a single server, no etcd.
     pub cluster: Option<ClusterSettings>,
+    /// Users whose `scope` is a group: the group's name. Absent: `scope = "node"`.
+    pub user_scopes: std::collections::BTreeMap<crate::protocol::keys::UserId, String>,
     /// Users, in file order (ids and nicknames unique).
     pub users: Vec<User>,
 }
