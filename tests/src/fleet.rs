@@ -62,6 +62,12 @@ impl Node {
 
     /// Writes the node's config: the lab's `[server]` and `[firewall]`, `[cluster]`, `users`.
     pub fn write_config(&self, users: &[&User]) {
+        self.write_config_with(users, &[], None);
+    }
+
+    /// Like [`Self::write_config`], with this node in `groups` and every user's `scope` set
+    /// to `scope` (e.g. `group:pool`) when given.
+    pub fn write_config_with(&self, users: &[&User], groups: &[&str], scope: Option<&str>) {
         let mut text = ServerToml {
             comment: Some(&format!("fleet node {}", self.name)),
             knock_port: KNOCK_PORT,
@@ -76,13 +82,21 @@ impl Node {
         let _ = write!(
             text,
             "\n[cluster]\nendpoints = [{}]\nnode = \"{}\"\nprefix = \"{PREFIX}\"\n\
-             on_store_failure = \"{}\"\ntimeout = \"500ms\"\n",
+             on_store_failure = \"{}\"\ntimeout = \"500ms\"\ngroups = [{}]\n",
             endpoints.join(", "),
             self.name,
-            self.policy
+            self.policy,
+            groups
+                .iter()
+                .map(|g| format!("\"{g}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         for u in users {
             text.push_str(&render_user(u));
+            if let Some(scope) = scope {
+                let _ = writeln!(text, "scope = \"{scope}\"");
+            }
         }
         self.lab.write_raw_config(&text);
     }

@@ -271,6 +271,70 @@ fn ban_on_one_node_reaches_the_others_within_a_second_and_new_nodes_catch_up() {
     }
 }
 
+#[test]
+fn group_grant_opens_on_every_member_with_the_same_expiry() {
+    let etcd = etcd("fle6", 1);
+    let alice = user("alice", 1);
+    let mut a = Node::new("fga", "node-a", &etcd, "refuse");
+    let mut b = Node::new("fgb", "node-b", &etcd, "refuse");
+    // C is in no group: it never applies the pool's grants.
+    let mut c = Node::new("fgc", "node-c", &etcd, "refuse");
+    a.write_config_with(&[&alice], &["pool"], Some("group:pool"));
+    b.write_config_with(&[&alice], &["pool"], Some("group:pool"));
+    c.write_config(&[&alice]);
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    let client = a.lab.client_addr(false);
+    let grant_on = |n: &Node| {
+        n.lab
+            .status()
+            .grants
+            .into_iter()
+            .find(|g| g.addr == client && g.ports == ["tcp/22"])
+    };
+
+    wait_for_fresh_step(15);
+    let started = Instant::now();
+    a.lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=alice"]);
+    a.lab.wait_connect(SERVICE.port, false, true);
+    let on_b = loop {
+        if let Some(g) = grant_on(&b) {
+            break g;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the group grant did not reach B:\n{}",
+            b.lab.run_log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!(
+        "group grant A -> B: {:.1} ms after the knock was sent",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let on_a = grant_on(&a).unwrap();
+    assert!(
+        on_a.expires_in_secs.abs_diff(on_b.expires_in_secs) <= 2,
+        "{on_a:?} / {on_b:?}"
+    );
+    b.lab
+        .wait_log(&["group grant applied from the fleet", "nickname=alice"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(grant_on(&c).is_none(), "C is not in the group");
+
+    // A node of the group that starts later catches up with the live grant before ready.
+    b.lab.kill9();
+    let _ = std::fs::remove_dir_all(b.lab.file("state"));
+    b.start();
+    b.lab.wait_log(&["group grants caught up", "applied=1"]);
+    assert!(grant_on(&b).is_some(), "B did not catch up");
+    for n in [&mut a, &mut b, &mut c] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
 /// The claim's cost: sequential claims from a node's namespace to a three-member cluster,
 /// through the daemon's own store client. Prints p50/p99/max (docs/FLEET.md); fails only when
 /// far off the 5 ms p99 budget, so a busy CI machine does not fail it.

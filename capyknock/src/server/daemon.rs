@@ -279,9 +279,10 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // the start by at most this, and its bans follow when it returns).
     let mut fleet = fleet;
     if let Some(f) = fleet.as_mut() {
+        f.set_users(&settings.users);
         let (tx, local) = (effects.clone(), local_addresses());
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(f.start_ban_sync(tx, local, FLEET_CATCH_UP))
+            tokio::runtime::Handle::current().block_on(f.start_sync(tx, local, FLEET_CATCH_UP))
         });
     }
 
@@ -552,11 +553,13 @@ impl Core {
             }
             (Verdict::Grant(grant), Some(used)) if self.fleet.is_some() => {
                 if let Some(fleet) = &self.fleet {
+                    let scope = self.settings.user_scopes.get(&grant.user).cloned();
                     let knock = Pending {
                         grant,
                         used,
                         received,
                         src,
+                        scope,
                     };
                     fleet.claim_then_grant(knock, self.effects.clone(), self.metrics.clone());
                 }
@@ -785,6 +788,9 @@ impl Core {
             ));
         }
         self.users = users;
+        if let Some(fleet) = &self.fleet {
+            fleet.set_users(&plan.settings.users);
+        }
         self.verifier.set_settings(verify::Settings {
             freshness: plan.settings.freshness,
         });

@@ -13,7 +13,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -23,11 +23,12 @@ use tokio::sync::{Semaphore, mpsc};
 use super::{
     bans::BanSync,
     config::{ClusterSettings, OnStoreFailure},
+    grants::{LocalUsers, set_local_users, sync_groups},
     store::{Claim, Store, StoreError},
 };
 use crate::{
     error_chain::ErrorChain,
-    protocol::{replay::Used, verify},
+    protocol::{replay::Used, users::User, verify},
     server::{logging, metrics::Metrics, worker::Effect},
 };
 
@@ -44,6 +45,9 @@ pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 pub struct Fleet {
     store: Store,
     bans: Option<BanSync>,
+    groups: Vec<String>,
+    users: LocalUsers,
+    grants_caught_up: Arc<AtomicBool>,
     policy: OnStoreFailure,
     in_flight: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -73,6 +77,8 @@ pub struct Pending {
     pub received: Instant,
     /// Where it came from.
     pub src: IpAddr,
+    /// The user's group (`scope = "group:NAME"`), or `None` (`scope = "node"`).
+    pub scope: Option<String>,
 }
 
 impl Fleet {
@@ -89,6 +95,9 @@ impl Fleet {
         Ok(Self {
             store,
             bans: None,
+            groups: settings.groups.clone(),
+            users: LocalUsers::default(),
+            grants_caught_up: Arc::new(AtomicBool::new(false)),
             policy: settings.on_store_failure,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             counters: Arc::new(Counters::default()),
@@ -101,22 +110,43 @@ impl Fleet {
         &self.store
     }
 
-    /// Starts applying the fleet's bans here (through `effects`, the worker's queue) and
-    /// waits up to `within` for the first catch-up; whether it was applied. `local`: this
-    /// host's own addresses, never banned.
-    pub async fn start_ban_sync(
+    /// The users configured here (group grants are applied only for them, and only for their
+    /// ports); call at start and after every reload.
+    pub fn set_users(&self, users: &[User]) {
+        set_local_users(&self.users, users);
+    }
+
+    /// Starts applying the fleet's bans and this node's groups' grants here (through
+    /// `effects`, the worker's queue) and waits up to `within` for the first catch-up;
+    /// whether it was applied. `local`: this host's own addresses, never banned.
+    pub async fn start_sync(
         &mut self,
         effects: mpsc::Sender<Effect>,
         local: Vec<IpAddr>,
         within: Duration,
     ) -> bool {
+        tokio::spawn(sync_groups(
+            self.store.clone(),
+            self.groups.clone(),
+            Arc::clone(&self.users),
+            effects.clone(),
+            Arc::clone(&self.grants_caught_up),
+        ));
         let sync = BanSync::start(self.store.clone(), effects, local);
-        let caught_up = sync.wait_caught_up(within).await;
+        let mut caught_up = sync.wait_caught_up(within).await;
+        let started = tokio::time::Instant::now();
+        while caught_up && !self.grants_caught_up.load(Ordering::Acquire) {
+            if started.elapsed() >= within {
+                caught_up = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if !caught_up {
             tracing::warn!(
                 waited = ?within,
-                "fleet bans not caught up yet (store unreachable?): starting with this node's \
-                 own bans; the fleet's are applied once the store answers"
+                "fleet bans and group grants not caught up yet (store unreachable?): starting \
+                 with this node's own; the fleet's are applied once the store answers"
             );
         }
         self.bans = Some(sync);
@@ -164,9 +194,26 @@ impl Fleet {
                 None => Err(StoreError::Unreachable),
             };
             drop(permit);
+            let share = match (&outcome, &knock.scope) {
+                (Ok(Claim::Claimed), Some(group)) => {
+                    Some((group.clone(), knock.grant.clone(), knock.used))
+                }
+                _ => None,
+            };
             let effect = fleet.decide(knock, outcome, metrics.as_ref());
             // The worker's queue is bounded; waiting here delays only this knock.
             let _ = effects.send(effect).await;
+            if let Some((group, grant, used)) = share
+                && let Err(err) = fleet.store.put_group_grant(&group, &grant, &used).await
+            {
+                tracing::error!(
+                    nickname = %grant.nickname,
+                    addr = %grant.addr,
+                    %group,
+                    error = %ErrorChain(&err),
+                    "group grant opened on this node only: it could not be written to the fleet store"
+                );
+            }
         });
     }
 
@@ -182,6 +229,7 @@ impl Fleet {
             used,
             received,
             src,
+            ..
         } = knock;
         let grant_effect = |grant: verify::Access| {
             let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();

@@ -2,7 +2,8 @@
 //!
 //! [`config`] is the `[cluster]` section (without it the daemon is a single server and needs no
 //! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
-//! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`fleet`]
+//! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`grants`]
+//! shares group grants (`scope = "group:NAME"`) the same way; [`fleet`]
 //! hooks the claim into the daemon between verification and the worker
 //! (which opens the firewall). The store parts are Linux-only, like the daemon.
 
@@ -11,6 +12,8 @@ pub mod bans;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod fleet;
+#[cfg(target_os = "linux")]
+pub mod grants;
 pub mod keys;
 #[cfg(target_os = "linux")]
 pub mod store;
