@@ -67,6 +67,13 @@ fn knock_accepted_by_one_node_is_refused_by_another_and_after_restart() {
         "{line}"
     );
     assert!(!b.lab.can_connect(SERVICE.port, false), "B opened a replay");
+    let fleet = b.lab.status().cluster.expect("status shows the fleet");
+    assert!(fleet.store_healthy && fleet.node == "node-b", "{fleet:?}");
+    assert_eq!(
+        (fleet.claimed, fleet.replayed_in_fleet),
+        (0, 1),
+        "{fleet:?}"
+    );
     // B itself works: bob's fresh knock opens.
     b.lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
     b.lab.wait_log(&["knock accepted", "nickname=bob"]);
@@ -121,6 +128,9 @@ fn store_down_refuse_refuses_local_accepts_loudly_both_recover() {
         "a down store must not hold a knock"
     );
     assert!(!a.lab.can_connect(SERVICE.port, false));
+    let fleet = a.lab.status().cluster.expect("status shows the fleet");
+    assert!(!fleet.store_healthy, "{fleet:?}");
+    assert_eq!(fleet.refused_store_down, 1, "{fleet:?}");
     // local: accepted on local state, with the loud line.
     let bobs = knock(bob, &[SERVICE], unix_now());
     b.lab.send(&bobs, false, 1);
@@ -174,8 +184,12 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     a.start();
     b.start();
 
-    // One member down (the first endpoint): a quorum of two is left.
+    // One member down (the first endpoint): a quorum of two is left. If it was the leader,
+    // claims are refused until the other two elect one (about a second here, docs/FLEET.md).
     etcd.kill_member(0).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    // Two health probes of the nodes (500 ms apart) see it too.
+    std::thread::sleep(Duration::from_secs(1));
     wait_for_fresh_step(15);
     let packet = knock(alice, &[SERVICE], unix_now());
     a.lab.send(&packet, false, 1);

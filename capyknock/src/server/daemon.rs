@@ -888,6 +888,7 @@ impl Core {
             grants: Vec::new(),
             bans: Vec::new(),
             log_lines_suppressed: self.limiter.suppressed_total(),
+            cluster: self.fleet.as_ref().map(Fleet::status),
         }
     }
 }

@@ -733,6 +733,7 @@ mod tests {
             grants: vec![],
             bans: vec![],
             log_lines_suppressed: 0,
+            cluster: None,
         })
     }
 

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     error_chain::ErrorChain,
     protocol::{replay::Used, users::User, verify},
-    server::{logging, metrics::Metrics, worker::Effect},
+    server::{logging, metrics::Metrics, status::ClusterStatus, worker::Effect},
 };
 
 /// Most claims in flight at once; beyond that a knock is treated as if the store were
@@ -171,6 +171,27 @@ impl Fleet {
                 tracing::error!(%addr, error = %ErrorChain(&err), "unban applied on this node but NOT written to the fleet store: unban it again once the store is back");
             }
         });
+    }
+
+    /// What `status` shows.
+    #[must_use]
+    pub fn status(&self) -> ClusterStatus {
+        let c = &self.counters;
+        ClusterStatus {
+            node: self.store.node().to_owned(),
+            store_healthy: self.store.is_healthy(),
+            endpoints: self.store.endpoints().to_vec(),
+            answering: if self.store.is_healthy() {
+                self.store.answering().to_owned()
+            } else {
+                String::new()
+            },
+            on_store_failure: self.policy.as_str().to_owned(),
+            claimed: c.claimed.load(Ordering::Relaxed),
+            replayed_in_fleet: c.replayed.load(Ordering::Relaxed),
+            refused_store_down: c.refused_store_down.load(Ordering::Relaxed),
+            accepted_locally: c.accepted_locally.load(Ordering::Relaxed),
+        }
     }
 
     /// The counters.

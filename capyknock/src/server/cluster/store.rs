@@ -180,6 +180,21 @@ impl Store {
         &self.inner.node
     }
 
+    /// The endpoints, in config order.
+    #[must_use]
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The endpoint requests go to first (the one that answered last).
+    #[must_use]
+    pub fn answering(&self) -> &str {
+        self.inner
+            .endpoints
+            .get(self.inner.preferred.load(Ordering::Relaxed))
+            .map_or("", String::as_str)
+    }
+
     /// The key prefix (ends with `/`).
     #[must_use]
     pub fn prefix(&self) -> &str {
