@@ -195,6 +195,9 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     a.lab.send(&packet, false, 1);
     a.lab.wait_log(&["knock accepted", "nickname=alice"]);
     a.lab.wait_connect(SERVICE.port, false, true);
+    // B restarted while the member is down (its first endpoint) reaches the other two.
+    b.lab.kill9();
+    b.start();
     b.lab.send(&packet, false, 1);
     let line = b.lab.wait_log(&["knock rejected", "nickname=alice"]);
     assert!(line.contains("reason=replayed_in_fleet"), "{line}");

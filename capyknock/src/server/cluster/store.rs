@@ -93,7 +93,8 @@ struct Inner {
     timeout: Duration,
     lifetime: Duration,
     /// One client per endpoint, in `endpoints` order, once connected.
-    clients: OnceLock<Vec<Client>>,
+    /// One per endpoint, each set once that member's client is connected.
+    clients: Vec<OnceLock<Client>>,
     /// The member that answered last.
     preferred: AtomicUsize,
     healthy: AtomicBool,
@@ -157,7 +158,7 @@ impl Store {
                 options,
                 timeout: settings.timeout,
                 lifetime: claim_lifetime(freshness),
-                clients: OnceLock::new(),
+                clients: settings.endpoints.iter().map(|_| OnceLock::new()).collect(),
                 preferred: AtomicUsize::new(0),
                 healthy: AtomicBool::new(false),
                 lease: tokio::sync::Mutex::new(None),
@@ -204,9 +205,17 @@ impl Store {
     /// The client of the member that answered last, once connected.
     #[must_use]
     pub fn preferred_client(&self) -> Option<Client> {
-        let clients = self.inner.clients.get()?;
-        let idx = self.inner.preferred.load(Ordering::Relaxed);
-        clients.get(idx).or_else(|| clients.first()).cloned()
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        (0..self.members()).find_map(|i| self.client_at((first + i) % self.members()))
+    }
+
+    fn members(&self) -> usize {
+        self.inner.clients.len().max(1)
+    }
+
+    /// Member `idx`'s client, once connected.
+    fn client_at(&self, idx: usize) -> Option<Client> {
+        self.inner.clients.get(idx)?.get().cloned()
     }
 
     /// Runs `f` with the preferred member's client, then the others', until one succeeds,
@@ -215,19 +224,16 @@ impl Store {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let Some(clients) = self.inner.clients.get() else {
-            return Err(StoreError::Unreachable);
-        };
         let timeout = self.inner.timeout;
         let each_member = async {
             let first = self.inner.preferred.load(Ordering::Relaxed);
             let mut last = StoreError::Unreachable;
-            for i in 0..clients.len() {
-                let idx = (first + i) % clients.len();
-                let Some(client) = clients.get(idx) else {
+            for i in 0..self.members() {
+                let idx = (first + i) % self.members();
+                let Some(client) = self.client_at(idx) else {
                     continue;
                 };
-                match f(client.clone()).await {
+                match f(client).await {
                     Ok(v) => {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok(v);
@@ -246,19 +252,19 @@ impl Store {
     /// Claims `used` for this node, within the configured timeout. Fails at once while the
     /// health probe finds the store unreachable, so a down store costs a knock no wait.
     pub async fn claim(&self, used: &Used) -> Result<Claim, StoreError> {
-        let (Some(clients), true) = (self.inner.clients.get(), self.is_healthy()) else {
+        if !self.is_healthy() {
             return Err(StoreError::Unreachable);
-        };
+        }
         let timeout = self.inner.timeout;
         let each_member = async {
             let first = self.inner.preferred.load(Ordering::Relaxed);
             let mut last = StoreError::Unreachable;
-            for i in 0..clients.len() {
-                let idx = (first + i) % clients.len();
-                let Some(client) = clients.get(idx) else {
+            for i in 0..self.members() {
+                let idx = (first + i) % self.members();
+                let Some(client) = self.client_at(idx) else {
                     continue;
                 };
-                match self.claim_with(client.clone(), used).await {
+                match self.claim_with(client, used).await {
                     Ok(claim) => {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok(claim);
@@ -340,17 +346,26 @@ impl Store {
     /// Connects (with backoff), then probes the store's health forever; claims what was
     /// accepted locally while it was away once it is back.
     async fn maintain(self) {
-        let mut clients = Vec::with_capacity(self.inner.endpoints.len());
-        for endpoint in &self.inner.endpoints {
-            clients.push(self.connect(endpoint).await);
+        // Each member is connected on its own, so one that is down at start (with etcd
+        // authentication the connection logs in at once) does not hold back the others.
+        for idx in 0..self.inner.endpoints.len() {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let Some(endpoint) = store.inner.endpoints.get(idx).cloned() else {
+                    return;
+                };
+                let client = store.connect(&endpoint).await;
+                if let Some(slot) = store.inner.clients.get(idx) {
+                    let _ = slot.set(client);
+                }
+            });
         }
-        let _ = self.inner.clients.set(clients.clone());
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error = String::new();
         loop {
             interval.tick().await;
-            let error = self.probe(&clients).await;
+            let error = self.probe().await;
             let was = self.inner.healthy.swap(error.is_none(), Ordering::AcqRel);
             match (was, error) {
                 (false, None) => {
@@ -382,12 +397,14 @@ impl Store {
 
     /// A linearizable read (it needs a quorum) through the preferred member, then the others;
     /// the first that answers becomes the preferred one. `None`: healthy.
-    async fn probe(&self, clients: &[Client]) -> Option<String> {
+    async fn probe(&self) -> Option<String> {
         let first = self.inner.preferred.load(Ordering::Relaxed);
         let mut errors = Vec::new();
-        for i in 0..clients.len() {
-            let idx = (first + i) % clients.len();
-            let Some(client) = clients.get(idx) else {
+        for i in 0..self.members() {
+            let idx = (first + i) % self.members();
+            let endpoint = self.inner.endpoints.get(idx).map_or("?", String::as_str);
+            let Some(client) = self.client_at(idx) else {
+                errors.push(format!("{endpoint}: not connected"));
                 continue;
             };
             let probe = tokio::time::timeout(
@@ -397,7 +414,6 @@ impl Store {
                     .get(format!("{}health", self.inner.prefix), None),
             )
             .await;
-            let endpoint = self.inner.endpoints.get(idx).map_or("?", String::as_str);
             match probe {
                 Ok(Ok(_)) => {
                     self.inner.preferred.store(idx, Ordering::Relaxed);
