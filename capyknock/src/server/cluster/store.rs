@@ -16,7 +16,8 @@
 //!
 //! Leases: one lease of twice the claim lifetime ([`super::keys::claim_lifetime`]) serves every
 //! claim made during its first half, so each claim key lives at least one lifetime, and a claim
-//! costs one round trip (a new lease is granted once per lifetime).
+//! costs one round trip (a new lease is granted once per lifetime, by the health probe ahead of
+//! time, so no claim waits for it).
 
 use std::{
     sync::{
@@ -39,6 +40,9 @@ use crate::{error_chain::ErrorChain, protocol::replay::Used};
 
 /// How often the health probe asks etcd for a linearizable read.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// The health probe grants the next claim lease this long before the current one stops
+/// taking new claims.
+const LEASE_AHEAD: Duration = Duration::from_secs(5);
 /// First and longest wait between connection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// Most knocks accepted on local state alone (`on_store_failure = "local"`) remembered for
@@ -312,9 +316,14 @@ impl Store {
     /// The lease new claims go under, granting a new one when the current one is past its
     /// first half.
     async fn lease(&self, client: &mut Client) -> Result<i64, StoreError> {
+        self.lease_for(client, Duration::ZERO).await
+    }
+
+    /// The lease, granting a new one when the current one is usable for less than `ahead`.
+    async fn lease_for(&self, client: &mut Client, ahead: Duration) -> Result<i64, StoreError> {
         let mut current = self.inner.lease.lock().await;
         if let Some(lease) = *current
-            && Instant::now() < lease.usable_until
+            && Instant::now() + ahead < lease.usable_until
         {
             return Ok(lease.id);
         }
@@ -366,6 +375,12 @@ impl Store {
         loop {
             interval.tick().await;
             let error = self.probe().await;
+            if error.is_none()
+                && let Some(mut client) = self.preferred_client()
+            {
+                // Claims find a lease ready: none waits for a lease grant.
+                let _ = self.lease_for(&mut client, LEASE_AHEAD).await;
+            }
             let was = self.inner.healthy.swap(error.is_none(), Ordering::AcqRel);
             match (was, error) {
                 (false, None) => {
