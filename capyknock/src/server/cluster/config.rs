@@ -617,11 +617,11 @@ mod tests {
     fn example_cluster_section_is_valid_when_uncommented() {
         let example = crate::server::config::EXAMPLE;
         let start = example.find("# [cluster]").unwrap();
-        let section: String = example[start..]
-            .lines()
-            .take_while(|l| l.starts_with("# "))
-            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
-            .collect();
+        let mut section = String::new();
+        for l in example[start..].lines().take_while(|l| l.starts_with("# ")) {
+            section.push_str(l.trim_start_matches("# "));
+            section.push('\n');
+        }
         let s = p(&format!("{}\n{section}", &example[..start])).unwrap();
         let c = s.cluster.unwrap();
         assert_eq!((c.node.as_str(), c.endpoints.len()), ("bastion-1", 3));
