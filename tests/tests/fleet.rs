@@ -147,6 +147,17 @@ fn store_down_refuse_refuses_local_accepts_loudly_both_recover() {
         1
     );
 
+    // A ban made on A while the store is away works on A at once...
+    let banned: std::net::IpAddr = "192.0.2.55".parse().unwrap();
+    assert!(
+        a.lab
+            .request(&Request::Ban {
+                addr: banned,
+                duration_secs: Some(600)
+            })
+            .ok
+    );
+
     // etcd returns: both nodes see it, B claims what it accepted alone.
     etcd.start_member(0).unwrap();
     etcd.wait_healthy(Duration::from_secs(20)).unwrap();
@@ -156,6 +167,16 @@ fn store_down_refuse_refuses_local_accepts_loudly_both_recover() {
         &["knocks accepted while the fleet store was away are now claimed"],
         10,
     );
+    // ... and reaches B once A has written it.
+    let started = Instant::now();
+    while !b.lab.status().bans.iter().any(|x| x.addr == banned) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the ban made while the store was away did not reach B:\n{}",
+            a.lab.run_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // bob's packet, replayed to A: refused fleet-wide now.
     a.lab.send(&bobs, false, 1);
     let line = a.lab.wait_log(&["knock rejected", "nickname=bob"]);

@@ -24,7 +24,7 @@ use super::{
     bans::BanSync,
     config::{ClusterSettings, OnStoreFailure},
     grants::{LocalUsers, set_local_users, sync_groups},
-    store::{Claim, Store, StoreError},
+    store::{BanChange, Claim, Store, StoreError},
 };
 use crate::{
     error_chain::ErrorChain,
@@ -157,8 +157,10 @@ impl Fleet {
     pub fn publish_ban(&self, addr: IpAddr, duration: Option<Duration>) {
         let store = self.store.clone();
         tokio::spawn(async move {
+            let until = duration.map(|d| std::time::SystemTime::now() + d);
             if let Err(err) = store.put_ban(addr, duration).await {
-                tracing::error!(%addr, error = %ErrorChain(&err), "ban applied on this node but NOT written to the fleet store: ban it again once the store is back");
+                tracing::error!(%addr, error = %ErrorChain(&err), "ban applied on this node; the fleet store cannot take it now: it is written when the store returns");
+                store.remember_unwritten_ban(BanChange::Ban(addr, until));
             }
         });
     }
@@ -168,7 +170,8 @@ impl Fleet {
         let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(err) = store.delete_ban(addr).await {
-                tracing::error!(%addr, error = %ErrorChain(&err), "unban applied on this node but NOT written to the fleet store: unban it again once the store is back");
+                tracing::error!(%addr, error = %ErrorChain(&err), "unban applied on this node; the fleet store cannot take it now: it is written when the store returns");
+                store.remember_unwritten_ban(BanChange::Unban(addr));
             }
         });
     }

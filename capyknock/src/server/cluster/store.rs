@@ -104,6 +104,8 @@ struct Inner {
     healthy: AtomicBool,
     lease: tokio::sync::Mutex<Option<Lease>>,
     unclaimed: Mutex<Vec<(Used, Instant)>>,
+    /// Bans and unbans made here that could not be written to the store, oldest first.
+    unwritten_bans: Mutex<Vec<BanChange>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -114,6 +116,15 @@ impl std::fmt::Debug for Inner {
             .field("healthy", &self.healthy.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// A ban or unban made on this node while the store could not take it.
+#[derive(Debug, Clone, Copy)]
+pub enum BanChange {
+    /// Banned until then (`None`: until unbanned).
+    Ban(std::net::IpAddr, Option<std::time::SystemTime>),
+    /// Unbanned.
+    Unban(std::net::IpAddr),
 }
 
 /// A lease claims are attached to, and until when new claims may use it.
@@ -167,6 +178,7 @@ impl Store {
                 healthy: AtomicBool::new(false),
                 lease: tokio::sync::Mutex::new(None),
                 unclaimed: Mutex::new(Vec::new()),
+                unwritten_bans: Mutex::new(Vec::new()),
             }),
         };
         tokio::spawn(store.clone().maintain());
@@ -352,6 +364,50 @@ impl Store {
         }
     }
 
+    /// Remembers a ban change the store could not take, to write it when the store returns.
+    pub fn remember_unwritten_ban(&self, change: BanChange) {
+        if let Ok(mut list) = self.inner.unwritten_bans.lock() {
+            if list.len() >= MAX_UNCLAIMED {
+                list.remove(0);
+            }
+            list.push(change);
+        }
+    }
+
+    /// Writes the ban changes made here while the store was away, in order.
+    async fn write_unwritten_bans(&self) {
+        let pending: Vec<BanChange> = match self.inner.unwritten_bans.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(_) => return,
+        };
+        let mut written = 0u64;
+        for change in pending {
+            let result = match change {
+                BanChange::Ban(addr, None) => self.put_ban(addr, None).await,
+                BanChange::Ban(addr, Some(until)) => {
+                    match until.duration_since(std::time::SystemTime::now()) {
+                        Ok(left) if !left.is_zero() => self.put_ban(addr, Some(left)).await,
+                        _ => continue,
+                    }
+                }
+                BanChange::Unban(addr) => self.delete_ban(addr).await,
+            };
+            match result {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    tracing::warn!(error = %ErrorChain(&err), "could not write a ban made while the store was away; trying again later");
+                    self.remember_unwritten_ban(change);
+                }
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                written,
+                "bans made while the fleet store was away are now written to it"
+            );
+        }
+    }
+
     /// Connects (with backoff), then probes the store's health forever; claims what was
     /// accepted locally while it was away once it is back.
     async fn maintain(self) {
@@ -391,6 +447,7 @@ impl Store {
                     );
                     last_error.clear();
                     self.reconcile().await;
+                    self.write_unwritten_bans().await;
                 }
                 (true, Some(error)) => {
                     tracing::error!(
