@@ -515,12 +515,18 @@ impl Core {
             (Verdict::Grant(g), Some(used)) if g.addr != src && banned(g.addr) => {
                 // The user asked for a banned address.
                 self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
             }
             (Verdict::Grant(g), Some(used)) if !self.replay_durable.load(Ordering::Acquire) => {
                 // Fail closed: without a durable record, a restart could accept this again.
                 self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
             }
             (Verdict::Grant(grant), Some(used)) => {
                 self.accepted += 1;
@@ -539,6 +545,7 @@ impl Core {
                     grant,
                     used,
                     received,
+                    verified_at: now,
                 });
             }
             (Verdict::Grant(g), None) => {
@@ -549,7 +556,10 @@ impl Core {
             (Verdict::Reject(r), used) => {
                 self.rejected_line(r.reason, src, r.nickname.as_deref());
                 if let Some(used) = used {
-                    self.send(Effect::RecordUse(used));
+                    self.send(Effect::RecordUse {
+                        used,
+                        verified_at: now,
+                    });
                 }
             }
         }
@@ -903,9 +913,9 @@ fn open_replay(
 ) -> (crate::protocol::replay::ReplayState, Option<ReplayStore>) {
     let (replay, _, reusable) = ReplayStore::load(state.path(), now_unix);
     let opened = if reusable {
-        ReplayStore::open(state.path(), &replay)
+        ReplayStore::open(state.path(), &replay, now_unix)
     } else {
-        ReplayStore::create(state.path(), &replay)
+        ReplayStore::create(state.path(), &replay, now_unix)
     };
     match opened {
         Ok(store) => (replay, Some(store)),
@@ -924,7 +934,7 @@ fn open_replay(
 fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Grant { .. } => "grant",
-        Effect::RecordUse(_) => "record a used code",
+        Effect::RecordUse { .. } => "record a used code",
         Effect::RecoverReplay(_) => "recover the replay state",
         Effect::Ban { .. } => "ban",
         Effect::Unban { .. } => "unban",
