@@ -166,7 +166,7 @@ fn kill_9_at_any_instant_never_lets_a_knock_open_twice() {
 /// A reboot: daemon killed, the disk holding the replay state as it was before the knock (a
 /// power cut lost the record, which is only flushed behind the knock path), runtime directory
 /// emptied, nftables table gone, and a new boot id (an `LD_PRELOAD` shim shows the daemon a
-/// file instead of /proc/sys/kernel/random/boot_id). No captured knock opens again, from any
+/// file instead of `/proc/sys/kernel/random/boot_id`). No captured knock opens again, from any
 /// address; fresh knocks are refused until the fence (the saved horizon plus 60 s) and work
 /// after it.
 #[test]
