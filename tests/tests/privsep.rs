@@ -1,7 +1,8 @@
 //! Privilege separation (docs/SECURITY.md): the network-facing daemon runs with no capability
 //! and under seccomp, the firewall helper with `CAP_NET_ADMIN` only and its own filter; a knock
 //! still opens the port through the helper (real XDP, real nftables); the helper refuses a
-//! malformed message; `privsep = false` still works.
+//! malformed message; a dead helper makes the daemon exit for a restart; `privsep = false`
+//! still works.
 //! Needs root. Run: `cargo test -p capyknock-tests --test privsep -- --test-threads=1`.
 
 use std::{
@@ -222,4 +223,48 @@ fn helper_rejects_malformed_messages() {
         !status.success(),
         "helper kept running after an oversized frame"
     );
+}
+
+/// The helper killed (an OOM kill, a crash): the network process has no capability left to
+/// start another, so the daemon exits with an error for its service manager to restart it,
+/// instead of running on with a firewall nothing can reach.
+#[test]
+fn a_dead_helper_makes_the_daemon_exit_for_a_restart() {
+    let mut lab = DaemonLab::new("psd");
+    let alice = user("alice", 1);
+    lab.write_config(&[&alice]);
+    lab.start();
+    lab.wait_log(&["privileges dropped"]);
+    let pid = lab
+        .daemon
+        .as_ref()
+        .and_then(capyknock_testkit::daemon::Daemon::pid)
+        .expect("daemon pid");
+    let helper = helper_of(pid);
+    let killed = Command::new("kill")
+        .args(["-KILL", &helper.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.is_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !lab.is_running(),
+        "daemon still running without its helper:\n{}",
+        lab.log()
+    );
+    assert!(
+        lab.log().contains("the firewall helper ended"),
+        "{}",
+        lab.log()
+    );
+    // Restarted (as systemd's Restart=on-failure does), it works again.
+    lab.daemon = None;
+    lab.start();
+    wait_into_step(2, 20);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    lab.wait_connect(SERVICE.port, false, true);
+    assert!(lab.stop(), "{}", lab.log());
 }

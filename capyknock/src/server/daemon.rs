@@ -123,6 +123,10 @@ pub enum DaemonError {
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
+    /// The privileged firewall helper ended (killed, crashed): the daemon exits so that its
+    /// service manager restarts it with a new one.
+    #[error("the firewall helper ended ({0}); exiting so the service manager restarts the daemon")]
+    HelperEnded(String),
     /// The metrics endpoint could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -246,6 +250,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
+    let helper_watch = helper.clone();
     let worker = Worker::new(fw, state, replay_store, Arc::clone(&replay_durable))
         .with_reopen(Reopen {
             config: settings.firewall.clone(),
@@ -294,6 +299,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         ticks: 0,
         fatal: None,
         metrics,
+        helper: helper_watch,
     };
     announce(&core, &control_path);
     Ok(Started {
@@ -452,6 +458,8 @@ struct Core {
     fatal: Option<DaemonError>,
     /// The metrics endpoint's counters, when it is on.
     metrics: Option<Metrics>,
+    /// The firewall helper (privilege separation), watched every tick.
+    helper: Option<privsep::Helper>,
 }
 
 impl Core {
@@ -610,6 +618,11 @@ impl Core {
 
     fn tick(&mut self) {
         self.ticks += 1;
+        if let Some(status) = self.helper.as_ref().and_then(privsep::Helper::exited) {
+            tracing::error!(%status, "the firewall helper ended: no grant, ban or repair can reach the firewall; exiting so the service manager restarts the daemon (grants and bans in the kernel stay)");
+            self.fatal = Some(DaemonError::HelperEnded(status));
+            return;
+        }
         self.publish_prefilter();
         let now_wall = SystemTime::now();
         let now = unix(now_wall);
