@@ -193,11 +193,16 @@ impl ReplayStore {
                     path = %path.display(),
                     %reason,
                     kept_as = %crate::log_fields::OptPath(kept_as.as_deref()),
-                    "saved replay state is unusable: starting safe, knocks made before now are \
-                     refused, new knocks work normally"
+                    "saved replay state is unusable: starting safe, knocks dated before a minute \
+                     from now are refused (one of them could have been accepted before), new \
+                     knocks work after that"
                 );
                 let outcome = LoadOutcome::Corrupt { reason, kept_as };
-                (ReplayState::safe_start(now_unix), outcome, false)
+                // The damage may come from a power cut (a record torn on its way to the disk),
+                // so the fence is the reboot's: a knock accepted before it carries a
+                // timestamp below the crash time plus the clock gap.
+                let not_before = now_unix.saturating_add(MAX_CLOCK_GAP);
+                (ReplayState::safe_start(not_before), outcome, false)
             }
         }
     }
@@ -870,7 +875,7 @@ mod tests {
             "{outcome:?}"
         );
         assert!(!reusable);
-        assert_eq!(state.not_before(), NOW);
+        assert_eq!(state.not_before(), NOW + MAX_CLOCK_GAP);
         assert!(state.is_empty());
         assert!(!path.exists(), "the damaged file is moved aside");
     }
