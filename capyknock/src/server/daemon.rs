@@ -129,6 +129,10 @@ pub enum DaemonError {
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
+    /// The privileged firewall helper ended (killed, crashed): the daemon exits so that its
+    /// service manager restarts it with a new one.
+    #[error("the firewall helper ended ({0}); exiting so the service manager restarts the daemon")]
+    HelperEnded(String),
     /// The metrics endpoint could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -262,6 +266,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
+    let helper_watch = helper.clone();
     let worker = Worker::new(fw, state, replay_store, Arc::clone(&replay_durable))
         .with_reopen(Reopen {
             config: settings.firewall.clone(),
@@ -321,6 +326,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         fatal: None,
         metrics,
         fleet,
+        helper: helper_watch,
     };
     announce(&core, &control_path);
     Ok(Started {
@@ -481,6 +487,8 @@ struct Core {
     metrics: Option<Metrics>,
     /// Fleet mode: every grant is claimed in etcd first (`server::cluster`).
     fleet: Option<Fleet>,
+    /// The firewall helper (privilege separation), watched every tick.
+    helper: Option<privsep::Helper>,
 }
 
 impl Core {
@@ -544,12 +552,18 @@ impl Core {
             (Verdict::Grant(g), Some(used)) if g.addr != src && banned(g.addr) => {
                 // The user asked for a banned address.
                 self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
             }
             (Verdict::Grant(g), Some(used)) if !self.replay_durable.load(Ordering::Acquire) => {
                 // Fail closed: without a durable record, a restart could accept this again.
                 self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
             }
             (Verdict::Grant(grant), Some(used)) if self.fleet.is_some() => {
                 if let Some(fleet) = &self.fleet {
@@ -560,6 +574,7 @@ impl Core {
                         received,
                         src,
                         scope,
+                        verified_at: now,
                     };
                     fleet.claim_then_grant(knock, self.effects.clone(), self.metrics.clone());
                 }
@@ -581,6 +596,7 @@ impl Core {
                     grant,
                     used,
                     received,
+                    verified_at: now,
                 });
             }
             (Verdict::Grant(g), None) => {
@@ -591,7 +607,10 @@ impl Core {
             (Verdict::Reject(r), used) => {
                 self.rejected_line(r.reason, src, r.nickname.as_deref());
                 if let Some(used) = used {
-                    self.send(Effect::RecordUse(used));
+                    self.send(Effect::RecordUse {
+                        used,
+                        verified_at: now,
+                    });
                 }
             }
         }
@@ -642,6 +661,11 @@ impl Core {
 
     fn tick(&mut self) {
         self.ticks += 1;
+        if let Some(status) = self.helper.as_ref().and_then(privsep::Helper::exited) {
+            tracing::error!(%status, "the firewall helper ended: no grant, ban or repair can reach the firewall; exiting so the service manager restarts the daemon (grants and bans in the kernel stay)");
+            self.fatal = Some(DaemonError::HelperEnded(status));
+            return;
+        }
         self.publish_prefilter();
         let now_wall = SystemTime::now();
         let now = unix(now_wall);
@@ -955,9 +979,9 @@ fn open_replay(
 ) -> (crate::protocol::replay::ReplayState, Option<ReplayStore>) {
     let (replay, _, reusable) = ReplayStore::load(state.path(), now_unix);
     let opened = if reusable {
-        ReplayStore::open(state.path(), &replay)
+        ReplayStore::open(state.path(), &replay, now_unix)
     } else {
-        ReplayStore::create(state.path(), &replay)
+        ReplayStore::create(state.path(), &replay, now_unix)
     };
     match opened {
         Ok(store) => (replay, Some(store)),
@@ -976,7 +1000,7 @@ fn open_replay(
 fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Grant { .. } => "grant",
-        Effect::RecordUse(_) => "record a used code",
+        Effect::RecordUse { .. } => "record a used code",
         Effect::RecoverReplay(_) => "recover the replay state",
         Effect::Ban { .. } => "ban",
         Effect::Unban { .. } => "unban",

@@ -22,6 +22,7 @@ pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod privsep;
 pub mod reload;
+pub mod replay_flusher;
 pub mod replay_store;
 pub mod state;
 pub mod status;

@@ -79,6 +79,8 @@ pub struct Pending {
     pub src: IpAddr,
     /// The user's group (`scope = "group:NAME"`), or `None` (`scope = "node"`).
     pub scope: Option<String>,
+    /// The server time (Unix seconds) the verifier checked it against.
+    pub verified_at: u64,
 }
 
 impl Fleet {
@@ -253,6 +255,7 @@ impl Fleet {
             used,
             received,
             src,
+            verified_at,
             ..
         } = knock;
         let grant_effect = |grant: verify::Access| {
@@ -271,6 +274,7 @@ impl Fleet {
                 grant,
                 used,
                 received,
+                verified_at,
             }
         };
         match outcome {
@@ -282,7 +286,7 @@ impl Fleet {
             Ok(Claim::Taken) => {
                 self.counters.replayed.fetch_add(1, Ordering::Relaxed);
                 logging::rejected(REPLAYED_IN_FLEET, src, Some(&grant.nickname));
-                Effect::RecordUse(used)
+                Effect::RecordUse { used, verified_at }
             }
             Err(err) => match self.policy {
                 OnStoreFailure::Refuse => {
@@ -297,7 +301,7 @@ impl Fleet {
                          (on_store_failure = refuse)"
                     );
                     logging::rejected(STORE_UNAVAILABLE, src, Some(&grant.nickname));
-                    Effect::RecordUse(used)
+                    Effect::RecordUse { used, verified_at }
                 }
                 OnStoreFailure::Local => {
                     self.counters

@@ -260,6 +260,8 @@ async fn apply(
                 step: record.step,
                 packet_id: packet,
             },
+            // Applied now: the use is recorded as of this node's clock.
+            verified_at: unix(SystemTime::now()),
             received: Instant::now(),
         })
         .await
