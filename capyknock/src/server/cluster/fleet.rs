@@ -137,7 +137,10 @@ impl Fleet {
         let sync = BanSync::start(self.store.clone(), effects, local);
         let mut caught_up = sync.wait_caught_up(within).await;
         let started = tokio::time::Instant::now();
-        while caught_up && !self.grants_caught_up.load(Ordering::Acquire) {
+        // Ready means claims work too: wait for the first health probe to reach the store.
+        while caught_up
+            && !(self.grants_caught_up.load(Ordering::Acquire) && self.store.is_healthy())
+        {
             if started.elapsed() >= within {
                 caught_up = false;
                 break;

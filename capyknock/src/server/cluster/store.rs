@@ -425,6 +425,10 @@ impl Store {
                 }
             });
         }
+        // Probe once a member is connected (the connection tasks log their own failures).
+        while (0..self.members()).all(|i| self.client_at(i).is_none()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error = String::new();
