@@ -40,6 +40,8 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    /// `USER:PASSWORD` for etcdctl once authentication is on.
+    user: Option<String>,
     /// The members' namespace.
     pub ns: NetNs,
     /// Data directories and logs.
@@ -64,6 +66,7 @@ impl EtcdCluster {
                 })
                 .collect(),
             initial_cluster,
+            user: None,
             ns,
             dir,
         };
@@ -150,6 +153,7 @@ impl EtcdCluster {
             .filter(|(_, m)| m.child.is_some())
             .map(|(i, _)| format!("http://127.0.0.1:{}", client_port(i)))
             .collect();
+        // A linearizable read needs a quorum.
         let ok = wait_until(within, Duration::from_millis(200), || {
             Ok(endpoints.iter().all(|e| {
                 self.etcdctl(e, &["get", "--consistency=l", "/health-probe"])
@@ -166,17 +170,24 @@ impl EtcdCluster {
         }
     }
 
+    /// Makes etcdctl log in as `user_password` (`USER:PASSWORD`), once authentication is on.
+    pub fn set_user(&mut self, user_password: &str) {
+        self.user = Some(user_password.to_owned());
+    }
+
     /// Runs `etcdctl --endpoints ENDPOINT ARGS` in the members' namespace.
     pub fn etcdctl(&self, endpoint: &str, args: &[&str]) -> Result<std::process::Output> {
         let mut cmd = self.ns.command("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                endpoint,
-                "--dial-timeout=1s",
-                "--command-timeout=2s",
-            ])
-            .args(args);
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+        ]);
+        if let Some(user) = &self.user {
+            cmd.arg(format!("--user={user}"));
+        }
+        cmd.args(args);
         cmd.output().map_err(|e| Error::Spawn {
             command: crate::process::describe(&cmd),
             source: e,

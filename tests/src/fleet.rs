@@ -40,6 +40,8 @@ pub struct Node {
     pub endpoints: Vec<String>,
     /// `on_store_failure`.
     pub policy: &'static str,
+    /// More `[cluster]` lines (each ending in a newline), e.g. `user`/`password`.
+    pub cluster_extra: String,
 }
 
 impl Node {
@@ -57,6 +59,7 @@ impl Node {
             etcd_link,
             endpoints,
             policy,
+            cluster_extra: String::new(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Node {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        text.push_str(&self.cluster_extra);
         for u in users {
             text.push_str(&render_user(u));
             if let Some(scope) = scope {

@@ -373,6 +373,76 @@ fn group_grant_opens_on_every_member_with_the_same_expiry() {
     }
 }
 
+#[test]
+fn claims_work_with_etcd_authentication() {
+    let mut etcd = etcd("fle7", 1);
+    let endpoint = format!("http://127.0.0.1:{}", capyknock_testkit::etcd::CLIENT_PORT);
+    for args in [
+        &["user", "add", "root:root-pw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "capyknock:node-pw"],
+        &["role", "add", "capyknock"],
+        &[
+            "role",
+            "grant-permission",
+            "capyknock",
+            "--prefix=true",
+            "readwrite",
+            PREFIX,
+        ],
+        &["user", "grant-role", "capyknock", "capyknock"],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(&endpoint, args).unwrap();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (alice, bob) = (user("alice", 1), user("bob", 2));
+    let mut a = Node::new("faa", "node-a", &etcd, "refuse");
+    let mut b = Node::new("fab", "node-b", &etcd, "refuse");
+    for n in [&mut a, &mut b] {
+        n.cluster_extra = "user = \"capyknock\"\npassword = \"node-pw\"\n".into();
+        n.write_config(&[&alice, &bob]);
+        n.start();
+    }
+    wait_for_fresh_step(15);
+    let packet = knock(&alice, &[SERVICE], unix_now());
+    a.lab.send(&packet, false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=alice"]);
+    b.lab.send(&packet, false, 1);
+    let line = b.lab.wait_log(&["knock rejected", "nickname=alice"]);
+    assert!(line.contains("reason=replayed_in_fleet"), "{line}");
+    // Without credentials etcd refuses to show the claims.
+    let out = etcd
+        .etcdctl(&endpoint, &["get", "--prefix", "--keys-only", PREFIX])
+        .unwrap();
+    assert!(!out.status.success(), "etcd answered without credentials");
+    etcd.set_user("root:root-pw");
+    // etcd restarts and forgets the nodes' tokens: they log in again by themselves.
+    etcd.kill_member(0).unwrap();
+    a.lab
+        .wait_log_within(&["FLEET STORE (etcd) UNREACHABLE"], 10);
+    etcd.start_member(0).unwrap();
+    etcd.wait_healthy(Duration::from_secs(20)).unwrap();
+    let started = Instant::now();
+    while a.lab.count_log(&["fleet store (etcd) reachable"]) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "A did not reach etcd again:\n{}",
+            a.lab.run_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=bob"]);
+    for n in [&mut a, &mut b] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
 /// The claim's cost: sequential claims from a node's namespace to a three-member cluster,
 /// through the daemon's own store client. Prints p50/p99/max (docs/FLEET.md); fails only when
 /// far off the 5 ms p99 budget, so a busy CI machine does not fail it.

@@ -163,7 +163,10 @@ impl Store {
             options = options.with_tls(config);
         }
         if let Some(auth) = &settings.auth {
-            options = options.with_user(auth.user.clone(), auth.password.as_str());
+            // etcd's tokens end (TTL, or an etcd restart forgets them): log in again then.
+            options = options
+                .with_user(auth.user.clone(), auth.password.as_str())
+                .with_auto_token_refresh(true);
         }
         let store = Self {
             inner: Arc::new(Inner {
