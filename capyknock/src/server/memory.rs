@@ -15,6 +15,9 @@ pub fn release_startup_memory() {
         // SAFETY: malloc_trim takes a padding size and only reorganises the allocator's own
         // free lists; it has no pointer arguments and is thread-safe in glibc.
         let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(released = released != 0, "start-up memory returned to the kernel");
+        tracing::debug!(
+            released = released != 0,
+            "start-up memory returned to the kernel"
+        );
     }
 }
