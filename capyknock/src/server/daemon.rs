@@ -329,6 +329,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         helper: helper_watch,
     };
     announce(&core, &control_path);
+    super::memory::release_startup_memory();
     Ok(Started {
         core,
         control_task,

@@ -18,6 +18,7 @@ pub mod daemon;
 #[cfg(unix)]
 pub mod knock_sink;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod privsep;

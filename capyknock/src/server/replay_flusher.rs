@@ -10,7 +10,9 @@
 //! moves up to it. Requests that arrive while a flush runs are coalesced into the next one.
 //!
 //! One thread serves every store of the process; it is started by the first store, at daemon
-//! start-up (before the sandbox, which would refuse a new thread's set-up calls later on).
+//! start-up (before the sandbox, which would refuse a new thread's set-up calls later on), and
+//! drops its capabilities when the process enters the sandbox, within a second, like every other
+//! thread.
 
 use std::{
     fs,
@@ -18,6 +20,7 @@ use std::{
         Arc, Condvar, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 /// What to flush: a store's file, the horizon its header holds, and where to publish it.
@@ -82,22 +85,37 @@ pub fn request(job: FlushJob) -> bool {
     true
 }
 
+/// How long the thread sleeps without a request before it looks again: it must wake up now and
+/// then to follow the process into the sandbox (see [`drop_privileges_if_due`]).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 fn run(queue: &Queue) {
     loop {
         let jobs = {
             let mut pending = queue.jobs.lock().unwrap_or_else(PoisonError::into_inner);
             while pending.is_empty() {
+                drop_privileges_if_due();
                 pending = queue
                     .wake
-                    .wait(pending)
-                    .unwrap_or_else(PoisonError::into_inner);
+                    .wait_timeout(pending, IDLE_WAKE)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
             std::mem::take(&mut *pending)
         };
+        drop_privileges_if_due();
         for job in jobs {
             flush(&job);
         }
     }
+}
+
+/// The thread starts before the daemon drops its capabilities (see the module docs) and
+/// capabilities are per thread: it drops its own once the process has dropped, like every
+/// runtime thread does.
+fn drop_privileges_if_due() {
+    #[cfg(target_os = "linux")]
+    super::privsep::sandbox::catch_up();
 }
 
 fn flush(job: &FlushJob) {

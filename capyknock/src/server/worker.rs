@@ -201,7 +201,7 @@ impl Worker {
     pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
         if let Some(m) = &metrics {
             m.set_bans_active(self.firewall.ban_list().len());
-            m.set_grants_active(self.firewall.grants().len());
+            m.set_grants_active(self.active_grants());
         }
         self.metrics = metrics;
         self
@@ -419,7 +419,7 @@ impl Worker {
                     for (_, received) in grants {
                         m.granted(received.elapsed());
                     }
-                    m.set_grants_active(self.firewall.grants().len());
+                    m.set_grants_active(self.active_grants());
                 }
             }
             Err(err) => {
@@ -433,13 +433,24 @@ impl Worker {
         }
     }
 
+    /// Grants whose time has not run out (the ledger keeps expired ones until the next
+    /// repair closes them).
+    fn active_grants(&self) -> usize {
+        let now = SystemTime::now();
+        self.firewall
+            .grants()
+            .iter()
+            .filter(|g| g.until > now)
+            .count()
+    }
+
     /// Tells the core which addresses are banned (it checks them before verifying a knock),
     /// and the metrics how many bans and grants there are.
     fn publish_bans(&self) {
         let bans = self.firewall.ban_list();
         if let Some(m) = &self.metrics {
             m.set_bans_active(bans.len());
-            m.set_grants_active(self.firewall.grants().len());
+            m.set_grants_active(self.active_grants());
         }
         self.bans.send_if_modified(|old| {
             let changed = *old != bans;
@@ -778,6 +789,19 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
+        // A grant whose time has run out is not active, although the ledger still holds it
+        // until the next repair.
+        let mut brief = grant("carol", 3, "192.0.2.3");
+        brief.duration = Duration::ZERO;
+        worker.process(vec![Effect::Grant {
+            grant: brief,
+            used: used(3, 100),
+            received,
+            verified_at: 0,
+        }]);
+        let text = metrics.render();
+        assert!(text.contains("\ncapyknock_grants_active 2\n"), "{text}");
+        assert!(text.contains("\ncapyknock_grants_total 3\n"), "{text}");
     }
 
     fn status() -> Box<Status> {
