@@ -7,6 +7,7 @@
 //!   log, stopped on drop);
 //! - [`service`]: a TCP greeting-and-echo service standing in for sshd;
 //! - [`probe`]: "does this TCP port answer", and waiting until it does or does not;
+//! - [`etcd`]: a throwaway etcd cluster (members in a namespace of their own) for fleet labs;
 //! - [`flood`]: a paced or unpaced `sendmmsg` UDP flood;
 //! - [`clock`]: Unix seconds, the TOTP step, a thread's CPU time;
 //! - [`wait`]: waits that notice Ctrl-C, so tasks unwind through the guards;
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 mod error;
+pub mod etcd;
 pub mod files;
 pub mod flood;
 pub mod netns;

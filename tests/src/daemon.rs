@@ -145,8 +145,8 @@ pub struct DaemonLab {
     pub dir: TempDir,
     /// Extra `[server]` lines for the next config written.
     pub server_extra: String,
-    /// Program and arguments the daemon is started through (after `nsenter`), e.g. `setpriv`
-    /// with a reduced capability set.
+    /// Program and arguments the daemon is started through (after `nsenter` and the unit's
+    /// capability set, [`crate::unit_capabilities_wrapper`]), e.g. `env` with an `LD_PRELOAD`.
     pub wrapper: Vec<String>,
     /// Where the current (or last) run's part of the log starts.
     log_start: u64,
@@ -249,6 +249,8 @@ impl DaemonLab {
             self.config(),
             self.file("server.log"),
         );
+        let mut wrapper = crate::unit_capabilities_wrapper();
+        wrapper.extend(self.wrapper.iter().cloned());
         let mut daemon = Daemon::start(
             &self.server,
             &DaemonOptions {
@@ -256,7 +258,7 @@ impl DaemonLab {
                 config: &config,
                 log: &log,
                 args,
-                wrapper: &self.wrapper,
+                wrapper: &wrapper,
                 rust_log: Some("info"),
                 own_process_group: false,
             },
@@ -312,6 +314,13 @@ impl DaemonLab {
     /// Waits up to 5 s for a log line (of this run) containing every one of `parts`; returns it.
     #[expect(clippy::must_use_candidate, reason = "often called only to wait")]
     pub fn wait_log(&self, parts: &[&str]) -> String {
+        self.wait_log_within(parts, 5)
+    }
+
+    /// Waits up to `secs` seconds for a log line (of this run) containing every one of
+    /// `parts`; returns it.
+    #[expect(clippy::must_use_candidate, reason = "often called only to wait")]
+    pub fn wait_log_within(&self, parts: &[&str], secs: u64) -> String {
         let find = || {
             self.run_log()
                 .lines()
@@ -319,7 +328,7 @@ impl DaemonLab {
                 .map(str::to_owned)
         };
         let mut found = None;
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        wait_until(Duration::from_secs(secs), Duration::from_millis(50), || {
             found = find();
             Ok(found.is_some())
         })

@@ -200,7 +200,7 @@ impl Lab {
                 config: &config,
                 log: &log,
                 args: &[],
-                wrapper: &[],
+                wrapper: &crate::unit_capabilities_wrapper(),
                 rust_log: Some("info"),
                 own_process_group: false,
             },

@@ -271,22 +271,14 @@ fn reload_keeps_the_old_config_when_the_new_one_is_broken() {
 
 /// The daemon works with only the capabilities of contrib/systemd/capyknock.service
 /// (`CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN`) and
-/// `NoNewPrivileges`.
+/// `NoNewPrivileges`. Every test daemon is started that way
+/// ([`capyknock_tests::unit_capabilities_wrapper`]); this test proves the limits really apply.
 #[test]
 fn runs_with_only_the_units_capabilities() {
     let mut lab = DaemonLab::new("dcc");
     let alice = user("alice", 1);
     lab.server_extra = "control_group = \"users\"\n".into();
     lab.write_config(&[&alice]);
-    lab.wrapper = [
-        "setpriv",
-        "--bounding-set=-all,+bpf,+perfmon,+net_admin,+net_raw,+chown",
-        "--inh-caps=-all",
-        "--no-new-privs",
-        "--",
-    ]
-    .map(String::from)
-    .to_vec();
     lab.start();
     // The limits really apply: nsenter and setpriv exec into the daemon, same pid.
     let pid = lab.daemon.as_ref().unwrap().pid().unwrap();

@@ -1,7 +1,8 @@
 //! Privilege separation (docs/SECURITY.md): the network-facing daemon runs with no capability
 //! and under seccomp, the firewall helper with `CAP_NET_ADMIN` only and its own filter; a knock
 //! still opens the port through the helper (real XDP, real nftables); the helper refuses a
-//! malformed message; `privsep = false` still works.
+//! malformed message; a dead helper makes the daemon exit for a restart; `privsep = false`
+//! still works.
 //! Needs root. Run: `cargo test -p capyknock-tests --test privsep -- --test-threads=1`.
 
 use std::{
@@ -21,6 +22,11 @@ use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, user};
 /// `CAP_NET_ADMIN` alone, as /proc shows capability sets.
 const NET_ADMIN_ONLY: &str = "0000000000001000";
 const NONE: &str = "0000000000000000";
+/// The bounding set of the systemd unit, which every test daemon is started with
+/// (`CAP_CHOWN`, `CAP_NET_ADMIN`, `CAP_NET_RAW`, `CAP_PERFMON`, `CAP_BPF`). Without
+/// `CAP_SETPCAP` (which the unit does not grant) the daemon cannot shrink it; with
+/// `NoNewPrivs` and empty permitted sets nothing in it can be regained.
+const UNIT_BOUNDING: &str = "000000c000003001";
 
 fn field(status: &str, name: &str) -> String {
     status
@@ -69,7 +75,7 @@ fn network_process_has_no_capability_and_the_helper_only_net_admin() {
         let name = field(&status, "Name:");
         assert_eq!(field(&status, "CapEff:"), NONE, "thread {name}");
         assert_eq!(field(&status, "CapPrm:"), NONE, "thread {name}");
-        assert_eq!(field(&status, "CapBnd:"), NONE, "thread {name}");
+        assert_eq!(field(&status, "CapBnd:"), UNIT_BOUNDING, "thread {name}");
         assert_eq!(field(&status, "Seccomp:"), "2", "thread {name}");
         assert_eq!(field(&status, "NoNewPrivs:"), "1", "thread {name}");
     }
@@ -77,7 +83,8 @@ fn network_process_has_no_capability_and_the_helper_only_net_admin() {
     let status = std::fs::read_to_string(format!("/proc/{helper}/status")).unwrap();
     assert_eq!(field(&status, "CapEff:"), NET_ADMIN_ONLY, "{status}");
     assert_eq!(field(&status, "CapPrm:"), NET_ADMIN_ONLY, "{status}");
-    assert_eq!(field(&status, "CapBnd:"), NET_ADMIN_ONLY, "{status}");
+    assert_eq!(field(&status, "CapBnd:"), UNIT_BOUNDING, "{status}");
+    assert_eq!(field(&status, "NoNewPrivs:"), "1", "{status}");
     assert_eq!(field(&status, "Seccomp:"), "2", "{status}");
 
     // The firewall still works through the helper.
@@ -216,4 +223,48 @@ fn helper_rejects_malformed_messages() {
         !status.success(),
         "helper kept running after an oversized frame"
     );
+}
+
+/// The helper killed (an OOM kill, a crash): the network process has no capability left to
+/// start another, so the daemon exits with an error for its service manager to restart it,
+/// instead of running on with a firewall nothing can reach.
+#[test]
+fn a_dead_helper_makes_the_daemon_exit_for_a_restart() {
+    let mut lab = DaemonLab::new("psd");
+    let alice = user("alice", 1);
+    lab.write_config(&[&alice]);
+    lab.start();
+    lab.wait_log(&["privileges dropped"]);
+    let pid = lab
+        .daemon
+        .as_ref()
+        .and_then(capyknock_testkit::daemon::Daemon::pid)
+        .expect("daemon pid");
+    let helper = helper_of(pid);
+    let killed = Command::new("kill")
+        .args(["-KILL", &helper.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.is_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !lab.is_running(),
+        "daemon still running without its helper:\n{}",
+        lab.log()
+    );
+    assert!(
+        lab.log().contains("the firewall helper ended"),
+        "{}",
+        lab.log()
+    );
+    // Restarted (as systemd's Restart=on-failure does), it works again.
+    lab.daemon = None;
+    lab.start();
+    wait_into_step(2, 20);
+    lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    lab.wait_connect(SERVICE.port, false, true);
+    assert!(lab.stop(), "{}", lab.log());
 }

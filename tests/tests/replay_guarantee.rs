@@ -163,16 +163,32 @@ fn kill_9_at_any_instant_never_lets_a_knock_open_twice() {
     assert!(granted_before_kill > 0 && before_verdict + before_grant > 0);
 }
 
-/// A reboot: daemon killed, runtime directory emptied, nftables table gone. No captured knock
-/// opens again, and a fresh knock works at once (no fence: nothing durable can be missing).
+/// A reboot: daemon killed, the disk holding the replay state as it was before the knock (a
+/// power cut lost the record, which is only flushed behind the knock path), runtime directory
+/// emptied, nftables table gone, and a new boot id (an `LD_PRELOAD` shim shows the daemon a
+/// file instead of `/proc/sys/kernel/random/boot_id`). No captured knock opens again, from any
+/// address; fresh knocks are refused until the fence (the saved horizon plus 60 s) and work
+/// after it.
 #[test]
-fn after_a_simulated_reboot_no_captured_knock_opens_and_fresh_ones_work_at_once() {
+fn after_a_simulated_reboot_no_captured_knock_opens_and_fresh_ones_work_after_the_fence() {
     let mut lab = DaemonLab::new("rgr");
     let other = Other::new(&lab, 242);
     let (alice, bob) = (user("alice", 1), user("bob", 2));
     lab.write_config(&[&alice, &bob]);
+    let shim = build_shim(&lab.file(""), "boot_id");
+    let boot_id = lab.file("boot_id");
+    std::fs::write(&boot_id, "11111111-2222-3333-4444-555555555555\n").unwrap();
+    lab.wrapper = vec![
+        "/usr/bin/env".to_owned(),
+        format!("LD_PRELOAD={}", shim.display()),
+        format!("CAPYKNOCK_BOOT_ID_FILE={}", boot_id.display()),
+    ];
     wait_into_step(0, 20);
     other.start(&mut lab);
+    // What the disk holds if the knock's record never reaches it: the file at start-up, with
+    // this run's horizon already flushed.
+    let slots = lab.file("state").join("replay.slots");
+    let on_disk = std::fs::read(&slots).unwrap();
     let captured = knock(&alice, &[SERVICE], unix_now());
     lab.send(&captured, false, 1);
     lab.wait_log(&["knock accepted", "nickname=alice"]);
@@ -180,26 +196,83 @@ fn after_a_simulated_reboot_no_captured_knock_opens_and_fresh_ones_work_at_once(
 
     // The reboot.
     lab.kill9();
+    let crashed = Instant::now();
+    std::fs::write(&slots, &on_disk).unwrap();
     let _ = std::fs::remove_file(lab.socket());
     nft(&lab.server, &["delete", "table", "inet", "capyknock"]);
+    std::fs::write(&boot_id, "66666666-7777-8888-9999-aaaaaaaaaaaa\n").unwrap();
     other.start(&mut lab);
     let ready = Instant::now();
+    lab.wait_log(&["the machine restarted while the daemon was running"]);
 
     lab.send(&captured, false, 1);
     other.send(&captured);
-    lab.wait_log(&["reason=replayed_packet", "nickname=alice"]);
+    lab.wait_log(&["reason=stale_timestamp", "nickname=alice"]);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(accepted(&lab, "alice"), 0, "{}", lab.run_log());
     assert!(!granted(&lab, lab.client_addr(false)));
 
+    // Fresh knocks: refused while the fence lasts, accepted after it.
+    let mut refused = 0;
+    let opened = loop {
+        lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
+        std::thread::sleep(Duration::from_millis(500));
+        if accepted(&lab, "bob") > 0 {
+            break ready.elapsed();
+        }
+        refused += 1;
+        assert!(
+            crashed.elapsed() < Duration::from_secs(90),
+            "fresh knocks still refused 90 s after the crash:\n{}",
+            lab.run_log()
+        );
+    };
+    lab.wait_connect(SERVICE.port, false, true);
+    assert!(refused > 0, "no fence after a reboot that lost a record");
+    assert_eq!(accepted(&lab, "alice"), 0, "{}", lab.run_log());
+    println!(
+        "fence after a simulated reboot: a fresh knock opened {} s after the daemon was ready \
+         ({} s after the crash); {refused} fresh knocks refused before",
+        opened.as_secs(),
+        crashed.elapsed().as_secs()
+    );
+}
+
+/// A clean stop, then a reboot: nothing can be missing, so no fence; a fresh knock works at
+/// once and the knock made before the stop stays refused.
+#[test]
+fn after_a_clean_stop_and_a_reboot_fresh_knocks_work_at_once() {
+    let mut lab = DaemonLab::new("rgs");
+    let (alice, bob) = (user("alice", 1), user("bob", 2));
+    lab.write_config(&[&alice, &bob]);
+    let shim = build_shim(&lab.file(""), "boot_id");
+    let boot_id = lab.file("boot_id");
+    std::fs::write(&boot_id, "11111111-2222-3333-4444-555555555555\n").unwrap();
+    lab.wrapper = vec![
+        "/usr/bin/env".to_owned(),
+        format!("LD_PRELOAD={}", shim.display()),
+        format!("CAPYKNOCK_BOOT_ID_FILE={}", boot_id.display()),
+    ];
+    wait_into_step(0, 20);
+    lab.start();
+    let captured = knock(&alice, &[SERVICE], unix_now());
+    lab.send(&captured, false, 1);
+    lab.wait_log(&["knock accepted", "nickname=alice"]);
+    assert!(lab.stop(), "no clean stop:\n{}", lab.log());
+
+    nft(&lab.server, &["delete", "table", "inet", "capyknock"]);
+    std::fs::write(&boot_id, "66666666-7777-8888-9999-aaaaaaaaaaaa\n").unwrap();
+    lab.start();
+    assert!(
+        !lab.run_log().contains("the machine restarted"),
+        "{}",
+        lab.run_log()
+    );
+    lab.send(&captured, false, 1);
+    lab.wait_log(&["reason=replayed_packet", "nickname=alice"]);
     lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
     lab.wait_log(&["knock accepted", "nickname=bob"]);
-    lab.wait_connect(SERVICE.port, false, true);
-    println!(
-        "fence after a simulated reboot: none; a fresh knock opened {} ms after the daemon was \
-         ready",
-        ready.elapsed().as_millis()
-    );
+    assert_eq!(accepted(&lab, "alice"), 0, "{}", lab.run_log());
 }
 
 /// A tmpfs mounted on the lab's state directory, unmounted on drop (even when the test fails).
@@ -408,17 +481,17 @@ fn a_read_only_state_directory_fails_closed_and_recovers() {
     drop(disk);
 }
 
-/// Builds the clock shim (`tests/shim/clock_offset.c`) into `dir` with the system's C compiler.
-fn build_clock_shim(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/clock_offset.c");
-    let lib = dir.join("clock_offset.so");
+/// Builds the `LD_PRELOAD` shim `tests/shim/NAME.c` into `dir` with the system's C compiler.
+fn build_shim(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("shim/{name}.c"));
+    let lib = dir.join(format!("{name}.so"));
     let out = Command::new("cc")
         .args(["-shared", "-fPIC", "-O2", "-o"])
         .arg(&lib)
         .arg(&source)
         .arg("-ldl")
         .output()
-        .unwrap_or_else(|e| panic!("cc (needed to build the clock shim): {e}"));
+        .unwrap_or_else(|e| panic!("cc (needed to build the {name} shim): {e}"));
     assert!(
         out.status.success(),
         "{}",
@@ -438,7 +511,7 @@ fn a_clock_stepped_forward_and_back_never_revives_a_knock() {
     let alice = user("alice", 1);
     let bob = user("bob", 2);
     lab.write_config(&[&alice, &bob]);
-    let shim = build_clock_shim(&lab.file(""));
+    let shim = build_shim(&lab.file(""), "clock_offset");
     let offset = lab.file("clock-offset");
     let set_offset = |secs: i64| std::fs::write(&offset, secs.to_string()).unwrap();
     set_offset(0);

@@ -42,6 +42,10 @@ use capyknock_testkit::{
 use crate::cmd::{self, is_root};
 
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches, as clap derives them"
+)]
 pub struct Options {
     /// Use the release build (`cargo build --release`) instead of the debug build.
     #[arg(long)]
@@ -52,16 +56,20 @@ pub struct Options {
     /// Pause for Enter between the steps (for presenting).
     #[arg(long)]
     pub pause: bool,
+    /// The fleet story instead: two servers sharing one-time knocks and bans through a
+    /// three-member etcd cluster (docs/FLEET.md).
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// The protected service's port inside the server namespace.
-const SERVICE_PORT: u16 = 22;
+pub(crate) const SERVICE_PORT: u16 = 22;
 /// What the banner service says first.
-const BANNER: &str = "SSH-2.0-capyknock-demo";
+pub(crate) const BANNER: &str = "SSH-2.0-capyknock-demo";
 /// How long a connection attempt waits before calling the port closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The demo's temporary directory is `$TMPDIR/capyknock-demo-<pid>`.
-const TEMP_PREFIX: &str = "capyknock-demo-";
+pub(crate) const TEMP_PREFIX: &str = "capyknock-demo-";
 
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
 const SERVER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
@@ -83,7 +91,11 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
         pause: opts.pause,
     };
     let bin = build(opts, &mut story)?;
-    let result = run_story(&bin, &mut story);
+    let result = if opts.fleet {
+        crate::demo_fleet::run_story(&bin, &mut story)
+    } else {
+        run_story(&bin, &mut story)
+    };
     story.say(match &result {
         Ok(()) => "done: daemon stopped, namespaces and files removed",
         Err(_) => "stopped: daemon stopped, namespaces and files removed",
@@ -91,7 +103,7 @@ pub fn demo(opts: &Options) -> anyhow::Result<()> {
     result
 }
 
-fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
+pub(crate) fn build(opts: &Options, story: &mut Story) -> anyhow::Result<PathBuf> {
     if !opts.no_build {
         story.say("setup: cargo xtask setup (installs what is missing)");
         crate::setup::setup(&crate::setup::Options::tests())?;
@@ -312,23 +324,28 @@ fn ban(bin: &Path, world: &World, story: &Story) -> anyhow::Result<()> {
 }
 
 /// `who` connects from `ns` to `target`, as the story tells.
-fn connect(story: &Story, who: &str, ns: &NetNs, target: SocketAddr) -> anyhow::Result<Probe> {
+pub(crate) fn connect(
+    story: &Story,
+    who: &str,
+    ns: &NetNs,
+    target: SocketAddr,
+) -> anyhow::Result<Probe> {
     story.say(&format!("{who}: connect to {target}"));
     Ok(probe_from(ns, target, CONNECT_TIMEOUT)?)
 }
 
 /// Narration with elapsed time.
-struct Story {
-    started: Instant,
-    pause: bool,
+pub(crate) struct Story {
+    pub(crate) started: Instant,
+    pub(crate) pause: bool,
 }
 
 impl Story {
-    fn say(&self, line: &str) {
+    pub(crate) fn say(&self, line: &str) {
         println!("[{:>5.1}s] {line}", self.started.elapsed().as_secs_f64());
     }
 
-    fn step(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn step(&mut self) -> anyhow::Result<()> {
         check_interrupted()?;
         if self.pause {
             print!("         (Enter to go on) ");
@@ -341,12 +358,12 @@ impl Story {
 }
 
 /// An indented result line.
-fn result(line: &str) {
+pub(crate) fn result(line: &str) {
     println!("         -> {line}");
 }
 
 /// Another program's output, indented.
-fn show(text: &str) {
+pub(crate) fn show(text: &str) {
     for line in text.lines() {
         println!("         | {line}");
     }
@@ -374,12 +391,12 @@ fn write_server_config(path: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// The user's authenticator app: reads the `otpauth://` URI (what scanning the QR code gives)
 /// and shows the current code.
-struct Authenticator {
+pub(crate) struct Authenticator {
     totp: totp_rs::Totp,
 }
 
 impl Authenticator {
-    fn from_uri(uri: &str) -> anyhow::Result<Self> {
+    pub(crate) fn from_uri(uri: &str) -> anyhow::Result<Self> {
         let secret = otpauth_secret(uri).context("otpauth URI without secret")?;
         let secret = totp_rs::Secret::try_from_base32(secret)
             .map_err(|e| anyhow::anyhow!("bad secret in the otpauth URI: {e}"))?;
@@ -395,7 +412,7 @@ impl Authenticator {
 
     /// The code for now. Waits for the next one when this one is about to expire, as a person
     /// would (the knock must arrive within the same step or the next).
-    fn code_now(&self) -> anyhow::Result<String> {
+    pub(crate) fn code_now(&self) -> anyhow::Result<String> {
         let left = secs_left_in_step();
         if left < 3 {
             sleep(Duration::from_secs(left))?;
@@ -412,12 +429,12 @@ fn show_log(daemon: &Daemon, story: &Story) {
 
 /// Runs `cmd` with `input` on stdin; (success, stdout + stderr). Fails only if it cannot run, or
 /// when Ctrl-C arrived meanwhile.
-fn capture_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<(bool, String)> {
+pub(crate) fn capture_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<(bool, String)> {
     let out = run_with_stdin(cmd, input)?;
     Ok((out.status.success(), output_text(&out)))
 }
 
 /// Runs `cmd`; its stdout and stderr together, or an error with them.
-fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(output_text(&process::run(cmd)?))
 }

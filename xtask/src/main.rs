@@ -7,6 +7,7 @@ mod bench_xdp;
 mod client_build;
 mod cmd;
 mod demo;
+mod demo_fleet;
 mod dist;
 mod fuzz;
 mod load;
@@ -35,7 +36,7 @@ enum Task {
     /// Build release and run `capyknock server ARGS` as root.
     Run(run::Options),
     /// The whole story in throwaway network namespaces (root): keygen, knock, replay, ban,
-    /// status.
+    /// status; `--fleet`: two servers sharing one-time knocks and bans through etcd.
     Demo(demo::Options),
     /// Flood benchmark of the knock path (root): junk at swept rates while users knock, XDP
     /// against pcap and udp capture; report in target/load/.

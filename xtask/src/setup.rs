@@ -42,6 +42,8 @@ const APT_BUILD: &[&str] = &[
     "libmnl-dev",
     "libpcap-dev",
     "gcc",
+    // etcd-client's build script compiles etcd's .proto files with protoc (fleet mode).
+    "protobuf-compiler",
 ];
 /// Debian packages only the tests need (`setup --for-tests`).
 const APT_TESTS: &[&str] = &[
@@ -64,6 +66,10 @@ const APT_TESTS: &[&str] = &[
     "e2fsprogs",
     // curl scrapes the metrics endpoint in tests/tests/metrics.rs (TCP and Unix socket).
     "curl",
+    // Fleet tests (tests/tests/fleet.rs) start real etcd members in their namespaces and use
+    // etcdctl to look at the keys.
+    "etcd-server",
+    "etcd-client",
     // cc builds the test-only clock shim (LD_PRELOAD) that steps the daemon's clock (also in
     // APT_BUILD; the list is deduplicated).
     "gcc",

@@ -398,13 +398,20 @@ mod server {
     /// Rate limit of the "busy" log line: one per [`BUSY_LOG_INTERVAL`], with how many were
     /// refused since the last one.
     #[derive(Debug, Default)]
-    struct BusyLog {
+    pub(super) struct BusyLog {
         last: Option<std::time::Instant>,
         refused: u64,
     }
 
     impl BusyLog {
-        fn refused(&mut self, uid: u32) {
+        /// Refusals since the last line logged.
+        #[cfg(test)]
+        pub(super) fn unlogged(&self) -> u64 {
+            self.refused
+        }
+
+        /// Counts a refused connection; logs one line per interval.
+        pub(super) fn refused(&mut self, uid: u32) {
             self.refused += 1;
             let now = std::time::Instant::now();
             if self
@@ -988,6 +995,19 @@ mod tests {
         drop(held);
         assert!(slots.admit(group_member).is_some());
         drop(root);
+    }
+
+    /// Regression (hardening review): each refused connection logged a WARN line, without limit.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refused_connections_log_one_line_per_interval() {
+        let mut log = server::BusyLog::default();
+        for _ in 0..10_000 {
+            log.refused(1000);
+        }
+        // The first refusal logged (and reset the count); the other 9,999 wait for the next
+        // line, which says how many there were.
+        assert_eq!(log.unlogged(), 9_999);
     }
 
     #[cfg(target_os = "linux")]

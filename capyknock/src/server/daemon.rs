@@ -28,6 +28,10 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    cluster::{
+        fleet::{Fleet, Pending},
+        store::StoreError,
+    },
     config::{self, ConfigError, Settings},
     control::{Command, ControlError, ControlServer, Request, Response},
     knock_sink::KnockSink,
@@ -55,6 +59,8 @@ const EFFECT_QUEUE: usize = 4096;
 const CONTROL_QUEUE: usize = 16;
 /// How often the core's timer runs (time step, log summary).
 const TICK: Duration = Duration::from_secs(1);
+/// Longest wait at start for the fleet's bans (`[cluster]`).
+const FLEET_CATCH_UP: Duration = Duration::from_secs(5);
 /// Every this many ticks: firewall check and repair, pruning.
 const REPAIR_TICKS: u64 = 5;
 
@@ -118,10 +124,17 @@ pub enum DaemonError {
     /// The worker thread could not start, or died.
     #[error("the firewall/state worker thread {0}")]
     Worker(&'static str),
+    /// The privileged firewall helper ended (killed, crashed): the daemon exits so that its
+    /// service manager restarts it with a new one.
+    #[error("the firewall helper ended ({0}); exiting so the service manager restarts the daemon")]
+    HelperEnded(String),
     /// The metrics endpoint could not be set up.
     #[cfg(unix)]
     #[error(transparent)]
     Metrics(#[from] super::metrics::http::MetricsError),
+    /// Fleet mode could not start (`[cluster]`).
+    #[error("fleet mode ([cluster])")]
+    Cluster(#[source] StoreError),
     /// A setting asks for something this operating system does not have.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -300,6 +313,13 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     #[cfg(not(target_os = "linux"))]
     let helper = no_privsep(&settings);
     let (metrics, metrics_task) = start_metrics(&settings)?;
+    // Reads the TLS files now; connects in the background (start-up never waits for etcd).
+    let fleet = settings
+        .cluster
+        .as_ref()
+        .map(|c| Fleet::start(c, settings.freshness))
+        .transpose()
+        .map_err(DaemonError::Cluster)?;
 
     let now = SystemTime::now();
     // Windows: a state directory we create gets the ACL mode 0700 gives it on Unix.
@@ -356,6 +376,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
 
     let (effects, effects_rx) = mpsc::channel(EFFECT_QUEUE);
     let replay_durable = Arc::new(AtomicBool::new(false));
+    let helper_watch = helper.clone();
     let worker = Worker::new(fw, state, replay_store, Arc::clone(&replay_durable))
         .with_reopen(Reopen {
             config: settings.firewall.clone(),
@@ -369,6 +390,16 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .name("capyknock-fw".into())
         .spawn(move || worker.run(effects_rx))
         .map_err(|_| DaemonError::Worker("could not start"))?;
+    // Fleet bans are applied before the daemon reports ready (bounded: a down store delays
+    // the start by at most this, and its bans follow when it returns).
+    let mut fleet = fleet;
+    if let Some(f) = fleet.as_mut() {
+        f.set_users(&settings.users);
+        let (tx, local) = (effects.clone(), local_addresses());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(f.start_sync(tx, local, FLEET_CATCH_UP))
+        });
+    }
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control_path = control.path().to_owned();
@@ -404,8 +435,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         ticks: 0,
         fatal: None,
         metrics,
+        fleet,
+        helper: helper_watch,
     };
     announce(&core, &control_path);
+    super::memory::release_startup_memory();
     Ok(Started {
         core,
         control_task,
@@ -430,8 +464,25 @@ fn reopen_with(helper: Option<NoHelper>) -> Option<OpenWith> {
 
 /// Privilege separation exists on Linux only: elsewhere there is never a helper.
 #[cfg(not(target_os = "linux"))]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum NoHelper {}
+
+/// The firewall helper the core watches (never one off Linux).
+#[cfg(target_os = "linux")]
+type HelperHandle = super::privsep::Helper;
+#[cfg(not(target_os = "linux"))]
+type HelperHandle = NoHelper;
+
+/// How the helper ended, once it has (see [`super::privsep::Helper::exited`]).
+#[cfg(target_os = "linux")]
+fn helper_exited(helper: &HelperHandle) -> Option<String> {
+    helper.exited()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn helper_exited(helper: &HelperHandle) -> Option<String> {
+    match *helper {}
+}
 
 /// Logs that `privsep = true` cannot be honoured here; there is never a helper.
 #[cfg(not(target_os = "linux"))]
@@ -624,6 +675,10 @@ struct Core {
     fatal: Option<DaemonError>,
     /// The metrics endpoint's counters, when it is on.
     metrics: Option<Metrics>,
+    /// Fleet mode: every grant is claimed in etcd first (`server::cluster`).
+    fleet: Option<Fleet>,
+    /// The firewall helper (privilege separation), watched every tick.
+    helper: Option<HelperHandle>,
 }
 
 impl Core {
@@ -686,12 +741,32 @@ impl Core {
             (Verdict::Grant(g), Some(used)) if g.addr != src && banned(g.addr) => {
                 // The user asked for a banned address.
                 self.rejected_line(RejectReason::Banned, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
             }
             (Verdict::Grant(g), Some(used)) if !self.replay_durable.load(Ordering::Acquire) => {
                 // Fail closed: without a durable record, a restart could accept this again.
                 self.rejected_line(RejectReason::StateUnavailable, src, Some(&g.nickname));
-                self.send(Effect::RecordUse(used));
+                self.send(Effect::RecordUse {
+                    used,
+                    verified_at: now,
+                });
+            }
+            (Verdict::Grant(grant), Some(used)) if self.fleet.is_some() => {
+                if let Some(fleet) = &self.fleet {
+                    let scope = self.settings.user_scopes.get(&grant.user).cloned();
+                    let knock = Pending {
+                        grant,
+                        used,
+                        received,
+                        src,
+                        scope,
+                        verified_at: now,
+                    };
+                    fleet.claim_then_grant(knock, self.effects.clone(), self.metrics.clone());
+                }
             }
             (Verdict::Grant(grant), Some(used)) => {
                 self.accepted += 1;
@@ -710,6 +785,7 @@ impl Core {
                     grant,
                     used,
                     received,
+                    verified_at: now,
                 });
             }
             (Verdict::Grant(g), None) => {
@@ -720,7 +796,10 @@ impl Core {
             (Verdict::Reject(r), used) => {
                 self.rejected_line(r.reason, src, r.nickname.as_deref());
                 if let Some(used) = used {
-                    self.send(Effect::RecordUse(used));
+                    self.send(Effect::RecordUse {
+                        used,
+                        verified_at: now,
+                    });
                 }
             }
         }
@@ -771,6 +850,11 @@ impl Core {
 
     fn tick(&mut self) {
         self.ticks += 1;
+        if let Some(status) = self.helper.as_ref().and_then(helper_exited) {
+            tracing::error!(%status, "the firewall helper ended: no grant, ban or repair can reach the firewall; exiting so the service manager restarts the daemon (grants and bans in the kernel stay)");
+            self.fatal = Some(DaemonError::HelperEnded(status));
+            return;
+        }
         self.publish_prefilter();
         let now_wall = SystemTime::now();
         let now = unix(now_wall);
@@ -815,6 +899,9 @@ impl Core {
             Request::Unban { addr } => {
                 // The worker logs it once the firewall has lifted it.
                 let addr = addr.to_canonical();
+                if let Some(fleet) = &self.fleet {
+                    fleet.publish_unban(addr);
+                }
                 self.ban_effect(Effect::Unban { addr, reply });
             }
         }
@@ -828,6 +915,9 @@ impl Core {
             return;
         }
         let until = duration_secs.map(|s| SystemTime::now() + Duration::from_secs(s));
+        if let Some(fleet) = &self.fleet {
+            fleet.publish_ban(addr, duration_secs.map(Duration::from_secs));
+        }
         tracing::info!(
             target: logging::KNOCK_TARGET,
             %addr,
@@ -908,6 +998,9 @@ impl Core {
             ));
         }
         self.users = users;
+        if let Some(fleet) = &self.fleet {
+            fleet.set_users(&plan.settings.users);
+        }
         self.verifier.set_settings(verify::Settings {
             freshness: plan.settings.freshness,
         });
@@ -1005,6 +1098,7 @@ impl Core {
             grants: Vec::new(),
             bans: Vec::new(),
             log_lines_suppressed: self.limiter.suppressed_total(),
+            cluster: self.fleet.as_ref().map(Fleet::status),
         }
     }
 }
@@ -1071,9 +1165,9 @@ fn open_replay(
 ) -> (crate::protocol::replay::ReplayState, Option<ReplayStore>) {
     let (replay, _, reusable) = ReplayStore::load(state.path(), now_unix);
     let opened = if reusable {
-        ReplayStore::open(state.path(), &replay)
+        ReplayStore::open(state.path(), &replay, now_unix)
     } else {
-        ReplayStore::create(state.path(), &replay)
+        ReplayStore::create(state.path(), &replay, now_unix)
     };
     match opened {
         Ok(store) => (replay, Some(store)),
@@ -1092,7 +1186,7 @@ fn open_replay(
 fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Grant { .. } => "grant",
-        Effect::RecordUse(_) => "record a used code",
+        Effect::RecordUse { .. } => "record a used code",
         Effect::RecoverReplay(_) => "recover the replay state",
         Effect::Ban { .. } => "ban",
         Effect::Unban { .. } => "unban",

@@ -7,19 +7,23 @@
 //! the knock lines fail2ban reads; [`status`] is what `capyknock status` shows; [`metrics`] is
 //! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
-//! holds the server-side subcommands; [`win_acl`] holds the Windows ACLs (control pipe,
-//! `%ProgramData%`, the config check) and [`service`] the Windows service.
+//! holds the server-side subcommands; [`cluster`] is fleet mode on etcd (docs/FLEET.md);
+//! [`win_acl`] holds the Windows ACLs (control pipe, `%ProgramData%`, the config check) and
+//! [`service`] the Windows service.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod knock_sink;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod privsep;
 pub mod reload;
+pub mod replay_flusher;
 pub mod replay_store;
 pub mod sddl;
 #[cfg(windows)]

@@ -53,6 +53,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
     check(old.limits != new.limits, "[limits]");
     check(old.firewall != new.firewall, "[firewall]");
     check(old.privsep != new.privsep, "privsep");
+    check(old.cluster != new.cluster, "[cluster]");
 
     let new_ids: HashSet<UserId> = new.users.iter().map(|u| u.id).collect();
     let old_ids: HashSet<UserId> = old.users.iter().map(|u| u.id).collect();
@@ -82,6 +83,7 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
         protect: new.protect,
         log: new.log,
         users: new.users,
+        user_scopes: new.user_scopes,
         ..old.clone()
     };
     Plan {

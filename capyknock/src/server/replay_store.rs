@@ -1,20 +1,28 @@
-//! The replay state on disk: one fixed-size record per user, overwritten in place and flushed
-//! (`fdatasync`) before the firewall opens for the knock it records.
+//! The replay state on disk: one fixed-size record per user, overwritten in place before the
+//! firewall opens for the knock it records, and flushed to the disk behind the knock path.
 //!
 //! `replay.slots` in the state directory is a header record followed by [`CAPACITY`] user
 //! records of [`RECORD_LEN`] bytes each. The file is created once at full size (temporary
 //! file, fsync, rename, fsync of the directory), so later updates never change its size or
-//! its block map: writing one record is a `pwrite` of 64 bytes and an `fdatasync` that has no
-//! metadata to commit, about 0.1-0.2 ms on an ordinary disk where rewriting a whole file with
-//! fsync, rename and directory fsync took several milliseconds. Records are 64-byte aligned,
-//! so none straddles a 512-byte sector, and each carries a CRC-32: a record torn by a power
-//! cut is detected, never misread.
+//! its block map. Records are 64-byte aligned, so none straddles a 512-byte sector, and each
+//! carries a CRC-32: a record torn by a power cut is detected, never misread.
 //!
-//! Because every grant's record is durable before the grant, the one-time guarantee holds
-//! across `kill -9` at any instant and across a power cut or reboot with no start-up fence.
-//! Writes that fail (read-only file system, I/O error) make the daemon refuse new grants
-//! until a write succeeds again. A full disk does not matter: the file's blocks are allocated
-//! once, at creation.
+//! **Write behind, with a horizon.** Recording a use is a `pwrite` of 64 bytes: once it returns,
+//! the page cache shows it to every later reader, a daemon restarted after `kill -9` included,
+//! so the one-time guarantee across process crashes needs no flush. Only a power cut or a
+//! reboot can lose writes the disk has not got yet. For those, the header holds a *horizon*: a
+//! server time up to which this run may accept knocks, made durable *before* any knock is
+//! accepted past it ([`HORIZON_LEAD`] seconds ahead, renewed in the background by
+//! [`super::replay_flusher`] while knocks come in, by one flush on the knock path after a quiet
+//! spell). A knock accepted at server time `t` carries a timestamp below `t + 60 s` (checks 6 and
+//! 9 of docs/PROTOCOL.md), so after a reboot that may have lost writes (the header names another
+//! boot and holds a horizon, i.e. the last run did not stop cleanly) every timestamp below
+//! `horizon + 60 s` is refused: a fence of at most [`HORIZON_LEAD`] + [`MAX_CLOCK_GAP`] seconds
+//! after the crash, most of which the reboot itself uses up. A clean stop flushes everything and
+//! clears the horizon, so a reboot after it has no fence; so has a restart in the same boot (the
+//! page cache kept every write). Writes or flushes that fail (read-only file system, I/O error)
+//! make the daemon refuse new grants until they succeed again. A full disk does not matter: the
+//! file's blocks are allocated once, at creation.
 //!
 //! A missing file is created from a safe start (or from the version 1 `replay.json` of
 //! capyknock 0.1, which is migrated and then removed); a damaged one is moved aside under the
@@ -26,9 +34,16 @@ use std::{
     fs,
     io::{self, Read as _},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use super::state::{LoadOutcome, MAX_FILE_BYTES, keep_corrupt};
+use super::{
+    replay_flusher::{self, FlushJob},
+    state::{LoadOutcome, MAX_FILE_BYTES, keep_corrupt},
+};
 use crate::private_file::write_atomic;
 use crate::protocol::{
     keys::UserId,
@@ -46,6 +61,18 @@ pub const RECORD_LEN: usize = 64;
 pub const CAPACITY: usize = replay::CAPACITY;
 /// Length of the whole file.
 pub const FILE_LEN: usize = RECORD_LEN * (1 + CAPACITY);
+
+/// How far ahead of the server's clock the durable horizon is set, in seconds.
+pub const HORIZON_LEAD: u64 = 5;
+/// The horizon is renewed (in the background) when less than this is left, in seconds.
+const HORIZON_RENEW: u64 = 3;
+/// The largest distance between a knock's timestamp and the server's clock at which it can be
+/// accepted: checks 6 and 9 of docs/PROTOCOL.md keep `timestamp < now + 60 s`, whatever
+/// `freshness` says.
+pub const MAX_CLOCK_GAP: u64 = 60;
+/// Where the kernel tells which boot this is.
+#[cfg(target_os = "linux")]
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 const MAGIC: [u8; 4] = *b"CKrs";
 const VERSION: u32 = 2;
@@ -85,7 +112,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct ReplayStore {
     path: PathBuf,
-    file: fs::File,
+    file: Arc<fs::File>,
     /// Each recorded user's record index and step.
     slots: HashMap<UserId, (usize, u64)>,
     /// Free record indices, highest first (records are handed out lowest first).
@@ -93,6 +120,28 @@ pub struct ReplayStore {
     /// The header as written.
     not_before: u64,
     floor_step: u64,
+    /// The horizon in the header as written (0: none, after a clean stop).
+    horizon: u64,
+    boot_id: BootId,
+    /// The horizon the disk is known to hold (raised by flushes).
+    durable: Arc<AtomicU64>,
+    /// Whether a flusher thread takes the flushes off the knock path.
+    background: bool,
+}
+
+/// The kernel's id of the current boot (`None` where there is none: every start then counts
+/// as a new boot).
+type BootId = Option<[u8; 16]>;
+
+/// What the header holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    not_before: u64,
+    floor_step: u64,
+    /// 0 after a clean stop (and in files of earlier builds, which flushed every record).
+    horizon: u64,
+    /// The boot the horizon was written in (all zeros: unknown).
+    boot_id: [u8; 16],
 }
 
 impl ReplayStore {
@@ -100,12 +149,27 @@ impl ReplayStore {
     /// `now_unix` (or the migrated version 1 state), a damaged one is moved aside and gives a
     /// safe start; both are logged. The flag says whether the file on disk can be reused as it
     /// is by [`ReplayStore::open`] (otherwise use [`ReplayStore::create`]).
+    /// After a reboot that may have lost writes, the state refuses every timestamp below the
+    /// saved horizon plus [`MAX_CLOCK_GAP`] (logged).
     #[must_use]
     pub fn load(dir: &Path, now_unix: u64) -> (ReplayState, LoadOutcome, bool) {
+        Self::load_in_boot(dir, now_unix, current_boot_id())
+    }
+
+    fn load_in_boot(dir: &Path, now_unix: u64, boot: BootId) -> (ReplayState, LoadOutcome, bool) {
         let path = dir.join(FILE);
-        match read_file(&path) {
-            Ok(Some(state)) => {
+        match read_file(&path, boot) {
+            Ok(Some((state, fence))) => {
                 tracing::info!(path = %path.display(), users = state.len(), "replay state loaded");
+                if let Some(until) = fence {
+                    tracing::warn!(
+                        until = %crate::log_fields::Until(Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(until))),
+                        secs_from_now = until.saturating_sub(now_unix),
+                        "the machine restarted while the daemon was running (no clean stop): \
+                         knocks dated before the fence are refused, so none whose record a power \
+                         cut may have lost can be replayed; fresh knocks work after it"
+                    );
+                }
                 (state, LoadOutcome::Loaded, true)
             }
             Ok(None) => {
@@ -129,17 +193,23 @@ impl ReplayStore {
                     path = %path.display(),
                     %reason,
                     kept_as = %crate::log_fields::OptPath(kept_as.as_deref()),
-                    "saved replay state is unusable: starting safe, knocks made before now are \
-                     refused, new knocks work normally"
+                    "saved replay state is unusable: starting safe, knocks dated before a minute \
+                     from now are refused (one of them could have been accepted before), new \
+                     knocks work after that"
                 );
                 let outcome = LoadOutcome::Corrupt { reason, kept_as };
-                (ReplayState::safe_start(now_unix), outcome, false)
+                // The damage may come from a power cut (a record torn on its way to the disk),
+                // so the fence is the reboot's: a knock accepted before it carries a
+                // timestamp below the crash time plus the clock gap.
+                let not_before = now_unix.saturating_add(MAX_CLOCK_GAP);
+                (ReplayState::safe_start(not_before), outcome, false)
             }
         }
     }
 
-    /// Opens the existing file (which [`ReplayStore::load`] found valid) for updates in place.
-    pub fn open(dir: &Path, state: &ReplayState) -> Result<Self, StoreError> {
+    /// Opens the existing file (which [`ReplayStore::load`] found valid) for updates in place,
+    /// and makes a first horizon from `now_unix` durable.
+    pub fn open(dir: &Path, state: &ReplayState, now_unix: u64) -> Result<Self, StoreError> {
         let path = dir.join(FILE);
         let mut store = Self::open_file(path, state)?;
         // The same layout `load` just read: record i holds the user at i (checked again, in
@@ -165,13 +235,19 @@ impl ReplayStore {
             .filter(|u| !store.slots.contains_key(&u.user))
             .copied()
             .collect();
-        store.write(&missing)?;
+        for used in &missing {
+            let slot = store.take_slot()?;
+            store.slots.insert(used.user, (slot, used.step));
+            store.write_record(slot, &encode_used(used))?;
+        }
+        store.begin(now_unix)?;
         Ok(store)
     }
 
     /// Writes a complete new file holding `state` (atomically: temporary file, fsync, rename,
-    /// fsync of the directory), removes a migrated version 1 file, and opens it for updates.
-    pub fn create(dir: &Path, state: &ReplayState) -> Result<Self, StoreError> {
+    /// fsync of the directory), removes a migrated version 1 file, opens it for updates and
+    /// makes a first horizon from `now_unix` durable.
+    pub fn create(dir: &Path, state: &ReplayState, now_unix: u64) -> Result<Self, StoreError> {
         let path = dir.join(FILE);
         if state.len() > CAPACITY {
             return Err(StoreError::Full { path });
@@ -180,7 +256,12 @@ impl ReplayStore {
         put_record(
             &mut bytes,
             0,
-            &encode_header(state.not_before(), state.floor_step()),
+            &encode_header(&Header {
+                not_before: state.not_before(),
+                floor_step: state.floor_step(),
+                horizon: 0,
+                boot_id: [0; 16],
+            }),
         );
         let mut slots = HashMap::new();
         for (i, used) in (1..=CAPACITY).zip(state.iter()) {
@@ -206,6 +287,7 @@ impl ReplayStore {
         // Records 1..=len are taken, in order.
         store.free = (slots.len() + 1..=CAPACITY).rev().collect();
         store.slots = slots;
+        store.begin(now_unix)?;
         Ok(store)
     }
 
@@ -220,12 +302,26 @@ impl ReplayStore {
     fn with_file(path: PathBuf, file: fs::File, state: &ReplayState) -> Self {
         Self {
             path,
-            file,
+            file: Arc::new(file),
             slots: HashMap::new(),
             free: (1..=CAPACITY).rev().collect(),
             not_before: state.not_before(),
             floor_step: state.floor_step(),
+            horizon: 0,
+            boot_id: current_boot_id(),
+            durable: Arc::new(AtomicU64::new(0)),
+            background: replay_flusher::start(),
         }
+    }
+
+    /// The first horizon of this run, durable before anything is accepted (with the state's
+    /// fence, which must outlive this run if it crashes too).
+    fn begin(&mut self, now_unix: u64) -> Result<(), StoreError> {
+        self.horizon = now_unix.saturating_add(HORIZON_LEAD);
+        self.write_header()?;
+        self.sync()?;
+        self.durable.store(self.horizon, Ordering::Release);
+        Ok(())
     }
 
     /// The file.
@@ -234,12 +330,16 @@ impl ReplayStore {
         &self.path
     }
 
-    /// Makes these uses durable: each user's record is overwritten in place, then one
-    /// `fdatasync` covers them all. Only when this returns `Ok` may their grants be applied.
+    /// Records these uses, verified at server time `verified_at` (seconds): each user's record
+    /// is overwritten in place (visible to any later reader at once), and the durable horizon
+    /// is checked to cover `verified_at`, flushing here only if it does not (the first knock
+    /// after a quiet spell, or a background flush that is late or failed); the disk gets the
+    /// records from the background flush. Only when this returns `Ok` may their grants be
+    /// applied.
     /// A new user takes a free record; when none is left, the record with the lowest step is
     /// evicted, after the floor has been raised to its step and flushed (as the in-memory
     /// state does, [`ReplayState::record`]).
-    pub fn write(&mut self, uses: &[Used]) -> Result<(), StoreError> {
+    pub fn write(&mut self, uses: &[Used], verified_at: u64) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
         }
@@ -251,6 +351,39 @@ impl ReplayStore {
             self.slots.insert(used.user, (slot, used.step));
             self.write_record(slot, &encode_used(used))?;
         }
+        self.cover(verified_at)
+    }
+
+    /// Makes sure the durable horizon is past `at` before anything verified at `at` is granted,
+    /// renewing the horizon ahead of time.
+    fn cover(&mut self, at: u64) -> Result<(), StoreError> {
+        if self.horizon < at.saturating_add(HORIZON_RENEW) {
+            self.horizon = at.saturating_add(HORIZON_LEAD);
+            self.write_header()?;
+        }
+        if !self.background || self.durable.load(Ordering::Acquire) <= at {
+            self.sync()?;
+            self.durable.fetch_max(self.horizon, Ordering::AcqRel);
+            return Ok(());
+        }
+        let job = FlushJob {
+            file: Arc::clone(&self.file),
+            horizon: self.horizon,
+            durable: Arc::clone(&self.durable),
+        };
+        if !replay_flusher::request(job) {
+            self.sync()?;
+            self.durable.fetch_max(self.horizon, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// A clean stop: everything flushed, then the horizon cleared (flushed too), so that a
+    /// reboot after it needs no fence.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        self.horizon = 0;
+        self.write_header()?;
         self.sync()
     }
 
@@ -274,11 +407,20 @@ impl ReplayStore {
 
     /// Makes the state's fence durable: its `not_before` and its floor.
     pub fn write_fence(&mut self, not_before: u64, floor_step: u64) -> Result<(), StoreError> {
-        self.write_record(0, &encode_header(not_before, floor_step))?;
-        self.sync()?;
         self.not_before = not_before;
         self.floor_step = floor_step;
-        Ok(())
+        self.write_header()?;
+        self.sync()
+    }
+
+    fn write_header(&mut self) -> Result<(), StoreError> {
+        let header = Header {
+            not_before: self.not_before,
+            floor_step: self.floor_step,
+            horizon: self.horizon,
+            boot_id: self.boot_id.unwrap_or_default(),
+        };
+        self.write_record(0, &encode_header(&header))
     }
 
     fn write_record(&mut self, index: usize, record: &[u8; RECORD_LEN]) -> Result<(), StoreError> {
@@ -298,8 +440,37 @@ impl ReplayStore {
     }
 }
 
-/// Reads and checks the file: `Ok(None)` if it does not exist, `Err(reason)` if it is damaged.
-fn read_file(path: &Path) -> Result<Option<ReplayState>, String> {
+/// The kernel's id of this boot, where it has one.
+fn current_boot_id() -> BootId {
+    #[cfg(target_os = "linux")]
+    {
+        let text = fs::read_to_string(BOOT_ID).ok()?;
+        let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+        let value = u128::from_str_radix(&hex, 16).ok()?;
+        (hex.len() == 32 && value != 0).then(|| value.to_be_bytes())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The fence a saved header needs in the boot `boot`: `Some(not_before)` when the run that
+/// wrote it did not stop cleanly and the machine may have restarted since (another boot, or
+/// either boot unknown), so writes that never reached the disk may be missing.
+fn reboot_fence(header: &Header, boot: BootId) -> Option<u64> {
+    if header.horizon == 0 {
+        return None;
+    }
+    let same_boot = boot.is_some_and(|b| b == header.boot_id && b != [0; 16]);
+    (!same_boot).then(|| header.horizon.saturating_add(MAX_CLOCK_GAP))
+}
+
+/// Reads and checks the file: `Ok(None)` if it does not exist, `Err(reason)` if it is damaged;
+/// else the state, with the fence [`reboot_fence`] asks for applied (and returned).
+type Loaded = (ReplayState, Option<u64>);
+
+fn read_file(path: &Path, boot: BootId) -> Result<Option<Loaded>, String> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -309,11 +480,19 @@ fn read_file(path: &Path) -> Result<Option<ReplayState>, String> {
     file.take(MAX_FILE_BYTES)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read it: {e}"))?;
-    decode_file(&bytes).map(Some)
+    let (mut header, used) = decode_file(&bytes)?;
+    let fence = reboot_fence(&header, boot).filter(|&until| until > header.not_before);
+    if let Some(until) = fence {
+        header.not_before = until;
+    }
+    Ok(Some((
+        ReplayState::from_parts(header.not_before, header.floor_step, used),
+        fence,
+    )))
 }
 
 /// Decodes a whole file: header, then every record; any damage refuses all of it.
-fn decode_file(bytes: &[u8]) -> Result<ReplayState, String> {
+fn decode_file(bytes: &[u8]) -> Result<(Header, Vec<Used>), String> {
     if bytes.len() != FILE_LEN {
         return Err(format!("it is {} bytes long, not {FILE_LEN}", bytes.len()));
     }
@@ -321,7 +500,7 @@ fn decode_file(bytes: &[u8]) -> Result<ReplayState, String> {
         .get(..RECORD_LEN)
         .and_then(|h| <&[u8; RECORD_LEN]>::try_from(h).ok())
         .ok_or("it has no header")?;
-    let (not_before, floor_step) = decode_header(header)?;
+    let header = decode_header(header)?;
     let mut used = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, record) in bytes.chunks_exact(RECORD_LEN).enumerate().skip(1) {
@@ -337,22 +516,27 @@ fn decode_file(bytes: &[u8]) -> Result<ReplayState, String> {
             }
         }
     }
-    Ok(ReplayState::from_parts(not_before, floor_step, used))
+    Ok((header, used))
 }
 
-fn encode_header(not_before: u64, floor_step: u64) -> [u8; RECORD_LEN] {
+/// Header layout: magic, version, record length, capacity (4 bytes each), `not_before`,
+/// floor step, horizon (8 bytes each, little endian), boot id (16), zeros, CRC-32. Files of
+/// earlier builds have zeros where the horizon and boot id are: a clean stop.
+fn encode_header(h: &Header) -> [u8; RECORD_LEN] {
     let mut r = [0u8; RECORD_LEN];
     r[..4].copy_from_slice(&MAGIC);
     r[4..8].copy_from_slice(&VERSION.to_le_bytes());
     r[8..12].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
     r[12..16].copy_from_slice(&(CAPACITY as u32).to_le_bytes());
-    r[16..24].copy_from_slice(&not_before.to_le_bytes());
-    r[24..32].copy_from_slice(&floor_step.to_le_bytes());
+    r[16..24].copy_from_slice(&h.not_before.to_le_bytes());
+    r[24..32].copy_from_slice(&h.floor_step.to_le_bytes());
+    r[32..40].copy_from_slice(&h.horizon.to_le_bytes());
+    r[40..56].copy_from_slice(&h.boot_id);
     seal(&mut r);
     r
 }
 
-fn decode_header(r: &[u8; RECORD_LEN]) -> Result<(u64, u64), String> {
+fn decode_header(r: &[u8; RECORD_LEN]) -> Result<Header, String> {
     if !crc_ok(r) {
         return Err("its header is damaged (CRC mismatch)".into());
     }
@@ -364,7 +548,9 @@ fn decode_header(r: &[u8; RECORD_LEN]) -> Result<(u64, u64), String> {
     let (record_len, rest) = rest.split_first_chunk::<4>().ok_or("short header")?;
     let (capacity, rest) = rest.split_first_chunk::<4>().ok_or("short header")?;
     let (not_before, rest) = rest.split_first_chunk::<8>().ok_or("short header")?;
-    let (floor_step, _) = rest.split_first_chunk::<8>().ok_or("short header")?;
+    let (floor_step, rest) = rest.split_first_chunk::<8>().ok_or("short header")?;
+    let (horizon, rest) = rest.split_first_chunk::<8>().ok_or("short header")?;
+    let (boot_id, _) = rest.split_first_chunk::<16>().ok_or("short header")?;
     let version = u32::from_le_bytes(*version);
     if version != VERSION {
         return Err(format!(
@@ -376,10 +562,12 @@ fn decode_header(r: &[u8; RECORD_LEN]) -> Result<(u64, u64), String> {
     {
         return Err("its layout is not this build's".into());
     }
-    Ok((
-        u64::from_le_bytes(*not_before),
-        u64::from_le_bytes(*floor_step),
-    ))
+    Ok(Header {
+        not_before: u64::from_le_bytes(*not_before),
+        floor_step: u64::from_le_bytes(*floor_step),
+        horizon: u64::from_le_bytes(*horizon),
+        boot_id: *boot_id,
+    })
 }
 
 fn encode_used(u: &Used) -> [u8; RECORD_LEN] {
@@ -548,10 +736,10 @@ mod tests {
         assert_eq!(outcome, LoadOutcome::Missing);
         assert!(!reusable);
         assert_eq!(state.not_before(), NOW);
-        let mut store = ReplayStore::create(tmp.path(), &state).unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &state, NOW).unwrap();
         assert_eq!(fs::metadata(store.path()).unwrap().len(), FILE_LEN as u64);
-        store.write(&[used(1, 10, 1), used(2, 20, 2)]).unwrap();
-        store.write(&[used(1, 11, 3)]).unwrap();
+        store.write(&[used(1, 10, 1), used(2, 20, 2)], NOW).unwrap();
+        store.write(&[used(1, 11, 3)], NOW).unwrap();
         drop(store);
 
         let (back, outcome, reusable) = reload(tmp.path());
@@ -563,8 +751,8 @@ mod tests {
         assert_eq!(back.len(), 2);
 
         // Reopened in place, it keeps each user's record where it was.
-        let mut store = ReplayStore::open(tmp.path(), &back).unwrap();
-        store.write(&[used(3, 5, 4)]).unwrap();
+        let mut store = ReplayStore::open(tmp.path(), &back, NOW).unwrap();
+        store.write(&[used(3, 5, 4)], NOW).unwrap();
         drop(store);
         assert_eq!(reload(tmp.path()).0.len(), 3);
         // The file never changes size.
@@ -574,11 +762,107 @@ mod tests {
         );
     }
 
+    const BOOT_A: BootId = Some([0xa; 16]);
+    const BOOT_B: BootId = Some([0xb; 16]);
+
+    /// A store written in boot A at `NOW`, left without a clean stop (a crash).
+    fn crashed_store(dir: &Path) -> Vec<u8> {
+        let mut store = ReplayStore::create(dir, &ReplayState::safe_start(0), NOW).unwrap();
+        store.boot_id = BOOT_A;
+        store.write_header().unwrap();
+        store.write(&[used(1, 10, 1)], NOW).unwrap();
+        drop(store);
+        fs::read(dir.join(FILE)).unwrap()
+    }
+
+    #[test]
+    fn after_a_reboot_without_a_clean_stop_the_horizon_fences_old_timestamps() {
+        let tmp = tempfile::tempdir().unwrap();
+        crashed_store(tmp.path());
+        // Same boot (kill -9 and restart): the page cache kept every write, no fence.
+        let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, BOOT_A);
+        assert_eq!(state.not_before(), 0);
+        assert_eq!(state.len(), 1);
+        // Another boot: the horizon (NOW + lead, made durable first) plus the clock gap.
+        let (state, outcome, reusable) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, BOOT_B);
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert!(reusable);
+        assert_eq!(state.not_before(), NOW + HORIZON_LEAD + MAX_CLOCK_GAP);
+        // An unknown boot counts as another one.
+        let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, None);
+        assert_eq!(state.not_before(), NOW + HORIZON_LEAD + MAX_CLOCK_GAP);
+    }
+
+    #[test]
+    fn the_fence_is_saved_so_a_second_crash_keeps_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        crashed_store(tmp.path());
+        let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, BOOT_B);
+        let fence = state.not_before();
+        let mut store = ReplayStore::open(tmp.path(), &state, NOW + 30).unwrap();
+        store.boot_id = BOOT_B;
+        store.write_header().unwrap();
+        drop(store);
+        // Killed again in boot B, restarted in boot B: no new fence, the old one stays.
+        let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 31, BOOT_B);
+        assert_eq!(state.not_before(), fence);
+    }
+
+    #[test]
+    fn a_clean_stop_needs_no_fence_after_a_reboot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+        store.boot_id = BOOT_A;
+        store.write(&[used(1, 10, 1)], NOW).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, BOOT_B);
+        assert_eq!(state.not_before(), 0);
+        assert_eq!(state.last_used(&UserId([1; 16])), Some(&used(1, 10, 1)));
+    }
+
+    #[test]
+    fn files_of_earlier_builds_need_no_fence() {
+        // Earlier builds flushed every record before its grant and wrote zeros where the
+        // horizon and boot id are now.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bytes = crashed_store(tmp.path());
+        let header = Header {
+            not_before: 7,
+            floor_step: 0,
+            horizon: 0,
+            boot_id: [0; 16],
+        };
+        put_record(&mut bytes, 0, &encode_header(&header));
+        fs::write(tmp.path().join(FILE), &bytes).unwrap();
+        let (state, outcome, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, BOOT_B);
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(state.not_before(), 7);
+    }
+
+    #[test]
+    fn the_durable_horizon_always_covers_what_is_granted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+        let durable = |s: &ReplayStore| s.durable.load(Ordering::Acquire);
+        assert_eq!(durable(&store), NOW + HORIZON_LEAD);
+        for (i, at) in [NOW, NOW + 1, NOW + 3, NOW + 4, NOW + 30, NOW + 31]
+            .into_iter()
+            .enumerate()
+        {
+            store.write(&[used(1, 10 + i as u64, 1)], at).unwrap();
+            assert!(durable(&store) > at, "at {at}: durable {}", durable(&store));
+            assert!(store.horizon >= at + HORIZON_RENEW, "at {at}: not renewed");
+        }
+        // After a quiet spell the knock path flushed itself: the horizon is durable at once.
+        assert!(durable(&store) >= NOW + 30 + HORIZON_LEAD);
+    }
+
     #[test]
     fn a_torn_record_is_detected_and_the_start_is_safe() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
-        store.write(&[used(1, 10, 1)]).unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+        store.write(&[used(1, 10, 1)], NOW).unwrap();
         drop(store);
         let path = tmp.path().join(FILE);
         let mut bytes = fs::read(&path).unwrap();
@@ -591,7 +875,7 @@ mod tests {
             "{outcome:?}"
         );
         assert!(!reusable);
-        assert_eq!(state.not_before(), NOW);
+        assert_eq!(state.not_before(), NOW + MAX_CLOCK_GAP);
         assert!(state.is_empty());
         assert!(!path.exists(), "the damaged file is moved aside");
     }
@@ -600,8 +884,8 @@ mod tests {
     fn damaged_files_are_refused() {
         let good = {
             let tmp = tempfile::tempdir().unwrap();
-            let mut s = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
-            s.write(&[used(1, 10, 1), used(2, 10, 2)]).unwrap();
+            let mut s = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+            s.write(&[used(1, 10, 1), used(2, 10, 2)], NOW).unwrap();
             fs::read(tmp.path().join(FILE)).unwrap()
         };
         assert!(decode_file(&good).is_ok());
@@ -631,7 +915,7 @@ mod tests {
         assert!(!reusable);
         assert_eq!(state.not_before(), NOW - 5);
         assert_eq!(state.last_used(&UserId([1; 16])).map(|u| u.step), Some(9));
-        ReplayStore::create(tmp.path(), &state).unwrap();
+        ReplayStore::create(tmp.path(), &state, NOW).unwrap();
         assert!(!tmp.path().join(V1_FILE).exists());
         assert_eq!(
             reload(tmp.path())
@@ -646,17 +930,17 @@ mod tests {
     fn a_full_store_evicts_the_lowest_step_under_a_durable_floor() {
         let tmp = tempfile::tempdir().unwrap();
         let mut state = ReplayState::safe_start(0);
-        let mut store = ReplayStore::create(tmp.path(), &state).unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &state, NOW).unwrap();
         let all: Vec<Used> = (0..CAPACITY)
             .map(|i| {
                 let user = UserId((i as u128 + 1).to_le_bytes());
                 state.record(user, 1_000 + i as u64, PacketId([1; 16]))
             })
             .collect();
-        store.write(&all).unwrap();
+        store.write(&all, NOW).unwrap();
         // One more user: memory and file both evict the lowest step (user 1, step 1000).
         let extra = state.record(UserId([0xee; 16]), 9_000, PacketId([2; 16]));
-        store.write(&[extra]).unwrap();
+        store.write(&[extra], NOW).unwrap();
         drop(store);
         let (back, outcome, _) = reload(tmp.path());
         assert_eq!(outcome, LoadOutcome::Loaded);
@@ -706,13 +990,13 @@ mod tests {
 
         // First run: granted, its use made durable as the daemon does before the firewall.
         let (replay, _, _) = ReplayStore::load(tmp.path(), NOW - 60);
-        let mut store = ReplayStore::create(tmp.path(), &replay).unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &replay, NOW).unwrap();
         let mut v = Verifier::new(Settings::default(), replay);
         assert!(matches!(
             v.verify(&users, &packet, src, NOW),
             Verdict::Grant(_)
         ));
-        store.write(&[v.take_used().unwrap()]).unwrap();
+        store.write(&[v.take_used().unwrap()], NOW).unwrap();
         drop((v, store));
 
         // Second run (restart): the same packet, from anywhere, is refused, whatever the clock.
@@ -725,6 +1009,30 @@ mod tests {
             };
             assert_eq!(r.reason, RejectReason::ReplayedPacket);
         }
+
+        // A reboot that lost the record (the disk holds the file as it was before the knock,
+        // the header's horizon made durable at start): refused by the fence, from anywhere.
+        let before_knock = {
+            let dir = tempfile::tempdir().unwrap();
+            let (replay, _, _) = ReplayStore::load(dir.path(), NOW - 60);
+            let mut store = ReplayStore::create(dir.path(), &replay, NOW - 1).unwrap();
+            store.boot_id = Some([0xa; 16]);
+            store.write_header().unwrap();
+            drop(store);
+            fs::read(dir.path().join(FILE)).unwrap()
+        };
+        let saved = fs::read(tmp.path().join(FILE)).unwrap();
+        fs::write(tmp.path().join(FILE), &before_knock).unwrap();
+        for now in [NOW + 5, NOW + 29] {
+            let (replay, _, _) = ReplayStore::load_in_boot(tmp.path(), now, Some([0xb; 16]));
+            assert!(replay.is_empty(), "the record is lost");
+            let mut v = Verifier::new(Settings::default(), replay);
+            let Verdict::Reject(r) = v.verify(&users, &packet, other, now) else {
+                panic!("replay granted after a reboot at {now}");
+            };
+            assert_eq!(r.reason, RejectReason::StaleTimestamp);
+        }
+        fs::write(tmp.path().join(FILE), &saved).unwrap();
 
         // Restart with the state file lost: still refused (safe start).
         fs::remove_file(tmp.path().join(FILE)).unwrap();

@@ -95,7 +95,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let (_tmp, dir) = dir();
         bans_file::save(&bans_file::path(dir.path()), std::iter::empty()).unwrap();
-        replay_store::ReplayStore::create(dir.path(), &ReplayState::safe_start(0)).unwrap();
+        replay_store::ReplayStore::create(dir.path(), &ReplayState::safe_start(0), 0).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(dir.path()), 0o700);
         assert_eq!(mode(&dir.path().join(bans_file::FILE)), 0o600);
@@ -132,7 +132,7 @@ mod tests {
         }
         let bans = bans_file::path(dir.path());
         bans_file::save(&bans, std::iter::empty()).unwrap();
-        replay_store::ReplayStore::create(dir.path(), &ReplayState::safe_start(0)).unwrap();
+        replay_store::ReplayStore::create(dir.path(), &ReplayState::safe_start(0), 0).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
         assert!(bans_file::load(&bans).is_empty());
         assert!(bans.exists());

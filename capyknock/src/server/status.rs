@@ -35,6 +35,32 @@ pub struct Status {
     pub bans: Vec<BanStatus>,
     /// Rejection log lines suppressed by the log rate limit since start.
     pub log_lines_suppressed: u64,
+    /// Fleet mode (`[cluster]`); absent on a single server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// Fleet part of [`Status`] (docs/FLEET.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// Whether the last health probe reached a store with a quorum.
+    pub store_healthy: bool,
+    /// The etcd endpoints configured.
+    pub endpoints: Vec<String>,
+    /// The endpoint that answered last.
+    pub answering: String,
+    /// `refuse` or `local`.
+    pub on_store_failure: String,
+    /// Knocks claimed fleet-wide.
+    pub claimed: u64,
+    /// Knocks refused because another claim came first.
+    pub replayed_in_fleet: u64,
+    /// Knocks refused because the store was unreachable.
+    pub refused_store_down: u64,
+    /// Knocks accepted on local state alone.
+    pub accepted_locally: u64,
 }
 
 /// Capture part of [`Status`].
@@ -104,6 +130,31 @@ pub struct BanStatus {
     pub expires_in_secs: Option<u64>,
 }
 
+/// The fleet lines of [`render_human`].
+fn render_cluster(out: &mut String, c: &ClusterStatus) {
+    let _ = writeln!(
+        out,
+        "\nfleet:       node {}, store {} (answering: {}), on_store_failure = {}",
+        c.node,
+        if c.store_healthy {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        },
+        if c.answering.is_empty() {
+            "none"
+        } else {
+            &c.answering
+        },
+        c.on_store_failure
+    );
+    let _ = writeln!(
+        out,
+        "  claimed {}, replayed in fleet {}, refused (store down) {}, accepted locally {}",
+        c.claimed, c.replayed_in_fleet, c.refused_store_down, c.accepted_locally
+    );
+}
+
 /// Renders `status` for a terminal.
 #[must_use]
 pub fn render_human(s: &Status) -> String {
@@ -168,6 +219,9 @@ pub fn render_human(s: &Status) -> String {
             "  ({} rejection log lines suppressed by the log rate limit)",
             s.log_lines_suppressed
         );
+    }
+    if let Some(c) = &s.cluster {
+        render_cluster(&mut out, c);
     }
 
     let _ = writeln!(out, "\ngrants ({}):", s.grants.len());
@@ -245,6 +299,7 @@ mod tests {
                 },
             ],
             log_lines_suppressed: 0,
+            cluster: None,
         }
     }
 

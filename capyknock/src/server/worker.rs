@@ -53,10 +53,17 @@ pub enum Effect {
         used: Used,
         /// When the core took the knock off the capture (for the latency metric).
         received: Instant,
+        /// The server time (Unix seconds) the verifier checked the knock against.
+        verified_at: u64,
     },
     /// Make a use durable that opens nothing (a knock refused by policy after its code was
     /// used up).
-    RecordUse(Used),
+    RecordUse {
+        /// The use.
+        used: Used,
+        /// The server time (Unix seconds) the verifier checked the knock against.
+        verified_at: u64,
+    },
     /// The replay state could not be written: write all of it again (rebuilding the file if
     /// needed) to become durable again.
     RecoverReplay(Box<ReplayState>),
@@ -194,7 +201,7 @@ impl Worker {
     pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
         if let Some(m) = &metrics {
             m.set_bans_active(self.firewall.ban_list().len());
-            m.set_grants_active(self.firewall.grants().len());
+            m.set_grants_active(self.active_grants());
         }
         self.metrics = metrics;
         self
@@ -222,6 +229,16 @@ impl Worker {
 
     /// Handles one batch; true when it held a shutdown.
     fn process(&mut self, batch: Vec<Effect>) -> bool {
+        let batch_started = Instant::now();
+        // How long the oldest knock of the batch waited for the worker.
+        let waited = batch
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Grant { received, .. } => Some(batch_started.duration_since(*received)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default();
         // Persist first: a rewrite of the replay state if it was failing, then every use of
         // the batch in one flush.
         for effect in &batch {
@@ -229,14 +246,26 @@ impl Worker {
                 self.recover_replay(state);
             }
         }
-        let charged: Vec<Used> = batch
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Grant { used, .. } | Effect::RecordUse(used) => Some(*used),
-                _ => None,
-            })
-            .collect();
-        let uses_durable = self.save_uses(&charged);
+        let mut charged: Vec<Used> = Vec::new();
+        let mut verified_at = 0;
+        for e in &batch {
+            if let Effect::Grant {
+                used,
+                verified_at: at,
+                ..
+            }
+            | Effect::RecordUse {
+                used,
+                verified_at: at,
+            } = e
+            {
+                charged.push(*used);
+                verified_at = verified_at.max(*at);
+            }
+        }
+        let save_started = Instant::now();
+        let uses_durable = self.save_uses(&charged, verified_at);
+        let save_time = save_started.elapsed();
 
         let mut shutdown = false;
         let mut grants: Vec<(verify::Access, Instant)> = Vec::new();
@@ -256,7 +285,7 @@ impl Worker {
                          and granting it could let a replay in after a restart"
                     );
                 }
-                Effect::RecordUse(_) | Effect::RecoverReplay(_) => {}
+                Effect::RecordUse { .. } | Effect::RecoverReplay(_) => {}
                 // The core sees the change before the client hears it is done.
                 Effect::Ban { addr, until, reply } => {
                     let response = self.ban(addr, until);
@@ -277,7 +306,10 @@ impl Worker {
                 Effect::Status { status, reply } => {
                     let _ = reply.send(Response::status(self.fill_status(*status)));
                 }
-                Effect::Shutdown => shutdown = true,
+                Effect::Shutdown => {
+                    self.close_replay();
+                    shutdown = true;
+                }
             }
         }
         if !grants.is_empty() {
@@ -286,29 +318,55 @@ impl Worker {
         if let Some(m) = &self.metrics {
             m.set_firewall_errors(self.firewall_errors);
         }
+        if !charged.is_empty() {
+            tracing::debug!(
+                uses = charged.len(),
+                waited_us = waited.as_micros(),
+                save_us = save_time.as_micros(),
+                total_us = batch_started.elapsed().as_micros(),
+                "effects applied"
+            );
+        }
         shutdown
     }
 
-    /// Makes `uses` durable; whether they are (trivially, when there are none).
-    fn save_uses(&mut self, uses: &[Used]) -> bool {
+    /// Records `uses` (verified at `verified_at`) so that no restart or reboot can bring them
+    /// back ([`ReplayStore::write`]); whether that worked (trivially, when there are none).
+    fn save_uses(&mut self, uses: &[Used], verified_at: u64) -> bool {
         if uses.is_empty() {
             return true;
         }
         let result = match &mut self.replay {
-            Some(store) => store.write(uses).map_err(|e| ErrorChain(&e).to_string()),
+            Some(store) => store
+                .write(uses, verified_at)
+                .map_err(|e| ErrorChain(&e).to_string()),
             None => Err("the replay state file could not be opened at start".to_owned()),
         };
         self.set_durable(result)
     }
 
+    /// A clean stop of the replay state: flushed, horizon cleared (no fence after a reboot).
+    fn close_replay(&mut self) {
+        if let Some(store) = self.replay.as_mut()
+            && let Err(err) = store.close()
+        {
+            tracing::warn!(
+                error = %ErrorChain(&err),
+                "cannot close the replay state cleanly: after a reboot, knocks are refused for \
+                 about a minute"
+            );
+        }
+    }
+
     fn recover_replay(&mut self, state: &ReplayState) {
         let uses: Vec<Used> = state.iter().copied().collect();
+        let now = unix_now();
         let result = if let Some(store) = self.replay.as_mut() {
             store
                 .write_fence(state.not_before(), state.floor_step())
-                .and_then(|()| store.write(&uses))
+                .and_then(|()| store.write(&uses, now))
         } else {
-            ReplayStore::create(self.state.path(), state).map(|store| {
+            ReplayStore::create(self.state.path(), state, now).map(|store| {
                 self.replay = Some(store);
             })
         };
@@ -361,7 +419,7 @@ impl Worker {
                     for (_, received) in grants {
                         m.granted(received.elapsed());
                     }
-                    m.set_grants_active(self.firewall.grants().len());
+                    m.set_grants_active(self.active_grants());
                 }
             }
             Err(err) => {
@@ -375,13 +433,24 @@ impl Worker {
         }
     }
 
+    /// Grants whose time has not run out (the ledger keeps expired ones until the next
+    /// repair closes them).
+    fn active_grants(&self) -> usize {
+        let now = SystemTime::now();
+        self.firewall
+            .grants()
+            .iter()
+            .filter(|g| g.until > now)
+            .count()
+    }
+
     /// Tells the core which addresses are banned (it checks them before verifying a knock),
     /// and the metrics how many bans and grants there are.
     fn publish_bans(&self) {
         let bans = self.firewall.ban_list();
         if let Some(m) = &self.metrics {
             m.set_bans_active(bans.len());
-            m.set_grants_active(self.firewall.grants().len());
+            m.set_grants_active(self.active_grants());
         }
         self.bans.send_if_modified(|old| {
             let changed = *old != bans;
@@ -541,6 +610,13 @@ impl Worker {
 }
 
 /// Rounds up to whole seconds, for display.
+/// The server's clock in Unix seconds (0 before the epoch).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn round_secs(d: Duration) -> Duration {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     Duration::from_secs(secs)
@@ -637,6 +713,7 @@ mod tests {
             grant: grant("alice", 1, "192.0.2.1"),
             used: used(1, 100),
             received: Instant::now(),
+            verified_at: 0,
         }]);
         assert!(
             calls.lock().unwrap().is_empty(),
@@ -657,6 +734,7 @@ mod tests {
             grant: grant("bob", 2, "192.0.2.2"),
             used: used(2, 100),
             received: Instant::now(),
+            verified_at: 0,
         }]);
         assert_eq!(calls.lock().unwrap().clone(), vec!["grant 2"]);
         let (saved, _, _) = ReplayStore::load(tmp.path(), 0);
@@ -668,7 +746,7 @@ mod tests {
     fn grants_bans_and_latency_are_counted() {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(tmp.path()).unwrap();
-        let store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0)).unwrap();
+        let store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), 0).unwrap();
         let fw = Firewall::with_backend(Box::new(Fake::default()), None, false).unwrap();
         let durable = Arc::new(AtomicBool::new(true));
         let metrics = crate::server::metrics::Metrics::new();
@@ -682,11 +760,13 @@ mod tests {
                 grant: grant("alice", 1, "192.0.2.1"),
                 used: used(1, 100),
                 received,
+                verified_at: 0,
             },
             Effect::Grant {
                 grant: grant("bob", 2, "192.0.2.2"),
                 used: used(2, 100),
                 received,
+                verified_at: 0,
             },
         ]);
         let (reply, _answer) = oneshot::channel();
@@ -709,6 +789,19 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
+        // A grant whose time has run out is not active, although the ledger still holds it
+        // until the next repair.
+        let mut brief = grant("carol", 3, "192.0.2.3");
+        brief.duration = Duration::ZERO;
+        worker.process(vec![Effect::Grant {
+            grant: brief,
+            used: used(3, 100),
+            received,
+            verified_at: 0,
+        }]);
+        let text = metrics.render();
+        assert!(text.contains("\ncapyknock_grants_active 2\n"), "{text}");
+        assert!(text.contains("\ncapyknock_grants_total 3\n"), "{text}");
     }
 
     fn status() -> Box<Status> {
@@ -733,6 +826,7 @@ mod tests {
             grants: vec![],
             bans: vec![],
             log_lines_suppressed: 0,
+            cluster: None,
         })
     }
 
@@ -745,19 +839,21 @@ mod tests {
         let calls = fake.0.clone();
         let fw = Firewall::with_backend(Box::new(fake), Some(&dir), false).unwrap();
         let (tx, rx) = mpsc::channel(16);
-        let store = ReplayStore::create(&dir, &ReplayState::safe_start(1_700_000_000)).unwrap();
+        let store = ReplayStore::create(&dir, &ReplayState::safe_start(1_700_000_000), 0).unwrap();
         let durable = Arc::new(AtomicBool::new(false));
 
         tx.blocking_send(Effect::Grant {
             grant: grant("alice", 1, "192.0.2.1"),
             used: used(1, 100),
             received: Instant::now(),
+            verified_at: 0,
         })
         .unwrap();
         tx.blocking_send(Effect::Grant {
             grant: grant("bob", 2, "192.0.2.2"),
             used: used(2, 100),
             received: Instant::now(),
+            verified_at: 0,
         })
         .unwrap();
         let (tx_reply, answer) = oneshot::channel();

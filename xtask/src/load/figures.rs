@@ -200,6 +200,7 @@ pub fn compute(
         softirq_ns_per_junk: per_junk(daemon_s + softirq_s, idle.map(|i| i.daemon + i.softirq)),
         daemon_ns_per_junk: per_junk(daemon_s, idle.map(|i| i.daemon)),
         rss_peak_mib: after.daemon_hwm_kib as f64 / 1024.0,
+        rss_mib: after.daemon_rss_kib as f64 / 1024.0,
         legit,
     };
     (result, rates)

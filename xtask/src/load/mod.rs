@@ -64,6 +64,10 @@ use self::{
 };
 use crate::cmd::{self, is_root};
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches, as clap derives them"
+)]
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Seconds of junk per run [default: 8; with --quick 3]. At most 25: each run's knocks
@@ -106,6 +110,11 @@ pub struct Options {
     /// disk's fsync costs.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Fleet mode (docs/FLEET.md): the daemon claims every knock in a three-member etcd
+    /// cluster started in a namespace of its own; compare with a run without it to see what
+    /// the claim costs end to end.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 impl Options {
@@ -123,6 +132,7 @@ impl Options {
             debug: true,
             no_build: false,
             state_dir: None,
+            fleet: false,
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Plan {
     pub legit_rate: u32,
     pub quick: bool,
     pub state_parent: Option<PathBuf>,
+    /// `--fleet`: claim every knock in etcd.
+    pub fleet: bool,
 }
 
 impl Plan {
@@ -62,6 +64,7 @@ impl Plan {
             singles,
             legit_rate: opts.legit_rate,
             quick,
+            fleet: opts.fleet,
             state_parent: opts.state_dir.clone(),
         })
     }

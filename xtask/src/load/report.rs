@@ -127,6 +127,8 @@ pub struct RunResult {
     pub daemon_ns_per_junk: Option<f64>,
     /// Daemon peak RSS so far (`VmHWM`), MiB.
     pub rss_peak_mib: f64,
+    /// Daemon RSS at the end of the run (`VmRSS`), MiB.
+    pub rss_mib: f64,
     /// The legit knocks.
     pub legit: LegitSummary,
 }
@@ -539,14 +541,14 @@ fn cpu_table(runs: &[RunResult]) -> String {
          ticks) the same way.\n\n\
          | capture | run | daemon % | ksoftirqd % | sender % | sender alone ns | softirq % | \
          ns/junk | softirq ns/junk | daemon ns/junk | ring full | udp rcvbuf drops | rx dropped \
-         | RSS MiB |\n\
+         | RSS at the end MiB | peak RSS so far MiB |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | \
-         ---: | ---: |\n",
+         ---: | ---: | ---: |\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             r.capture,
             r.label(),
             r.daemon_cpu_pct,
@@ -560,6 +562,7 @@ fn cpu_table(runs: &[RunResult]) -> String {
             r.ring_full,
             r.udp_rcvbuf_errors,
             r.rx_dropped,
+            r.rss_mib,
             r.rss_peak_mib,
         );
     }
@@ -683,6 +686,7 @@ mod tests {
             softirq_ns_per_junk: ns,
             daemon_ns_per_junk: ns,
             rss_peak_mib: 12.0,
+            rss_mib: 10.0,
             legit: LegitSummary {
                 sent: 10,
                 honoured: 10,

@@ -35,6 +35,8 @@ pub struct Sample {
     pub daemon_ticks: u64,
     /// Daemon peak resident set size so far (`VmHWM`), KiB.
     pub daemon_hwm_kib: u64,
+    /// Daemon resident set size now (`VmRSS`), KiB.
+    pub daemon_rss_kib: u64,
     /// CPU time of the `ksoftirqd/N` threads, ticks (softirq work deferred to them).
     pub ksoftirqd_ticks: u64,
     /// Softirq time summed over all CPUs, ticks (`/proc/stat`, machine-wide: on veth the
@@ -56,7 +58,7 @@ impl Sample {
         let status = Status::read(bin, socket)?;
         let at = Instant::now();
         let daemon_ticks = proc_cpu_ticks(pid)?;
-        let daemon_hwm_kib = proc_hwm_kib(pid)?;
+        let (daemon_hwm_kib, daemon_rss_kib) = proc_memory_kib(pid)?;
         let ksoftirqd_ticks = ksoftirqd
             .iter()
             .filter_map(|p| proc_cpu_ticks(*p).ok())
@@ -73,6 +75,7 @@ impl Sample {
             at,
             daemon_ticks,
             daemon_hwm_kib,
+            daemon_rss_kib,
             ksoftirqd_ticks,
             softirq_ticks,
             softirq_per_cpu,
@@ -169,11 +172,13 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// `VmHWM` of `pid` in KiB.
-fn proc_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+/// `VmHWM` and `VmRSS` of `pid` in KiB.
+fn proc_memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("the daemon (pid {pid}) is gone"))?;
-    status_kib(&status, "VmHWM:").context("no VmHWM in /proc/PID/status")
+    let hwm = status_kib(&status, "VmHWM:").context("no VmHWM in /proc/PID/status")?;
+    let rss = status_kib(&status, "VmRSS:").context("no VmRSS in /proc/PID/status")?;
+    Ok((hwm, rss))
 }
 
 /// A `Name:   1234 kB` line of `/proc/PID/status`.
@@ -245,7 +250,8 @@ mod tests {
     #[test]
     fn ours_is_readable() {
         assert!(proc_cpu_ticks(std::process::id()).is_ok());
-        assert!(proc_hwm_kib(std::process::id()).unwrap() > 0);
+        let (hwm, rss) = proc_memory_kib(std::process::id()).unwrap();
+        assert!(rss > 0 && hwm >= rss, "{hwm} {rss}");
         let (total, per_cpu) = softirq().unwrap();
         assert!(!per_cpu.is_empty());
         assert!(total >= per_cpu.iter().copied().max().unwrap_or(0));

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use capyknock_testkit::{
     KNOCK_PORT,
     config::ServerToml,
+    etcd::EtcdCluster,
     files::TempDir,
     netns::{NetNs, veth, veth_pair},
     service::TcpService,
@@ -75,6 +76,8 @@ pub struct Lab {
     /// What sending costs the sender alone, by junk profile and rate.
     pub calibration: Calibration,
     _state: TempDir,
+    /// `--fleet`: the etcd members (their namespace is linked to the server's).
+    _etcd: Option<EtcdCluster>,
     pub dir: TempDir,
 }
 
@@ -105,7 +108,23 @@ impl Lab {
             }
             None => TempDir::create(dir.file("state"), 0o700)?,
         };
-        let header = server_header(&dir, &state.path);
+        let mut header = server_header(&dir, &state.path);
+        let etcd = if plan.fleet {
+            println!("load: --fleet: three etcd members; every knock is claimed in etcd");
+            let etcd = EtcdCluster::start("ckloadetcd", 3)?;
+            let link = etcd.attach(&server, 250)?;
+            let endpoints: Vec<String> = etcd
+                .endpoints(&link)
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect();
+            header.push_str("\n[cluster]\nendpoints = [");
+            header.push_str(&endpoints.join(", "));
+            header.push_str("]\nnode = \"load\"\n");
+            Some(etcd)
+        } else {
+            None
+        };
         let users = Users::create(&UserSetup {
             bin,
             dir: &dir.path,
@@ -136,6 +155,7 @@ impl Lab {
             ksoftirqd: sample::ksoftirqd_pids(),
             calibration: Calibration::default(),
             _state: state,
+            _etcd: etcd,
             dir,
         })
     }

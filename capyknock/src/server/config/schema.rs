@@ -12,7 +12,10 @@ use crate::{
     firewall::FirewallConfig,
     ports::PortSpec,
     protocol::users::{User, Users, UsersError},
-    server::metrics::Listen,
+    server::{
+        cluster::config::{ClusterSettings, RawCluster},
+        metrics::Listen,
+    },
 };
 
 /// The configuration file exactly as written. Missing sections take their defaults.
@@ -27,6 +30,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[firewall]`: the firewall backend's settings.
     pub firewall: Option<Spanned<FirewallConfig>>,
+    /// `[cluster]`: fleet mode on etcd (`server::cluster`); absent: a single server.
+    pub cluster: Option<Spanned<RawCluster>>,
     /// `[[user]]` entries.
     #[serde(rename = "user")]
     pub users: Vec<Spanned<RawUser>>,
@@ -125,6 +130,9 @@ pub struct RawUser {
     pub access: Option<Spanned<ConfigDuration>>,
     /// `source`, `payload` or `require-match`. Default `source`.
     pub allow_ip: Option<Spanned<String>>,
+    /// Fleet mode: `node` (a knock opens on the node it reached) or `group:NAME` (on every
+    /// node of group NAME). Default `node`.
+    pub scope: Option<Spanned<String>>,
 }
 
 /// A duration written as a string with units (`"90s"`, `"5m"`, `"1h 30m"`) or as an integer
@@ -224,6 +232,10 @@ pub struct Settings {
     pub log: LogLimits,
     /// The `[firewall]` section.
     pub firewall: FirewallConfig,
+    /// The `[cluster]` section; `None`: a single server, no etcd.
+    pub cluster: Option<ClusterSettings>,
+    /// Users whose `scope` is a group: the group's name. Absent: `scope = "node"`.
+    pub user_scopes: std::collections::BTreeMap<crate::protocol::keys::UserId, String>,
     /// Users, in file order (ids and nicknames unique).
     pub users: Vec<User>,
 }

@@ -218,20 +218,33 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             ),
         );
     }
+    let cluster = raw.cluster.and_then(|section| {
+        let span = section.span();
+        crate::server::cluster::config::validate(&mut c, section.into_inner(), &span)
+    });
+
+    let mut user_scopes = std::collections::BTreeMap::new();
     let mut users = Vec::with_capacity(raw.users.len().min(MAX_USERS));
     let mut ids = HashSet::new();
     let mut nicknames = HashSet::new();
     for user in raw.users {
         let line = c.line(&user.span());
+        let mut user = user.into_inner();
+        let scope = user.scope.take();
         let Some(u) = validate_user(
             &mut c,
-            user.into_inner(),
+            user,
             default_access,
             &knock_ports,
             protect.as_deref(),
         ) else {
             continue;
         };
+        if let Some(group) = scope
+            .and_then(|s| crate::server::cluster::config::user_scope(&mut c, &s, cluster.as_ref()))
+        {
+            user_scopes.insert(u.id, group);
+        }
         if !ids.insert(u.id) {
             c.at_line(
                 Some(line),
@@ -284,6 +297,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             limits,
             log,
             firewall,
+            cluster,
+            user_scopes,
             users,
         }),
         _ => Err(c.into_problems()),

@@ -91,6 +91,19 @@ impl Helper {
         self.link.lock().ok().map(|l| l.child.id())
     }
 
+    /// How the helper ended, if it has (`None` while it runs). Without it no grant, ban or
+    /// repair can reach the firewall, and the network process has no capability left to start
+    /// another: the daemon must exit so its service manager starts it afresh.
+    #[must_use]
+    pub fn exited(&self) -> Option<String> {
+        let mut link = self.link.lock().ok()?;
+        match link.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(err) => Some(format!("cannot be waited for: {err}")),
+        }
+    }
+
     fn call(&self, req: &Request) -> Result<Reply, firewall::Error> {
         let mut link = self
             .link

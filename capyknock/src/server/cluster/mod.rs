@@ -1,0 +1,24 @@
+//! Fleet mode (issue 16, docs/FLEET.md): servers that share one-time knocks through etcd.
+//!
+//! [`config`] is the `[cluster]` section (without it the daemon is a single server and needs no
+//! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
+//! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`grants`]
+//! shares group grants (`scope = "group:NAME"`) the same way; [`fleet`]
+//! hooks the claim into the daemon between verification and the worker
+//! (which opens the firewall). The store parts are Linux-only for now; elsewhere [`unsupported`]
+//! gives the daemon the same names and refuses `[cluster]` with a clear error.
+
+#[cfg(target_os = "linux")]
+pub mod bans;
+pub mod config;
+#[cfg(target_os = "linux")]
+pub mod fleet;
+#[cfg(target_os = "linux")]
+pub mod grants;
+pub mod keys;
+#[cfg(target_os = "linux")]
+pub mod store;
+#[cfg(not(target_os = "linux"))]
+pub mod unsupported;
+#[cfg(not(target_os = "linux"))]
+pub use unsupported::{fleet, store};

@@ -1,0 +1,261 @@
+//! A throwaway etcd cluster for fleet labs: one to five members (Debian's `etcd-server`) in a
+//! namespace of their own, each member its own process, ports and data directory, which the
+//! lab can kill and start again; capyknock nodes reach them over veths ([`EtcdCluster::attach`]).
+//!
+//! ```text
+//!   [etcd ns]  member i: client 0.0.0.0:(2379 + 10 i), peer 127.0.0.1:(2380 + 10 i)
+//!     cka* 10.77.S.1  <---->  ckb* 10.77.S.2 [node ns]   (one link per node)
+//!          http://10.77.S.1:2379, :2389, ... are that node's endpoints
+//! ```
+//!
+//! The members are killed (SIGKILL) and reaped on drop, then the namespace and the data go, on
+//! panic too.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    Error, Result,
+    files::TempDir,
+    netns::{Link, NetNs, connect},
+    wait::wait_until,
+};
+
+/// The first member's client port; member `i` uses `CLIENT_PORT + 10 i` (peer: one more).
+pub const CLIENT_PORT: u16 = 2379;
+
+/// One member.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    child: Option<Child>,
+}
+
+/// An etcd cluster in its own namespace. See the module docs.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    /// `USER:PASSWORD` for etcdctl once authentication is on.
+    user: Option<String>,
+    /// The members' namespace.
+    pub ns: NetNs,
+    /// Data directories and logs.
+    pub dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members in a new namespace `ck-<tag>-…` and waits until the cluster
+    /// answers (a linearizable read through every member).
+    pub fn start(tag: &str, size: usize) -> Result<Self> {
+        let ns = NetNs::unique(tag)?;
+        let dir = TempDir::create(std::env::temp_dir().join(ns.name()), 0o700)?;
+        let initial_cluster = (0..size)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_port(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members: (0..size)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    child: None,
+                })
+                .collect(),
+            initial_cluster,
+            user: None,
+            ns,
+            dir,
+        };
+        for i in 0..size {
+            cluster.start_member(i)?;
+        }
+        cluster.wait_healthy(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// How many members the cluster has (running or not).
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Starts member `i` (again: a restarted member keeps its data directory).
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let member = self
+            .members
+            .get(i)
+            .ok_or_else(|| Error::Other(format!("no etcd member {i}")))?;
+        if member.child.is_some() {
+            return Err(Error::Other(format!("etcd member {i} is running")));
+        }
+        let name = member.name.clone();
+        let log = self.dir.file(&format!("{name}.log"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("duplicate a file handle", e))?;
+        let data = self.dir.file(&name);
+        let client = format!("http://0.0.0.0:{}", client_port(i));
+        let advertise = format!("http://127.0.0.1:{}", client_port(i));
+        let peer = format!("http://127.0.0.1:{}", peer_port(i));
+        let mut cmd = self.ns.command("etcd");
+        cmd.arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &advertise])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", self.ns.name()])
+            // Short timeouts: a test notices a lost member or quorum within seconds.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(|e| Error::Spawn {
+            command: crate::process::describe(&cmd),
+            source: e,
+        })?;
+        if let Some(m) = self.members.get_mut(i) {
+            m.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Kills member `i` (SIGKILL: a crash, or a machine gone) and reaps it.
+    pub fn kill_member(&mut self, i: usize) -> Result<()> {
+        let child = self
+            .members
+            .get_mut(i)
+            .and_then(|m| m.child.take())
+            .ok_or_else(|| Error::Other(format!("etcd member {i} is not running")))?;
+        reap(child);
+        Ok(())
+    }
+
+    /// Waits until a linearizable read succeeds through every running member.
+    pub fn wait_healthy(&self, within: Duration) -> Result<()> {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+            .map(|(i, _)| format!("http://127.0.0.1:{}", client_port(i)))
+            .collect();
+        // A linearizable read needs a quorum.
+        let ok = wait_until(within, Duration::from_millis(200), || {
+            Ok(endpoints.iter().all(|e| {
+                self.etcdctl(e, &["get", "--consistency=l", "/health-probe"])
+                    .is_ok_and(|o| o.status.success())
+            }))
+        })?;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Timeout(format!(
+                "etcd did not become healthy within {within:?}; logs in {}",
+                self.dir.path.display()
+            )))
+        }
+    }
+
+    /// Makes etcdctl log in as `user_password` (`USER:PASSWORD`), once authentication is on.
+    pub fn set_user(&mut self, user_password: &str) {
+        self.user = Some(user_password.to_owned());
+    }
+
+    /// Runs `etcdctl --endpoints ENDPOINT ARGS` in the members' namespace.
+    pub fn etcdctl(&self, endpoint: &str, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = self.ns.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+        ]);
+        if let Some(user) = &self.user {
+            cmd.arg(format!("--user={user}"));
+        }
+        cmd.args(args);
+        cmd.output().map_err(|e| Error::Spawn {
+            command: crate::process::describe(&cmd),
+            source: e,
+        })
+    }
+
+    /// The keys under `prefix`, read through the first running member.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m.child.is_some())
+            .ok_or_else(|| Error::Other("no etcd member is running".into()))?;
+        let out = self.etcdctl(
+            &format!("http://127.0.0.1:{}", client_port(i)),
+            &["get", "--prefix", "--keys-only", prefix],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Connects `node` (a capyknock node's namespace) to the members' namespace on subnet
+    /// number `subnet`; the link's `a` side is the members'.
+    pub fn attach(&self, node: &NetNs, subnet: u8) -> Result<Link> {
+        connect(&self.ns, node, subnet)
+    }
+
+    /// The client URLs of every member as seen from a node attached by `link`.
+    #[must_use]
+    pub fn endpoints(&self, link: &Link) -> Vec<String> {
+        let addr = link.a(false);
+        (0..self.members.len())
+            .map(|i| url(addr, client_port(i)))
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(child) = m.child.take() {
+                reap(child);
+            }
+        }
+    }
+}
+
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Member `i`'s client port.
+#[must_use]
+pub fn client_port(i: usize) -> u16 {
+    CLIENT_PORT + 10 * u16::try_from(i).unwrap_or(0)
+}
+
+fn peer_port(i: usize) -> u16 {
+    client_port(i) + 1
+}
+
+fn url(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("http://{a}:{port}"),
+        IpAddr::V6(a) => format!("http://[{a}]:{port}"),
+    }
+}

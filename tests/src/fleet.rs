@@ -1,0 +1,120 @@
+//! Harness for the fleet tests: a real etcd cluster ([`EtcdCluster`], members in a namespace of
+//! their own) and capyknock nodes, each a [`DaemonLab`] (server and client namespaces, TCP
+//! service, the real daemon) whose server namespace is linked to the members' namespace.
+//!
+//! ```text
+//!   [client A] --- [server A: capyknock node-a] ---+
+//!                                                  +--- [etcd: m0, m1, m2]
+//!   [client B] --- [server B: capyknock node-b] ---+
+//! ```
+//!
+//! Each client has its own address, so "the same packet from another address" is a packet
+//! captured on A's link and sent again from B's client. Everything is removed on drop (daemons
+//! first, then etcd, then the namespaces), on panic too.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU8, Ordering},
+};
+
+use capyknock::{protocol::users::User, server::config::render_user};
+use capyknock_testkit::{KNOCK_PORT, config::ServerToml, etcd::EtcdCluster, netns::Link};
+
+use crate::daemon::DaemonLab;
+
+/// The key prefix the test nodes use.
+pub const PREFIX: &str = "/capyknock-test/";
+
+static SUBNET: AtomicU8 = AtomicU8::new(200);
+
+/// One capyknock node of a fleet lab.
+#[derive(Debug)]
+pub struct Node {
+    /// The node's name in `[cluster]`.
+    pub name: String,
+    /// Server, client, service and daemon.
+    pub lab: DaemonLab,
+    /// server <-> etcd members' namespace (`a`: the members' side).
+    pub etcd_link: Link,
+    /// The `[cluster]` endpoints this node uses.
+    pub endpoints: Vec<String>,
+    /// `on_store_failure`.
+    pub policy: &'static str,
+    /// More `[cluster]` lines (each ending in a newline), e.g. `user`/`password`.
+    pub cluster_extra: String,
+}
+
+impl Node {
+    /// A node named `name` (`tag` names its namespaces) linked to `etcd`.
+    #[must_use]
+    pub fn new(tag: &str, name: &str, etcd: &EtcdCluster, policy: &'static str) -> Self {
+        let lab = DaemonLab::new(tag);
+        let etcd_link = etcd
+            .attach(&lab.server, SUBNET.fetch_add(1, Ordering::Relaxed))
+            .unwrap();
+        let endpoints = etcd.endpoints(&etcd_link);
+        Self {
+            name: name.to_owned(),
+            lab,
+            etcd_link,
+            endpoints,
+            policy,
+            cluster_extra: String::new(),
+        }
+    }
+
+    /// Writes the node's config: the lab's `[server]` and `[firewall]`, `[cluster]`, `users`.
+    pub fn write_config(&self, users: &[&User]) {
+        self.write_config_with(users, &[], None);
+    }
+
+    /// Like [`Self::write_config`], with this node in `groups` and every user's `scope` set
+    /// to `scope` (e.g. `group:pool`) when given.
+    pub fn write_config_with(&self, users: &[&User], groups: &[&str], scope: Option<&str>) {
+        let mut text = ServerToml {
+            comment: Some(&format!("fleet node {}", self.name)),
+            knock_port: KNOCK_PORT,
+            interfaces: &[&self.lab.link.a_if],
+            state_dir: &self.lab.file("state"),
+            control_socket: &self.lab.socket(),
+            default_access: None,
+            extra: &self.lab.server_extra,
+        }
+        .render();
+        let endpoints: Vec<String> = self.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let _ = write!(
+            text,
+            "\n[cluster]\nendpoints = [{}]\nnode = \"{}\"\nprefix = \"{PREFIX}\"\n\
+             on_store_failure = \"{}\"\ntimeout = \"500ms\"\ngroups = [{}]\n",
+            endpoints.join(", "),
+            self.name,
+            self.policy,
+            groups
+                .iter()
+                .map(|g| format!("\"{g}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        text.push_str(&self.cluster_extra);
+        for u in users {
+            text.push_str(&render_user(u));
+            if let Some(scope) = scope {
+                let _ = writeln!(text, "scope = \"{scope}\"");
+            }
+        }
+        self.lab.write_raw_config(&text);
+    }
+
+    /// Starts the daemon and waits until it has reached the store.
+    pub fn start(&mut self) {
+        self.lab.start();
+        self.wait_store_reachable();
+    }
+
+    /// Waits until the log of this run says the store is reachable.
+    pub fn wait_store_reachable(&self) {
+        let _ = self
+            .lab
+            .wait_log_within(&["fleet store (etcd) reachable"], 20);
+    }
+}
