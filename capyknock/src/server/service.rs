@@ -210,6 +210,11 @@ fn install(config: &Path) -> Result<(), ServiceError> {
             actions: Some(vec![restart.clone(), restart.clone(), restart]),
         })
         .map_err(scm("setting restart on failure"))?;
+    // Without this flag the SCM restarts only a process that dies without reporting; a daemon
+    // that stops on an error reports "stopped" with exit code 1 and would stay down.
+    service
+        .set_failure_actions_on_non_crash_failures(true)
+        .map_err(scm("setting restart after an error stop"))?;
     println!(
         "service {SERVICE_NAME} installed (automatic start, restart on failure), config {}; \
          start it with `capyknock service start`; logs in {}",
@@ -311,7 +316,7 @@ fn serve() -> Result<(), ServiceError> {
         let _ = stop_rx.await;
     });
     // ERROR_SERVICE_SPECIFIC_ERROR would need a code of ours; 1 (a generic failure) makes the
-    // SCM apply the restart-on-failure actions.
+    // SCM apply the restart-on-failure actions (`install` sets the non-crash failure flag).
     let exit = match &result {
         Ok(()) => 0,
         Err(err) => {
