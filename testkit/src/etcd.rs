@@ -10,8 +10,14 @@
 //!
 //! The members are killed (SIGKILL) and reaped on drop, then the namespace and the data go, on
 //! panic too.
+//!
+//! The data directories live on tmpfs (`/dev/shm`) where there is one: etcd fsyncs its log on
+//! every write, and on a busy disk (a CI machine right after a build) an fsync can outlast the
+//! election timeout, so the members of a new cluster never settle on a leader. A killed member
+//! loses nothing on tmpfs (only a machine crash would), which is all these labs do to it.
 
 use std::{
+    fmt::Write as _,
     fs::File,
     net::IpAddr,
     process::{Child, Stdio},
@@ -53,7 +59,7 @@ impl EtcdCluster {
     /// answers (a linearizable read through every member).
     pub fn start(tag: &str, size: usize) -> Result<Self> {
         let ns = NetNs::unique(tag)?;
-        let dir = TempDir::create(std::env::temp_dir().join(ns.name()), 0o700)?;
+        let dir = TempDir::create(data_root().join(ns.name()), 0o700)?;
         let initial_cluster = (0..size)
             .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_port(i)))
             .collect::<Vec<_>>()
@@ -118,8 +124,9 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", self.ns.name()])
-            // Short timeouts: a test notices a lost member or quorum within seconds.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Short timeouts: a test notices a lost member or quorum within seconds, with room
+            // for a loaded machine's scheduling delays.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -164,10 +171,35 @@ impl EtcdCluster {
             Ok(())
         } else {
             Err(Error::Timeout(format!(
-                "etcd did not become healthy within {within:?}; logs in {}",
-                self.dir.path.display()
+                "etcd did not become healthy within {within:?}; logs in {}{}",
+                self.dir.path.display(),
+                self.diagnosis()
             )))
         }
+    }
+
+    /// Each member's state and the end of its log, for a failure message (the data directory
+    /// is gone by the time anyone could read it).
+    fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let state = match &m.child {
+                None => "not started".to_owned(),
+                Some(child) if crate::netns::is_alive(&child.id().to_string()) => {
+                    "running".to_owned()
+                }
+                Some(_) => "exited".to_owned(),
+            };
+            let _ = write!(out, "\n--- member {} ({state}), end of its log:", m.name);
+            let log = std::fs::read_to_string(self.dir.file(&format!("{}.log", m.name)))
+                .unwrap_or_else(|e| format!("(cannot read: {e})"));
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines.len().saturating_sub(LOG_TAIL_LINES);
+            for line in lines.iter().skip(tail) {
+                let _ = write!(out, "\n  {line}");
+            }
+        }
+        out
     }
 
     /// Makes etcdctl log in as `user_password` (`USER:PASSWORD`), once authentication is on.
@@ -241,6 +273,19 @@ impl Drop for EtcdCluster {
 fn reap(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// How many log lines of each member a failure message shows.
+const LOG_TAIL_LINES: usize = 12;
+
+/// Where the data directories go: tmpfs if the machine has `/dev/shm` (see the module docs).
+fn data_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Member `i`'s client port.

@@ -349,6 +349,8 @@ pub fn remove_stale(prefix: &str, temp_prefix: &str) {
         }
         let _ = Command::new("ip").args(["netns", "del", name]).status();
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{temp_prefix}{pid}")));
+        // An etcd lab's data is named after its namespace (`etcd.rs`).
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/dev/shm").join(name));
     }
 }
 
