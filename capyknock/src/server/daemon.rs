@@ -870,6 +870,7 @@ impl Core {
         if let Some(count) = self.limiter.take_summary(Instant::now()) {
             logging::suppressed(count);
         }
+        self.send(Effect::KeepReplayAhead);
         if self.ticks.is_multiple_of(REPAIR_TICKS) {
             self.send(Effect::Repair);
             if !self.replay_durable.load(Ordering::Acquire) {
@@ -1193,6 +1194,7 @@ fn effect_name(e: &Effect) -> &'static str {
         Effect::RevokeUsers(_) => "revoke users",
         Effect::Protect(_) => "protect ports",
         Effect::Repair => "firewall check",
+        Effect::KeepReplayAhead => "renew the replay horizon",
         Effect::Status { .. } => "status",
         Effect::Shutdown => "shutdown",
     }

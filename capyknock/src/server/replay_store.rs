@@ -12,9 +12,9 @@
 //! so the one-time guarantee across process crashes needs no flush. Only a power cut or a
 //! reboot can lose writes the disk has not got yet. For those, the header holds a *horizon*: a
 //! server time up to which this run may accept knocks, made durable *before* any knock is
-//! accepted past it ([`HORIZON_LEAD`] seconds ahead, renewed in the background by
-//! [`super::replay_flusher`] while knocks come in, by one flush on the knock path after a quiet
-//! spell). A knock accepted at server time `t` carries a timestamp below `t + 60 s` (checks 6 and
+//! accepted past it ([`HORIZON_LEAD`] seconds ahead, kept ahead of the clock every second
+//! whether knocks come or not ([`ReplayStore::keep_ahead`]) and flushed by
+//! [`super::replay_flusher`], so no knock waits for the disk unless that thread fell behind). A knock accepted at server time `t` carries a timestamp below `t + 60 s` (checks 6 and
 //! 9 of docs/PROTOCOL.md), so after a reboot that may have lost writes (the header names another
 //! boot and holds a horizon, i.e. the last run did not stop cleanly) every timestamp below
 //! `horizon + 60 s` is refused: a fence of at most [`HORIZON_LEAD`] + [`MAX_CLOCK_GAP`] seconds
@@ -362,20 +362,47 @@ impl ReplayStore {
             self.write_header()?;
         }
         if !self.background || self.durable.load(Ordering::Acquire) <= at {
-            self.sync()?;
-            self.durable.fetch_max(self.horizon, Ordering::AcqRel);
+            return self.flush_now();
+        }
+        self.flush_behind()
+    }
+
+    /// Keeps the durable horizon ahead of the clock while no knock comes (the daemon calls it
+    /// every second): the first knock after a quiet spell then finds its time covered and
+    /// does not wait for the disk. It costs one 64-byte write and one background flush every
+    /// `HORIZON_LEAD - HORIZON_RENEW` seconds.
+    pub fn keep_ahead(&mut self, now_unix: u64) -> Result<(), StoreError> {
+        if self.horizon >= now_unix.saturating_add(HORIZON_RENEW) {
             return Ok(());
         }
+        self.horizon = now_unix.saturating_add(HORIZON_LEAD);
+        self.write_header()?;
+        if self.background {
+            self.flush_behind()
+        } else {
+            self.flush_now()
+        }
+    }
+
+    /// Flushes here and publishes the horizon as durable.
+    fn flush_now(&mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        self.durable.fetch_max(self.horizon, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Asks the flusher thread to flush what was written (here if it cannot take the job).
+    fn flush_behind(&mut self) -> Result<(), StoreError> {
         let job = FlushJob {
             file: Arc::clone(&self.file),
             horizon: self.horizon,
             durable: Arc::clone(&self.durable),
         };
-        if !replay_flusher::request(job) {
-            self.sync()?;
-            self.durable.fetch_max(self.horizon, Ordering::AcqRel);
+        if replay_flusher::request(job) {
+            Ok(())
+        } else {
+            self.flush_now()
         }
-        Ok(())
     }
 
     /// A clean stop: everything flushed, then the horizon cleared (flushed too), so that a
@@ -856,6 +883,32 @@ mod tests {
         }
         // After a quiet spell the knock path flushed itself: the horizon is durable at once.
         assert!(durable(&store) >= NOW + 30 + HORIZON_LEAD);
+    }
+
+    #[test]
+    fn kept_ahead_while_idle_the_first_knock_after_a_quiet_spell_is_already_covered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+        let durable = |s: &ReplayStore| s.durable.load(Ordering::Acquire);
+        // Not due yet: nothing is written.
+        store.keep_ahead(NOW + 1).unwrap();
+        assert_eq!(store.horizon, NOW + HORIZON_LEAD);
+        // A minute without knocks, the timer ticking every second.
+        for t in NOW + 1..=NOW + 60 {
+            store.keep_ahead(t).unwrap();
+            assert!(store.horizon >= t + HORIZON_RENEW, "at {t}: not renewed");
+        }
+        // The flush runs behind; once it has, the next knock is covered without a flush of
+        // its own (and the durable horizon is what the header on disk says).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while durable(&store) < store.horizon && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(durable(&store), store.horizon);
+        assert!(durable(&store) > NOW + 60 + 1);
+        let on_disk = fs::read(store.path()).unwrap();
+        let header: [u8; RECORD_LEN] = on_disk[..RECORD_LEN].try_into().unwrap();
+        assert_eq!(decode_header(&header).unwrap().horizon, store.horizon);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub enum Effect {
     Protect(Vec<PortSpec>),
     /// Close expired grants, restore deleted rules.
     Repair,
+    /// Keep the replay state's durable horizon ahead of the clock (sent every second), so the
+    /// next knock does not wait for the disk ([`ReplayStore::keep_ahead`]).
+    KeepReplayAhead,
     /// Fill in the grants and answer a `status` request.
     Status {
         /// Everything the core knows.
@@ -286,6 +289,7 @@ impl Worker {
                     );
                 }
                 Effect::RecordUse { .. } | Effect::RecoverReplay(_) => {}
+                Effect::KeepReplayAhead => self.keep_replay_ahead(),
                 // The core sees the change before the client hears it is done.
                 Effect::Ban { addr, until, reply } => {
                     let response = self.ban(addr, until);
@@ -343,6 +347,19 @@ impl Worker {
             None => Err("the replay state file could not be opened at start".to_owned()),
         };
         self.set_durable(result)
+    }
+
+    /// Renews the replay state's durable horizon if it runs short; a failure fails closed at
+    /// once (the core then has the state rewritten), as a failed knock write would.
+    fn keep_replay_ahead(&mut self) {
+        if !self.durable.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(store) = self.replay.as_mut()
+            && let Err(err) = store.keep_ahead(unix_now())
+        {
+            self.set_durable(Err(ErrorChain(&err).to_string()));
+        }
     }
 
     /// A clean stop of the replay state: flushed, horizon cleared (no fence after a reboot).

@@ -49,7 +49,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Bucket bounds of `capyknock_knock_to_firewall_seconds`: 100 µs to 2.5 s. A knock normally
 /// takes one 64-byte write and one netlink batch (under a millisecond); the top buckets catch a
-/// slow disk (the first knock after a quiet spell flushes) or an exec backend.
+/// slow disk (a knock flushes when the background flush fell behind) or an exec backend.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
