@@ -412,7 +412,7 @@ impl Firewall {
     }
 
     fn check_and_repair_at(&mut self, now: SystemTime) -> Result<Health, Error> {
-        let changed = self.expire(now);
+        let expired = self.expire(now);
         let health = if self.backend.is_intact()? {
             Health::Intact
         } else {
@@ -431,8 +431,13 @@ impl Firewall {
             tracing::info!(backend = self.backend.name(), "firewall rules restored");
             Health::Restored
         };
-        if changed {
+        // Only what changed is written: the worker is busy for each fsync'd file, and the
+        // knocks queued behind it wait (grants expire every few seconds on a busy server;
+        // bans rarely).
+        if expired.grants {
             self.save();
+        }
+        if expired.bans {
             self.save_bans();
         }
         Ok(health)
@@ -440,15 +445,19 @@ impl Firewall {
 
     /// Collects expired entries and, when the backend cannot expire them itself, removes them
     /// (failures are logged; the next tick does not retry, the ledger file keeps no stale
-    /// entry). Returns whether anything expired.
-    fn expire(&mut self, now: SystemTime) -> bool {
+    /// entry). Returns what expired.
+    fn expire(&mut self, now: SystemTime) -> ExpiredKinds {
         let backend = &mut self.backend;
         let keep_established = self.keep_established;
         let expired = self.ledger.take_expired(now, |key| {
             keep_established && !backend.expires_by_itself() && backend.in_use(key)
         });
+        let kinds = ExpiredKinds {
+            grants: !expired.grants.is_empty(),
+            bans: !expired.bans.is_empty(),
+        };
         if expired.is_empty() {
-            return false;
+            return kinds;
         }
         if !self.backend.expires_by_itself() {
             if !expired.grants.is_empty() {
@@ -466,7 +475,7 @@ impl Firewall {
                 }
             }
         }
-        true
+        kinds
     }
 
     /// Removes everything the backend created and forgets all grants and bans.
@@ -517,6 +526,13 @@ impl Firewall {
             );
         }
     }
+}
+
+/// What one expiry pass took out of the ledger.
+#[derive(Debug, Clone, Copy)]
+struct ExpiredKinds {
+    grants: bool,
+    bans: bool,
 }
 
 /// Reads the ledger file; a damaged one is moved aside (`.corrupt`, as every damaged state
@@ -845,6 +861,26 @@ mod tests {
         assert!(state.lock().unwrap().bans.contains(&addr));
         assert!(fw.ban_list().is_banned(addr, t(1)));
         assert_eq!(fw.ban_list().len(), 1);
+    }
+
+    /// Regression (knock latency): every expiry pass that closed a grant rewrote bans.json
+    /// too (temporary file, fsync, rename), keeping the worker busy while knocks queued.
+    #[cfg(unix)]
+    #[test]
+    fn an_expired_grant_does_not_rewrite_the_ban_list_an_expired_ban_does() {
+        use std::{fs, os::unix::fs::MetadataExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let bans = dir.path().join(bans_file::FILE);
+        let (mut fw, _) = open(Some(dir.path()), false, true, t(0));
+        fw.ban_at(ip("203.0.113.9"), Some(t(100)), t(0)).unwrap();
+        fw.grant_at(&[grant("192.0.2.1", 22, t(10))], t(0)).unwrap();
+        let inode = fs::metadata(&bans).unwrap().ino();
+        fw.check_and_repair_at(t(10)).unwrap();
+        assert!(fw.grants().is_empty());
+        assert_eq!(fs::metadata(&bans).unwrap().ino(), inode, "rewritten");
+        fw.check_and_repair_at(t(100)).unwrap();
+        assert!(fw.bans().is_empty());
+        assert_ne!(fs::metadata(&bans).unwrap().ino(), inode, "not rewritten");
     }
 
     #[test]

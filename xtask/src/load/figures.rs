@@ -10,7 +10,7 @@ use super::{
     CaptureMode,
     flood::Junk,
     legit::{self, KnockResult},
-    report::{Latency, LegitSummary, RunResult},
+    report::{KnockTimes, Latency, LegitSummary, RunResult},
     sample::{self, Sample},
     watch::{self, NftWatch},
 };
@@ -35,6 +35,9 @@ pub fn summarise(
     let mut fw = Vec::new();
     let mut daemon = Vec::new();
     let mut errors = Vec::new();
+    let mut times = Vec::new();
+    let first = knocks.iter().map(|k| k.sent_at).min();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for k in knocks {
         if let Some(t) = k.tcp {
             tcp.push(t);
@@ -46,7 +49,8 @@ pub fn summarise(
             .first_after(k.src, k.sent_at)
             .map(|at| at.saturating_duration_since(k.sent_at))
             .filter(|d| *d <= limit);
-        if let Some(d) = [seen, k.tcp].into_iter().flatten().min() {
+        let firewall = [seen, k.tcp].into_iter().flatten().min();
+        if let Some(d) = firewall {
             fw.push(d);
         }
         let logged = accepted
@@ -58,6 +62,12 @@ pub fn summarise(
         if let Some(d) = logged {
             daemon.push(d);
         }
+        times.push(KnockTimes {
+            sent: first.map_or(0.0, |f| ms(k.sent_at.saturating_duration_since(f))),
+            daemon_log: logged.map(ms),
+            firewall: firewall.map(ms),
+            tcp: k.tcp.map(ms),
+        });
         if let Some(e) = &k.error
             && errors.len() < 5
         {
@@ -77,6 +87,7 @@ pub fn summarise(
         firewall: Latency::of(&fw),
         daemon_log: Latency::of(&daemon),
         errors,
+        knocks: times,
     })
 }
 

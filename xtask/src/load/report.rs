@@ -62,6 +62,23 @@ pub struct LegitSummary {
     pub daemon_log: Option<Latency>,
     /// The first few unexpected errors.
     pub errors: Vec<String>,
+    /// Each knock in the order sent (results.json only): where the tail of a latency comes
+    /// from, and whether the slow knocks share a moment.
+    pub knocks: Vec<KnockTimes>,
+}
+
+/// One legit knock's timings in ms (`None`: not observed within the timeout), each from its
+/// send but the first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KnockTimes {
+    /// When it was sent, ms after the run's first knock.
+    pub sent: f64,
+    /// Send to the daemon's "knock accepted" log line.
+    pub daemon_log: Option<f64>,
+    /// Send to the nftables element (see [`LegitSummary::firewall`]).
+    pub firewall: Option<f64>,
+    /// Send to the first successful TCP connect.
+    pub tcp: Option<f64>,
 }
 
 /// One run: a capture mode, a junk profile (or none) at an offered rate, legit knocks alongside.
@@ -695,6 +712,7 @@ mod tests {
                 firewall: Latency::of(&[Duration::from_millis(1)]),
                 daemon_log: None,
                 errors: Vec::new(),
+                knocks: Vec::new(),
             },
         }
     }
