@@ -105,9 +105,9 @@ pub struct Options {
     /// Do not build: use the existing binary.
     #[arg(long)]
     pub no_build: bool,
-    /// Put the daemon's state directory (replay state, fsync'd before every grant) in a new
-    /// folder under DIR instead of the temporary directory; e.g. /dev/shm to see what the
-    /// disk's fsync costs.
+    /// Put the daemon's state directory (replay state, flushed to the disk behind the knocks)
+    /// in a new folder under DIR instead of the temporary directory; e.g. /dev/shm to see what
+    /// the disk costs.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Fleet mode (docs/FLEET.md): the daemon claims every knock in a three-member etcd
