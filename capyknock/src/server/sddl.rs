@@ -62,9 +62,30 @@ fn grants_read_or_write(rights: &str) -> bool {
     })
 }
 
+/// The `icacls` command that makes `path` private to SYSTEM and Administrators: a folder's
+/// entries are inherited by what is created in it (`(OI)(CI)`), a file has nothing to pass on
+/// (icacls refuses inheritance flags on a file).
+#[must_use]
+pub fn icacls_fix(path: &str, is_dir: bool) -> String {
+    let rights = if is_dir { "(OI)(CI)F" } else { "F" };
+    format!("icacls \"{path}\" /inheritance:r /grant:r SYSTEM:{rights} Administrators:{rights}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_icacls_fix_uses_inheritance_flags_only_for_a_folder() {
+        assert_eq!(
+            icacls_fix(r"C:\ProgramData\capyknock\server.toml", false),
+            r#"icacls "C:\ProgramData\capyknock\server.toml" /inheritance:r /grant:r SYSTEM:F Administrators:F"#
+        );
+        assert_eq!(
+            icacls_fix(r"C:\ProgramData\capyknock\state", true),
+            r#"icacls "C:\ProgramData\capyknock\state" /inheritance:r /grant:r SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F"#
+        );
+    }
 
     #[test]
     fn others_with_read_or_write_are_found() {

@@ -190,10 +190,9 @@ pub fn check_private(path: &Path, what: &str) -> Result<(), String> {
         None => Ok(()),
         Some(who) => Err(format!(
             "{what} {} can be read or changed by {who}: it holds secret keys or replay state and \
-             must be for SYSTEM and Administrators only; run (as Administrator) \
-             `icacls \"{}\" /inheritance:r /grant:r SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F`",
+             must be for SYSTEM and Administrators only; run (as Administrator) `{}`",
             path.display(),
-            path.display()
+            super::sddl::icacls_fix(&path.display().to_string(), path.is_dir())
         )),
     }
 }
