@@ -773,14 +773,7 @@ impl Core {
                 if let Some(m) = &self.metrics {
                     m.accepted();
                 }
-                let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
-                logging::accepted(
-                    &grant.nickname,
-                    src,
-                    grant.addr,
-                    &ports.join(","),
-                    grant.duration,
-                );
+                logging::accepted(&grant, src);
                 self.send(Effect::Grant {
                     grant,
                     used,

@@ -20,6 +20,7 @@ use std::{
 };
 
 use super::config::LogLimits;
+use crate::protocol::verify;
 
 /// The tracing target of every knock line; fail2ban filters match on it.
 pub const KNOCK_TARGET: &str = "capyknock::knock";
@@ -39,15 +40,16 @@ pub fn init() {
     crate::tracing_setup::init();
 }
 
-/// Writes the line for an accepted knock.
-pub fn accepted(nickname: &str, src: IpAddr, addr: IpAddr, ports: &str, duration: Duration) {
+/// Writes the line for an accepted knock: who, from where, what opens for how long.
+pub fn accepted(grant: &verify::Access, src: IpAddr) {
+    let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
     tracing::info!(
         target: KNOCK_TARGET,
-        nickname = %nickname,
+        nickname = %grant.nickname,
         src = %src,
-        addr = %addr,
-        ports = %ports,
-        duration = %humantime::format_duration(duration),
+        addr = %grant.addr,
+        ports = %ports.join(","),
+        duration = %humantime::format_duration(grant.duration),
         "knock accepted"
     );
 }

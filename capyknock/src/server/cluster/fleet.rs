@@ -262,14 +262,7 @@ impl Fleet {
             ..
         } = knock;
         let grant_effect = |grant: verify::Access| {
-            let ports: Vec<String> = grant.ports.iter().map(ToString::to_string).collect();
-            logging::accepted(
-                &grant.nickname,
-                src,
-                grant.addr,
-                &ports.join(","),
-                grant.duration,
-            );
+            logging::accepted(&grant, src);
             if let Some(m) = metrics {
                 m.accepted();
             }
