@@ -146,19 +146,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
     let control_group = s.control_group.and_then(|g| {
         let span = g.span();
         let name = g.into_inner();
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
+        if valid_group_name(&name, cfg!(windows)) {
+            Some(name)
+        } else {
             c.at(
                 &span,
                 format!("control_group {name:?} is not a valid group name"),
             );
             None
-        } else {
-            Some(name)
         }
     });
 
@@ -547,8 +542,63 @@ fn positive(c: &mut Checker<'_>, value: Option<Spanned<u32>>, default: u32, key:
     }
 }
 
+/// Whether `name` can name the control group: a Unix group name (letters, digits, `_`, `-`,
+/// `.`, at most 32 bytes), or on Windows an account name as `LookupAccountNameW` takes it
+/// (`Remote Admins`, `CORP\Ops`): at most 256 characters, none of the characters Windows
+/// refuses in names (`"/[]:|<>+=;?*,@` and control characters), one `DOMAIN\` prefix at most,
+/// and not only dots and spaces.
+fn valid_group_name(name: &str, windows: bool) -> bool {
+    if !windows {
+        return !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    }
+    let account = match name.split_once('\\') {
+        Some((domain, account)) if !domain.trim().is_empty() => account,
+        Some(_) => return false,
+        None => name,
+    };
+    name.chars().count() <= 256
+        && !account.trim_matches(|c| c == '.' || c == ' ').is_empty()
+        && !account.contains('\\')
+        && name
+            .chars()
+            .all(|c| !c.is_control() && !"\"/[]:|<>+=;?*,@".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn group_names_follow_the_platform() {
+        use super::valid_group_name;
+        for ok in ["capyknock", "adm", "web-ops_2", "a.b"] {
+            assert!(valid_group_name(ok, false), "{ok}");
+            assert!(valid_group_name(ok, true), "{ok}");
+        }
+        for unix_only_bad in ["Remote Admins", r"CORP\Ops", &"x".repeat(33)] {
+            assert!(!valid_group_name(unix_only_bad, false), "{unix_only_bad}");
+            assert!(valid_group_name(unix_only_bad, true), "{unix_only_bad}");
+        }
+        // Windows refuses names of only dots and spaces.
+        assert!(!valid_group_name("..", true));
+        assert!(!valid_group_name(" . ", true));
+        for bad in [
+            "",
+            "a:b",
+            "a\nb",
+            r"\Ops",
+            r"CORP\",
+            r"A\B\C",
+            "a,b",
+            &"x".repeat(257),
+        ] {
+            assert!(!valid_group_name(bad, false), "{bad:?}");
+            assert!(!valid_group_name(bad, true), "{bad:?}");
+        }
+    }
+
     use super::*;
     use crate::server::config::{ConfigError, parse};
 
