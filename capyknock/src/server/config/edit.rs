@@ -19,17 +19,40 @@ use crate::{
 /// its default, no users.
 pub const EXAMPLE: &str = include_str!("../../../../contrib/server.example.toml");
 
-/// The line of [`EXAMPLE`] that [`render_default`] rewrites.
+/// The lines of [`EXAMPLE`] that [`render_default`] rewrites.
 const KNOCK_PORTS_LINE: &str = "knock_ports = [62201]";
+const STATE_DIR_LINE: &str = "state_dir = \"/var/lib/capyknock\"";
+const CONTROL_SOCKET_LINE: &str = "control_socket = \"/run/capyknock/control.sock\"";
 
-/// A complete commented configuration with no users, listening on `knock_port`.
+/// A complete commented configuration with no users, listening on `knock_port`, with this
+/// platform's default state directory and control socket (the example's are Linux paths,
+/// which the Windows daemon refuses as not absolute).
 #[must_use]
 pub fn render_default(knock_port: u16) -> String {
-    EXAMPLE.replacen(
+    render_default_with(
+        knock_port,
+        super::DEFAULT_STATE_DIR,
+        super::DEFAULT_CONTROL_SOCKET,
+    )
+}
+
+/// [`render_default`] with the given paths; one that differs from the example's is written as
+/// a TOML literal string (no escapes: a Windows path keeps its backslashes).
+fn render_default_with(knock_port: u16, state_dir: &str, control_socket: &str) -> String {
+    let mut text = EXAMPLE.replacen(
         KNOCK_PORTS_LINE,
         &format!("knock_ports = [{knock_port}]"),
         1,
-    )
+    );
+    for (line, key, value) in [
+        (STATE_DIR_LINE, "state_dir", state_dir),
+        (CONTROL_SOCKET_LINE, "control_socket", control_socket),
+    ] {
+        if !line.contains(&format!("\"{value}\"")) {
+            text = text.replacen(line, &format!("{key} = '{value}'"), 1);
+        }
+    }
+    text
 }
 
 /// The `[[user]]` block for `user`, with a leading blank line and a comment naming it. Holds
@@ -140,6 +163,34 @@ fn append_user(path: &Path, text: &str, user: &User) -> Result<String, ConfigErr
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    /// Regression (Windows): `keygen` made a new server config with the example's Linux paths,
+    /// which the Windows daemon refuses.
+    #[test]
+    fn the_default_config_takes_the_platforms_paths() {
+        let linux = render_default_with(62201, "/var/lib/capyknock", "/run/capyknock/control.sock");
+        assert_eq!(linux, EXAMPLE);
+        let text = render_default_with(
+            1234,
+            r"C:\ProgramData\capyknock\state",
+            r"\\.\pipe\capyknock",
+        );
+        let doc: toml_edit::DocumentMut = text.parse().unwrap();
+        let server = &doc["server"];
+        assert_eq!(
+            server["state_dir"].as_str(),
+            Some(r"C:\ProgramData\capyknock\state")
+        );
+        assert_eq!(
+            server["control_socket"].as_str(),
+            Some(r"\\.\pipe\capyknock")
+        );
+        assert_eq!(
+            server["knock_ports"].as_array().map(toml_edit::Array::len),
+            Some(1)
+        );
+        assert!(!text.contains("/var/lib/capyknock\""));
+    }
 
     use super::*;
     use crate::{
