@@ -405,7 +405,7 @@ mod server {
 
     impl BusyLog {
         /// Refusals since the last line logged.
-        #[cfg(test)]
+        #[cfg(all(test, target_os = "linux"))]
         pub(super) fn unlogged(&self) -> u64 {
             self.refused
         }

@@ -76,7 +76,9 @@ pub(super) fn keep_corrupt(path: &Path) -> Option<PathBuf> {
     private_file::move_aside(path)
 }
 
+// Every test here checks Unix file modes or the replay file's Unix layout.
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use std::fs;
 
@@ -89,7 +91,6 @@ mod tests {
         (tmp, state)
     }
 
-    #[cfg(unix)]
     #[test]
     fn files_are_private() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -102,7 +103,6 @@ mod tests {
         assert_eq!(mode(&dir.path().join(replay_store::FILE)), 0o600);
     }
 
-    #[cfg(unix)]
     #[test]
     fn a_state_directory_others_can_write_to_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -121,7 +121,6 @@ mod tests {
     /// Regression (issue 13.5): a local user plants `.bans.json.tmp` (or `.replay.json.tmp`,
     /// the 0.1 replay state's) as a symlink to a file root would overwrite (the old fixed
     /// temporary name, opened with create+truncate).
-    #[cfg(unix)]
     #[test]
     fn a_symlink_planted_at_the_old_temporary_name_is_not_followed() {
         let (tmp, dir) = dir();
