@@ -14,8 +14,9 @@
 //! server time up to which this run may accept knocks, made durable *before* any knock is
 //! accepted past it ([`HORIZON_LEAD`] seconds ahead, kept ahead of the clock every second
 //! whether knocks come or not ([`ReplayStore::keep_ahead`]) and flushed by
-//! [`super::replay_flusher`], so no knock waits for the disk unless that thread fell behind). A knock accepted at server time `t` carries a timestamp below `t + 60 s` (checks 6 and
-//! 9 of docs/PROTOCOL.md), so after a reboot that may have lost writes (the header names another
+//! [`super::replay_flusher`], so no knock waits for the disk unless that thread fell behind).
+//! A knock accepted at server time `t` carries a timestamp below `t + 60 s` (checks 6 and 9 of
+//! docs/PROTOCOL.md), so after a reboot that may have lost writes (the header names another
 //! boot and holds a horizon, i.e. the last run did not stop cleanly) every timestamp below
 //! `horizon + 60 s` is refused: a fence of at most [`HORIZON_LEAD`] + [`MAX_CLOCK_GAP`] seconds
 //! after the crash, most of which the reboot itself uses up. A clean stop flushes everything and
@@ -357,10 +358,7 @@ impl ReplayStore {
     /// Makes sure the durable horizon is past `at` before anything verified at `at` is granted,
     /// renewing the horizon ahead of time.
     fn cover(&mut self, at: u64) -> Result<(), StoreError> {
-        if self.horizon < at.saturating_add(HORIZON_RENEW) {
-            self.horizon = at.saturating_add(HORIZON_LEAD);
-            self.write_header()?;
-        }
+        self.renew_horizon(at)?;
         if !self.background || self.durable.load(Ordering::Acquire) <= at {
             return self.flush_now();
         }
@@ -372,16 +370,25 @@ impl ReplayStore {
     /// does not wait for the disk. It costs one 64-byte write and one background flush every
     /// `HORIZON_LEAD - HORIZON_RENEW` seconds.
     pub fn keep_ahead(&mut self, now_unix: u64) -> Result<(), StoreError> {
-        if self.horizon >= now_unix.saturating_add(HORIZON_RENEW) {
+        if !self.renew_horizon(now_unix)? {
             return Ok(());
         }
-        self.horizon = now_unix.saturating_add(HORIZON_LEAD);
-        self.write_header()?;
         if self.background {
             self.flush_behind()
         } else {
             self.flush_now()
         }
+    }
+
+    /// Moves the horizon [`HORIZON_LEAD`] seconds past `at` (written, not flushed) when less
+    /// than [`HORIZON_RENEW`] is left; whether it did.
+    fn renew_horizon(&mut self, at: u64) -> Result<bool, StoreError> {
+        if self.horizon >= at.saturating_add(HORIZON_RENEW) {
+            return Ok(false);
+        }
+        self.horizon = at.saturating_add(HORIZON_LEAD);
+        self.write_header()?;
+        Ok(true)
     }
 
     /// Flushes here and publishes the horizon as durable.

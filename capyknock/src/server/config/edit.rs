@@ -164,34 +164,6 @@ fn append_user(path: &Path, text: &str, user: &User) -> Result<String, ConfigErr
 mod tests {
     use std::time::Duration;
 
-    /// Regression (Windows): `keygen` made a new server config with the example's Linux paths,
-    /// which the Windows daemon refuses.
-    #[test]
-    fn the_default_config_takes_the_platforms_paths() {
-        let linux = render_default_with(62201, "/var/lib/capyknock", "/run/capyknock/control.sock");
-        assert_eq!(linux, EXAMPLE);
-        let text = render_default_with(
-            1234,
-            r"C:\ProgramData\capyknock\state",
-            r"\\.\pipe\capyknock",
-        );
-        let doc: toml_edit::DocumentMut = text.parse().unwrap();
-        let server = &doc["server"];
-        assert_eq!(
-            server["state_dir"].as_str(),
-            Some(r"C:\ProgramData\capyknock\state")
-        );
-        assert_eq!(
-            server["control_socket"].as_str(),
-            Some(r"\\.\pipe\capyknock")
-        );
-        assert_eq!(
-            server["knock_ports"].as_array().map(toml_edit::Array::len),
-            Some(1)
-        );
-        assert!(!text.contains("/var/lib/capyknock\""));
-    }
-
     use super::*;
     use crate::{
         ports::PortSpec,
@@ -350,5 +322,33 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("[[user]] tables"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), inline);
+    }
+
+    /// Regression (Windows): `keygen` made a new server config with the example's Linux paths,
+    /// which the Windows daemon refuses.
+    #[test]
+    fn the_default_config_takes_the_platforms_paths() {
+        let linux = render_default_with(62201, "/var/lib/capyknock", "/run/capyknock/control.sock");
+        assert_eq!(linux, EXAMPLE);
+        let text = render_default_with(
+            1234,
+            r"C:\ProgramData\capyknock\state",
+            r"\\.\pipe\capyknock",
+        );
+        let doc: toml_edit::DocumentMut = text.parse().unwrap();
+        let server = &doc["server"];
+        assert_eq!(
+            server["state_dir"].as_str(),
+            Some(r"C:\ProgramData\capyknock\state")
+        );
+        assert_eq!(
+            server["control_socket"].as_str(),
+            Some(r"\\.\pipe\capyknock")
+        );
+        assert_eq!(
+            server["knock_ports"].as_array().map(toml_edit::Array::len),
+            Some(1)
+        );
+        assert!(!text.contains("/var/lib/capyknock\""));
     }
 }

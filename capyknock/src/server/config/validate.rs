@@ -570,35 +570,6 @@ fn valid_group_name(name: &str, windows: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn group_names_follow_the_platform() {
-        use super::valid_group_name;
-        for ok in ["capyknock", "adm", "web-ops_2", "a.b"] {
-            assert!(valid_group_name(ok, false), "{ok}");
-            assert!(valid_group_name(ok, true), "{ok}");
-        }
-        for unix_only_bad in ["Remote Admins", r"CORP\Ops", &"x".repeat(33)] {
-            assert!(!valid_group_name(unix_only_bad, false), "{unix_only_bad}");
-            assert!(valid_group_name(unix_only_bad, true), "{unix_only_bad}");
-        }
-        // Windows refuses names of only dots and spaces.
-        assert!(!valid_group_name("..", true));
-        assert!(!valid_group_name(" . ", true));
-        for bad in [
-            "",
-            "a:b",
-            "a\nb",
-            r"\Ops",
-            r"CORP\",
-            r"A\B\C",
-            "a,b",
-            &"x".repeat(257),
-        ] {
-            assert!(!valid_group_name(bad, false), "{bad:?}");
-            assert!(!valid_group_name(bad, true), "{bad:?}");
-        }
-    }
-
     use super::*;
     use crate::server::config::{ConfigError, parse};
 
@@ -874,5 +845,33 @@ ports = ["tcp/22", "udp/51820"]
             p("[server]\nprotect = []\n").unwrap().protected_ports(),
             vec![]
         );
+    }
+
+    #[test]
+    fn group_names_follow_the_platform() {
+        for ok in ["capyknock", "adm", "web-ops_2", "a.b"] {
+            assert!(valid_group_name(ok, false), "{ok}");
+            assert!(valid_group_name(ok, true), "{ok}");
+        }
+        for unix_only_bad in ["Remote Admins", r"CORP\Ops", &"x".repeat(33)] {
+            assert!(!valid_group_name(unix_only_bad, false), "{unix_only_bad}");
+            assert!(valid_group_name(unix_only_bad, true), "{unix_only_bad}");
+        }
+        // Windows refuses names of only dots and spaces.
+        assert!(!valid_group_name("..", true));
+        assert!(!valid_group_name(" . ", true));
+        for bad in [
+            "",
+            "a:b",
+            "a\nb",
+            r"\Ops",
+            r"CORP\",
+            r"A\B\C",
+            "a,b",
+            &"x".repeat(257),
+        ] {
+            assert!(!valid_group_name(bad, false), "{bad:?}");
+            assert!(!valid_group_name(bad, true), "{bad:?}");
+        }
     }
 }
