@@ -14,9 +14,12 @@
 //! - [`read_capped`]: reads a state file with a size cap; [`move_aside`] keeps a damaged file
 //!   as `NAME.corrupt` ([`CORRUPT_SUFFIX`]) for inspection.
 //!
-//! On Windows the mode and owner checks do not exist (files inherit their directory's ACL, which
-//! for the default locations is the user's profile or an admin-only directory); the rest is the
-//! same.
+//! On Windows the mode and owner checks do not exist here: the server build gives every file it
+//! writes a protected DACL (SYSTEM, Administrators, the owner: `server::win_acl::protect_file`)
+//! instead of mode 0600, and `win_acl::check_private` refuses a server config open to Users or
+//! Everyone. The client-only build's files inherit their folder's ACL (the user's profile).
+//! A rename over a file that another program holds open can fail there (a clear error, the old
+//! file kept); the rest is the same.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -233,6 +236,10 @@ fn write_atomic_with(path: &Path, bytes: &[u8], random: usize) -> io::Result<()>
     // create_new (`O_EXCL`): an existing name, symlink or not, is an error, never reused. The
     // file is removed again when dropped on an error below.
     let mut tmp = builder.tempfile_in(dir)?;
+    // Windows: the new file inherits its folder's entries (Users may read a temp or profile
+    // folder); make it private before the bytes go in. The rename keeps this DACL.
+    #[cfg(all(windows, feature = "server"))]
+    crate::server::win_acl::protect_file(tmp.path())?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -585,11 +592,23 @@ mod tests {
                 }
                 reads
             });
+            let mut written = 0;
             for i in 0..100 {
-                write_atomic(&path, if i % 2 == 0 { &b } else { &a }).unwrap();
+                match write_atomic(&path, if i % 2 == 0 { &b } else { &a }) {
+                    Ok(()) => written += 1,
+                    // Windows refuses to replace a file another handle has open (Wine does
+                    // too): an error, the old file kept, never a torn one.
+                    Err(e) if cfg!(windows) && e.kind() == io::ErrorKind::PermissionDenied => {}
+                    Err(e) => {
+                        // Stop the reader before failing, or the scope waits for it forever.
+                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        panic!("write {i}: {e}");
+                    }
+                }
             }
             done.store(true, std::sync::atomic::Ordering::Relaxed);
             assert!(reader.join().unwrap() > 0);
+            assert!(written > 0, "no write went through");
         });
     }
 

@@ -42,8 +42,11 @@ const APT_BUILD: &[&str] = &[
     "libmnl-dev",
     "libpcap-dev",
     "gcc",
-    // etcd-client's build script compiles etcd's .proto files with protoc (fleet mode).
+    // etcd-client's build script compiles etcd's .proto files with protoc (fleet mode); they
+    // import google/protobuf/descriptor.proto, which is in libprotobuf-dev (only a Recommends
+    // of protobuf-compiler, and we install without those).
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 /// Debian packages only the tests need (`setup --for-tests`).
 const APT_TESTS: &[&str] = &[

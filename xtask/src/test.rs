@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
 //!
 //! Steps: setup (installs what is missing); `cargo fmt --check`; clippy with `-D warnings` on all
-//! targets; unit and property tests; clippy of the whole crate for Windows, macOS and FreeBSD; the client built the public way
+//! targets; unit and property tests; the crate's unit tests for Windows under Wine (cargo's
+//! target runner, `tests/wine/runner`); clippy of the whole crate for Windows, macOS and FreeBSD; the client built the public way
 //! in a clean environment and checked for other targets (`client_build`); the release packages
 //! built and checked (`cargo xtask dist --check`, root); the privileged end-to-end tests
 //! (root only, one at a time; with the Windows debug build, which `windows_wine` runs under
@@ -113,6 +114,7 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
                 ],
             )
         })?;
+        step("windows unit tests (Wine)", &mut windows_unit_tests)?;
         step("other platforms check", &mut |_| platforms_check())?;
         step("client build (clean env, other targets)", &mut |_| {
             crate::client_build::run().map(drop)
@@ -178,12 +180,37 @@ fn privileged_builds() -> anyhow::Result<()> {
     ))
 }
 
+/// The crate's unit tests built for Windows and run under Wine by cargo's target runner,
+/// `tests/wine/runner` (loopback only; docs/WINDOWS.md). Counted in the summary like the rest.
+fn windows_unit_tests(tally: &mut Tally) -> anyhow::Result<()> {
+    let mut cmd = command(
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "capyknock",
+            "--lib",
+            "--target",
+            setup::WINDOWS_TARGET,
+        ],
+    );
+    cmd.env(
+        "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER",
+        cmd::workspace_root().join("tests/wine/runner"),
+    );
+    tally_run(tally, &mut cmd)
+}
+
 fn cargo_test(tally: &mut Tally, args: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = command("cargo", args);
-    let (ok, lines) = cmd::run_tee(&mut cmd)?;
+    tally_run(tally, &mut command("cargo", args))
+}
+
+/// Runs a `cargo test` command, adding its counts to `tally`.
+fn tally_run(tally: &mut Tally, cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let (ok, lines) = cmd::run_tee(cmd)?;
     tally.add(&lines);
     if !ok {
-        bail!("{} failed", cmd::describe(&cmd));
+        bail!("{} failed", cmd::describe(cmd));
     }
     Ok(())
 }

@@ -311,9 +311,8 @@ mod tests {
 
     #[tokio::test]
     async fn port_in_use_is_a_clear_error() {
-        let taken = std::net::UdpSocket::bind("[::]:0")
-            .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
-            .unwrap();
+        // Taken the way the capture takes it (as by a second daemon): dual-stack, or IPv4.
+        let taken = bind(0).unwrap();
         let port = taken.local_addr().unwrap().port();
         let config = CaptureConfig {
             mode: CaptureMode::Udp,

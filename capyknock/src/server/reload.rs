@@ -148,8 +148,10 @@ ports = ["PORT"]
             user('b', "bob", "tcp/22")
         ));
         let new = settings(&format!(
-            "[server]\nfreshness = 120\nknock_ports = [4000]\nstate_dir = \"/srv/ck\"\n\
+            "[server]\nfreshness = 120\nknock_ports = [4000]\nstate_dir = '{}'\n\
              [log]\nrejections_per_second = 1\n{}{}",
+            // Absolute on this platform (a Unix path is relative on Windows).
+            std::env::temp_dir().join("ck").display(),
             user('a', "alice", "tcp/22"),
             user('c', "carol", "tcp/3389")
         ));

@@ -763,6 +763,19 @@ mod tests {
         ReplayStore::load(dir, NOW)
     }
 
+    /// `store` as if written in boot A: the same boot for [`reload_in_a`] on every platform
+    /// (Windows has no boot id, so there every start is one after a possible reboot).
+    fn in_boot_a(mut store: ReplayStore) -> ReplayStore {
+        store.boot_id = BOOT_A;
+        store.write_header().unwrap();
+        store
+    }
+
+    /// [`reload`] in boot A.
+    fn reload_in_a(dir: &Path, now: u64) -> (ReplayState, LoadOutcome, bool) {
+        ReplayStore::load_in_boot(dir, now, BOOT_A)
+    }
+
     #[test]
     fn records_written_are_read_back_after_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
@@ -770,13 +783,13 @@ mod tests {
         assert_eq!(outcome, LoadOutcome::Missing);
         assert!(!reusable);
         assert_eq!(state.not_before(), NOW);
-        let mut store = ReplayStore::create(tmp.path(), &state, NOW).unwrap();
+        let mut store = in_boot_a(ReplayStore::create(tmp.path(), &state, NOW).unwrap());
         assert_eq!(fs::metadata(store.path()).unwrap().len(), FILE_LEN as u64);
         store.write(&[used(1, 10, 1), used(2, 20, 2)], NOW).unwrap();
         store.write(&[used(1, 11, 3)], NOW).unwrap();
         drop(store);
 
-        let (back, outcome, reusable) = reload(tmp.path());
+        let (back, outcome, reusable) = reload_in_a(tmp.path(), NOW);
         assert_eq!(outcome, LoadOutcome::Loaded);
         assert!(reusable);
         assert_eq!(back.not_before(), NOW);
@@ -785,10 +798,10 @@ mod tests {
         assert_eq!(back.len(), 2);
 
         // Reopened in place, it keeps each user's record where it was.
-        let mut store = ReplayStore::open(tmp.path(), &back, NOW).unwrap();
+        let mut store = in_boot_a(ReplayStore::open(tmp.path(), &back, NOW).unwrap());
         store.write(&[used(3, 5, 4)], NOW).unwrap();
         drop(store);
-        assert_eq!(reload(tmp.path()).0.len(), 3);
+        assert_eq!(reload_in_a(tmp.path(), NOW).0.len(), 3);
         // The file never changes size.
         assert_eq!(
             fs::metadata(tmp.path().join(FILE)).unwrap().len(),
@@ -990,7 +1003,7 @@ mod tests {
     fn a_full_store_evicts_the_lowest_step_under_a_durable_floor() {
         let tmp = tempfile::tempdir().unwrap();
         let mut state = ReplayState::safe_start(0);
-        let mut store = ReplayStore::create(tmp.path(), &state, NOW).unwrap();
+        let mut store = in_boot_a(ReplayStore::create(tmp.path(), &state, NOW).unwrap());
         let all: Vec<Used> = (0..CAPACITY)
             .map(|i| {
                 let user = UserId((i as u128 + 1).to_le_bytes());
@@ -1002,7 +1015,7 @@ mod tests {
         let extra = state.record(UserId([0xee; 16]), 9_000, PacketId([2; 16]));
         store.write(&[extra], NOW).unwrap();
         drop(store);
-        let (back, outcome, _) = reload(tmp.path());
+        let (back, outcome, _) = reload_in_a(tmp.path(), NOW);
         assert_eq!(outcome, LoadOutcome::Loaded);
         assert_eq!(back, state);
         assert_eq!(back.floor_step(), 1_000);
@@ -1050,7 +1063,7 @@ mod tests {
 
         // First run: granted, its use made durable as the daemon does before the firewall.
         let (replay, _, _) = ReplayStore::load(tmp.path(), NOW - 60);
-        let mut store = ReplayStore::create(tmp.path(), &replay, NOW).unwrap();
+        let mut store = in_boot_a(ReplayStore::create(tmp.path(), &replay, NOW).unwrap());
         let mut v = Verifier::new(Settings::default(), replay);
         assert!(matches!(
             v.verify(&users, &packet, src, NOW),
@@ -1061,7 +1074,7 @@ mod tests {
 
         // Second run (restart): the same packet, from anywhere, is refused, whatever the clock.
         for now in [NOW + 5, NOW - 25, NOW + 29] {
-            let (replay, outcome, _) = ReplayStore::load(tmp.path(), now);
+            let (replay, outcome, _) = reload_in_a(tmp.path(), now);
             assert_eq!(outcome, LoadOutcome::Loaded);
             let mut v = Verifier::new(Settings::default(), replay);
             let Verdict::Reject(r) = v.verify(&users, &packet, other, now) else {

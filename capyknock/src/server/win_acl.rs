@@ -121,10 +121,26 @@ impl Drop for PipeSecurity {
 /// SYSTEM and Administrators only, inherited by every file and directory created inside.
 pub const ADMIN_ONLY_DIR: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
+/// A private file: SYSTEM, Administrators and the file's owner (`OW`, Owner Rights: whoever
+/// wrote it keeps access, an elevated admin or a user writing their own client profile), and
+/// nobody else.
+pub const PRIVATE_FILE: &str = "D:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;OW)";
+
 /// Sets `dir`'s DACL to [`ADMIN_ONLY_DIR`] (protected: nothing inherited from the parent).
 pub fn protect_dir(dir: &Path) -> io::Result<()> {
-    let security = PipeSecurity::from_sddl(ADMIN_ONLY_DIR.to_owned())?;
-    let wide = HSTRING::from(dir.as_os_str());
+    set_protected_dacl(dir, ADMIN_ONLY_DIR)
+}
+
+/// Sets `file`'s DACL to [`PRIVATE_FILE`] (protected: nothing inherited from its folder, whose
+/// entries may let Users or Everyone read it). `private_file` calls this on every file it
+/// writes, before the secret bytes go in.
+pub fn protect_file(file: &Path) -> io::Result<()> {
+    set_protected_dacl(file, PRIVATE_FILE)
+}
+
+fn set_protected_dacl(path: &Path, sddl: &str) -> io::Result<()> {
+    let security = PipeSecurity::from_sddl(sddl.to_owned())?;
+    let wide = HSTRING::from(path.as_os_str());
     // SAFETY: `wide` is a NUL-terminated path and `security` a valid descriptor; both outlive
     // the call, which copies what it needs.
     unsafe {
@@ -261,5 +277,28 @@ mod tests {
             sddl(Some("S-1-5-21-1-2-3-1001")),
             "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;S-1-5-21-1-2-3-1001)"
         );
+    }
+
+    /// A file written by `private_file` is private even in a folder others may read (under
+    /// Wine every folder's DACL lets Everyone in), and the config check accepts it; a file
+    /// created plainly there inherits that and is refused.
+    #[test]
+    fn written_files_get_a_private_dacl_whatever_their_folder_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(&plain, b"x").unwrap();
+        let private = dir.path().join("server.toml");
+        crate::private_file::write_atomic(&private, b"[server]\n").unwrap();
+
+        let sddl = dacl_sddl(&private).unwrap();
+        assert_eq!(super::super::sddl::open_to_others(&sddl), None, "{sddl}");
+        check_private(&private, "config").unwrap();
+        // Still readable by us, the owner.
+        assert_eq!(std::fs::read(&private).unwrap(), b"[server]\n");
+
+        if super::super::sddl::open_to_others(&dacl_sddl(dir.path()).unwrap()).is_some() {
+            let err = check_private(&plain, "config").unwrap_err();
+            assert!(err.contains("icacls"), "{err}");
+        }
     }
 }

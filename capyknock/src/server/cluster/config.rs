@@ -485,6 +485,8 @@ mod tests {
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
     }
 
+    // Unix paths, not absolute on Windows; fleet mode runs on Linux only (docs/WINDOWS.md).
+    #[cfg(unix)]
     #[test]
     fn full_section() {
         let s = p("[cluster]\n\
@@ -613,6 +615,8 @@ mod tests {
         assert!(err.contains("needs a [cluster] section"), "{err}");
     }
 
+    // Unix paths, not absolute on Windows; fleet mode runs on Linux only (docs/WINDOWS.md).
+    #[cfg(unix)]
     #[test]
     fn example_cluster_section_is_valid_when_uncommented() {
         let example = crate::server::config::EXAMPLE;

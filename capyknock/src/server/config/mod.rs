@@ -202,9 +202,15 @@ mod tests {
         assert!(s.users.is_empty());
     }
 
+    /// The reference config with this platform's default paths (the example's own are Linux
+    /// paths, which are not absolute on Windows).
+    fn example() -> String {
+        super::render_default(capyknock_common::wire::DEFAULT_KNOCK_PORT)
+    }
+
     #[test]
     fn example_is_valid_and_states_the_defaults() {
-        let s = p(EXAMPLE).unwrap();
+        let s = p(&example()).unwrap();
         let d = p("").unwrap();
         assert_eq!(s.knock_ports, d.knock_ports);
         assert_eq!(s.interfaces, d.interfaces);
@@ -225,12 +231,13 @@ mod tests {
 
     #[test]
     fn example_commented_keys_are_valid_when_uncommented() {
+        let example = example();
         // The commented `protect` line of [server].
-        let line = EXAMPLE
+        let line = example
             .lines()
             .find(|l| l.starts_with("# protect = "))
             .unwrap();
-        let text = EXAMPLE.replacen(line, line.trim_start_matches("# "), 1);
+        let text = example.replacen(line, line.trim_start_matches("# "), 1);
         let s = p(&text).unwrap();
         assert_eq!(
             s.protect,
@@ -241,13 +248,14 @@ mod tests {
 
     #[test]
     fn example_commented_user_is_valid_when_uncommented() {
-        let start = EXAMPLE.find("# [[user]]").unwrap();
+        let example = example();
+        let start = example.find("# [[user]]").unwrap();
         let mut user = String::new();
-        for l in EXAMPLE[start..].lines().filter(|l| !l.starts_with("# #")) {
+        for l in example[start..].lines().filter(|l| !l.starts_with("# #")) {
             user.push_str(l.trim_start_matches("# "));
             user.push('\n');
         }
-        let s = p(&format!("{}\n{user}", &EXAMPLE[..start])).unwrap();
+        let s = p(&format!("{}\n{user}", &example[..start])).unwrap();
         assert_eq!(s.users.len(), 1);
         let u = &s.users[0];
         assert_eq!(u.nickname, "alice");
@@ -300,25 +308,30 @@ mod tests {
 
     #[test]
     fn metrics_listen_is_off_by_default_and_loopback_or_unix_only() {
+        let example = example();
         assert_eq!(p("").unwrap().metrics_listen, None);
-        let line = EXAMPLE
+        let line = example
             .lines()
             .find(|l| l.starts_with("# metrics_listen = "))
             .unwrap();
-        let text = EXAMPLE.replacen(line, line.trim_start_matches("# "), 1);
+        let text = example.replacen(line, line.trim_start_matches("# "), 1);
         assert_eq!(
             p(&text).unwrap().metrics_listen,
             Some(crate::server::metrics::Listen::Tcp(
                 "127.0.0.1:9184".parse().unwrap()
             ))
         );
-        let s = p("[server]\nmetrics_listen = \"unix:/run/capyknock/metrics.sock\"\n").unwrap();
-        assert_eq!(
-            s.metrics_listen,
-            Some(crate::server::metrics::Listen::Unix(
-                "/run/capyknock/metrics.sock".into()
-            ))
-        );
+        // A Unix socket path is not absolute on Windows (where there is no metrics endpoint).
+        #[cfg(unix)]
+        {
+            let s = p("[server]\nmetrics_listen = \"unix:/run/capyknock/metrics.sock\"\n").unwrap();
+            assert_eq!(
+                s.metrics_listen,
+                Some(crate::server::metrics::Listen::Unix(
+                    "/run/capyknock/metrics.sock".into()
+                ))
+            );
+        }
         let err = p("[server]\nknock_ports = [62201]\nmetrics_listen = \"0.0.0.0:9184\"\n")
             .unwrap_err()
             .to_string();
