@@ -36,10 +36,9 @@
 
 #![allow(unsafe_code)]
 
-use std::{
-    fmt,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::fmt;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The lowest and highest `SCHED_FIFO` priority Linux accepts.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 1..=99;
@@ -77,9 +76,11 @@ pub const RING_THREAD: &str = "capyknock-ring";
 pub const WORKER_THREAD: &str = "capyknock-fw";
 
 /// Set by the first failure: later ones are logged at debug level only.
+#[cfg(target_os = "linux")]
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// What to tell the admin when a switch fails, once.
+#[cfg(target_os = "linux")]
 fn warn_once(priority: RealtimePriority, what: &str, err: &dyn fmt::Display) {
     if WARNED.swap(true, Ordering::Relaxed) {
         tracing::debug!(thread = what, error = %err, "no real-time priority");
