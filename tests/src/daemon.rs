@@ -148,6 +148,8 @@ pub struct DaemonLab {
     /// Program and arguments the daemon is started through (after `nsenter` and the unit's
     /// capability set, [`crate::unit_capabilities_wrapper`]), e.g. `env` with an `LD_PRELOAD`.
     pub wrapper: Vec<String>,
+    /// Capabilities added to the unit's for the next start (setpriv's spelling, `sys_nice`).
+    pub extra_caps: Vec<&'static str>,
     /// Where the current (or last) run's part of the log starts.
     log_start: u64,
 }
@@ -189,6 +191,7 @@ impl DaemonLab {
             dir,
             server_extra: String::new(),
             wrapper: Vec::new(),
+            extra_caps: Vec::new(),
             log_start: 0,
         }
     }
@@ -249,7 +252,7 @@ impl DaemonLab {
             self.config(),
             self.file("server.log"),
         );
-        let mut wrapper = crate::unit_capabilities_wrapper();
+        let mut wrapper = crate::unit_capabilities_wrapper_plus(&self.extra_caps);
         wrapper.extend(self.wrapper.iter().cloned());
         let mut daemon = Daemon::start(
             &self.server,

@@ -42,6 +42,13 @@ const UNIT: &str = "contrib/systemd/capyknock.service";
 /// the whole suite proves the daemon works with what the unit grants, no more.
 #[must_use]
 pub fn unit_capabilities_wrapper() -> Vec<String> {
+    unit_capabilities_wrapper_plus(&[])
+}
+
+/// [`unit_capabilities_wrapper`] with `extra` capabilities (setpriv's spelling, `sys_nice`)
+/// added to the unit's, as a `systemctl edit` drop-in would.
+#[must_use]
+pub fn unit_capabilities_wrapper_plus(extra: &[&str]) -> Vec<String> {
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(UNIT);
@@ -50,7 +57,10 @@ pub fn unit_capabilities_wrapper() -> Vec<String> {
     let caps = unit_capabilities(&text)
         .unwrap_or_else(|| panic!("{} has no CapabilityBoundingSet= line", unit.display()));
     let mut bounding = String::from("--bounding-set=-all");
-    for cap in caps {
+    for cap in caps
+        .into_iter()
+        .chain(extra.iter().map(|c| (*c).to_owned()))
+    {
         bounding.push_str(",+");
         bounding.push_str(&cap);
     }

@@ -214,6 +214,7 @@ fn consume(
                 per_second: 10,
                 burst: 20,
             },
+            realtime_priority: None,
         };
         let mut capture = Capture::open(&config).unwrap();
         capture.set_users(&[(USER, KEY)]).unwrap();

@@ -70,6 +70,7 @@ fn capture_config(mode: CaptureMode, link: &Link) -> CaptureConfig {
             per_second: 100,
             burst: 100,
         },
+        realtime_priority: None,
     }
 }
 

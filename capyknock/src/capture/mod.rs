@@ -197,6 +197,9 @@ pub struct CaptureConfig {
     pub global: RateLimitConfig,
     /// Limit per user, checked before the other two: one key spends only its own share.
     pub per_user: RateLimitConfig,
+    /// `realtime_priority`: the XDP ring buffer thread runs at `SCHED_FIFO` (xdp mode only;
+    /// `server::realtime`). `None`: normal priority.
+    pub realtime_priority: Option<crate::server::realtime::RealtimePriority>,
 }
 
 impl Default for CaptureConfig {
@@ -222,6 +225,7 @@ impl Default for CaptureConfig {
                 per_second: 10,
                 burst: 20,
             },
+            realtime_priority: None,
         }
     }
 }

@@ -37,7 +37,7 @@ use super::{
     knock_sink::KnockSink,
     logging::{self, RejectionLimiter},
     metrics::Metrics,
-    reload,
+    realtime, reload,
     replay_store::ReplayStore,
     state::{StateDir, StateError},
     status::{CaptureStatus, FirewallStatus, Status, VerifierStatus},
@@ -304,12 +304,18 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     // Bind the socket first: a second daemon must stop before touching capture or firewall.
     let control = ControlServer::bind(&settings.control_socket, settings.control_group.as_deref())?;
+    let priority = settings.realtime_priority;
+    realtime::check_platform(priority);
     // The firewall helper starts now, before capture and the state directory are opened, so
     // it inherits none of them; it touches the firewall only once told how, below.
     #[cfg(target_os = "linux")]
     let helper = super::privsep::wanted(settings.privsep)
         .then(super::privsep::Helper::spawn)
         .transpose()?;
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = helper.as_ref().and_then(super::privsep::Helper::pid) {
+        realtime::process(priority, pid, "firewall helper");
+    }
     #[cfg(not(target_os = "linux"))]
     let helper = no_privsep(&settings);
     let (metrics, metrics_task) = start_metrics(&settings)?;
@@ -338,6 +344,16 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let (replay, replay_store) = open_replay(&state, unix(now));
 
     let mut capture = Capture::open(&capture_config(&settings))?;
+    if let Some(p) = priority
+        && capture.mode() != crate::capture::ActiveMode::Xdp
+    {
+        tracing::warn!(
+            mode = %capture.mode(),
+            "realtime_priority = {p}: the core, the worker and the firewall helper run at \
+             SCHED_FIFO, capture does not: in this mode it sees every datagram to the knock \
+             port, junk included (use xdp capture to raise the whole knock path)"
+        );
+    }
     let knock_drop: Vec<u16> = if capture.mode() == crate::capture::ActiveMode::Udp {
         // The socket must receive the knocks: the firewall must not drop them.
         Vec::new()
@@ -369,6 +385,9 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // and the state directory are open, the helper holds the firewall. From here on this
     // process parses packets and control requests, so it keeps no capability and runs under
     // its seccomp filter (threads started below inherit both).
+    // The core: this thread, where `block_on` runs it; the worker, started below without
+    // CAP_SYS_NICE, inherits it (`realtime` module docs). No thread starts here until then.
+    realtime::this_thread_and_its_next(priority, "core");
     #[cfg(target_os = "linux")]
     if let Some(helper) = &helper {
         enter_sandbox(helper, &capture)?;
@@ -387,9 +406,14 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         .with_metrics(metrics.clone());
     let bans = worker.subscribe_bans();
     let worker = std::thread::Builder::new()
-        .name("capyknock-fw".into())
-        .spawn(move || worker.run(effects_rx))
+        .name(realtime::WORKER_THREAD.into())
+        .spawn(move || {
+            realtime::this_thread(priority, realtime::WORKER_THREAD);
+            worker.run(effects_rx)
+        })
         .map_err(|_| DaemonError::Worker("could not start"))?;
+    // From here on, threads this one starts (the blocking pool) run at normal priority.
+    realtime::this_thread(priority, "core");
     // Fleet bans are applied before the daemon reports ready (bounded: a down store delays
     // the start by at most this, and its bans follow when it returns).
     let mut fleet = fleet;
@@ -1116,6 +1140,7 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
             per_second: settings.limits.global_rate,
             burst: settings.limits.global_rate,
         },
+        realtime_priority: settings.realtime_priority,
     }
 }
 

@@ -8,6 +8,7 @@
 //! the optional OpenMetrics endpoint; [`privsep`] splits the daemon into an unprivileged,
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
 //! holds the server-side subcommands; [`cluster`] is fleet mode on etcd (docs/FLEET.md);
+//! [`realtime`] runs the knock path at `SCHED_FIFO` when `realtime_priority` asks for it;
 //! [`win_acl`] holds the Windows ACLs (control pipe, `%ProgramData%`, the config check) and
 //! [`service`] the Windows service.
 
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod privsep;
+pub mod realtime;
 pub mod reload;
 pub mod replay_flusher;
 pub mod replay_store;

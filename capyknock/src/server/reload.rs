@@ -50,6 +50,10 @@ pub fn plan(old: &Settings, new: Settings, protected: &[PortSpec]) -> Plan {
     check(old.control_socket != new.control_socket, "control_socket");
     check(old.control_group != new.control_group, "control_group");
     check(old.metrics_listen != new.metrics_listen, "metrics_listen");
+    check(
+        old.realtime_priority != new.realtime_priority,
+        "realtime_priority",
+    );
     check(old.limits != new.limits, "[limits]");
     check(old.firewall != new.firewall, "[firewall]");
     check(old.privsep != new.privsep, "privsep");
@@ -197,6 +201,14 @@ ports = ["PORT"]
         assert!(p.no_longer_protected.is_empty());
         assert_eq!(p.protection_warning, None);
         assert!(p.settings.protect.is_some());
+    }
+
+    #[test]
+    fn realtime_priority_waits_for_a_restart() {
+        let old = settings("[server]\nrealtime_priority = 10\n");
+        let p = plan(&old, settings(""), &old.protected_ports());
+        assert_eq!(p.needs_restart, vec!["realtime_priority"]);
+        assert_eq!(p.settings.realtime_priority, old.realtime_priority);
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct Options {
     /// the claim costs end to end.
     #[arg(long)]
     pub fleet: bool,
+    /// Set `realtime_priority = N` in the daemon's config (1-99): its knock path runs at
+    /// `SCHED_FIFO` (docs/OPERATIONS.md). Left out: normal priority.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub realtime_priority: Option<u8>,
 }
 
 impl Options {
@@ -133,6 +137,7 @@ impl Options {
             no_build: false,
             state_dir: None,
             fleet: false,
+            realtime_priority: None,
         }
     }
 }
@@ -227,6 +232,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             quick: plan.quick,
             build: if opts.debug { "debug" } else { "release" }.to_owned(),
             users: plan.users_needed(),
+            realtime_priority: plan.realtime_priority,
         },
         runs: results,
         ratios,

@@ -20,6 +20,8 @@ pub struct Plan {
     pub state_parent: Option<PathBuf>,
     /// `--fleet`: claim every knock in etcd.
     pub fleet: bool,
+    /// `--realtime-priority`: the daemon's `realtime_priority`.
+    pub realtime_priority: Option<u8>,
 }
 
 impl Plan {
@@ -65,6 +67,7 @@ impl Plan {
             legit_rate: opts.legit_rate,
             quick,
             fleet: opts.fleet,
+            realtime_priority: opts.realtime_priority,
             state_parent: opts.state_dir.clone(),
         })
     }

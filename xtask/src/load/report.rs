@@ -378,6 +378,8 @@ pub struct Settings {
     pub build: String,
     /// Legit users keygen'd.
     pub users: usize,
+    /// The daemon's `realtime_priority` (`--realtime-priority`); `None`: normal priority.
+    pub realtime_priority: Option<u8>,
 }
 
 /// The machine the figures are from.
@@ -468,7 +470,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         s,
         "{} on {} ({} vCPU, {}, {} MiB; load average {} at the start). Command: `{}`. Build: \
-         {}. Each run {} s, {} legit knocks/s from {} keygen'd users.\n",
+         {}. Each run {} s, {} legit knocks/s from {} keygen'd users. Daemon priority: {}.\n",
         report.started,
         m.kernel,
         m.cpus,
@@ -480,6 +482,10 @@ pub fn markdown(report: &Report) -> String {
         report.settings.duration_secs,
         report.settings.legit_per_sec,
         report.settings.users,
+        report
+            .settings
+            .realtime_priority
+            .map_or_else(|| "normal".to_owned(), |p| format!("SCHED_FIFO {p}")),
     );
     s.push_str("## Goals\n\n| goal | measured | met |\n| --- | --- | --- |\n");
     for g in &report.goals {
@@ -769,6 +775,7 @@ mod tests {
                 quick: true,
                 build: "release".into(),
                 users: 1,
+                realtime_priority: None,
             },
             runs: results,
             ratios: r,

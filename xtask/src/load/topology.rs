@@ -108,7 +108,7 @@ impl Lab {
             }
             None => TempDir::create(dir.file("state"), 0o700)?,
         };
-        let mut header = server_header(&dir, &state.path);
+        let mut header = server_header(&dir, &state.path, plan.realtime_priority);
         let etcd = if plan.fleet {
             println!("load: --fleet: three etcd members; every knock is claimed in etcd");
             let etcd = EtcdCluster::start("ckloadetcd", 3)?;
@@ -204,8 +204,9 @@ fn wire(server: &NetNs, client: &NetNs, attacker: &NetNs, sink: &NetNs) -> anyho
     Ok(())
 }
 
-/// The server config before the users; keygen appends them.
-fn server_header(dir: &TempDir, state: &Path) -> String {
+/// The server config before the users; keygen appends them. `realtime` sets
+/// `realtime_priority` (`--realtime-priority`).
+fn server_header(dir: &TempDir, state: &Path, realtime: Option<u8>) -> String {
     let comment = format!(
         "capyknock load benchmark server (cargo xtask load): everything lives in {}.",
         dir.path.display()
@@ -217,7 +218,7 @@ fn server_header(dir: &TempDir, state: &Path) -> String {
         state_dir: state,
         control_socket: &dir.file("control.sock"),
         default_access: Some(ACCESS),
-        extra: "",
+        extra: &realtime.map_or_else(String::new, |p| format!("realtime_priority = {p}\n")),
     }
     .render()
 }

@@ -347,6 +347,54 @@ mod tests {
     }
 
     #[test]
+    fn realtime_priority_is_off_by_default_and_1_to_99() {
+        assert_eq!(p("").unwrap().realtime_priority, None);
+        let line = EXAMPLE
+            .lines()
+            .find(|l| l.starts_with("# realtime_priority = "))
+            .unwrap();
+        let text = EXAMPLE.replacen(line, line.trim_start_matches("# "), 1);
+        assert_eq!(
+            p(&text)
+                .unwrap()
+                .realtime_priority
+                .map(crate::server::realtime::RealtimePriority::get),
+            Some(10)
+        );
+        for ok in [1, 99] {
+            let s = p(&format!("[server]\nrealtime_priority = {ok}\n")).unwrap();
+            assert_eq!(
+                s.realtime_priority
+                    .map(crate::server::realtime::RealtimePriority::get),
+                Some(ok)
+            );
+        }
+        for bad in ["0", "100", "-5", "1000000000000"] {
+            let err = p(&format!(
+                "[server]\nknock_ports = [1]\nrealtime_priority = {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("/etc/capyknock/server.toml:3:")
+                    && err.contains(&format!("realtime_priority = {bad} is out of range"))
+                    && err.contains("from 1 to 99"),
+                "{bad}: {err}"
+            );
+        }
+        let err = p("[server]\nrealtime_priority = \"high\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.toml:2:"), "{err}");
+        // A misspelling is an unknown key, as for every other key.
+        let err = p("[server]\nrealtime_prio = 10\n").unwrap_err().to_string();
+        assert!(
+            err.contains("realtime_prio") && err.contains("spelling"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn control_socket_of_reads_partial_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -15,6 +15,7 @@ use crate::{
     server::{
         cluster::config::{ClusterSettings, RawCluster},
         metrics::Listen,
+        realtime::RealtimePriority,
     },
 };
 
@@ -82,6 +83,9 @@ pub struct RawServer {
     /// Where the OpenMetrics endpoint listens: a loopback `ADDRESS:PORT` or `unix:PATH`.
     /// Default: none (no endpoint).
     pub metrics_listen: Option<Spanned<String>>,
+    /// Run the knock path's threads under `SCHED_FIFO` at this priority (1-99, Linux;
+    /// `server::realtime`). Default: none (normal priority).
+    pub realtime_priority: Option<Spanned<i64>>,
 }
 
 /// `[limits]`.
@@ -226,6 +230,8 @@ pub struct Settings {
     pub protect: Option<Vec<PortSpec>>,
     /// The metrics endpoint; `None`: off.
     pub metrics_listen: Option<Listen>,
+    /// `realtime_priority`; `None`: the knock path runs at normal priority.
+    pub realtime_priority: Option<RealtimePriority>,
     /// Pre-filter rate limits.
     pub limits: Limits,
     /// Rejection log limits.

@@ -23,7 +23,10 @@ use crate::{
         keys::{TotpSecret, UserId, UserKey},
         users::{AllowIp, TotpMode, User},
     },
-    server::metrics::Listen,
+    server::{
+        metrics::Listen,
+        realtime::{PRIORITY_RANGE, RealtimePriority},
+    },
 };
 
 /// Checks `raw` (parsed from `text`, which gives the lines) into settings, or every problem.
@@ -178,6 +181,22 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             .map_err(|e| c.at(&v.span(), e.to_string()))
             .ok()
     });
+    // Off unless asked for (`server::realtime`).
+    let realtime_priority = s.realtime_priority.and_then(|v| {
+        RealtimePriority::new(*v.get_ref()).or_else(|| {
+            c.at(
+                &v.span(),
+                format!(
+                    "realtime_priority = {} is out of range: use a SCHED_FIFO priority from {} \
+                     to {} (10 is plenty), or leave it out for normal priority",
+                    v.get_ref(),
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ),
+            );
+            None
+        })
+    });
     let protect = s
         .protect
         .map(|list| protect_list(&mut c, list, &knock_ports));
@@ -289,6 +308,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             privsep: s.privsep,
             protect,
             metrics_listen,
+            realtime_priority,
             limits,
             log,
             firewall,

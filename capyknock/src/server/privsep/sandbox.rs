@@ -238,6 +238,11 @@ const NETWORK: &[i64] = &[
     libc::SYS_getgroups,
     libc::SYS_wait4,
     libc::SYS_close_range,
+    // `realtime_priority`: the core and the worker, already at SCHED_FIFO, add
+    // SCHED_RESET_ON_FORK, which needs no privilege. Switching to SCHED_FIFO needs
+    // CAP_SYS_NICE, which this process no longer has, or the RLIMIT_RTPRIO the service
+    // manager gave (`server::realtime`).
+    libc::SYS_sched_setscheduler,
     libc::SYS_membarrier,
 ];
 
