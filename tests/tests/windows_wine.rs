@@ -337,6 +337,92 @@ fn windows_client_under_wine_opens_a_linux_daemons_port() {
     );
 }
 
+/// `knock --proxy` of the Windows client under Wine, as ssh's `ProxyCommand` runs it: the knock
+/// opens the Linux daemon's port, then stdin and stdout are relayed to the service both ways,
+/// with the client's EOF passed on (the service answers everything, then closes, and the relay
+/// ends by itself).
+#[test]
+fn windows_client_under_wine_proxies_to_a_linux_daemons_service() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    let mut lab = Lab::new("wpx");
+    let server_addr = lab.client_link.a(false);
+    let keygen = lab.keygen("alice", "work", &server_addr.to_string(), &[]);
+    lab.start_daemon();
+    assert_eq!(
+        Lab::probe(&lab.client, server_addr, SERVICE_PORT),
+        None,
+        "the service must be closed before the knock"
+    );
+    let wine = Wine::new(&lab.client, lab.dir.path());
+    capyknock_testkit::clock::wait_into_step(2, 5);
+    let code = keygen.code_at(unix_now());
+    let err_path = lab.dir.path().join("wine-proxy.err");
+    let mut child = wine
+        .command(&lab.client, &windows_exe())
+        .args([
+            "knock",
+            &server_addr.to_string(),
+            "--port",
+            &SERVICE_PORT.to_string(),
+            "--proxy",
+            "--client-config",
+            &win_path(&lab.client_config()),
+            "--otp",
+            code.as_str(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    // A relay that hangs must not hang the test: killed after a minute.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_mins(1)).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    assert_eq!(
+        banner.trim_end(),
+        capyknock_tests::e2e::BANNER,
+        "no banner through the relay:\n{}\n{}",
+        stderr(),
+        lab.server_log()
+    );
+    let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = payload.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&data).unwrap();
+        // Dropping stdin is the client's EOF: the relay half-closes towards the service.
+    });
+    let mut back = Vec::new();
+    stdout.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    let status = child.wait().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+
+    assert_eq!(status.code(), Some(0), "proxy failed:\n{}", stderr());
+    assert_eq!(back.len(), payload.len(), "echo incomplete:\n{}", stderr());
+    assert!(back == payload, "echo differs");
+    assert!(stderr().contains("knock sent"), "{}", stderr());
+    assert!(
+        lab.server_log().contains("knock accepted"),
+        "{}",
+        lab.server_log()
+    );
+}
+
 /// The Windows build's own `--version` under Wine: the shim and the prefix work (the quickest
 /// failure to read when Wine itself is broken).
 #[test]
