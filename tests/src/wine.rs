@@ -99,19 +99,7 @@ impl Wine {
     pub fn new(ns: &NetNs, dir: &Path) -> Self {
         let prefix = dir.join("wine");
         std::fs::create_dir_all(&prefix).unwrap_or_else(|e| panic!("{}: {e}", prefix.display()));
-        let mut server = ns.command(WINESERVER);
-        // Foreground (a child the guard can wait for), persistent: it must not exit between
-        // two Wine programs of the test; `wineserver -k` ends it on drop.
-        server
-            .args(["-f", "-p"])
-            .env("WINEPREFIX", &prefix)
-            .env("WINEDEBUG", "-all")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let server = server
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {WINESERVER}: {e}"));
+        let server = spawn_server(ns, &prefix);
         let mut wine = Self {
             prefix,
             ns: ns.name().to_owned(),
@@ -228,6 +216,15 @@ impl Wine {
         &self.prefix
     }
 
+    /// A reboot of this Wine "machine": every Wine process is stopped and the wineserver
+    /// started again in `ns`. The next program starts Wine's services.exe afresh, which starts
+    /// the services installed for automatic start.
+    pub fn reboot(&mut self, ns: &NetNs) {
+        assert_eq!(ns.name(), self.ns, "reboot in the wineserver's namespace");
+        self.kill_all();
+        self.server = Some(spawn_server(ns, &self.prefix));
+    }
+
     /// Stops every Wine process of this prefix (`wineserver -k`) and waits for the server.
     pub fn kill_all(&mut self) {
         let _ = Command::new(WINESERVER)
@@ -252,6 +249,20 @@ impl Wine {
             }
         }
     }
+}
+
+/// `wineserver` for `prefix` in `ns`: foreground (a child the guard can wait for), persistent
+/// (it must not exit between two Wine programs of the test); `wineserver -k` ends it.
+fn spawn_server(ns: &NetNs, prefix: &Path) -> Child {
+    ns.command(WINESERVER)
+        .args(["-f", "-p"])
+        .env("WINEPREFIX", prefix)
+        .env("WINEDEBUG", "-all")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {WINESERVER}: {e}"))
 }
 
 impl Drop for Wine {

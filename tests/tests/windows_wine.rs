@@ -296,6 +296,132 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     );
 }
 
+/// Polls `status --json` over the default pipe until `ready` holds (or, with `None`, until no
+/// daemon answers); panics after a minute with the service's log.
+fn wait_for_service(
+    wine: &Wine,
+    ns: &NetNs,
+    log: &Path,
+    what: &str,
+    ready: Option<&dyn Fn(&Status) -> bool>,
+) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let out = win_cli(wine, ns, &["status", "--json"]);
+        let status: Option<Status> = out
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten();
+        match (ready, &status) {
+            (Some(f), Some(s)) if f(s) => return,
+            (None, None) if out.status.code() == Some(3) => return,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {START_TIMEOUT:?}; last status {status:?}, {}\nservice log:\n{}",
+            output_text(&out),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The Windows service under Wine's Service Control Manager: `service install`, automatic
+/// start at boot, a knock accepted, `service stop` (a clean stop, logged to the log file
+/// `install` set up), `service start` (the replay state kept: the same knock is refused),
+/// `service uninstall`.
+#[test]
+fn windows_service_under_wine_starts_at_boot_stops_cleanly_and_keeps_its_replay_state() {
+    require_root();
+    let server = NetNs::unique("wsv").unwrap();
+    let (client, link) = attach(&server, "wsc", 71).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut wine = Wine::new(&server, dir.path());
+
+    let out = win_cli(&wine, &server, &["service", "install"]);
+    assert!(out.status.success(), "install: {}", output_text(&out));
+    assert!(
+        output_text(&out).contains("service capyknock installed (automatic start"),
+        "{}",
+        output_text(&out)
+    );
+    let data = wine.prefix().join("drive_c/ProgramData/capyknock");
+    assert!(data.join("state").is_dir() && data.join("logs").is_dir());
+
+    // The config at the default path (`install`'s default), default state folder and pipe.
+    let alice = user("alice", 42);
+    let mut text = format!(
+        "[server]\nknock_ports = [{KNOCK_PORT}]\ncapture = \"udp\"\n\n\
+         [firewall]\nbackend = \"windows\"\n"
+    );
+    text.push_str(&render_user(&alice));
+    write_private(&data.join("server.toml"), text.as_bytes()).unwrap();
+    let log = data.join("logs/capyknock.log");
+
+    // Wine 8's services.exe does not see a service created in the same session (StartService
+    // says it does not exist); after a reboot of the Wine "machine" it does, and it starts the
+    // service by itself, as Windows does at boot (automatic start).
+    wine.reboot(&server);
+    wait_for_service(
+        &wine,
+        &server,
+        &log,
+        "the service answering after boot",
+        Some(&|s: &Status| s.capture.mode == "udp" && s.firewall.backend == "windows"),
+    );
+
+    let to = SocketAddr::new(link.a(false), KNOCK_PORT);
+    let packet = knock(&alice, &[SERVICE], unix_now());
+    assert_eq!(client.send_udp(None, to, &[packet]).unwrap(), 1);
+    wait_for_service(
+        &wine,
+        &server,
+        &log,
+        "the knock accepted by the service",
+        Some(&|s: &Status| s.verifier.accepted == 1),
+    );
+
+    // service stop: a clean stop, written to the log file under ProgramData.
+    let out = win_cli(&wine, &server, &["service", "stop"]);
+    assert!(out.status.success(), "stop: {}", output_text(&out));
+    wait_for_service(&wine, &server, &log, "the service stopped", None);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("capyknock daemon ready"), "{text}");
+    assert!(text.contains("capyknock daemon stopped"), "{text}");
+
+    // service start: it comes back with its replay state, so the same packet is a replay.
+    let out = win_cli(&wine, &server, &["service", "start"]);
+    assert!(out.status.success(), "start: {}", output_text(&out));
+    wait_for_service(
+        &wine,
+        &server,
+        &log,
+        "the service answering after start",
+        Some(&|_: &Status| true),
+    );
+    client.send_udp(None, to, &[packet]).unwrap();
+    wait_for_service(
+        &wine,
+        &server,
+        &log,
+        "the replay refused by the restarted service",
+        Some(&|s: &Status| s.verifier.rejected.get("replayed_packet").copied() == Some(1)),
+    );
+    let out = win_cli(&wine, &server, &["status", "--json"]);
+    let status: Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status.verifier.accepted, 0, "{status:?}");
+
+    // service uninstall: stops it and removes it; config, state and logs stay.
+    let out = win_cli(&wine, &server, &["service", "uninstall"]);
+    assert!(out.status.success(), "uninstall: {}", output_text(&out));
+    wait_for_service(&wine, &server, &log, "the service gone", None);
+    let out = win_cli(&wine, &server, &["service", "start"]);
+    assert!(!out.status.success(), "started after uninstall");
+    assert!(data.join("server.toml").is_file() && log.is_file());
+}
+
 #[test]
 fn windows_client_under_wine_opens_a_linux_daemons_port() {
     let mut lab = Lab::new("wcl");

@@ -210,12 +210,18 @@ pub enum ControlError {
     },
 }
 
+/// How to see whether the daemon runs, in [`ClientError::NotRunning`].
+#[cfg(not(windows))]
+const IS_IT_RUNNING: &str = "`systemctl status capyknock`";
+#[cfg(windows)]
+const IS_IT_RUNNING: &str = "`sc.exe query capyknock`; start it with `capyknock service start`";
+
 /// Why a client request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No socket: the daemon is not running, or uses another path.
     #[error(
-        "no capyknock daemon at {0}: is it running (`systemctl status capyknock`)? Use --socket PATH or --config PATH if it uses another socket"
+        "no capyknock daemon at {0}: is it running ({IS_IT_RUNNING})? Use --socket PATH or --config PATH if it uses another socket"
     )]
     NotRunning(String),
     /// Permission denied.

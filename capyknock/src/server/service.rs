@@ -71,6 +71,10 @@ pub enum ServiceCommand {
         /// The configuration.
         #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Where the log goes: the folder `install` created (it passes it), else
+        /// `%ProgramData%\capyknock\logs` as the service sees it.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
     },
 }
 
@@ -130,7 +134,12 @@ pub fn run(args: &ServiceArgs) -> Result<(), ServiceError> {
             println!("service {SERVICE_NAME} stopping");
             Ok(())
         }
-        ServiceCommand::Run { config } => run_service(config),
+        ServiceCommand::Run { config, log_dir } => run_service(
+            config,
+            &log_dir
+                .clone()
+                .unwrap_or_else(|| program_data_dir().join("logs")),
+        ),
     }
 }
 
@@ -178,11 +187,16 @@ fn install(config: &Path) -> Result<(), ServiceError> {
         start_type: ServiceStartType::AutoStart,
         error_control: ServiceErrorControl::Normal,
         executable_path: exe,
+        // The log folder as found here, not `%ProgramData%` as the service will see it: the
+        // SCM may start services with another environment (Wine 8's points ProgramData at
+        // C:\users\Public), and the folder must be the one just made private.
         launch_arguments: vec![
             OsString::from("service"),
             OsString::from("run"),
             OsString::from("--config"),
             config.as_os_str().to_owned(),
+            OsString::from("--log-dir"),
+            data.join("logs").into_os_string(),
         ],
         dependencies: vec![],
         // LocalSystem: Windows Firewall changes need it.
@@ -211,12 +225,21 @@ fn install(config: &Path) -> Result<(), ServiceError> {
         })
         .map_err(scm("setting restart on failure"))?;
     // Without this flag the SCM restarts only a process that dies without reporting; a daemon
-    // that stops on an error reports "stopped" with exit code 1 and would stay down.
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .map_err(scm("setting restart after an error stop"))?;
+    // that stops on an error reports "stopped" with exit code 1 and would stay down. Windows
+    // has had it since Vista; where it is refused (Wine 8: "Invalid level") the service is
+    // still installed and restarts after a crash, so say so rather than fail half-installed.
+    let restarts = match service.set_failure_actions_on_non_crash_failures(true) {
+        Ok(()) => "restart on failure",
+        Err(err) => {
+            eprintln!(
+                "warning: cannot set restart after an error stop ({err}); the service restarts \
+                 after a crash only: `sc.exe failureflag {SERVICE_NAME} 1` sets it"
+            );
+            "restart after a crash"
+        }
+    };
     println!(
-        "service {SERVICE_NAME} installed (automatic start, restart on failure), config {}; \
+        "service {SERVICE_NAME} installed (automatic start, {restarts}), config {}; \
          start it with `capyknock service start`; logs in {}",
         config.display(),
         data.join("logs").display()
@@ -250,11 +273,11 @@ fn uninstall() -> Result<(), ServiceError> {
 /// arguments, not ours, to the service main).
 static CONFIG: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-fn run_service(config: &Path) -> Result<(), ServiceError> {
+fn run_service(config: &Path, log_dir: &Path) -> Result<(), ServiceError> {
     if let Ok(mut slot) = CONFIG.lock() {
         *slot = Some(config.to_owned());
     }
-    init_file_log();
+    init_file_log(log_dir);
     service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(scm(
         "connecting to the Service Control Manager (only it starts `service run`)",
     ))
@@ -329,16 +352,15 @@ fn serve() -> Result<(), ServiceError> {
         .map_err(scm("reporting the service as stopped"))
 }
 
-/// Sends the log to `%ProgramData%\capyknock\logs\capyknock.log`, rotating a large one first.
-/// Without a usable file the lines go to stderr, which a service does not have: the failure is
-/// then visible only as the service's exit.
-fn init_file_log() {
-    let dir = program_data_dir().join("logs");
+/// Sends the log to `capyknock.log` in `dir`, rotating a large one first. Without a usable file
+/// the lines go to stderr, which a service does not have: the failure is then visible only as
+/// the service's exit.
+fn init_file_log(dir: &Path) {
     let path = dir.join("capyknock.log");
     if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_AT) {
         let _ = std::fs::rename(&path, dir.join("capyknock.log.1"));
     }
-    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::create_dir_all(dir);
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
