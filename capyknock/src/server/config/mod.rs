@@ -348,12 +348,13 @@ mod tests {
 
     #[test]
     fn realtime_priority_is_off_by_default_and_1_to_99() {
+        let example = example();
         assert_eq!(p("").unwrap().realtime_priority, None);
-        let line = EXAMPLE
+        let line = example
             .lines()
             .find(|l| l.starts_with("# realtime_priority = "))
             .unwrap();
-        let text = EXAMPLE.replacen(line, line.trim_start_matches("# "), 1);
+        let text = example.replacen(line, line.trim_start_matches("# "), 1);
         assert_eq!(
             p(&text)
                 .unwrap()
