@@ -8,6 +8,11 @@
 //!          http://10.77.S.1:2379, :2389, ... are that node's endpoints
 //! ```
 //!
+//! With [`ClientTls`] ([`EtcdCluster::create`], [`EtcdCluster::serve_tls`], then
+//! [`EtcdCluster::start_all`]) the members serve clients over https only and require a client
+//! certificate signed by the given CA (`--client-cert-auth`); the URLs above are then `https://`,
+//! and etcdctl presents the given client certificate. Peer traffic stays plain http on loopback.
+//!
 //! The members are killed (SIGKILL) and reaped on drop, then the namespace and the data go, on
 //! panic too.
 //!
@@ -20,6 +25,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     net::IpAddr,
+    path::PathBuf,
     process::{Child, Stdio},
     time::Duration,
 };
@@ -41,6 +47,23 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Client TLS for the members, from PEM files the caller made (peers stay on plain http).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA trusted for client certificates (`--trusted-ca-file`), which also signed
+    /// `server_cert` (etcdctl checks the members against it).
+    pub ca: PathBuf,
+    /// The members' certificate (`--cert-file`): its names must include 127.0.0.1 (etcdctl)
+    /// and the members' side of every link nodes reach them by.
+    pub server_cert: PathBuf,
+    /// Its key (`--key-file`).
+    pub server_key: PathBuf,
+    /// The client certificate etcdctl presents (health checks, [`EtcdCluster::keys`]).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
 /// An etcd cluster in its own namespace. See the module docs.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -48,6 +71,8 @@ pub struct EtcdCluster {
     initial_cluster: String,
     /// `USER:PASSWORD` for etcdctl once authentication is on.
     user: Option<String>,
+    /// Clients over https with client certificates, when set.
+    tls: Option<ClientTls>,
     /// The members' namespace.
     pub ns: NetNs,
     /// Data directories and logs.
@@ -58,13 +83,22 @@ impl EtcdCluster {
     /// Starts `size` members in a new namespace `ck-<tag>-…` and waits until the cluster
     /// answers (a linearizable read through every member).
     pub fn start(tag: &str, size: usize) -> Result<Self> {
+        let mut cluster = Self::create(tag, size)?;
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
+    /// The namespace and the data directory of `size` members, none started yet: nodes can
+    /// be attached first (their links' addresses go into a server certificate), then
+    /// [`Self::start_all`].
+    pub fn create(tag: &str, size: usize) -> Result<Self> {
         let ns = NetNs::unique(tag)?;
         let dir = TempDir::create(data_root().join(ns.name()), 0o700)?;
         let initial_cluster = (0..size)
             .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_port(i)))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        Ok(Self {
             members: (0..size)
                 .map(|i| Member {
                     name: format!("m{i}"),
@@ -73,14 +107,26 @@ impl EtcdCluster {
                 .collect(),
             initial_cluster,
             user: None,
+            tls: None,
             ns,
             dir,
-        };
-        for i in 0..size {
-            cluster.start_member(i)?;
+        })
+    }
+
+    /// Serves clients over https only, with client-certificate authentication, from the next
+    /// start of each member on; the URLs ([`Self::endpoints`], [`Self::local_endpoint`]) are
+    /// `https://` from now on. See the module docs.
+    pub fn serve_tls(&mut self, tls: ClientTls) {
+        self.tls = Some(tls);
+    }
+
+    /// Starts every member and waits until the cluster answers (a linearizable read through
+    /// every member).
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            self.start_member(i)?;
         }
-        cluster.wait_healthy(Duration::from_secs(30))?;
-        Ok(cluster)
+        self.wait_healthy(Duration::from_secs(30))
     }
 
     /// How many members the cluster has (running or not).
@@ -109,8 +155,8 @@ impl EtcdCluster {
             .try_clone()
             .map_err(|e| Error::io("duplicate a file handle", e))?;
         let data = self.dir.file(&name);
-        let client = format!("http://0.0.0.0:{}", client_port(i));
-        let advertise = format!("http://127.0.0.1:{}", client_port(i));
+        let client = format!("{}://0.0.0.0:{}", self.scheme(), client_port(i));
+        let advertise = self.local_endpoint(i);
         let peer = format!("http://127.0.0.1:{}", peer_port(i));
         let mut cmd = self.ns.command("etcd");
         cmd.arg("--name")
@@ -126,10 +172,19 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", self.ns.name()])
             // Short timeouts: a test notices a lost member or quorum within seconds, with room
             // for a loaded machine's scheduling delays.
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
+        if let Some(tls) = &self.tls {
+            // etcd 3.4 already requires a client certificate when --trusted-ca-file is set;
+            // --client-cert-auth says so.
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let child = cmd.spawn().map_err(|e| Error::Spawn {
             command: crate::process::describe(&cmd),
             source: e,
@@ -158,7 +213,7 @@ impl EtcdCluster {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.child.is_some())
-            .map(|(i, _)| format!("http://127.0.0.1:{}", client_port(i)))
+            .map(|(i, _)| self.local_endpoint(i))
             .collect();
         // A linearizable read needs a quorum.
         let ok = wait_until(within, Duration::from_millis(200), || {
@@ -219,6 +274,14 @@ impl EtcdCluster {
         if let Some(user) = &self.user {
             cmd.arg(format!("--user={user}"));
         }
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
         cmd.args(args);
         cmd.output().map_err(|e| Error::Spawn {
             command: crate::process::describe(&cmd),
@@ -234,7 +297,7 @@ impl EtcdCluster {
             .position(|m| m.child.is_some())
             .ok_or_else(|| Error::Other("no etcd member is running".into()))?;
         let out = self.etcdctl(
-            &format!("http://127.0.0.1:{}", client_port(i)),
+            &self.local_endpoint(i),
             &["get", "--prefix", "--keys-only", prefix],
         )?;
         Ok(String::from_utf8_lossy(&out.stdout)
@@ -255,8 +318,19 @@ impl EtcdCluster {
     pub fn endpoints(&self, link: &Link) -> Vec<String> {
         let addr = link.a(false);
         (0..self.members.len())
-            .map(|i| url(addr, client_port(i)))
+            .map(|i| url(self.scheme(), addr, client_port(i)))
             .collect()
+    }
+
+    /// Member `i`'s client URL inside the members' namespace (what etcdctl uses).
+    #[must_use]
+    pub fn local_endpoint(&self, i: usize) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), client_port(i))
+    }
+
+    /// `https` with [`ClientTls`], else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -298,9 +372,9 @@ fn peer_port(i: usize) -> u16 {
     client_port(i) + 1
 }
 
-fn url(addr: IpAddr, port: u16) -> String {
+fn url(scheme: &str, addr: IpAddr, port: u16) -> String {
     match addr {
-        IpAddr::V4(a) => format!("http://{a}:{port}"),
-        IpAddr::V6(a) => format!("http://[{a}]:{port}"),
+        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
+        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
     }
 }

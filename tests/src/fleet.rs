@@ -11,14 +11,25 @@
 //! Each client has its own address, so "the same packet from another address" is a packet
 //! captured on A's link and sent again from B's client. Everything is removed on drop (daemons
 //! first, then etcd, then the namespaces), on panic too.
+//!
+//! [`TestCa`] makes a throwaway private CA and the certificates of a TLS lab (etcd's server
+//! certificate, the nodes' client certificates) at test time.
 
 use std::{
     fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU8, Ordering},
 };
 
 use capyknock::{protocol::users::User, server::config::render_user};
-use capyknock_testkit::{KNOCK_PORT, config::ServerToml, etcd::EtcdCluster, netns::Link};
+use capyknock_testkit::{
+    KNOCK_PORT, config::ServerToml, etcd::EtcdCluster, files::write_private, netns::Link,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 
 use crate::daemon::DaemonLab;
 
@@ -116,5 +127,85 @@ impl Node {
         let _ = self
             .lab
             .wait_log_within(&["fleet store (etcd) reachable"], 20);
+    }
+}
+
+/// A throwaway private CA (rcgen, ECDSA P-256) that writes the certificates it issues as PEM
+/// files, every file mode 0600.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+/// A certificate and its key, as files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM, PKCS #8, mode 0600).
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+        }
+    }
+
+    /// Writes the CA's certificate to `path`.
+    pub fn write_cert(&self, path: &Path) {
+        write_private(path, self.cert_pem.as_bytes()).unwrap();
+    }
+
+    /// Issues a server certificate for the addresses `ips` into `dir`/`name`.pem and
+    /// `name`.key.
+    #[must_use]
+    pub fn server(&self, dir: &Path, name: &str, ips: &[IpAddr]) -> CertFiles {
+        let names: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        self.issue(dir, name, names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Issues a client certificate (common name `name`) into `dir`/`name`.pem and `name`.key.
+    #[must_use]
+    pub fn client(&self, dir: &Path, name: &str) -> CertFiles {
+        self.issue(dir, name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        alt_names: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> CertFiles {
+        let mut params = CertificateParams::new(alt_names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let files = CertFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        };
+        write_private(&files.cert, cert.pem().as_bytes()).unwrap();
+        write_private(&files.key, key.serialize_pem().as_bytes()).unwrap();
+        files
     }
 }

@@ -63,6 +63,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The client certificate's key was refused (others may read or replace it) or could not
+    /// be read.
+    #[error("the etcd client key (key in [cluster])")]
+    TlsKey(#[source] crate::private_file::PrivateFileError),
     /// No connection yet, or the health probe found the store unreachable.
     #[error("the fleet store (etcd) is unreachable")]
     Unreachable,
@@ -134,6 +138,24 @@ struct Lease {
     usable_until: Instant,
 }
 
+/// The longest client key file read: a PEM private key is a few kilobytes at most.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads the etcd client key as the config is read: refused when group or others may read it,
+/// when someone other than us or root owns it, or when others may replace it (the key lets
+/// its holder write the fleet's claims, bans and grants).
+fn read_key(path: &std::path::Path) -> Result<String, StoreError> {
+    crate::private_file::read_private(path, "etcd client key", MAX_KEY_FILE)
+        .map_err(StoreError::TlsKey)?
+        .ok_or_else(|| {
+            StoreError::TlsKey(crate::private_file::PrivateFileError::Read {
+                what: "etcd client key",
+                path: path.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        })
+}
+
 impl Store {
     /// Reads the TLS files (now, before the daemon drops its privileges) and starts connecting
     /// and probing in the background. Must run inside the tokio runtime.
@@ -157,8 +179,7 @@ impl Store {
             let mut config =
                 TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &tls.ca)?));
             if let Some((cert, key)) = &tls.identity {
-                config =
-                    config.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+                config = config.identity(Identity::from_pem(read("cert", cert)?, read_key(key)?));
             }
             options = options.with_tls(config);
         }
@@ -566,4 +587,27 @@ impl Store {
 /// Whether `err` says the lease is gone.
 fn lease_gone(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn client_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("etcd-client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_key(&key).unwrap_err().to_string();
+        assert_eq!(err, "the etcd client key (key in [cluster])");
+        let chain = ErrorChain(&read_key(&key).unwrap_err()).to_string();
+        assert!(chain.contains("chmod 600"), "{chain}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_key(&key).unwrap().starts_with("-----BEGIN"));
+        let missing = read_key(&dir.path().join("none.key")).unwrap_err();
+        assert!(ErrorChain(&missing).to_string().contains("none.key"));
+    }
 }
