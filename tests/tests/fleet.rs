@@ -171,6 +171,20 @@ fn store_down_refuse_refuses_local_accepts_loudly_both_recover() {
         &["knocks accepted while the fleet store was away are now claimed"],
         10,
     );
+    // The ban watch broke once, waited for the store and came back: one warning for the
+    // whole outage (it was one every 500 ms), one line when it caught up.
+    for n in [&a, &b] {
+        n.lab
+            .wait_log_within(&["fleet watch resumed and caught up", "bans"], 10);
+        let warnings = n.lab.count_log(&["fleet watch interrupted", "bans"]);
+        assert_eq!(
+            warnings,
+            1,
+            "{}: one warning per outage, not one per retry:\n{}",
+            n.name,
+            n.lab.run_log()
+        );
+    }
     // ... and reaches B once A has written it.
     let started = Instant::now();
     while !b.lab.status().bans.iter().any(|x| x.addr == banned) {
@@ -532,6 +546,10 @@ fn claims_work_over_etcd_tls_with_client_certificates() {
         .lines()
         .find(|l| l.contains("still unreachable") || l.contains("cannot connect to the fleet"));
     println!("node C with a certificate of another CA: {why:?}");
+    assert!(
+        why.is_some_and(|l| l.contains("refused TLS handshake") && l.contains("[cluster] cert")),
+        "the log names the likely cause, a refused client certificate:\n{log}"
+    );
     // The same node with a certificate from the right CA: claims work.
     assert!(c.lab.stop(), "C did not stop cleanly");
     c.cluster_extra = tls_lines(&ca.client(&pki, "node-c"));

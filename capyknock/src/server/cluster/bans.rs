@@ -26,11 +26,11 @@ use std::{
 use etcd_client::{Client, GetOptions, PutOptions, WatchOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::{Store, StoreError};
-use crate::{
-    error_chain::ErrorChain,
-    server::{control::unbannable, worker::Effect},
+use super::{
+    store::{Store, StoreError},
+    watch_retry::WatchRetry,
 };
+use crate::server::{control::unbannable, worker::Effect};
 
 /// What a ban key holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,17 +135,20 @@ impl BanSync {
     async fn run(self, effects: mpsc::Sender<Effect>, local: Vec<IpAddr>) {
         // Addresses banned here because the fleet said so (lifted when the fleet's ban goes).
         let mut from_fleet: HashSet<IpAddr> = HashSet::new();
+        let mut retry = WatchRetry::new("bans");
         loop {
             let Some(client) = self.store.preferred_client() else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            let started = tokio::time::Instant::now();
             if let Err(err) = self
-                .sync_once(client, &effects, &local, &mut from_fleet)
+                .sync_once(client, &effects, &local, &mut from_fleet, &mut retry)
                 .await
             {
-                tracing::warn!(error = %ErrorChain(&err), "fleet ban watch interrupted; catching up again when the store answers");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                retry
+                    .failed(&err, started, &self.store, || effects.is_closed())
+                    .await;
             }
             if effects.is_closed() {
                 return;
@@ -159,6 +162,7 @@ impl BanSync {
         effects: &mpsc::Sender<Effect>,
         local: &[IpAddr],
         from_fleet: &mut HashSet<IpAddr>,
+        retry: &mut WatchRetry,
     ) -> Result<(), etcd_client::Error> {
         let prefix = bans_prefix(self.store.prefix());
         let resp = client
@@ -188,6 +192,7 @@ impl BanSync {
         if !self.caught_up.swap(true, Ordering::AcqRel) {
             tracing::info!(bans = present.len(), "fleet bans caught up");
         }
+        retry.caught_up();
         let mut stream = client
             .watch(
                 prefix.clone(),

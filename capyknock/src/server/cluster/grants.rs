@@ -21,9 +21,11 @@ use std::{
 use etcd_client::{Client, GetOptions, PutOptions, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::store::{Store, StoreError};
+use super::{
+    store::{Store, StoreError},
+    watch_retry::WatchRetry,
+};
 use crate::{
-    error_chain::ErrorChain,
     ports::PortSpec,
     protocol::{keys::UserId, payload::PacketId, replay::Used, users::User, verify::Access},
     server::worker::Effect,
@@ -115,14 +117,21 @@ pub async fn sync_groups(
         caught_up.store(true, std::sync::atomic::Ordering::Release);
         return;
     }
+    let mut retry = WatchRetry::new("group grants");
     loop {
         let Some(client) = store.preferred_client() else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if let Err(err) = sync_once(&store, client, &groups, &users, &effects, &caught_up).await {
-            tracing::warn!(error = %ErrorChain(&err), "group grant watch interrupted; catching up again when the store answers");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = tokio::time::Instant::now();
+        let synced = sync_once(
+            &store, client, &groups, &users, &effects, &caught_up, &mut retry,
+        )
+        .await;
+        if let Err(err) = synced {
+            retry
+                .failed(&err, started, &store, || effects.is_closed())
+                .await;
         }
         if effects.is_closed() {
             return;
@@ -137,6 +146,7 @@ async fn sync_once(
     users: &LocalUsers,
     effects: &mpsc::Sender<Effect>,
     caught_up: &std::sync::atomic::AtomicBool,
+    retry: &mut WatchRetry,
 ) -> Result<(), etcd_client::Error> {
     let grants = format!("{}grants/", store.prefix());
     let mut revision = 0;
@@ -159,6 +169,7 @@ async fn sync_once(
     if !caught_up.swap(true, std::sync::atomic::Ordering::AcqRel) {
         tracing::info!(groups = %groups.join(","), applied, "group grants caught up");
     }
+    retry.caught_up();
     // One watch on every group grant; records of other groups are skipped.
     let mut stream = client
         .watch(

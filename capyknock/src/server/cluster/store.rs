@@ -106,6 +106,8 @@ struct Inner {
     /// The member that answered last.
     preferred: AtomicUsize,
     healthy: AtomicBool,
+    /// What TLS this node uses, to explain errors that look like a refused certificate.
+    tls: TlsUse,
     lease: tokio::sync::Mutex<Option<Lease>>,
     unclaimed: Mutex<Vec<(Used, Instant)>>,
     /// Bans and unbans made here that could not be written to the store, oldest first.
@@ -200,6 +202,7 @@ impl Store {
                 clients: settings.endpoints.iter().map(|_| OnceLock::new()).collect(),
                 preferred: AtomicUsize::new(0),
                 healthy: AtomicBool::new(false),
+                tls: TlsUse::of(settings),
                 lease: tokio::sync::Mutex::new(None),
                 unclaimed: Mutex::new(Vec::new()),
                 unwritten_bans: Mutex::new(Vec::new()),
@@ -480,6 +483,7 @@ impl Store {
                 (true, Some(error)) => {
                     tracing::error!(
                         %error,
+                        hint = self.inner.tls.hint(&error).unwrap_or(""),
                         endpoints = %self.inner.endpoints.join(","),
                         "FLEET STORE (etcd) UNREACHABLE: new knocks follow on_store_failure \
                          until it returns; bans and current grants keep working"
@@ -487,7 +491,11 @@ impl Store {
                     last_error = error;
                 }
                 (false, Some(error)) if error != last_error => {
-                    tracing::warn!(%error, "fleet store (etcd) still unreachable");
+                    tracing::warn!(
+                        %error,
+                        hint = self.inner.tls.hint(&error).unwrap_or(""),
+                        "fleet store (etcd) still unreachable"
+                    );
                     last_error = error;
                 }
                 _ => {}
@@ -532,8 +540,10 @@ impl Store {
             match Client::connect([endpoint], Some(self.inner.options.clone())).await {
                 Ok(client) => return client,
                 Err(err) => {
+                    let error = ErrorChain(&err).to_string();
                     tracing::warn!(
-                        error = %ErrorChain(&err),
+                        %error,
+                        hint = self.inner.tls.hint(&error).unwrap_or(""),
                         retry_in = ?wait,
                         "cannot connect to the fleet store (etcd); retrying"
                     );
@@ -584,6 +594,54 @@ impl Store {
     }
 }
 
+/// Whether this node talks TLS to etcd, and with a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsUse {
+    None,
+    ServerOnly,
+    ClientCertificate,
+}
+
+/// Words in the error text of a failed TLS handshake or of a connection etcd closed right
+/// after one (which is how a refused client certificate usually shows: etcd sends its alert
+/// and closes; the client often sees only the broken pipe or a cancelled request).
+const TLS_SYMPTOMS: [&str; 7] = [
+    "certificate",
+    "alert",
+    "handshake",
+    "broken pipe",
+    "cancel",
+    "unknownissuer",
+    "tls",
+];
+
+impl TlsUse {
+    fn of(settings: &ClusterSettings) -> Self {
+        match &settings.tls {
+            None => Self::None,
+            Some(tls) if tls.identity.is_some() => Self::ClientCertificate,
+            Some(_) => Self::ServerOnly,
+        }
+    }
+
+    /// What to check when `error` looks like a TLS refusal; `None` when it does not (a member
+    /// that is down, a timeout) or when TLS is not in use.
+    fn hint(self, error: &str) -> Option<&'static str> {
+        let lower = error.to_ascii_lowercase();
+        if self == Self::None || !TLS_SYMPTOMS.iter().any(|w| lower.contains(w)) {
+            return None;
+        }
+        Some(match self {
+            Self::ClientCertificate => {
+                "this looks like a refused TLS handshake: check that [cluster] cert was signed by                  the CA etcd trusts (its --trusted-ca-file), that key belongs to cert, and that                  [cluster] ca signed etcd's own certificate, which must name the endpoint's host                  or IP address"
+            }
+            _ => {
+                "this looks like a refused TLS handshake: check that [cluster] ca signed etcd's                  certificate, which must name the endpoint's host or IP address, and whether                  etcd requires client certificates (--client-cert-auth: then set cert and key)"
+            }
+        })
+    }
+}
+
 /// Whether `err` says the lease is gone.
 fn lease_gone(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
@@ -594,6 +652,28 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn tls_refusals_get_a_hint_and_other_errors_do_not() {
+        let refused = "https://10.0.0.1:2379: transport error: broken pipe";
+        let alert = "received fatal alert: BadCertificate";
+        let down = "https://10.0.0.1:2379: transport error: Connection refused (os error 111)";
+        let client = TlsUse::ClientCertificate;
+        assert!(client.hint(refused).unwrap().contains("[cluster] cert"));
+        assert!(client.hint(alert).is_some());
+        assert_eq!(
+            client.hint(down),
+            None,
+            "a member that is down is not a TLS problem"
+        );
+        assert!(
+            TlsUse::ServerOnly
+                .hint("invalid peer certificate: UnknownIssuer")
+                .unwrap()
+                .contains("--client-cert-auth")
+        );
+        assert_eq!(TlsUse::None.hint(alert), None, "no TLS, no TLS hint");
+    }
 
     #[test]
     fn client_key_others_can_read_is_refused() {
