@@ -5,7 +5,8 @@
 //! knocks and `"local"` accepts them with a loud log line, and both recover when etcd returns;
 //! a three-member cluster keeps working with one member down and refuses with two down; claims
 //! work with etcd authentication and over TLS with client certificates (a certificate from
-//! another CA is refused); the claim's latency on three members is measured.
+//! another CA is refused); `status` lists the members and the watches' lag; the claim's latency on
+//! three members is measured.
 //!
 //! Needs root and etcd (`cargo xtask setup --for-tests` installs it). Run:
 //! `cargo build -p capyknock && cargo test -p capyknock-tests --test fleet -- --test-threads=1 --nocapture`.
@@ -22,6 +23,7 @@ use capyknock::{
         store::{Claim, Store},
     },
     server::control::Request,
+    server::status::{ClusterStatus, WatchStatus},
 };
 use capyknock_testkit::{
     clock::{time_step, unix_now, wait_for_fresh_step},
@@ -222,6 +224,19 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     }
     a.start();
     b.start();
+    // status: the three members by name, the ban watch caught up with a measured lag.
+    let fleet = wait_fleet_status(&a, "the members and a measured ban watch lag", |c| {
+        c.members.len() == 3 && bans_watch(c).is_some_and(|w| w.watching && w.lag_ms.is_some())
+    });
+    println!("node A's fleet status: {fleet:?}");
+    let mut names: Vec<&str> = fleet.members.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 3, "{fleet:?}");
+    assert!(
+        fleet.members.iter().all(|m| !m.client_urls.is_empty()),
+        "{fleet:?}"
+    );
 
     // One member down (the first endpoint): a quorum of two is left. If it was the leader,
     // claims are refused until the other two elect one (about a second here, docs/FLEET.md).
@@ -245,6 +260,10 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     etcd.kill_member(1).unwrap();
     a.lab
         .wait_log_within(&["FLEET STORE (etcd) UNREACHABLE"], 15);
+    // status says the ban watch is not current: stopped, or its progress overdue.
+    wait_fleet_status(&a, "the ban watch shown as behind", |c| {
+        bans_watch(c).is_some_and(|w| !w.watching || w.lag_ms.is_some_and(|ms| ms >= 1000))
+    });
     a.lab.send(&knock(bob, &[SERVICE], unix_now()), false, 1);
     let line = a.lab.wait_log(&["knock rejected", "nickname=bob"]);
     assert!(line.contains("reason=store_unavailable"), "{line}");
@@ -261,6 +280,32 @@ fn three_members_one_down_still_one_time_two_down_refuses_then_recovers() {
     assert!(time_step() >= step);
     for n in [&mut a, &mut b] {
         assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+/// The ban watch in a node's status.
+fn bans_watch(c: &ClusterStatus) -> Option<&WatchStatus> {
+    c.watches.iter().find(|w| w.name == "bans")
+}
+
+/// Polls `node`'s status (10 s at most) until its fleet part satisfies `ok`.
+fn wait_fleet_status(
+    node: &Node,
+    what: &str,
+    ok: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let started = Instant::now();
+    loop {
+        let fleet = node.lab.status().cluster.expect("status shows the fleet");
+        if ok(&fleet) {
+            return fleet;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}: no {what} in status: {fleet:?}",
+            node.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -61,6 +61,33 @@ pub struct ClusterStatus {
     pub refused_store_down: u64,
     /// Knocks accepted on local state alone.
     pub accepted_locally: u64,
+    /// The etcd members the store listed last (its member list, read every few seconds).
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// The fleet watches (bans, group grants) and how far behind the store each is.
+    #[serde(default)]
+    pub watches: Vec<WatchStatus>,
+}
+
+/// One etcd member, as the store's member list names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's name (etcd `--name`).
+    pub name: String,
+    /// Where it serves clients.
+    pub client_urls: Vec<String>,
+}
+
+/// One fleet watch (docs/FLEET.md "Status").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// `bans` or `group grants`.
+    pub name: String,
+    /// A watch stream is open and caught up.
+    pub watching: bool,
+    /// How long etcd took to confirm the watch had delivered every change (asked every
+    /// second), or how long an overdue confirmation has been awaited; `None` before the first.
+    pub lag_ms: Option<u64>,
 }
 
 /// Capture part of [`Status`].
@@ -153,6 +180,26 @@ fn render_cluster(out: &mut String, c: &ClusterStatus) {
         "  claimed {}, replayed in fleet {}, refused (store down) {}, accepted locally {}",
         c.claimed, c.replayed_in_fleet, c.refused_store_down, c.accepted_locally
     );
+    if !c.watches.is_empty() {
+        let watches: Vec<String> = c
+            .watches
+            .iter()
+            .map(|w| match (w.watching, w.lag_ms) {
+                (false, _) => format!("{} NOT WATCHING", w.name),
+                (true, Some(ms)) => format!("{} lag {ms} ms", w.name),
+                (true, None) => format!("{} lag not measured yet", w.name),
+            })
+            .collect();
+        let _ = writeln!(out, "  watches: {}", watches.join(", "));
+    }
+    if !c.members.is_empty() {
+        let members: Vec<String> = c
+            .members
+            .iter()
+            .map(|m| format!("{} ({})", m.name, m.client_urls.join(" ")))
+            .collect();
+        let _ = writeln!(out, "  etcd members seen: {}", members.join(", "));
+    }
 }
 
 /// Renders `status` for a terminal.
@@ -351,5 +398,54 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn fleet_lines_show_watch_lag_and_members() {
+        let cluster = ClusterStatus {
+            node: "bastion-1".into(),
+            store_healthy: true,
+            answering: "https://10.0.0.1:2379".into(),
+            on_store_failure: "refuse".into(),
+            members: vec![MemberStatus {
+                name: "etcd-a".into(),
+                client_urls: vec!["https://10.0.0.1:2379".into()],
+            }],
+            watches: vec![
+                WatchStatus {
+                    name: "bans".into(),
+                    watching: true,
+                    lag_ms: Some(3),
+                },
+                WatchStatus {
+                    name: "group grants".into(),
+                    watching: false,
+                    lag_ms: None,
+                },
+            ],
+            ..ClusterStatus::default()
+        };
+        let text = render_human(&Status {
+            cluster: Some(cluster),
+            ..sample()
+        });
+        for want in [
+            "node bastion-1, store reachable",
+            "watches: bans lag 3 ms, group grants NOT WATCHING",
+            "etcd members seen: etcd-a (https://10.0.0.1:2379)",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        // A status from a daemon before these fields parses, with none shown.
+        let mut json = serde_json::to_value(Status {
+            cluster: Some(ClusterStatus::default()),
+            ..sample()
+        })
+        .unwrap();
+        let c = json["cluster"].as_object_mut().unwrap();
+        c.remove("watches");
+        c.remove("members");
+        let old: Status = serde_json::from_value(json).unwrap();
+        assert!(!render_human(&old).contains("watches:"));
     }
 }

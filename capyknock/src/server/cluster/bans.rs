@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     store::{Store, StoreError},
+    watch_health::TrackedWatch,
     watch_retry::WatchRetry,
 };
 use crate::server::{control::unbannable, worker::Effect};
@@ -135,7 +136,7 @@ impl BanSync {
     async fn run(self, effects: mpsc::Sender<Effect>, local: Vec<IpAddr>) {
         // Addresses banned here because the fleet said so (lifted when the fleet's ban goes).
         let mut from_fleet: HashSet<IpAddr> = HashSet::new();
-        let mut retry = WatchRetry::new("bans");
+        let mut retry = WatchRetry::new(self.store.track_watch("bans"));
         loop {
             let Some(client) = self.store.preferred_client() else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -193,7 +194,7 @@ impl BanSync {
             tracing::info!(bans = present.len(), "fleet bans caught up");
         }
         retry.caught_up();
-        let mut stream = client
+        let stream = client
             .watch(
                 prefix.clone(),
                 Some(
@@ -203,12 +204,8 @@ impl BanSync {
                 ),
             )
             .await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Err(etcd_client::Error::WatchError(
-                    resp.cancel_reason().to_owned(),
-                ));
-            }
+        let mut stream = TrackedWatch::new(stream, Arc::clone(retry.tracker()));
+        while let Some(resp) = stream.next().await? {
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 if kv.version() == 0 {

@@ -199,6 +199,8 @@ impl Fleet {
             replayed_in_fleet: c.replayed.load(Ordering::Relaxed),
             refused_store_down: c.refused_store_down.load(Ordering::Relaxed),
             accepted_locally: c.accepted_locally.load(Ordering::Relaxed),
+            members: self.store.members_seen(),
+            watches: self.store.watch_status(),
         }
     }
 

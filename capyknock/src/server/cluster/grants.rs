@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::{
     store::{Store, StoreError},
+    watch_health::TrackedWatch,
     watch_retry::WatchRetry,
 };
 use crate::{
@@ -117,7 +118,7 @@ pub async fn sync_groups(
         caught_up.store(true, std::sync::atomic::Ordering::Release);
         return;
     }
-    let mut retry = WatchRetry::new("group grants");
+    let mut retry = WatchRetry::new(store.track_watch("group grants"));
     loop {
         let Some(client) = store.preferred_client() else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -171,7 +172,7 @@ async fn sync_once(
     }
     retry.caught_up();
     // One watch on every group grant; records of other groups are skipped.
-    let mut stream = client
+    let stream = client
         .watch(
             grants.clone(),
             Some(
@@ -181,12 +182,8 @@ async fn sync_once(
             ),
         )
         .await?;
-    while let Some(resp) = stream.message().await? {
-        if resp.canceled() {
-            return Err(etcd_client::Error::WatchError(
-                resp.cancel_reason().to_owned(),
-            ));
-        }
+    let mut stream = TrackedWatch::new(stream, Arc::clone(retry.tracker()));
+    while let Some(resp) = stream.next().await? {
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             // Deletes are the lease running out: the firewall's own timeout closes the grant.

@@ -4,7 +4,8 @@
 //! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
 //! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`grants`]
 //! shares group grants (`scope = "group:NAME"`) the same way; [`watch_retry`] is how those
-//! watches start again after a break (backoff, one log line for the break and one for the return); [`fleet`]
+//! watches start again after a break (backoff, one log line for the break and one for the return),
+//! [`watch_health`] how far behind the store each is (for `status`); [`fleet`]
 //! hooks the claim into the daemon between verification and the worker
 //! (which opens the firewall). The store parts are Linux-only for now; elsewhere [`unsupported`]
 //! gives the daemon the same names and refuses `[cluster]` with a clear error.
@@ -21,6 +22,8 @@ pub mod keys;
 pub mod store;
 #[cfg(not(target_os = "linux"))]
 pub mod unsupported;
+#[cfg(target_os = "linux")]
+pub mod watch_health;
 #[cfg(target_os = "linux")]
 pub mod watch_retry;
 #[cfg(not(target_os = "linux"))]

@@ -35,8 +35,13 @@ use etcd_client::{
 use super::{
     config::ClusterSettings,
     keys::{self, claim_lifetime},
+    watch_health::WatchTracker,
 };
-use crate::{error_chain::ErrorChain, protocol::replay::Used};
+use crate::{
+    error_chain::ErrorChain,
+    protocol::replay::Used,
+    server::status::{MemberStatus, WatchStatus},
+};
 
 /// How often the health probe asks etcd for a linearizable read.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -44,6 +49,10 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// taking new claims.
 const LEASE_AHEAD: Duration = Duration::from_secs(5);
 /// First and longest wait between connection attempts.
+/// The member list is read at the first probe that reaches the store, then every this many.
+const MEMBER_LIST_EVERY: u64 = 10;
+/// The most members `status` lists (etcd clusters have 3, 5 or 7).
+const MAX_MEMBERS_SHOWN: usize = 16;
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// Most knocks accepted on local state alone (`on_store_failure = "local"`) remembered for
 /// claiming once the store returns; older ones are dropped first.
@@ -108,6 +117,10 @@ struct Inner {
     healthy: AtomicBool,
     /// What TLS this node uses, to explain errors that look like a refused certificate.
     tls: TlsUse,
+    /// The fleet watches, for `status`.
+    watches: Mutex<Vec<Arc<WatchTracker>>>,
+    /// The etcd members listed last, for `status`.
+    members: Mutex<Vec<MemberStatus>>,
     lease: tokio::sync::Mutex<Option<Lease>>,
     unclaimed: Mutex<Vec<(Used, Instant)>>,
     /// Bans and unbans made here that could not be written to the store, oldest first.
@@ -203,6 +216,8 @@ impl Store {
                 preferred: AtomicUsize::new(0),
                 healthy: AtomicBool::new(false),
                 tls: TlsUse::of(settings),
+                watches: Mutex::new(Vec::new()),
+                members: Mutex::new(Vec::new()),
                 lease: tokio::sync::Mutex::new(None),
                 unclaimed: Mutex::new(Vec::new()),
                 unwritten_bans: Mutex::new(Vec::new()),
@@ -210,6 +225,69 @@ impl Store {
         };
         tokio::spawn(store.clone().maintain());
         Ok(store)
+    }
+
+    /// A new fleet watch's progress tracker, shown by `status` (see [`WatchTracker`]).
+    #[must_use]
+    pub fn track_watch(&self, name: &'static str) -> Arc<WatchTracker> {
+        let tracker = WatchTracker::new(name);
+        if let Ok(mut watches) = self.inner.watches.lock() {
+            watches.push(Arc::clone(&tracker));
+        }
+        tracker
+    }
+
+    /// Every fleet watch and how far behind the store it is.
+    #[must_use]
+    pub fn watch_status(&self) -> Vec<WatchStatus> {
+        let now = tokio::time::Instant::now();
+        self.inner
+            .watches
+            .lock()
+            .map(|w| w.iter().map(|t| t.status(now)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The etcd members the store listed last.
+    #[must_use]
+    pub fn members_seen(&self) -> Vec<MemberStatus> {
+        self.inner
+            .members
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads the store's member list (a few names and URLs; capped all the same).
+    async fn list_members(&self) {
+        let Some(mut client) = self.preferred_client() else {
+            return;
+        };
+        let listed = tokio::time::timeout(
+            self.inner.timeout.max(Duration::from_millis(300)),
+            client.member_list(),
+        )
+        .await;
+        match listed {
+            Ok(Ok(resp)) => {
+                let members = resp
+                    .members()
+                    .iter()
+                    .take(MAX_MEMBERS_SHOWN)
+                    .map(|m| MemberStatus {
+                        name: m.name().to_owned(),
+                        client_urls: m.client_urls().iter().take(4).cloned().collect(),
+                    })
+                    .collect();
+                if let Ok(mut seen) = self.inner.members.lock() {
+                    *seen = members;
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %ErrorChain(&err), "cannot list the etcd members");
+            }
+            Err(_) => tracing::debug!("the etcd member list did not come in time"),
+        }
     }
 
     /// Whether the last health probe reached a store with a leader.
@@ -459,9 +537,16 @@ impl Store {
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error = String::new();
+        let mut probes: u64 = 0;
         loop {
             interval.tick().await;
             let error = self.probe().await;
+            if error.is_none()
+                && (probes.is_multiple_of(MEMBER_LIST_EVERY) || self.members_seen().is_empty())
+            {
+                self.list_members().await;
+            }
+            probes = probes.wrapping_add(1);
             if error.is_none()
                 && let Some(mut client) = self.preferred_client()
             {

@@ -6,11 +6,11 @@
 //! (about two lines a second for as long as the outage lasted); the store's health probe
 //! already reports the outage itself (`FLEET STORE (etcd) UNREACHABLE`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::store::Store;
+use super::{store::Store, watch_health::WatchTracker};
 use crate::error_chain::ErrorChain;
 
 /// First wait after a break, doubled after each failed attempt up to [`MAX_DELAY`].
@@ -23,9 +23,10 @@ const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// While a watch keeps failing, one reminder at this interval (at debug level in between).
 const REMINDER: Duration = Duration::from_mins(1);
 
-/// The retry state of one watch. `what` names it in logs ("fleet ban watch").
+/// The retry state of one watch, with its progress tracker (shown by `status`).
 #[derive(Debug)]
 pub struct WatchRetry {
+    tracker: Arc<WatchTracker>,
     what: &'static str,
     delay: Duration,
     failures: u32,
@@ -33,10 +34,12 @@ pub struct WatchRetry {
 }
 
 impl WatchRetry {
+    /// A watch named in logs and `status` by its tracker's name (`bans`).
     #[must_use]
-    pub const fn new(what: &'static str) -> Self {
+    pub fn new(tracker: Arc<WatchTracker>) -> Self {
         Self {
-            what,
+            what: tracker.name(),
+            tracker,
             delay: FIRST_DELAY,
             failures: 0,
             last_warning: None,
@@ -75,6 +78,12 @@ impl WatchRetry {
         while !store.is_healthy() && !effects_closed() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The watch's progress tracker.
+    #[must_use]
+    pub const fn tracker(&self) -> &Arc<WatchTracker> {
+        &self.tracker
     }
 
     /// The watch caught up again (read everything and is watching): say so once if it had
