@@ -66,19 +66,23 @@ pub enum RawError {
     #[error("no network adapter that is up has an IPv4 address (besides loopback)")]
     NoAddress,
     /// The raw socket could not be made or bound.
-    #[error("cannot open a raw socket on {addr} (needs Administrator rights)")]
+    #[error("cannot open a raw socket on {addr}{hint}")]
     Socket {
         /// The local address.
         addr: Ipv4Addr,
+        /// What to do about it, if we know.
+        hint: &'static str,
         /// What Windows said.
         #[source]
         source: io::Error,
     },
     /// `SIO_RCVALL` was refused.
-    #[error("SIO_RCVALL refused on {addr} (needs Administrator rights)")]
+    #[error("SIO_RCVALL refused on {addr}{hint}")]
     ReceiveAll {
         /// The local address.
         addr: Ipv4Addr,
+        /// What to do about it, if we know.
+        hint: &'static str,
         /// What Windows said.
         #[source]
         source: io::Error,
@@ -199,7 +203,11 @@ impl Drop for RawCapture {
 
 /// A raw IPv4 socket bound to `addr`, receiving every packet to it.
 fn open_one(addr: Ipv4Addr) -> Result<Socket, RawError> {
-    let socket_err = |source| RawError::Socket { addr, source };
+    let socket_err = |source: io::Error| RawError::Socket {
+        addr,
+        hint: hint(&source),
+        source,
+    };
     let socket = Socket::new(
         Domain::IPV4,
         Type::from(SOCK_RAW),
@@ -210,8 +218,11 @@ fn open_one(addr: Ipv4Addr) -> Result<Socket, RawError> {
     socket
         .bind(&SocketAddr::from((addr, 0)).into())
         .map_err(socket_err)?;
-    win_sock::receive_all_ip_level(&socket)
-        .map_err(|source| RawError::ReceiveAll { addr, source })?;
+    win_sock::receive_all_ip_level(&socket).map_err(|source| RawError::ReceiveAll {
+        addr,
+        hint: hint(&source),
+        source,
+    })?;
     if let Err(err) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
         tracing::debug!(%addr, error = %err, "cannot enlarge the raw socket's receive buffer");
     }
@@ -219,6 +230,22 @@ fn open_one(addr: Ipv4Addr) -> Result<Socket, RawError> {
         .set_read_timeout(Some(READ_TIMEOUT))
         .map_err(socket_err)?;
     Ok(socket)
+}
+
+/// `WSAEACCES`: raw sockets and `SIO_RCVALL` are for Administrators.
+const WSAEACCES: i32 = 10013;
+/// `WSAEPROTONOSUPPORT`, `WSAEOPNOTSUPP`: this Windows (or Wine) has no such raw socket or ioctl.
+const UNSUPPORTED: [i32; 2] = [10043, 10045];
+
+/// What the admin can do about `err`.
+fn hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(WSAEACCES) => " (raw sockets need Administrator rights: run elevated or as a service)",
+        Some(code) if UNSUPPORTED.contains(&code) => {
+            " (not supported here; Wine has no SIO_RCVALL)"
+        }
+        _ => "",
+    }
 }
 
 fn read_loop(

@@ -382,6 +382,9 @@ mod tests {
 
         use crate::capture::win_sock;
 
+        // The read-back tells a set option from an unset one.
+        let plain = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        assert!(!win_sock::exclusive_addr_use(&plain).unwrap());
         for family in [Family::DualStack, Family::V6Only] {
             let ours = bind(0, family).unwrap();
             let addr = ours.local_addr().unwrap();
