@@ -176,6 +176,19 @@ pub fn parse_udp_to<F: Frame + ?Sized>(
         l3 += VLAN_HLEN;
         tags += 1;
     }
+    parse_udp_at(frame, ethertype, l3, wanted)
+}
+
+/// [`parse_udp_to`] for a packet whose IP header starts at `l3`, with `ethertype` saying which
+/// IP version it is ([`ETH_P_IPV4`] or [`ETH_P_IPV6`]; anything else is `None`). For frames
+/// without an Ethernet header: raw IP, BSD loopback (`DLT_NULL`), a Windows raw socket.
+#[inline(always)]
+pub fn parse_udp_at<F: Frame + ?Sized>(
+    frame: &F,
+    ethertype: u16,
+    l3: usize,
+    wanted: impl Fn(u16) -> bool,
+) -> Option<UdpDatagram> {
     let l4 = match ethertype {
         ETH_P_IPV4 => parse_ipv4(frame, l3)?,
         ETH_P_IPV6 => parse_ipv6(frame, l3)?,
@@ -341,6 +354,41 @@ mod tests {
         }
         f.extend_from_slice(&payload);
         f
+    }
+
+    #[test]
+    fn ip_without_ethernet_parses_like_the_frame() {
+        // The same packets with the Ethernet header cut off and the IP header at 0: the same
+        // datagram, every offset 14 bytes earlier.
+        for (frame, ethertype) in [
+            (ipv4_udp(0, 0, 9), ETH_P_IPV4),
+            (ipv4_udp(8, 0x2000, 9), ETH_P_IPV4),
+            (ipv6_udp(&[(IPPROTO_DSTOPTS, opts(1))], 9), ETH_P_IPV6),
+        ] {
+            let whole = parse_udp(frame.as_slice()).unwrap();
+            let ip = &frame[ETH_HLEN..];
+            let bare = parse_udp_at(ip, ethertype, 0, |_| true).unwrap();
+            assert_eq!(bare.payload_offset + ETH_HLEN, whole.payload_offset);
+            assert_eq!(bare.source(ip), whole.source(frame.as_slice()));
+            assert_eq!(
+                (bare.dst_port, bare.fragment, bare.length_consistent),
+                (whole.dst_port, whole.fragment, whole.length_consistent)
+            );
+            // The version named must be the one in the header.
+            let other = if ethertype == ETH_P_IPV4 {
+                ETH_P_IPV6
+            } else {
+                ETH_P_IPV4
+            };
+            assert_eq!(parse_udp_at(ip, other, 0, |_| true), None);
+            assert_eq!(parse_udp_at(ip, ETH_P_8021Q, 0, |_| true), None);
+            assert_eq!(parse_udp_at(ip, ethertype, 0, |p| p != 9), None);
+        }
+        assert_eq!(parse_udp_at(&[0x45u8][..], ETH_P_IPV4, 0, |_| true), None);
+        assert_eq!(
+            parse_udp_at(&[][..], ETH_P_IPV4, usize::MAX, |_| true),
+            None
+        );
     }
 
     fn opts(units: u8) -> Vec<u8> {

@@ -37,7 +37,7 @@ use core::net::IpAddr;
 
 use crate::{
     counters::Counter,
-    frame::{Frame, parse_udp_to},
+    frame::{Frame, UdpDatagram, parse_udp_at, parse_udp_to},
     maps::{SourceKey, Tag, TagKey, UserId},
     wire::{self, HEADER_LEN, Header, KNOCK_LEN, PREFIX_LEN},
 };
@@ -80,7 +80,32 @@ pub trait Env {
 /// The verdict for one Ethernet frame.
 #[inline(always)]
 pub fn check_frame<F: Frame + ?Sized, E: Env>(frame: &F, env: &mut E) -> Counter {
-    let Some(udp) = parse_udp_to(frame, |port| env.is_knock_port(port)) else {
+    let udp = parse_udp_to(frame, |port| env.is_knock_port(port));
+    check_udp(frame, udp, env)
+}
+
+/// The verdict for a packet with no Ethernet header, its IP header at `l3` and `ethertype`
+/// naming the IP version (see [`parse_udp_at`]): libpcap's raw IP and loopback link types,
+/// Windows raw sockets. The checks are those of [`check_frame`].
+#[inline(always)]
+pub fn check_packet<F: Frame + ?Sized, E: Env>(
+    frame: &F,
+    ethertype: u16,
+    l3: usize,
+    env: &mut E,
+) -> Counter {
+    let udp = parse_udp_at(frame, ethertype, l3, |port| env.is_knock_port(port));
+    check_udp(frame, udp, env)
+}
+
+/// The checks after parsing: a datagram to a knock port, or `None` for anything else.
+#[inline(always)]
+fn check_udp<F: Frame + ?Sized, E: Env>(
+    frame: &F,
+    udp: Option<UdpDatagram>,
+    env: &mut E,
+) -> Counter {
+    let Some(udp) = udp else {
         return Counter::NotKnock;
     };
     if udp.fragment || !udp.length_consistent {
@@ -497,6 +522,18 @@ mod tests {
         fn never_panics_on_frames(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
             let mut env = TestEnv::new();
             let v = check_frame(bytes.as_slice(), &mut env);
+            proptest::prop_assert_ne!(v, Counter::Delivered);
+        }
+
+        #[test]
+        fn never_panics_on_packets_without_ethernet(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            v6 in proptest::bool::ANY,
+            l3 in 0usize..64,
+        ) {
+            let mut env = TestEnv::new();
+            let ethertype = if v6 { crate::frame::ETH_P_IPV6 } else { crate::frame::ETH_P_IPV4 };
+            let v = check_packet(bytes.as_slice(), ethertype, l3, &mut env);
             proptest::prop_assert_ne!(v, Counter::Delivered);
         }
 

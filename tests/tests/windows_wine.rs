@@ -296,6 +296,78 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     );
 }
 
+/// `capture = "auto"` on Windows: the daemon says which mode it took (raw, else udp) and why it
+/// passed raw over, and a knock from the Linux side is accepted in the mode it took. Under Wine
+/// raw capture is not available (docs/WINDOWS.md says what Wine does with it), so this proves
+/// the fallback and its log, not raw capture itself.
+#[test]
+fn windows_daemon_under_wine_capture_auto_logs_its_choice_and_accepts_a_knock() {
+    require_root();
+    let server = NetNs::unique("wda").unwrap();
+    let (client, link) = attach(&server, "wac", 71).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wine = Wine::new(&server, dir.path());
+
+    let alice = user("alice", 43);
+    let pipe = format!(r"\\.\pipe\capyknock-auto-{}", std::process::id());
+    let config = dir.path().join("server.toml");
+    let mut text = format!(
+        "[server]\nknock_ports = [{KNOCK_PORT}]\ncapture = \"auto\"\nstate_dir = '{}'\n\
+         control_socket = '{pipe}'\n\n[firewall]\nbackend = \"windows\"\n",
+        win_path(&dir.path().join("state")),
+    );
+    text.push_str(&render_user(&alice));
+    write_private(&config, text.as_bytes()).unwrap();
+    let log = dir.path().join("server.log");
+
+    let mut daemon = WinDaemon::start(&wine, &server, &config, &log, &[]);
+    let chosen = daemon.wait_log(&["capture auto: using"], START_TIMEOUT);
+    assert_eq!(
+        daemon.count_log(&["capture auto: using"]),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+    let mode = if chosen.contains("mode=\"raw\"") {
+        "raw"
+    } else {
+        assert!(chosen.contains("mode=\"udp\""), "{chosen}");
+        // Raw was tried first, and the log says why it was passed over.
+        let passed = daemon.wait_log(
+            &[
+                "capture auto: raw unavailable, trying a udp socket",
+                "reason=",
+            ],
+            Duration::from_secs(1),
+        );
+        assert!(
+            passed.contains("raw socket capture unavailable"),
+            "{passed}"
+        );
+        assert!(chosen.contains("unavailable=raw"), "{chosen}");
+        eprintln!("raw capture under Wine: {passed}");
+        "udp"
+    };
+    eprintln!("capture auto under Wine: {chosen}");
+    let ready = daemon.wait_log(&["capyknock daemon ready"], START_TIMEOUT);
+    assert!(ready.contains(&format!("capture={mode}")), "{ready}");
+
+    let to = SocketAddr::new(link.a(false), KNOCK_PORT);
+    let packet = knock(&alice, &[SERVICE], unix_now());
+    client.send_udp(None, to, &[packet]).unwrap();
+    let accepted = daemon.wait_log(
+        &["knock accepted", "nickname=alice"],
+        Duration::from_secs(20),
+    );
+    assert!(
+        accepted.contains(&format!("src={}", link.b(false))),
+        "{accepted}"
+    );
+    let status = win_status(&wine, &server, &pipe);
+    assert_eq!(status.capture.mode, mode, "{status:?}");
+    assert_eq!(status.verifier.accepted, 1, "{status:?}");
+}
+
 /// Polls `status --json` over the default pipe until `ready` holds (or, with `None`, until no
 /// daemon answers); panics after a minute with the service's log.
 fn wait_for_service(

@@ -1,10 +1,56 @@
 //! Network interfaces for the xdp and pcap modes: checking names, finding indexes, and choosing
 //! the default set (every interface that is up, except loopback) when none is configured.
 //!
-//! Everything here asks the kernel through the calling thread's network namespace (netlink via
-//! `getifaddrs`, `if_nametoindex`), never `/sys`, which shows the namespace it was mounted in.
+//! Everything here asks the kernel through the calling thread's network namespace (`getifaddrs`,
+//! `if_nametoindex`; netlink on Linux), never `/sys`, which shows the namespace it was mounted
+//! in. Portable to every Unix the pcap mode runs on (Linux, macOS, FreeBSD).
 
-use super::link_watch::IfaceSelector;
+/// Which interfaces the config asks for: the `interfaces` list, where empty means every
+/// interface (except loopback) and a name ending in `*` is a prefix pattern (`"veth*"`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IfaceSelector {
+    names: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl IfaceSelector {
+    /// The selector for the config's (or `--iface`'s) list.
+    #[must_use]
+    pub fn new(configured: &[String]) -> Self {
+        let mut s = Self::default();
+        for entry in configured {
+            match entry.strip_suffix('*') {
+                Some(prefix) => s.prefixes.push(prefix.to_owned()),
+                None => s.names.push(entry.clone()),
+            }
+        }
+        s
+    }
+
+    /// True when no interface is named: every interface that is up, except loopback.
+    #[must_use]
+    pub fn is_all(&self) -> bool {
+        self.names.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// The exact names: each must exist at start.
+    #[must_use]
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether capture should use interface `name`. Loopback is used only when named exactly.
+    #[must_use]
+    pub fn matches(&self, name: &str, loopback: bool) -> bool {
+        if self.names.iter().any(|n| n == name) {
+            return true;
+        }
+        if loopback {
+            return false;
+        }
+        self.is_all() || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+}
 
 /// Why an interface cannot be used.
 #[derive(Debug, thiserror::Error)]

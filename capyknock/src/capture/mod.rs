@@ -1,33 +1,45 @@
 //! Packet capture: where knock candidates come from.
 //!
-//! [`Capture`] hides which of three modes runs, so the daemon does not care:
+//! [`Capture`] hides which mode runs, so the daemon does not care:
 //!
 //! - `xdp` (Linux): the XDP program drops every UDP datagram to a knock port before the network
 //!   stack sees it and hands only pre-filtered candidates to userspace through a BPF ring buffer
 //!   ([`xdp`]).
-//! - `pcap` (Linux): libpcap with a `udp dst port` filter on the same interfaces; the userspace
-//!   copy of the pre-filter decides ([`pcap`]). The stack still sees the packets, so the
-//!   firewall must drop the knock port.
+//! - `pcap` (Linux, macOS, FreeBSD): libpcap with a `udp dst port` filter on the same
+//!   interfaces; the userspace copy of the pre-filter decides ([`pcap`]). The stack still sees
+//!   the packets, so the firewall must drop the knock port.
+//! - `raw` (Windows): raw IPv4 sockets with `SIO_RCVALL` on each local address, no driver
+//!   needed, same userspace pre-filter (`raw`); IPv6 knocks through UDP sockets.
 //! - `udp` (any OS): a plain UDP socket bound to the knock port(s), same pre-filter ([`udp`]).
 //!
-//! All three run the very same pre-filter function (`capyknock_common::prefilter`) and count the
-//! same verdicts ([`PrefilterCounters`]). `auto` tries xdp, then pcap, then udp, and logs which it
-//! chose and why. An interface the config names that does not exist is an error in every mode
-//! (`auto` does not fall through to udp for it).
+//! All of them run the very same pre-filter function (`capyknock_common::prefilter`) and count
+//! the same verdicts ([`PrefilterCounters`]). `auto` tries what the platform has, best first
+//! ([`AUTO_ORDER`]: xdp, pcap, udp on Linux; pcap, udp on macOS and FreeBSD; raw, udp on
+//! Windows), and logs which it chose and why. An interface the config names that does not exist
+//! is an error in every mode on Unix (`auto` does not fall through to udp for it).
 //!
 //! In xdp and pcap modes, [`Capture::next`] also follows the interfaces ([`link_watch`]): one
 //! that appears later and matches the config's `interfaces` (every one when empty, names,
 //! `prefix*` patterns) is attached to, and one that is removed is forgotten.
 
+pub mod link_layer;
 pub mod userspace;
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 pub mod ifaces;
 #[cfg(target_os = "linux")]
 pub mod link_watch;
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 pub mod pcap;
+#[cfg(windows)]
+pub mod raw;
 pub mod udp;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "Winsock and IP Helper calls: SIO_RCVALL, SO_EXCLUSIVEADDRUSE, the address list"
+)]
+pub mod win_sock;
 #[cfg(target_os = "linux")]
 #[allow(
     unsafe_code,
@@ -75,7 +87,7 @@ impl fmt::Debug for Candidate {
 }
 
 /// How to capture, as asked for on the command line (`--capture`) or in the config
-/// (`capture = "..."`); both spell it `auto`, `xdp`, `pcap`, `udp`.
+/// (`capture = "..."`); both spell it `auto`, `xdp`, `pcap`, `raw`, `udp`.
 #[derive(
     Debug,
     Clone,
@@ -90,13 +102,16 @@ impl fmt::Debug for Candidate {
 )]
 #[strum(serialize_all = "lowercase")]
 pub enum CaptureMode {
-    /// XDP, else pcap, else a UDP socket.
+    /// The best this platform has that works: XDP, else pcap, else a UDP socket (Linux); pcap,
+    /// else UDP (macOS, FreeBSD); raw, else UDP (Windows).
     #[default]
     Auto,
     /// The XDP pre-filter (Linux).
     Xdp,
-    /// libpcap (Linux).
+    /// libpcap (Linux, macOS, FreeBSD).
     Pcap,
+    /// Raw IPv4 sockets with `SIO_RCVALL` (Windows, as Administrator).
+    Raw,
     /// A UDP socket bound to the knock port(s).
     Udp,
 }
@@ -143,6 +158,8 @@ pub enum ActiveMode {
     Xdp,
     /// libpcap with the userspace pre-filter.
     Pcap,
+    /// Windows raw sockets (`SIO_RCVALL`) with the userspace pre-filter.
+    Raw,
     /// UDP socket with the userspace pre-filter.
     Udp,
 }
@@ -154,6 +171,7 @@ impl ActiveMode {
         match self {
             Self::Xdp => "xdp",
             Self::Pcap => "pcap",
+            Self::Raw => "raw",
             Self::Udp => "udp",
         }
     }
@@ -313,16 +331,25 @@ pub enum CaptureError {
     #[error("no usable knock port configured (need at least one, 1-65535)")]
     NoKnockPorts,
     /// The mode does not exist on this operating system.
-    #[error("{0} capture is only available on Linux; use --capture udp")]
-    Unsupported(&'static str),
+    #[error("{mode} capture is only available on {platforms}; use --capture udp")]
+    Unsupported {
+        /// The mode asked for.
+        mode: &'static str,
+        /// Where it exists.
+        platforms: &'static str,
+    },
     /// XDP could not be used.
     #[cfg(target_os = "linux")]
     #[error("XDP capture unavailable")]
     Xdp(#[source] xdp::XdpError),
     /// libpcap could not be used.
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     #[error("pcap capture unavailable")]
     Pcap(#[source] pcap::PcapError),
+    /// The raw sockets could not be used.
+    #[cfg(windows)]
+    #[error("raw socket capture unavailable")]
+    Raw(#[source] raw::RawError),
     /// The UDP socket could not be used.
     #[error("UDP socket capture unavailable")]
     Udp(#[source] udp::UdpError),
@@ -330,7 +357,7 @@ pub enum CaptureError {
     #[error("capture stopped")]
     Closed,
     /// A named interface is unusable.
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     #[error(transparent)]
     Iface(#[from] ifaces::IfaceError),
 }
@@ -338,7 +365,7 @@ pub enum CaptureError {
 /// One interface capture runs on, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
-    /// Interface name (as when attached).
+    /// Interface name (as when attached); for raw capture, the address the socket is bound to.
     pub name: String,
     /// Interface index.
     pub index: u32,
@@ -359,8 +386,10 @@ pub struct Capture {
 enum Backend {
     #[cfg(target_os = "linux")]
     Xdp(Box<xdp::XdpCapture>),
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     Pcap(pcap::PcapCapture),
+    #[cfg(windows)]
+    Raw(raw::RawCapture),
     Udp(udp::UdpCapture),
 }
 
@@ -373,13 +402,11 @@ impl Capture {
         }
         // Before any mode: `auto` must not fall through to a UDP socket on every interface
         // because of a typo in an interface name.
-        #[cfg(target_os = "linux")]
+        #[cfg(unix)]
         ifaces::check_named(&config.ifaces)?;
         let backend = match config.mode {
-            CaptureMode::Xdp => open_xdp(config)?,
-            CaptureMode::Pcap => open_pcap(config)?,
-            CaptureMode::Udp => open_udp(config)?,
             CaptureMode::Auto => open_auto(config)?,
+            mode => open_mode(config, mode)?,
         };
         #[cfg(target_os = "linux")]
         let follow = if matches!(backend, Backend::Udp(_)) {
@@ -433,7 +460,7 @@ impl Capture {
                     })
                     .collect()
             }
-            #[cfg(target_os = "linux")]
+            #[cfg(unix)]
             Backend::Pcap(p) => p
                 .attached()
                 .into_iter()
@@ -443,7 +470,30 @@ impl Capture {
                     xdp_mode: None,
                 })
                 .collect(),
+            #[cfg(windows)]
+            Backend::Raw(r) => r
+                .attached()
+                .into_iter()
+                .map(|(index, name)| Attached {
+                    name,
+                    index,
+                    xdp_mode: None,
+                })
+                .collect(),
             Backend::Udp(_) => Vec::new(),
+        }
+    }
+
+    /// The addresses of capture's own UDP sockets on the knock ports: every one in udp mode,
+    /// the IPv6 ones in raw mode, none otherwise.
+    #[must_use]
+    pub fn udp_sockets(&self) -> &[SocketAddr] {
+        match &self.backend {
+            Backend::Udp(u) => u.local_addrs(),
+            #[cfg(windows)]
+            Backend::Raw(r) => r.v6_local_addrs(),
+            #[cfg(unix)]
+            _ => &[],
         }
     }
 
@@ -462,8 +512,10 @@ impl Capture {
         match self.backend {
             #[cfg(target_os = "linux")]
             Backend::Xdp(_) => ActiveMode::Xdp,
-            #[cfg(target_os = "linux")]
+            #[cfg(unix)]
             Backend::Pcap(_) => ActiveMode::Pcap,
+            #[cfg(windows)]
+            Backend::Raw(_) => ActiveMode::Raw,
             Backend::Udp(_) => ActiveMode::Udp,
         }
     }
@@ -547,9 +599,14 @@ impl Capture {
         match &mut self.backend {
             #[cfg(target_os = "linux")]
             Backend::Xdp(x) => x.filter_mut().set_users(users).map_err(CaptureError::Xdp),
-            #[cfg(target_os = "linux")]
+            #[cfg(unix)]
             Backend::Pcap(p) => {
                 p.prefilter().set_users(users);
+                Ok(())
+            }
+            #[cfg(windows)]
+            Backend::Raw(r) => {
+                r.prefilter().set_users(users);
                 Ok(())
             }
             Backend::Udp(u) => {
@@ -567,9 +624,14 @@ impl Capture {
                 .filter_mut()
                 .set_time_step(step)
                 .map_err(CaptureError::Xdp),
-            #[cfg(target_os = "linux")]
+            #[cfg(unix)]
             Backend::Pcap(p) => {
                 p.prefilter().set_time_step(step);
+                Ok(())
+            }
+            #[cfg(windows)]
+            Backend::Raw(r) => {
+                r.prefilter().set_time_step(step);
                 Ok(())
             }
             Backend::Udp(u) => {
@@ -584,8 +646,10 @@ impl Capture {
         match &self.backend {
             #[cfg(target_os = "linux")]
             Backend::Xdp(x) => x.filter().counters().map_err(CaptureError::Xdp),
-            #[cfg(target_os = "linux")]
+            #[cfg(unix)]
             Backend::Pcap(p) => Ok(p.prefilter().counters()),
+            #[cfg(windows)]
+            Backend::Raw(r) => Ok(r.prefilter().counters()),
             Backend::Udp(u) => Ok(u.prefilter().counters()),
         }
     }
@@ -602,9 +666,32 @@ async fn next_of(backend: &mut Backend) -> Result<Candidate, CaptureError> {
     match backend {
         #[cfg(target_os = "linux")]
         Backend::Xdp(x) => x.next().await.map_err(CaptureError::Xdp),
-        #[cfg(target_os = "linux")]
+        #[cfg(unix)]
         Backend::Pcap(p) => p.next().await.ok_or(CaptureError::Closed),
+        #[cfg(windows)]
+        Backend::Raw(r) => r.next().await.ok_or(CaptureError::Closed),
         Backend::Udp(u) => u.next().await.ok_or(CaptureError::Closed),
+    }
+}
+
+/// What `auto` tries, best first; the last is taken if all before it fail (its error is the
+/// error of `auto`).
+#[cfg(target_os = "linux")]
+pub const AUTO_ORDER: &[CaptureMode] = &[CaptureMode::Xdp, CaptureMode::Pcap, CaptureMode::Udp];
+/// What `auto` tries, best first (macOS, FreeBSD and other Unixes: no XDP).
+#[cfg(all(unix, not(target_os = "linux")))]
+pub const AUTO_ORDER: &[CaptureMode] = &[CaptureMode::Pcap, CaptureMode::Udp];
+/// What `auto` tries, best first (Windows).
+#[cfg(windows)]
+pub const AUTO_ORDER: &[CaptureMode] = &[CaptureMode::Raw, CaptureMode::Udp];
+
+/// Opens the backend of one mode (not `auto`).
+fn open_mode(config: &CaptureConfig, mode: CaptureMode) -> Result<Backend, CaptureError> {
+    match mode {
+        CaptureMode::Xdp => open_xdp(config),
+        CaptureMode::Pcap => open_pcap(config),
+        CaptureMode::Raw => open_raw(config),
+        CaptureMode::Udp | CaptureMode::Auto => open_udp(config),
     }
 }
 
@@ -617,19 +704,40 @@ fn open_xdp(config: &CaptureConfig) -> Result<Backend, CaptureError> {
 
 #[cfg(not(target_os = "linux"))]
 fn open_xdp(_config: &CaptureConfig) -> Result<Backend, CaptureError> {
-    Err(CaptureError::Unsupported("xdp"))
+    Err(CaptureError::Unsupported {
+        mode: "xdp",
+        platforms: "Linux",
+    })
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 fn open_pcap(config: &CaptureConfig) -> Result<Backend, CaptureError> {
     pcap::PcapCapture::open(config)
         .map(Backend::Pcap)
         .map_err(CaptureError::Pcap)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(unix))]
 fn open_pcap(_config: &CaptureConfig) -> Result<Backend, CaptureError> {
-    Err(CaptureError::Unsupported("pcap"))
+    Err(CaptureError::Unsupported {
+        mode: "pcap",
+        platforms: "Linux, macOS and FreeBSD (on Windows use raw)",
+    })
+}
+
+#[cfg(windows)]
+fn open_raw(config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    raw::RawCapture::open(config)
+        .map(Backend::Raw)
+        .map_err(CaptureError::Raw)
+}
+
+#[cfg(not(windows))]
+fn open_raw(_config: &CaptureConfig) -> Result<Backend, CaptureError> {
+    Err(CaptureError::Unsupported {
+        mode: "raw",
+        platforms: "Windows (on Unix use pcap)",
+    })
 }
 
 fn open_udp(config: &CaptureConfig) -> Result<Backend, CaptureError> {
@@ -638,30 +746,58 @@ fn open_udp(config: &CaptureConfig) -> Result<Backend, CaptureError> {
         .map_err(CaptureError::Udp)
 }
 
+/// What the log says about a mode `auto` took.
+fn auto_note(mode: CaptureMode) -> &'static str {
+    match mode {
+        CaptureMode::Pcap => " (the firewall must drop the knock port)",
+        CaptureMode::Raw => " (IPv4 through raw sockets, IPv6 through a udp socket)",
+        CaptureMode::Udp => " (a socket listens on the knock port)",
+        CaptureMode::Xdp | CaptureMode::Auto => "",
+    }
+}
+
 fn open_auto(config: &CaptureConfig) -> Result<Backend, CaptureError> {
-    match open_xdp(config) {
-        Ok(b) => {
-            tracing::info!("capture auto: using xdp");
-            return Ok(b);
+    let mut passed_over: Vec<&'static str> = Vec::new();
+    let mut modes = AUTO_ORDER.iter().copied().peekable();
+    while let Some(mode) = modes.next() {
+        let Some(&next) = modes.peek() else {
+            // The last resort: its error is the error of `auto`.
+            let backend = open_mode(config, mode)?;
+            log_auto_choice(mode, &passed_over);
+            return Ok(backend);
+        };
+        match open_mode(config, mode) {
+            Ok(backend) => {
+                log_auto_choice(mode, &passed_over);
+                return Ok(backend);
+            }
+            Err(err) => {
+                tracing::warn!(
+                    reason = %ErrorChain(&err),
+                    "capture auto: {} unavailable, trying {}",
+                    mode.as_str(),
+                    if next == CaptureMode::Udp { "a udp socket" } else { next.as_str() },
+                );
+                passed_over.push(mode.as_str());
+            }
         }
-        Err(err) => tracing::warn!(
-            reason = %ErrorChain(&err),
-            "capture auto: xdp unavailable, trying pcap"
-        ),
     }
-    match open_pcap(config) {
-        Ok(b) => {
-            tracing::info!("capture auto: using pcap (the firewall must drop the knock port)");
-            return Ok(b);
-        }
-        Err(err) => tracing::warn!(
-            reason = %ErrorChain(&err),
-            "capture auto: pcap unavailable, trying a udp socket"
-        ),
-    }
-    let b = open_udp(config)?;
-    tracing::info!("capture auto: using a udp socket");
-    Ok(b)
+    // AUTO_ORDER is never empty; udp is the answer if it were.
+    open_udp(config)
+}
+
+fn log_auto_choice(mode: CaptureMode, passed_over: &[&'static str]) {
+    let what = if mode == CaptureMode::Udp {
+        "a udp socket"
+    } else {
+        mode.as_str()
+    };
+    tracing::info!(
+        mode = mode.as_str(),
+        unavailable = %passed_over.join(","),
+        "capture auto: using {what}{}",
+        auto_note(mode)
+    );
 }
 
 pub use crate::error_chain::ErrorChain;

@@ -1,5 +1,7 @@
 //! libpcap capture: the fallback where XDP is unavailable (old kernel, no BPF permission for
-//! programs, an interface whose driver refuses XDP).
+//! programs, an interface whose driver refuses XDP), and the capture without a listening socket
+//! on macOS and FreeBSD (BPF devices). Frames of every link type [`LinkLayer`] knows are parsed:
+//! Ethernet, BSD loopback (`DLT_NULL`, `DLT_LOOP`) and raw IP.
 //!
 //! One blocking thread per interface reads frames that match `udp dst port N` (also behind a VLAN
 //! tag), runs the userspace pre-filter on each and feeds candidates to a bounded tokio channel.
@@ -27,12 +29,13 @@ use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
 };
 
-use pcap::{Active, Capture as PcapHandle, Direction, Linktype};
+use pcap::{Active, Capture as PcapHandle, Direction};
 use tokio::sync::mpsc;
 
 use super::{
     Candidate, CaptureConfig,
     ifaces::{self, IfaceError},
+    link_layer::LinkLayer,
     userspace::{SharedPrefilter, UserPrefilter},
 };
 
@@ -74,8 +77,11 @@ pub enum PcapError {
         #[source]
         source: pcap::Error,
     },
-    /// Not an Ethernet interface.
-    #[error("interface {iface:?} has link type {linktype}, only Ethernet is supported")]
+    /// A link type the parser does not know.
+    #[error(
+        "interface {iface:?} has link type {linktype}; supported: Ethernet, BSD loopback \
+         (DLT_NULL, DLT_LOOP) and raw IP"
+    )]
     LinkType {
         /// The interface.
         iface: String,
@@ -174,18 +180,24 @@ impl PcapCapture {
 
     fn spawn(
         &mut self,
-        handle: PcapHandle<Active>,
+        (handle, link): (PcapHandle<Active>, LinkLayer),
         iface: String,
         index: u32,
     ) -> Result<(), PcapError> {
         let own_stop = Arc::new(AtomicBool::new(false));
         let (shared, tx) = (self.prefilter.clone(), self.tx.clone());
         let stops = [Arc::clone(&self.stop), Arc::clone(&own_stop)];
-        tracing::info!(iface = %iface, ifindex = index, filter = %self.filter, "pcap capture on");
+        tracing::info!(
+            iface = %iface,
+            ifindex = index,
+            link = %link,
+            filter = %self.filter,
+            "pcap capture on"
+        );
         let name = iface.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pcap-{iface}"))
-            .spawn(move || read_loop(handle, &iface, index, &shared, &tx, &stops))
+            .spawn(move || read_loop(handle, link, &iface, index, &shared, &tx, &stops))
             .map_err(PcapError::Thread)?;
         self.threads.insert(index, (name, own_stop, thread));
         Ok(())
@@ -211,7 +223,8 @@ impl Drop for PcapCapture {
     }
 }
 
-fn open_one(iface: &str, filter: &str) -> Result<PcapHandle<Active>, PcapError> {
+/// Opens `iface` with `filter`; returns the handle and its link layer.
+fn open_one(iface: &str, filter: &str) -> Result<(PcapHandle<Active>, LinkLayer), PcapError> {
     let open_err = |source| PcapError::Open {
         iface: iface.to_owned(),
         source,
@@ -226,12 +239,10 @@ fn open_one(iface: &str, filter: &str) -> Result<PcapHandle<Active>, PcapError> 
         .open()
         .map_err(open_err)?;
     let linktype = cap.get_datalink();
-    if linktype != Linktype::ETHERNET {
-        return Err(PcapError::LinkType {
-            iface: iface.to_owned(),
-            linktype: linktype.0,
-        });
-    }
+    let link = LinkLayer::from_dlt(linktype.0).ok_or_else(|| PcapError::LinkType {
+        iface: iface.to_owned(),
+        linktype: linktype.0,
+    })?;
     // Only what arrives: our own outgoing packets are not knocks.
     cap.direction(Direction::In).map_err(open_err)?;
     cap.filter(filter, true)
@@ -239,11 +250,13 @@ fn open_one(iface: &str, filter: &str) -> Result<PcapHandle<Active>, PcapError> 
             filter: filter.to_owned(),
             source,
         })?;
-    cap.setnonblock().map_err(open_err)
+    let cap = cap.setnonblock().map_err(open_err)?;
+    Ok((cap, link))
 }
 
 fn read_loop(
     mut cap: PcapHandle<Active>,
+    link: LinkLayer,
     iface: &str,
     ifindex: u32,
     prefilter: &SharedPrefilter,
@@ -252,6 +265,7 @@ fn read_loop(
 ) {
     while !stops.iter().any(|s| s.load(Ordering::Relaxed)) && !tx.is_closed() {
         // Started before the daemon dropped its privileges: drop this thread's too.
+        #[cfg(target_os = "linux")]
         crate::server::privsep::sandbox::catch_up();
         if let Err(err) = wait_readable(&cap) {
             tracing::error!(iface, error = %err, "pcap capture cannot wait for frames, thread stops");
@@ -262,7 +276,7 @@ fn read_loop(
         for _ in 0..BATCH {
             match cap.next_packet() {
                 Ok(packet) => {
-                    p.check_frame(packet.data, Some(ifindex), now, &mut |c| {
+                    p.check_link(link, packet.data, Some(ifindex), now, &mut |c| {
                         tx.try_send(c).is_ok()
                     });
                 }

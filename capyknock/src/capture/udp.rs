@@ -2,6 +2,11 @@
 //! with the userspace pre-filter. Works on every OS and needs no capture privileges, but the knock
 //! port is a real open socket: a scanner gets no ICMP "port unreachable" from it, which is the
 //! same silence as a filtered port, yet it is the weakest mode (every datagram wakes userspace).
+//!
+//! On Windows each socket is bound with `SO_EXCLUSIVEADDRUSE`, so no other program (not even
+//! one of the same account asking for `SO_REUSEADDR`) can bind the knock port beside it and take
+//! knocks away. The `raw` capture uses this module's IPv6-only sockets for IPv6 knocks
+//! ([`spawn_receivers`] with [`Family::V6Only`]).
 
 use std::{
     io,
@@ -51,19 +56,8 @@ impl UdpCapture {
             config.prefilter_config(),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let mut sockets = Vec::new();
-        for &port in &config.knock_ports {
-            let socket = bind(port).map_err(|source| UdpError::Bind { port, source })?;
-            sockets.push(socket);
-        }
-        let mut local = Vec::new();
-        let mut tasks = Vec::new();
-        for socket in sockets {
-            if let Ok(addr) = socket.local_addr() {
-                local.push(addr);
-            }
-            tasks.push(tokio::spawn(receive(socket, prefilter.clone(), tx.clone())));
-        }
+        let (tasks, local) =
+            spawn_receivers(&config.knock_ports, Family::DualStack, &prefilter, &tx)?;
         tracing::info!(sockets = %crate::log_fields::List(&local), "udp capture listening");
         Ok(Self {
             rx,
@@ -98,13 +92,50 @@ impl Drop for UdpCapture {
     }
 }
 
-/// A dual-stack socket on `[::]:port`, or IPv4 only where the host has no IPv6.
-fn bind(port: u16) -> io::Result<UdpSocket> {
-    let socket = match dual_stack(port) {
-        Ok(s) => s,
-        Err(v6_err) => {
+/// Which addresses a knock-port socket takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `[::]:port` for IPv4 and IPv6, or `0.0.0.0:port` where the host has no IPv6.
+    DualStack,
+    /// `[::]:port` for IPv6 only (`raw` capture takes IPv4 through its raw sockets).
+    V6Only,
+}
+
+/// Binds a socket of `family` on every port of `ports` and starts a receiving task for each,
+/// feeding `prefilter` and `tx`. Returns the tasks and the addresses bound. Must run inside a
+/// tokio runtime.
+pub fn spawn_receivers(
+    ports: &[u16],
+    family: Family,
+    prefilter: &SharedPrefilter,
+    tx: &mpsc::Sender<Candidate>,
+) -> Result<(Vec<JoinHandle<()>>, Vec<SocketAddr>), UdpError> {
+    let mut sockets = Vec::new();
+    for &port in ports {
+        let socket = bind(port, family).map_err(|source| UdpError::Bind { port, source })?;
+        sockets.push(socket);
+    }
+    let mut local = Vec::new();
+    let mut tasks = Vec::new();
+    for socket in sockets {
+        if let Ok(addr) = socket.local_addr() {
+            local.push(addr);
+        }
+        tasks.push(tokio::spawn(receive(socket, prefilter.clone(), tx.clone())));
+    }
+    Ok((tasks, local))
+}
+
+/// A socket of `family` on `port`: dual-stack on `[::]:port` (or IPv4 only where the host has no
+/// IPv6), or IPv6 only.
+fn bind(port: u16, family: Family) -> io::Result<UdpSocket> {
+    let socket = match (family, v6_socket(port, family == Family::V6Only)) {
+        (_, Ok(s)) => s,
+        (Family::V6Only, Err(err)) => return Err(err),
+        (Family::DualStack, Err(v6_err)) => {
             tracing::debug!(port, error = %v6_err, "no IPv6 socket, binding IPv4 only");
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            exclusive(&s)?;
             s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
             s
         }
@@ -112,6 +143,23 @@ fn bind(port: u16) -> io::Result<UdpSocket> {
     set_receive_buffer(&socket);
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
+}
+
+/// Windows: no other socket may bind this port beside ours (`SO_EXCLUSIVEADDRUSE`, before
+/// `bind`). Elsewhere nothing to do: a bound UDP port is only shared with sockets that all ask
+/// for `SO_REUSEADDR`/`SO_REUSEPORT` (and, on Linux, of the same user), which ours never does.
+#[cfg(windows)]
+fn exclusive(socket: &Socket) -> io::Result<()> {
+    super::win_sock::set_exclusive_addr_use(socket)
+}
+
+#[cfg(not(windows))]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "the same signature as the Windows version"
+)]
+fn exclusive(_socket: &Socket) -> io::Result<()> {
+    Ok(())
 }
 
 /// Asks for [`RECEIVE_BUFFER`]; a smaller buffer only costs knocks under a flood, so a refusal
@@ -129,9 +177,10 @@ fn set_receive_buffer(socket: &Socket) {
     }
 }
 
-fn dual_stack(port: u16) -> io::Result<Socket> {
+fn v6_socket(port: u16, only_v6: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_only_v6(false)?;
+    s.set_only_v6(only_v6)?;
+    exclusive(&s)?;
     s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
     Ok(s)
 }
@@ -312,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn port_in_use_is_a_clear_error() {
         // Taken the way the capture takes it (as by a second daemon): dual-stack, or IPv4.
-        let taken = bind(0).unwrap();
+        let taken = bind(0, Family::DualStack).unwrap();
         let port = taken.local_addr().unwrap().port();
         let config = CaptureConfig {
             mode: CaptureMode::Udp,
@@ -321,5 +370,47 @@ mod tests {
         };
         let err = UdpCapture::open(&config).unwrap_err();
         assert!(err.to_string().contains(&port.to_string()), "{err}");
+    }
+
+    /// Windows: the knock port's socket is exclusive. The option reads back as set, and a second
+    /// socket cannot bind the port even when it asks for `SO_REUSEADDR` (which, without
+    /// `SO_EXCLUSIVEADDRUSE`, lets a program of the same account share the port and read knocks).
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn knock_port_socket_is_exclusive() {
+        use socket2::SockRef;
+
+        use crate::capture::win_sock;
+
+        // The read-back tells a set option from an unset one.
+        let plain = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        assert!(!win_sock::exclusive_addr_use(&plain).unwrap());
+        for family in [Family::DualStack, Family::V6Only] {
+            let ours = bind(0, family).unwrap();
+            let addr = ours.local_addr().unwrap();
+            assert!(
+                win_sock::exclusive_addr_use(&SockRef::from(&ours)).unwrap(),
+                "{family:?}: SO_EXCLUSIVEADDRUSE not set"
+            );
+
+            for domain in [Domain::IPV6, Domain::IPV4] {
+                let thief = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+                thief.set_reuse_address(true).unwrap();
+                let target = if domain == Domain::IPV6 {
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, addr.port()))
+                } else {
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()))
+                };
+                if family == Family::V6Only && domain == Domain::IPV4 {
+                    // An IPv6-only socket leaves IPv4 to others: the raw capture takes IPv4.
+                    continue;
+                }
+                assert!(
+                    thief.bind(&target.into()).is_err(),
+                    "{family:?}: a second socket with SO_REUSEADDR bound {target}"
+                );
+            }
+            drop(ours);
+        }
     }
 }

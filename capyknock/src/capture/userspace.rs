@@ -1,4 +1,5 @@
-//! The userspace copy of the pre-filter state, for the pcap and UDP socket modes.
+//! The userspace copy of the pre-filter state, for the pcap, raw socket (Windows) and UDP
+//! socket modes.
 //!
 //! The verdict logic is `capyknock_common::prefilter`, the very function the XDP program runs;
 //! this module only supplies its [`Env`]: plain collections standing in for the kernel maps,
@@ -24,7 +25,7 @@ use capyknock_common::{
 };
 use lru::LruCache;
 
-use super::{Candidate, PrefilterCounters};
+use super::{Candidate, PrefilterCounters, link_layer::LinkLayer};
 
 /// Pre-filter state shared between a capture thread or task and the [`super::Capture`] owner.
 #[derive(Debug, Clone)]
@@ -136,6 +137,36 @@ impl UserPrefilter {
             sink,
         };
         let verdict = prefilter::check_frame(frame, &mut env);
+        self.counters.bump(verdict);
+        verdict
+    }
+
+    /// Judges one captured frame whose link layer is `link` (pcap on any interface, a Windows
+    /// raw socket): Ethernet frames as [`Self::check_frame`] does, the others from their IP
+    /// header on. The same checks and counters either way.
+    pub fn check_link(
+        &mut self,
+        link: LinkLayer,
+        frame: &[u8],
+        ifindex: Option<u32>,
+        now_ns: u64,
+        sink: &mut dyn FnMut(Candidate) -> bool,
+    ) -> Counter {
+        if link == LinkLayer::Ethernet {
+            return self.check_frame(frame, ifindex, now_ns, sink);
+        }
+        let verdict = match link.ip_start(frame) {
+            Some((ethertype, l3)) => {
+                let mut env = UserEnv {
+                    state: self,
+                    now_ns,
+                    ifindex,
+                    sink,
+                };
+                prefilter::check_packet(frame, ethertype, l3, &mut env)
+            }
+            None => Counter::NotKnock,
+        };
         self.counters.bump(verdict);
         verdict
     }

@@ -365,7 +365,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     let knock_sink = if knock_drop.is_empty() {
         KnockSink::default()
     } else {
-        KnockSink::bind(&knock_drop)
+        KnockSink::bind_except(&knock_drop, capture.udp_sockets())
     };
     if let Some(warning) = firewall::stealth_warning(&settings.firewall, &knock_drop) {
         tracing::warn!("{warning}");

@@ -11,7 +11,9 @@
 //! smallest the kernel allows and is never read, so whatever reaches it is dropped silently once
 //! the buffer is full, at no cost to the daemon.
 //!
-//! Not used in `udp` capture mode, where the capture's own socket is bound to the port.
+//! Not used in `udp` capture mode, where the capture's own socket is bound to the port. In
+//! Windows `raw` capture only the IPv4 sink is bound: IPv6 knocks come through capture's own
+//! IPv6 socket on the port.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -29,12 +31,22 @@ impl KnockSink {
     /// stands.
     #[must_use]
     pub fn bind(ports: &[u16]) -> Self {
+        Self::bind_except(ports, &[])
+    }
+
+    /// [`Self::bind`], leaving out the addresses capture's own sockets already hold (Windows
+    /// `raw` capture takes IPv6 knocks on `[::]:port`).
+    #[must_use]
+    pub fn bind_except(ports: &[u16], taken: &[SocketAddr]) -> Self {
         let mut sockets = Vec::new();
         for &port in ports {
             for addr in [
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
             ] {
+                if taken.contains(&addr) {
+                    continue;
+                }
                 match sink(addr) {
                     Ok(s) => sockets.push(s),
                     Err(err) => tracing::warn!(
@@ -78,6 +90,28 @@ mod tests {
     use std::{net::UdpSocket, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn addresses_capture_holds_are_left_out() {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        let all = KnockSink::bind(&[port]);
+        let two = all.len();
+        drop(all);
+        let sink = KnockSink::bind_except(&[port], &[v6]);
+        // Only the IPv4 sink (the host may have no IPv6, then `two` is 1 too).
+        assert_eq!(sink.len(), 1, "{two}");
+        assert!(UdpSocket::bind(("0.0.0.0", port)).is_err());
+        if two == 2 {
+            let s = socket2::Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_only_v6(true).unwrap();
+            s.bind(&v6.into()).unwrap();
+        }
+    }
 
     #[test]
     fn a_sink_takes_the_port_and_nothing_answers() {
