@@ -113,7 +113,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
             c.at(
                 &v.span(),
                 format!(
-                    "unknown capture mode {:?}: use auto, xdp, pcap or udp",
+                    "unknown capture mode {:?}: use auto, xdp (Linux), pcap (Unix), raw (Windows) or udp",
                     v.get_ref()
                 ),
             );
