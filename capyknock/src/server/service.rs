@@ -326,11 +326,10 @@ const PENDING_BEAT: Duration = Duration::from_secs(5);
 /// rules) is never taken for a hung one.
 const PENDING_WAIT_HINT: Duration = Duration::from_secs(30);
 
-/// Reports `START_PENDING` with an advancing checkpoint until the daemon is ready (then
-/// `RUNNING`) or gives up (then nothing: the caller reports `STOPPED` once this has ended).
+/// Reports `START_PENDING` with an advancing checkpoint, from a thread of its own, until
+/// [`PendingStart::end`].
 struct PendingStart {
-    ready: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    beat: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl PendingStart {
@@ -342,35 +341,32 @@ impl PendingStart {
                 ServiceExitCode::NO_ERROR,
             ))
             .map_err(scm("reporting the service as starting"))?;
-        let (ready, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut checkpoint = 1;
-            loop {
-                match rx.recv_timeout(PENDING_BEAT) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        checkpoint += 1;
-                        let _ = handle.set_service_status(status(
-                            ServiceState::StartPending,
-                            checkpoint,
-                            ServiceExitCode::NO_ERROR,
-                        ));
-                    }
-                    Ok(()) => {
-                        if let Err(err) = handle.set_service_status(status(
-                            ServiceState::Running,
-                            0,
-                            ServiceExitCode::NO_ERROR,
-                        )) {
-                            tracing::warn!(error = %err, "cannot report the service as running");
-                        }
-                        return;
-                    }
-                    // The daemon gave up before it was ready.
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(PENDING_BEAT)
+            {
+                checkpoint += 1;
+                let _ = handle.set_service_status(status(
+                    ServiceState::StartPending,
+                    checkpoint,
+                    ServiceExitCode::NO_ERROR,
+                ));
             }
         });
-        Ok(Self { ready, thread })
+        Ok(Self {
+            beat: Mutex::new(Some((tx, thread))),
+        })
+    }
+
+    /// Stops the pending reports and waits until the last one is out, so that the next
+    /// report (`RUNNING` or `STOPPED`) is the last the SCM gets. Later calls do nothing.
+    fn end(&self) {
+        if let Some((tx, thread)) = self.beat.lock().ok().and_then(|mut b| b.take()) {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -390,7 +386,8 @@ fn serve() -> Result<(), ServiceError> {
     .map_err(scm("registering the service's control handler"))?;
     // START_PENDING until the daemon has read its config and set everything up: the point
     // where, on Linux, it tells systemd READY=1.
-    let PendingStart { ready, thread } = PendingStart::begin(handle)?;
+    let pending = std::sync::Arc::new(PendingStart::begin(handle)?);
+    let on_ready = std::sync::Arc::clone(&pending);
     let config = CONFIG
         .lock()
         .ok()
@@ -413,11 +410,19 @@ fn serve() -> Result<(), ServiceError> {
             ));
         },
         move || {
-            let _ = ready.send(());
+            // Before the daemon serves anything: once its pipe answers, the SCM says RUNNING.
+            on_ready.end();
+            if let Err(err) = handle.set_service_status(status(
+                ServiceState::Running,
+                0,
+                ServiceExitCode::NO_ERROR,
+            )) {
+                tracing::warn!(error = %err, "cannot report the service as running");
+            }
         },
     );
-    // Whether it got to RUNNING or not, the pending reports have ended before STOPPED.
-    let _ = thread.join();
+    // A start that failed: no pending report may follow STOPPED.
+    pending.end();
     if let Err(err) = &result {
         tracing::error!(
             error = %crate::error_chain::ErrorChain(err),
