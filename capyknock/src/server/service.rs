@@ -4,13 +4,14 @@
 //!
 //! `install` registers the service `capyknock` (`LocalSystem`, automatic start, restarted by the
 //! SCM 5 s after a failure, three times a day) running `capyknock.exe service run --config
-//! PATH`, and creates `%ProgramData%\capyknock` with its `state` and `logs` directories for
-//! SYSTEM and Administrators only ([`super::win_acl::protect_dir`]). A stop request from the
+//! PATH`, and creates `capyknock` in the `ProgramData` folder ([`super::win_host::data_dir`])
+//! with its `state` and `logs` directories for SYSTEM and Administrators only
+//! ([`super::win_acl::protect_dir`]). A stop request from the
 //! SCM stops the daemon the way Ctrl-C does: capture stops, the replay state and bans are
 //! saved, grants are left to expire as the ledger says.
 //!
 //! Logs: a service has no console, so `service run` writes the daemon's log lines to
-//! `%ProgramData%\capyknock\logs\capyknock.log`, the same text as on stderr; at each start a
+//! `capyknock\logs\capyknock.log` there, the same text as on stderr; at each start a
 //! log over [`ROTATE_AT`] bytes is renamed to `capyknock.log.1` (one old file kept).
 //! docs/WINDOWS.md.
 
@@ -72,7 +73,7 @@ pub enum ServiceCommand {
         #[arg(long, short, value_name = "PATH", default_value_os_t = config::default_config_path())]
         config: PathBuf,
         /// Where the log goes: the folder `install` created (it passes it), else
-        /// `%ProgramData%\capyknock\logs` as the service sees it.
+        /// `%ProgramData%\capyknock\logs`.
         #[arg(long, value_name = "DIR")]
         log_dir: Option<PathBuf>,
     },
