@@ -50,7 +50,7 @@ pub struct KeygenArgs {
     pub knock_port: Option<u16>,
 
     /// Server config to append the user to (created if missing).
-    #[arg(long, value_name = "PATH", default_value = server_config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, value_name = "PATH", default_value_os_t = server_config::default_config_path())]
     pub server_config: PathBuf,
 
     /// Client config to append the profile to (created if missing) [default: a file of its own

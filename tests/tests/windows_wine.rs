@@ -162,7 +162,7 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     let server = NetNs::unique("wds").unwrap();
     let (client, link) = attach(&server, "wdc", 70).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let wine = Wine::new(&server, dir.path());
+    let mut wine = Wine::new(&server, dir.path());
 
     let alice = user("alice", 41);
     let pipe = format!(r"\\.\pipe\capyknock-test-{}", std::process::id());
@@ -262,6 +262,23 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     assert!(out.status.success(), "unban: {}", output_text(&out));
     let status = win_status(&wine, &server, &pipe);
     assert!(status.bans.is_empty(), "{:?}", status.bans);
+    // The server's own address (its link in the namespace, which GetAdaptersAddresses lists)
+    // is refused as on Linux: exit 4 (refused), nothing banned.
+    let own = link.a(false).to_string();
+    let out = win_cli(&wine, &server, &["ban", &own, "1h", "--socket", &pipe]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "ban {own}: {}",
+        output_text(&out)
+    );
+    assert!(
+        output_text(&out).contains("it is an address of this server"),
+        "{}",
+        output_text(&out)
+    );
+    let status = win_status(&wine, &server, &pipe);
+    assert!(status.bans.is_empty(), "{:?}", status.bans);
     // reload over the pipe (there is no SIGHUP on Windows).
     let out = win_cli(&wine, &server, &["reload", "--socket", &pipe]);
     assert!(out.status.success(), "reload: {}", output_text(&out));
@@ -271,8 +288,7 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
     let clean = daemon.interrupt(Duration::from_secs(15));
     let stopped_text = daemon.log_text();
     drop(daemon);
-    // A kill would not prove the clean stop the issue asks for, and Windows has no boot id, so
-    // after one the restart's fence would refuse the packet as stale, not as a replay.
+    // A kill would not prove the clean stop the issue asks for (a kill comes below).
     assert!(
         clean,
         "Ctrl-C did not stop the daemon under Wine within 15 s:\n{stopped_text}"
@@ -294,7 +310,40 @@ fn windows_daemon_under_wine_accepts_a_knock_refuses_replays_and_serves_its_pipe
         "{}",
         daemon.log_text()
     );
+
+    // Killed (no clean stop) and restarted in the same Wine "boot": the boot id (a volatile
+    // registry key) is unchanged, so there is no fence, and the packet is refused as a replay
+    // (with a fence it would be refused as stale, before its replay is looked at).
+    drop(daemon);
+    let log = dir.path().join("server-after-kill.log");
+    let mut daemon = WinDaemon::start(&wine, &server, &config, &log, &[]);
+    assert!(
+        !daemon.log_text().contains(FENCE_LINE),
+        "{}",
+        daemon.log_text()
+    );
+    client.send_udp(None, to, &[packet]).unwrap();
+    daemon.wait_log(
+        &["knock rejected", "reason=replayed_packet"],
+        Duration::from_secs(20),
+    );
+
+    // A reboot of the Wine "machine" while the daemon runs (every Wine process killed, the
+    // wineserver started again, volatile registry keys gone): a new boot id, so the restart
+    // sets the fence and says why.
+    drop(daemon);
+    wine.reboot(&server);
+    let log = dir.path().join("server-after-reboot.log");
+    let daemon = WinDaemon::start(&wine, &server, &config, &log, &[]);
+    assert!(
+        daemon.log_text().contains(FENCE_LINE),
+        "{}",
+        daemon.log_text()
+    );
 }
+
+/// What the daemon logs when it sets the fence after an unclean stop in another boot.
+const FENCE_LINE: &str = "the machine restarted while the daemon was running";
 
 /// `capture = "auto"` on Windows: the daemon says which mode it took (raw, else udp) and why it
 /// passed raw over, and a knock from the Linux side is accepted in the mode it took. Under Wine
@@ -492,6 +541,126 @@ fn windows_service_under_wine_starts_at_boot_stops_cleanly_and_keeps_its_replay_
     let out = win_cli(&wine, &server, &["service", "start"]);
     assert!(!out.status.success(), "started after uninstall");
     assert!(data.join("server.toml").is_file() && log.is_file());
+}
+
+/// What `sc.exe query capyknock` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScQuery {
+    /// 1 stopped, 2 start pending, 3 stop pending, 4 running.
+    state: u32,
+    win32_exit_code: u32,
+    service_exit_code: u32,
+}
+
+/// Wine's `sc.exe query capyknock`, parsed (`None` if it says something else).
+fn sc_query(wine: &Wine, ns: &NetNs) -> Option<ScQuery> {
+    let out = wine.run(
+        ns,
+        Path::new("sc"),
+        &["query", "capyknock"],
+        Duration::from_mins(1),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .and_then(|(_, v)| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    Some(ScQuery {
+        state: field("STATE")?,
+        win32_exit_code: field("WIN32_EXIT_CODE")?,
+        service_exit_code: field("SERVICE_EXIT_CODE")?,
+    })
+}
+
+/// Polls `sc query` until `done` holds; panics after a minute with the last answer and `log`.
+fn wait_for_sc(wine: &Wine, ns: &NetNs, log: &Path, what: &str, done: impl Fn(&ScQuery) -> bool) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let query = sc_query(wine, ns);
+        if query.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {START_TIMEOUT:?}; sc query: {query:?}\nservice log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The service with a config it cannot use, under Wine's Service Control Manager: started at
+/// boot, it stops with `ERROR_SERVICE_SPECIFIC_ERROR` and our exit code 2 (a config problem, as
+/// the command line's exit status), the log names the problem; fixed, `service start` runs
+/// it, and by the time its pipe answers the SCM says RUNNING (reported once the daemon is
+/// ready, `START_PENDING` before).
+#[test]
+fn windows_service_under_wine_with_a_bad_config_stops_with_its_reason_then_runs_once_fixed() {
+    require_root();
+    let server = NetNs::unique("wsb").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut wine = Wine::new(&server, dir.path());
+    let out = win_cli(&wine, &server, &["service", "install"]);
+    assert!(out.status.success(), "install: {}", output_text(&out));
+    let data = wine.prefix().join("drive_c/ProgramData/capyknock");
+    let config = data.join("server.toml");
+    let log = data.join("logs/capyknock.log");
+    let good = format!(
+        "[server]\nknock_ports = [{KNOCK_PORT}]\ncapture = \"udp\"\n\n[firewall]\nbackend = \"none\"\n"
+    );
+    write_private(
+        &config,
+        format!("{good}\n[log]\nknock_portz = 1\n").as_bytes(),
+    )
+    .unwrap();
+
+    wine.reboot(&server);
+    wait_for_sc(
+        &wine,
+        &server,
+        &log,
+        "the service stopped on its bad config",
+        |q| q.state == 1 && q.win32_exit_code == 1066,
+    );
+    let query = sc_query(&wine, &server).unwrap();
+    assert_eq!(query.service_exit_code, 2, "{query:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // The problem (the key and the file) and the exit code, in the service's log.
+    assert!(
+        text.contains("knock_portz") && text.contains("server.toml"),
+        "{text}"
+    );
+    assert!(
+        text.contains("service-specific exit code") && text.contains("exit_code=2"),
+        "{text}"
+    );
+    assert!(!text.contains("capyknock daemon ready"), "{text}");
+
+    std::fs::remove_file(&config).unwrap();
+    write_private(&config, good.as_bytes()).unwrap();
+    let out = win_cli(&wine, &server, &["service", "start"]);
+    assert!(out.status.success(), "start: {}", output_text(&out));
+    wait_for_service(
+        &wine,
+        &server,
+        &log,
+        "the service answering after the fix",
+        Some(&|_: &Status| true),
+    );
+    let query = sc_query(&wine, &server).unwrap();
+    assert_eq!((query.state, query.win32_exit_code), (4, 0), "{query:?}");
+    let out = win_cli(&wine, &server, &["service", "stop"]);
+    assert!(out.status.success(), "stop: {}", output_text(&out));
+    wait_for_sc(&wine, &server, &log, "the service stopped cleanly", |q| {
+        *q == ScQuery {
+            state: 1,
+            win32_exit_code: 0,
+            service_exit_code: 0,
+        }
+    });
 }
 
 #[test]

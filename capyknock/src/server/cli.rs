@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use super::{
-    config::{self, ConfigError, DEFAULT_CONFIG_PATH},
+    config::{self, ConfigError},
     control::{self, ClientError, MAX_BAN, Request},
     status,
 };
@@ -17,7 +17,7 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Configuration file.
-    #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, short, value_name = "PATH", default_value_os_t = config::default_config_path())]
     pub config: PathBuf,
     /// Interface to capture on; repeat for several. Replaces the config's `interfaces`.
     #[arg(long = "iface", value_name = "IFACE")]
@@ -34,7 +34,7 @@ pub struct ServerArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckConfigArgs {
     /// Configuration file to check.
-    #[arg(value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(value_name = "PATH", default_value_os_t = config::default_config_path())]
     pub path: PathBuf,
 }
 
@@ -148,13 +148,15 @@ impl CliError {
 /// `capyknock server`: runs the daemon in the foreground until SIGTERM/SIGINT (Windows: Ctrl-C,
 /// Ctrl-Break or closing the console).
 pub fn server(args: &ServerArgs) -> Result<(), CliError> {
-    server_until(args, std::future::pending())
+    server_until(args, std::future::pending(), || {})
 }
 
-/// [`server`], also stopping cleanly when `stop` completes (the Windows service's stop).
+/// [`server`], also stopping cleanly when `stop` completes (the Windows service's stop), and
+/// calling `ready` once the daemon is ready (where systemd gets READY=1).
 pub fn server_until(
     args: &ServerArgs,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> Result<(), CliError> {
     let builder = &mut tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).thread_name("capyknock");
@@ -172,7 +174,7 @@ pub fn server_until(
         firewall: args.firewall,
     };
     runtime
-        .block_on(super::daemon::run_until(opts, stop))
+        .block_on(super::daemon::run_until(opts, stop, ready))
         .map_err(|err| match err {
             // A config that cannot be used is the admin's to fix, not a daemon failure.
             super::daemon::DaemonError::Config(err) => CliError::Config(err),

@@ -759,9 +759,7 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> std::path::P
     match (socket, config) {
         (Some(s), _) => s.to_owned(),
         (None, Some(c)) => super::config::control_socket_of(c),
-        (None, None) => {
-            super::config::control_socket_of(Path::new(super::config::DEFAULT_CONFIG_PATH))
-        }
+        (None, None) => super::config::control_socket_of(&super::config::default_config_path()),
     }
 }
 

@@ -147,13 +147,17 @@ pub enum DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT (Windows: Ctrl-C, Ctrl-Break, console close).
 /// Must run inside a multi-threaded tokio runtime.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    run_until(opts, std::future::pending()).await
+    run_until(opts, std::future::pending(), || {}).await
 }
 
-/// [`run`], also stopping cleanly when `stop` completes (the Windows service's stop request).
+/// [`run`], also stopping cleanly when `stop` completes (the Windows service's stop request),
+/// and calling `ready` once start-up is complete: config loaded, state, capture and firewall
+/// set up, the same point as systemd's READY=1 (the Windows service reports `RUNNING` then).
+/// A start that fails never calls it.
 pub async fn run_until(
     opts: Options,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::install(Box::pin(stop))?;
     let Started {
@@ -164,6 +168,7 @@ pub async fn run_until(
         reload_rx,
         worker,
     } = start(opts)?;
+    ready();
     let result = core.run(&mut signals, control_rx, reload_rx).await;
     if let Some(task) = metrics_task {
         task.abort();
@@ -1282,8 +1287,8 @@ fn local_addresses() -> Vec<IpAddr> {
     }
 }
 
-/// Windows: the interface list is not read yet (loopback is still refused); docs/WINDOWS.md.
-#[cfg(not(unix))]
+/// This host's own addresses: every adapter's (`GetAdaptersAddresses`).
+#[cfg(windows)]
 fn local_addresses() -> Vec<IpAddr> {
-    Vec::new()
+    super::win_host::addresses()
 }

@@ -9,7 +9,8 @@
 //! seccomp-filtered network process and a firewall helper with `CAP_NET_ADMIN` only; [`cli`]
 //! holds the server-side subcommands; [`cluster`] is fleet mode on etcd (docs/FLEET.md);
 //! [`realtime`] runs the knock path at `SCHED_FIFO` when `realtime_priority` asks for it;
-//! [`win_acl`] holds the Windows ACLs (control pipe, `%ProgramData%`, the config check) and
+//! [`win_acl`] holds the Windows ACLs (control pipe, `%ProgramData%`, the config check),
+//! [`win_host`] what the Windows host tells about itself (`ProgramData`, boot id, addresses) and
 //! [`service`] the Windows service.
 
 pub mod cli;
@@ -42,4 +43,10 @@ pub mod status;
     reason = "security descriptors (control pipe, ProgramData, the config check) through Win32 calls"
 )]
 pub mod win_acl;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "the ProgramData folder and the boot id's volatile registry key through Win32 calls"
+)]
+pub mod win_host;
 pub mod worker;

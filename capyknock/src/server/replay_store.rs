@@ -474,7 +474,9 @@ impl ReplayStore {
     }
 }
 
-/// The kernel's id of this boot, where it has one.
+/// The id of this boot, where the system gives one: Linux's kernel boot id; on Windows a
+/// random id kept in a volatile registry key, which does not survive a shutdown or a power
+/// cut ([`super::win_host::boot_id`]).
 fn current_boot_id() -> BootId {
     #[cfg(target_os = "linux")]
     {
@@ -483,7 +485,11 @@ fn current_boot_id() -> BootId {
         let value = u128::from_str_radix(&hex, 16).ok()?;
         (hex.len() == 32 && value != 0).then(|| value.to_be_bytes())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    {
+        super::win_host::boot_id()
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         None
     }
@@ -764,7 +770,7 @@ mod tests {
     }
 
     /// `store` as if written in boot A: the same boot for [`reload_in_a`] on every platform
-    /// (Windows has no boot id, so there every start is one after a possible reboot).
+    /// (where the system gives no boot id, every start is one after a possible reboot).
     fn in_boot_a(mut store: ReplayStore) -> ReplayStore {
         store.boot_id = BOOT_A;
         store.write_header().unwrap();
@@ -838,6 +844,24 @@ mod tests {
         // An unknown boot counts as another one.
         let (state, _, _) = ReplayStore::load_in_boot(tmp.path(), NOW + 30, None);
         assert_eq!(state.not_before(), NOW + HORIZON_LEAD + MAX_CLOCK_GAP);
+    }
+
+    /// On Linux (the kernel's boot id) and Windows (the volatile registry key; this runs
+    /// under Wine): a daemon killed and restarted in the same boot gets no fence, as the file
+    /// cache kept every write.
+    #[cfg(any(target_os = "linux", windows))]
+    #[test]
+    fn a_restart_in_this_boot_after_a_crash_needs_no_fence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = ReplayStore::create(tmp.path(), &ReplayState::safe_start(0), NOW).unwrap();
+        assert!(store.boot_id.is_some(), "no boot id on this system");
+        store.write(&[used(1, 10, 1)], NOW).unwrap();
+        // Dropped without `close`: the horizon stays in the header, as after a kill.
+        drop(store);
+        let (state, outcome, _) = ReplayStore::load(tmp.path(), NOW + 30);
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(state.not_before(), 0);
+        assert_eq!(state.last_used(&UserId([1; 16])), Some(&used(1, 10, 1)));
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //!
 //! `install` registers the service `capyknock` (`LocalSystem`, automatic start, restarted by the
 //! SCM 5 s after a failure, three times a day) running `capyknock.exe service run --config
-//! PATH`, and creates `%ProgramData%\capyknock` with its `state` and `logs` directories for
-//! SYSTEM and Administrators only ([`super::win_acl::protect_dir`]). A stop request from the
+//! PATH`, and creates `capyknock` in the `ProgramData` folder ([`super::win_host::data_dir`])
+//! with its `state` and `logs` directories for SYSTEM and Administrators only
+//! ([`super::win_acl::protect_dir`]). A stop request from the
 //! SCM stops the daemon the way Ctrl-C does: capture stops, the replay state and bans are
 //! saved, grants are left to expire as the ledger says.
 //!
 //! Logs: a service has no console, so `service run` writes the daemon's log lines to
-//! `%ProgramData%\capyknock\logs\capyknock.log`, the same text as on stderr; at each start a
+//! `capyknock\logs\capyknock.log` there, the same text as on stderr; at each start a
 //! log over [`ROTATE_AT`] bytes is renamed to `capyknock.log.1` (one old file kept).
 //! docs/WINDOWS.md.
 
@@ -28,12 +29,12 @@ use windows_service::{
         ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
         ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
     },
-    service_control_handler::{self, ServiceControlHandlerResult},
+    service_control_handler::{self, ServiceControlHandlerResult, ServiceStatusHandle},
     service_dispatcher,
     service_manager::{ServiceManager, ServiceManagerAccess},
 };
 
-use super::config::DEFAULT_CONFIG_PATH;
+use super::config;
 
 /// The service's name (`sc query capyknock`).
 pub const SERVICE_NAME: &str = "capyknock";
@@ -56,7 +57,7 @@ pub enum ServiceCommand {
     /// %ProgramData%\capyknock for SYSTEM and Administrators only.
     Install {
         /// The configuration the service runs with.
-        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, short, value_name = "PATH", default_value_os_t = config::default_config_path())]
         config: PathBuf,
     },
     /// Stop and remove the service (the configuration, state and logs stay).
@@ -69,10 +70,10 @@ pub enum ServiceCommand {
     #[command(hide = true)]
     Run {
         /// The configuration.
-        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, short, value_name = "PATH", default_value_os_t = config::default_config_path())]
         config: PathBuf,
         /// Where the log goes: the folder `install` created (it passes it), else
-        /// `%ProgramData%\capyknock\logs` as the service sees it.
+        /// `%ProgramData%\capyknock\logs`.
         #[arg(long, value_name = "DIR")]
         log_dir: Option<PathBuf>,
     },
@@ -107,14 +108,6 @@ fn scm(action: &'static str) -> impl FnOnce(windows_service::Error) -> ServiceEr
     move |source| ServiceError::Scm { action, source }
 }
 
-/// `%ProgramData%\capyknock` (`C:\ProgramData\capyknock` when the variable is unset).
-#[must_use]
-pub fn program_data_dir() -> PathBuf {
-    std::env::var_os("ProgramData")
-        .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
-        .join("capyknock")
-}
-
 /// Runs a `capyknock service ...` command.
 pub fn run(args: &ServiceArgs) -> Result<(), ServiceError> {
     match &args.action {
@@ -138,7 +131,7 @@ pub fn run(args: &ServiceArgs) -> Result<(), ServiceError> {
             config,
             &log_dir
                 .clone()
-                .unwrap_or_else(|| program_data_dir().join("logs")),
+                .unwrap_or_else(|| super::win_host::data_dir().join("logs")),
         ),
     }
 }
@@ -165,7 +158,7 @@ fn admin_only_dir(dir: &Path) -> Result<(), ServiceError> {
 }
 
 fn install(config: &Path) -> Result<(), ServiceError> {
-    let data = program_data_dir();
+    let data = super::win_host::data_dir();
     admin_only_dir(&data)?;
     for sub in ["state", "logs"] {
         admin_only_dir(&data.join(sub))?;
@@ -187,9 +180,9 @@ fn install(config: &Path) -> Result<(), ServiceError> {
         start_type: ServiceStartType::AutoStart,
         error_control: ServiceErrorControl::Normal,
         executable_path: exe,
-        // The log folder as found here, not `%ProgramData%` as the service will see it: the
-        // SCM may start services with another environment (Wine 8's points ProgramData at
-        // C:\users\Public), and the folder must be the one just made private.
+        // The log folder just made private, named on the command line so the service need not
+        // find it again (before ProgramData came from the shell's known folder, the SCM's
+        // %ProgramData% could differ: Wine 8's points at C:\users\Public).
         launch_arguments: vec![
             OsString::from("service"),
             OsString::from("run"),
@@ -291,7 +284,9 @@ fn service_main(_arguments: Vec<OsString>) {
     }
 }
 
-fn status(state: ServiceState, exit: u32) -> ServiceStatus {
+/// A status report: `controls` accepted only while running; the checkpoint and wait hint only
+/// while start is pending.
+fn status(state: ServiceState, checkpoint: u32, exit: ServiceExitCode) -> ServiceStatus {
     ServiceStatus {
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
@@ -300,10 +295,79 @@ fn status(state: ServiceState, exit: u32) -> ServiceStatus {
         } else {
             ServiceControlAccept::empty()
         },
-        exit_code: ServiceExitCode::Win32(exit),
-        checkpoint: 0,
-        wait_hint: Duration::from_secs(10),
+        exit_code: exit,
+        checkpoint,
+        wait_hint: if state == ServiceState::StartPending {
+            PENDING_WAIT_HINT
+        } else {
+            Duration::ZERO
+        },
         process_id: None,
+    }
+}
+
+/// The service-specific exit code the service stops with after `result` (0: a clean stop).
+/// The same numbers as the command line's exit statuses (docs/OPERATIONS.md): 2 for a config
+/// that cannot be used, 1 for any other failure. `sc.exe query capyknock` shows it as
+/// `SERVICE_EXIT_CODE` beside `WIN32_EXIT_CODE : 1066` (`ERROR_SERVICE_SPECIFIC_ERROR`); any
+/// non-zero code lets the SCM apply the restart-on-failure actions (`install` sets the
+/// non-crash failure flag).
+#[must_use]
+pub fn exit_code(result: &Result<(), super::cli::CliError>) -> ServiceExitCode {
+    match result {
+        Ok(()) => ServiceExitCode::NO_ERROR,
+        Err(err) => ServiceExitCode::ServiceSpecific(u32::from(err.exit_code())),
+    }
+}
+
+/// How often the checkpoint of a pending start advances (the SCM expects progress within the
+/// wait hint).
+const PENDING_BEAT: Duration = Duration::from_secs(5);
+/// The wait hint of a pending start: a few beats, so a slow start (a firewall listing its
+/// rules) is never taken for a hung one.
+const PENDING_WAIT_HINT: Duration = Duration::from_secs(30);
+
+/// Reports `START_PENDING` with an advancing checkpoint, from a thread of its own, until
+/// [`PendingStart::end`].
+struct PendingStart {
+    beat: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+impl PendingStart {
+    fn begin(handle: ServiceStatusHandle) -> Result<Self, ServiceError> {
+        handle
+            .set_service_status(status(
+                ServiceState::StartPending,
+                1,
+                ServiceExitCode::NO_ERROR,
+            ))
+            .map_err(scm("reporting the service as starting"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut checkpoint = 1;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(PENDING_BEAT)
+            {
+                checkpoint += 1;
+                let _ = handle.set_service_status(status(
+                    ServiceState::StartPending,
+                    checkpoint,
+                    ServiceExitCode::NO_ERROR,
+                ));
+            }
+        });
+        Ok(Self {
+            beat: Mutex::new(Some((tx, thread))),
+        })
+    }
+
+    /// Stops the pending reports and waits until the last one is out, so that the next
+    /// report (`RUNNING` or `STOPPED`) is the last the SCM gets. Later calls do nothing.
+    fn end(&self) {
+        if let Some((tx, thread)) = self.beat.lock().ok().and_then(|mut b| b.take()) {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -321,34 +385,54 @@ fn serve() -> Result<(), ServiceError> {
         _ => ServiceControlHandlerResult::NotImplemented,
     })
     .map_err(scm("registering the service's control handler"))?;
-    handle
-        .set_service_status(status(ServiceState::Running, 0))
-        .map_err(scm("reporting the service as running"))?;
+    // START_PENDING until the daemon has read its config and set everything up: the point
+    // where, on Linux, it tells systemd READY=1.
+    let pending = std::sync::Arc::new(PendingStart::begin(handle)?);
+    let on_ready = std::sync::Arc::clone(&pending);
     let config = CONFIG
         .lock()
         .ok()
         .and_then(|c| c.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        .unwrap_or_else(config::default_config_path);
     let args = super::cli::ServerArgs {
         config,
         ifaces: Vec::new(),
         capture: None,
         firewall: None,
     };
-    let result = super::cli::server_until(&args, async move {
-        let _ = stop_rx.await;
-    });
-    // ERROR_SERVICE_SPECIFIC_ERROR would need a code of ours; 1 (a generic failure) makes the
-    // SCM apply the restart-on-failure actions (`install` sets the non-crash failure flag).
-    let exit = match &result {
-        Ok(()) => 0,
-        Err(err) => {
-            tracing::error!(error = %crate::error_chain::ErrorChain(err), "the daemon stopped");
-            1
-        }
-    };
+    let result = super::cli::server_until(
+        &args,
+        async move {
+            let _ = stop_rx.await;
+            let _ = handle.set_service_status(status(
+                ServiceState::StopPending,
+                1,
+                ServiceExitCode::NO_ERROR,
+            ));
+        },
+        move || {
+            // Before the daemon serves anything: once its pipe answers, the SCM says RUNNING.
+            on_ready.end();
+            if let Err(err) = handle.set_service_status(status(
+                ServiceState::Running,
+                0,
+                ServiceExitCode::NO_ERROR,
+            )) {
+                tracing::warn!(error = %err, "cannot report the service as running");
+            }
+        },
+    );
+    // A start that failed: no pending report may follow STOPPED.
+    pending.end();
+    if let Err(err) = &result {
+        tracing::error!(
+            error = %crate::error_chain::ErrorChain(err),
+            exit_code = err.exit_code(),
+            "the daemon stopped; the service reports it as stopped with this service-specific exit code"
+        );
+    }
     handle
-        .set_service_status(status(ServiceState::Stopped, exit))
+        .set_service_status(status(ServiceState::Stopped, 0, exit_code(&result)))
         .map_err(scm("reporting the service as stopped"))
 }
 

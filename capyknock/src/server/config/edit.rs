@@ -31,7 +31,7 @@ const CONTROL_SOCKET_LINE: &str = "control_socket = \"/run/capyknock/control.soc
 pub fn render_default(knock_port: u16) -> String {
     render_default_with(
         knock_port,
-        super::DEFAULT_STATE_DIR,
+        &super::default_state_dir().to_string_lossy(),
         super::DEFAULT_CONTROL_SOCKET,
     )
 }

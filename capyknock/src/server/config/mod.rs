@@ -39,16 +39,38 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/capyknock";
 /// Default control socket (systemd `RuntimeDirectory=capyknock`).
 #[cfg(not(windows))]
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/capyknock/control.sock";
-/// Where the daemon looks for its configuration on Windows (`%ProgramData%` of a standard
-/// install; docs/WINDOWS.md).
-#[cfg(windows)]
-pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\capyknock\server.toml";
-/// Default state directory on Windows.
-#[cfg(windows)]
-pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\capyknock\state";
 /// The control pipe on Windows.
 #[cfg(windows)]
 pub const DEFAULT_CONTROL_SOCKET: &str = r"\\.\pipe\capyknock";
+
+/// Where the daemon looks for its configuration when `--config` is not given: on Windows
+/// `capyknock\server.toml` in the `ProgramData` folder ([`super::win_host::data_dir`];
+/// `C:\ProgramData\capyknock\server.toml` on a standard install).
+#[must_use]
+pub fn default_config_path() -> PathBuf {
+    #[cfg(not(windows))]
+    {
+        PathBuf::from(DEFAULT_CONFIG_PATH)
+    }
+    #[cfg(windows)]
+    {
+        super::win_host::data_dir().join("server.toml")
+    }
+}
+
+/// The default state directory: on Windows `capyknock\state` in the `ProgramData` folder.
+#[must_use]
+pub fn default_state_dir() -> PathBuf {
+    #[cfg(not(windows))]
+    {
+        PathBuf::from(DEFAULT_STATE_DIR)
+    }
+    #[cfg(windows)]
+    {
+        super::win_host::data_dir().join("state")
+    }
+}
+
 /// Default access duration for users that do not set their own.
 pub const DEFAULT_ACCESS: Duration = Duration::from_mins(5);
 
@@ -193,7 +215,7 @@ mod tests {
         );
         assert_eq!(s.capture, CaptureMode::Auto);
         assert_eq!(s.xdp_mode, None);
-        assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(s.state_dir, default_state_dir());
         assert_eq!(s.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
         assert_eq!(s.freshness, crate::protocol::verify::DEFAULT_FRESHNESS);
         assert_eq!(s.default_access, DEFAULT_ACCESS);

@@ -10,9 +10,9 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    ACCESS_RANGE, ConfigDuration, DEFAULT_ACCESS, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR,
-    FRESHNESS_RANGE, Limits, LogLimits, MAX_INTERFACES, MAX_KNOCK_PORTS, MAX_PROTECTED_PORTS,
-    MAX_USER_PORTS, MAX_USERS, RawConfig, RawInterfaces, RawUser, Settings,
+    ACCESS_RANGE, ConfigDuration, DEFAULT_ACCESS, DEFAULT_CONTROL_SOCKET, FRESHNESS_RANGE, Limits,
+    LogLimits, MAX_INTERFACES, MAX_KNOCK_PORTS, MAX_PROTECTED_PORTS, MAX_USER_PORTS, MAX_USERS,
+    RawConfig, RawInterfaces, RawUser, Settings, default_state_dir,
 };
 use crate::{
     capture::{CaptureMode, XdpAttachMode},
@@ -129,11 +129,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         }),
     });
 
-    let state_dir = absolute_path(&mut c, s.state_dir, DEFAULT_STATE_DIR, "state_dir");
+    let state_dir = absolute_path(&mut c, s.state_dir, &default_state_dir(), "state_dir");
     let control_socket = absolute_path(
         &mut c,
         s.control_socket,
-        DEFAULT_CONTROL_SOCKET,
+        Path::new(DEFAULT_CONTROL_SOCKET),
         "control_socket",
     );
     if control_socket.as_os_str().len() > 100 {
@@ -505,18 +505,21 @@ fn check_interface(name: &str) -> Result<(), String> {
 fn absolute_path(
     c: &mut Checker<'_>,
     value: Option<Spanned<String>>,
-    default: &str,
+    default: &Path,
     key: &str,
 ) -> PathBuf {
     match value {
-        None => PathBuf::from(default),
+        None => default.to_owned(),
         Some(v) => {
             let span = v.span();
             let p = PathBuf::from(v.into_inner());
             if !p.is_absolute() || p.as_os_str().is_empty() {
                 c.at(
                     &span,
-                    format!("{key} must be an absolute path such as {default:?}"),
+                    format!(
+                        "{key} must be an absolute path such as \"{}\"",
+                        default.display()
+                    ),
                 );
             }
             p
