@@ -567,6 +567,7 @@ fn claim_latency_on_three_members() {
         auth: None,
         on_store_failure: OnStoreFailure::Refuse,
         timeout: Duration::from_secs(2),
+        seal_key: None,
     };
     let mut times = node
         .lab
