@@ -4,7 +4,8 @@
 //! etcd); [`keys`] the key layout; [`store`] the etcd client, its health probe and the claim
 //! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`grants`]
 //! shares group grants (`scope = "group:NAME"`) the same way; [`users`] seals the users kept in
-//! the store (`users_from_store`) and [`user_sync`] keeps a node's copy of them; [`fleet`]
+//! the store (`users_from_store`), [`user_sync`] keeps a node's copy of them and [`user_admin`]
+//! is `keygen --cluster`'s side; [`fleet`]
 //! hooks the claim into the daemon between verification and the worker
 //! (which opens the firewall). The store parts are Linux-only for now; elsewhere [`unsupported`]
 //! gives the daemon the same names and refuses `[cluster]` with a clear error.
@@ -19,6 +20,8 @@ pub mod grants;
 pub mod keys;
 #[cfg(target_os = "linux")]
 pub mod store;
+#[cfg(target_os = "linux")]
+pub mod user_admin;
 #[cfg(target_os = "linux")]
 pub mod user_sync;
 pub mod users;
