@@ -94,7 +94,12 @@ pub struct KeygenArgs {
 
     /// With --cluster: remove this user from the fleet store (its knocks are refused on every
     /// node at once).
-    #[arg(long, value_name = "NICKNAME", requires = "cluster", conflicts_with = "change")]
+    #[arg(
+        long,
+        value_name = "NICKNAME",
+        requires = "cluster",
+        conflicts_with = "change"
+    )]
     pub remove: Option<String>,
 
     /// With --cluster: change this store user's --ports and/or --access (id and secrets stay,

@@ -477,7 +477,12 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     if let Some(set) = first_store_users
         && !set.is_empty()
     {
-        match with_store_users(&core.settings, core.config_users.clone(), &set, Source::Store) {
+        match with_store_users(
+            &core.settings,
+            core.config_users.clone(),
+            &set,
+            Source::Store,
+        ) {
             Ok(r) => {
                 core.apply_reload(r);
             }

@@ -20,12 +20,12 @@ pub mod grants;
 pub mod keys;
 #[cfg(target_os = "linux")]
 pub mod store;
+#[cfg(not(target_os = "linux"))]
+pub mod unsupported;
 #[cfg(target_os = "linux")]
 pub mod user_admin;
 #[cfg(target_os = "linux")]
 pub mod user_sync;
 pub mod users;
-#[cfg(not(target_os = "linux"))]
-pub mod unsupported;
 #[cfg(not(target_os = "linux"))]
 pub use unsupported::{fleet, store};

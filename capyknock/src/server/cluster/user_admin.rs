@@ -20,8 +20,7 @@ use super::{
     config::ClusterSettings,
     store::{Store, StoreError},
     users::{
-        MAX_STORE_USERS, SealKey, SealKeyError, open, public_fields, seal, user_key,
-        users_prefix,
+        MAX_STORE_USERS, SealKey, SealKeyError, open, public_fields, seal, user_key, users_prefix,
     },
 };
 use crate::{
@@ -184,9 +183,8 @@ async fn commit(store: &Store, txn: Txn) -> Result<bool, AdminError> {
 
 /// The record of `nickname` (case-insensitive).
 fn find<'a>(list: &'a [Stored], nickname: &str) -> Option<&'a Stored> {
-    list.iter().find(|s| {
-        public_fields(&s.value).is_ok_and(|p| p.nickname.eq_ignore_ascii_case(nickname))
-    })
+    list.iter()
+        .find(|s| public_fields(&s.value).is_ok_and(|p| p.nickname.eq_ignore_ascii_case(nickname)))
 }
 
 /// Seals `user` into the store, refusing a nickname in use; creates the seal key when this is

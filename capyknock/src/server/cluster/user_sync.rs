@@ -36,7 +36,12 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::fro
 
 /// Starts keeping `tx` up to date with the store's users; `caught_up` is set once the first
 /// full read is published. Runs until every receiver of `tx` is gone.
-pub fn start(store: Store, key: SealKey, tx: watch::Sender<StoreUsers>, caught_up: Arc<AtomicBool>) {
+pub fn start(
+    store: Store,
+    key: SealKey,
+    tx: watch::Sender<StoreUsers>,
+    caught_up: Arc<AtomicBool>,
+) {
     tokio::spawn(run(store, key, tx, caught_up));
 }
 
@@ -111,7 +116,10 @@ impl Sync<'_> {
         self.publish(current, read);
         *backoff = BACKOFF.0;
         if !self.caught_up.swap(true, Ordering::AcqRel) {
-            tracing::info!(users = current.len(), "users from the fleet store caught up");
+            tracing::info!(
+                users = current.len(),
+                "users from the fleet store caught up"
+            );
         }
         let mut stream = client
             .watch(
@@ -169,7 +177,11 @@ impl Sync<'_> {
 
     /// Logs what changed from `current` to `next`, makes `next` current and publishes it when
     /// something changed.
-    fn publish(&self, current: &mut BTreeMap<String, StoreUser>, next: BTreeMap<String, StoreUser>) {
+    fn publish(
+        &self,
+        current: &mut BTreeMap<String, StoreUser>,
+        next: BTreeMap<String, StoreUser>,
+    ) {
         let mut changed = false;
         for (key, old) in current.iter() {
             if !next.contains_key(key) {

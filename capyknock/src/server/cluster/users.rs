@@ -305,7 +305,12 @@ fn parse_record(value: &[u8]) -> Result<Record, RecordError> {
 
 /// Opens the record stored at `etcd_key` (under `prefix`) into a user, checking every field as
 /// the config's `[[user]]` is checked.
-pub fn open(key: &SealKey, prefix: &str, etcd_key: &str, value: &[u8]) -> Result<User, RecordError> {
+pub fn open(
+    key: &SealKey,
+    prefix: &str,
+    etcd_key: &str,
+    value: &[u8],
+) -> Result<User, RecordError> {
     let record = parse_record(value)?;
     let id = etcd_key
         .strip_prefix(&users_prefix(prefix))
@@ -335,10 +340,14 @@ pub fn open(key: &SealKey, prefix: &str, etcd_key: &str, value: &[u8]) -> Result
         plain.get(..USER_KEY_LEN),
         plain.get(USER_KEY_LEN..USER_KEY_LEN + TOTP_SECRET_LEN),
     ) else {
-        return Err(RecordError::Malformed("sealed secrets of the wrong length".into()));
+        return Err(RecordError::Malformed(
+            "sealed secrets of the wrong length".into(),
+        ));
     };
     if plain.len() != USER_KEY_LEN + TOTP_SECRET_LEN {
-        return Err(RecordError::Malformed("sealed secrets of the wrong length".into()));
+        return Err(RecordError::Malformed(
+            "sealed secrets of the wrong length".into(),
+        ));
     }
     let mut key_bytes = Zeroizing::new([0u8; USER_KEY_LEN]);
     key_bytes.copy_from_slice(user_key);
@@ -419,10 +428,14 @@ pub fn merge(settings: &Settings, store: &[StoreUser]) -> (Vec<User>, Vec<(Strin
             ))
         } else if users.len() >= MAX_USERS {
             Some(format!("more than {MAX_USERS} users in all"))
-        } else if let Some(p) = u.ports.iter().find(|p| {
-            p.protocol == Protocol::Udp && settings.knock_ports.contains(&p.port)
-        }) {
-            Some(format!("{p} is a knock port of this node: it is never opened"))
+        } else if let Some(p) = u
+            .ports
+            .iter()
+            .find(|p| p.protocol == Protocol::Udp && settings.knock_ports.contains(&p.port))
+        {
+            Some(format!(
+                "{p} is a knock port of this node: it is never opened"
+            ))
         } else if let Some(p) = settings
             .protect
             .as_ref()
@@ -454,8 +467,17 @@ pub fn describe_change(old: &User, new: &User) -> String {
         what.push(format!("nickname {} -> {}", old.nickname, new.nickname));
     }
     if old.ports != new.ports {
-        let list = |p: &[PortSpec]| p.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        what.push(format!("ports {} -> {}", list(&old.ports), list(&new.ports)));
+        let list = |p: &[PortSpec]| {
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        what.push(format!(
+            "ports {} -> {}",
+            list(&old.ports),
+            list(&new.ports)
+        ));
     }
     if old.access != new.access {
         what.push(format!(
@@ -584,7 +606,8 @@ mod tests {
             b"{\"v\":1}".to_vec(),
             text.replace("\"v\":1", "\"v\":2").into_bytes(),
             text.replace("\"v\":1", "\"v\":1,\"extra\":0").into_bytes(),
-            text.replace("\"nonce\":\"", "\"nonce\":\"AAAA").into_bytes(),
+            text.replace("\"nonce\":\"", "\"nonce\":\"AAAA")
+                .into_bytes(),
             vec![b' '; MAX_RECORD_BYTES + 1],
         ] {
             assert!(open(&key, PREFIX, &k, &bad).is_err());
@@ -675,8 +698,14 @@ mod tests {
         let names: Vec<&str> = users.iter().map(|u| u.nickname.as_str()).collect();
         assert_eq!(names, ["alice", "bob", "carol"]);
         assert_eq!(refused.len(), 4, "{refused:?}");
-        assert!(refused[0].1.contains("config file, which wins"), "{refused:?}");
-        assert!(refused[1].1.contains("config file, which wins"), "{refused:?}");
+        assert!(
+            refused[0].1.contains("config file, which wins"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].1.contains("config file, which wins"),
+            "{refused:?}"
+        );
         assert!(refused[2].1.contains("another record"), "{refused:?}");
         assert!(refused[3].1.contains("knock port"), "{refused:?}");
         assert_eq!(refused[0].0, user_key(PREFIX, &UserId([1; 16])));
