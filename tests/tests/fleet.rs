@@ -596,7 +596,7 @@ fn wait_unknown_user(n: &Node, before: u64) {
 /// config's user. No secret reaches a log.
 #[test]
 fn users_from_the_store_follow_keygen_cluster_without_reload() {
-    let etcd = etcd("fle9", 1);
+    let mut etcd = etcd("fle9", 1);
     // bob is a [[user]] of every node's config file.
     let bob = user("bob", 2);
     let mut a = Node::new("fua", "node-a", &etcd, "refuse");
@@ -741,9 +741,21 @@ fn users_from_the_store_follow_keygen_cluster_without_reload() {
         assert_eq!(n.lab.count_log(&["configuration reloaded"]), 0);
     }
 
-    // D starts now: alice (not carol) is there before it reports ready.
+    // etcd restarts: the watches break, the nodes read everything again when it is back and
+    // follow the store as before.
+    etcd.kill_member(0).unwrap();
+    b.lab.wait_log_within(&["fleet user watch interrupted"], 10);
+    etcd.start_member(0).unwrap();
+    etcd.wait_healthy(Duration::from_secs(20)).unwrap();
+    let (dave, _) = a.keygen_user("dave");
+    for n in [&a, &b] {
+        n.lab
+            .wait_log_within(&["user added from the fleet store", "nickname=dave"], 15);
+    }
+
+    // D starts now: alice and dave (not carol) are there before it reports ready.
     d.start();
-    assert_eq!(d.lab.status().users, 2, "D: bob and alice");
+    assert_eq!(d.lab.status().users, 3, "D: bob, alice and dave");
     let log = d.lab.run_log();
     let caught = log.find("users from the fleet store caught up").unwrap();
     let ready = log.find("capyknock daemon ready").unwrap();
@@ -755,7 +767,7 @@ fn users_from_the_store_follow_keygen_cluster_without_reload() {
     // No secret in any log.
     for n in [&a, &b, &c, &d] {
         let log = n.lab.log();
-        for u in [&alice, &carol] {
+        for u in [&alice, &carol, &dave] {
             assert!(!log.contains(&u.key.to_base64_secret()), "{}", n.name);
             assert!(!log.contains(&u.totp.to_base32_secret()), "{}", n.name);
         }
