@@ -86,7 +86,7 @@ pub struct KeygenArgs {
     pub no_qr: bool,
 
     /// Fleet mode: put the user into the fleet store (etcd) named by this server config's
-    /// [cluster] section (which needs users_from_store = true and seal_key) instead of
+    /// `[cluster]` section (which needs `users_from_store = true` and `seal_key`) instead of
     /// appending it to a config file; every node picks it up without a reload. The first run
     /// creates the seal key file when the store has no user yet: copy it to every node.
     #[arg(long, value_name = "CONFIG")]
@@ -285,7 +285,7 @@ fn run_cluster(args: &KeygenArgs, config: &Path) -> Result<(), KeygenError> {
         return Ok(());
     }
     let mut args = args.clone();
-    args.server_config = config.to_owned();
+    config.clone_into(&mut args.server_config);
     let interactive = std::io::stdin().is_terminal();
     let plan = plan(&args, &mut |question, default| {
         if interactive {
@@ -523,11 +523,11 @@ fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
         );
     }
     if let Some(path) = &c.seal_key_created {
-        let _ = write!(
+        let _ = writeln!(
             out,
             "Created the fleet's seal key {} (mode 0600): copy it to the same path on every \
              node with users_from_store (mode 0600, root's), e.g. `ssh NODE 'umask 077; cat > \
-             {}' < {}`; keep it out of etcd and its backups\n",
+             {}' < {}`; keep it out of etcd and its backups",
             path.display(),
             path.display(),
             path.display()

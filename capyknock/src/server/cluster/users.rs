@@ -411,52 +411,53 @@ pub fn merge(settings: &Settings, store: &[StoreUser]) -> (Vec<User>, Vec<(Strin
     let mut refused = Vec::new();
     for s in store {
         let u = &s.user;
+        let nickname = u.nickname.to_ascii_lowercase();
         let why = if config_ids.contains(&u.id) {
             Some(format!(
                 "user id {} is also a [[user]] of the config file, which wins: remove one",
                 u.id
             ))
-        } else if config_nicknames.contains(&u.nickname.to_ascii_lowercase()) {
+        } else if config_nicknames.contains(&nickname) {
             Some(format!(
                 "nickname {:?} is also a [[user]] of the config file, which wins: remove one",
                 u.nickname
             ))
-        } else if ids.contains(&u.id) || nicknames.contains(&u.nickname.to_ascii_lowercase()) {
+        } else if ids.contains(&u.id) || nicknames.contains(&nickname) {
             Some(format!(
                 "nickname {:?} (or its id) is taken by another record of the store",
                 u.nickname
             ))
         } else if users.len() >= MAX_USERS {
             Some(format!("more than {MAX_USERS} users in all"))
-        } else if let Some(p) = u
-            .ports
-            .iter()
-            .find(|p| p.protocol == Protocol::Udp && settings.knock_ports.contains(&p.port))
-        {
-            Some(format!(
-                "{p} is a knock port of this node: it is never opened"
-            ))
-        } else if let Some(p) = settings
-            .protect
-            .as_ref()
-            .and_then(|list| u.ports.iter().find(|p| !list.contains(p)))
-        {
-            Some(format!(
-                "{p} is not in this node's [server] protect: add it there or change the user"
-            ))
         } else {
-            None
+            port_refusal(settings, u)
         };
-        match why {
-            Some(why) => refused.push((s.key.clone(), why)),
-            None => {
-                ids.insert(u.id);
-                nicknames.insert(u.nickname.to_ascii_lowercase());
-                users.push(u.clone());
-            }
+        if let Some(why) = why {
+            refused.push((s.key.clone(), why));
+        } else {
+            ids.insert(u.id);
+            nicknames.insert(nickname);
+            users.push(u.clone());
         }
     }
     (users, refused)
+}
+
+/// Why this node cannot give `user` its ports: a knock port, or a port outside `protect`.
+fn port_refusal(settings: &Settings, user: &User) -> Option<String> {
+    if let Some(p) = user
+        .ports
+        .iter()
+        .find(|p| p.protocol == Protocol::Udp && settings.knock_ports.contains(&p.port))
+    {
+        return Some(format!(
+            "{p} is a knock port of this node: it is never opened"
+        ));
+    }
+    let protect = settings.protect.as_ref()?;
+    user.ports.iter().find(|p| !protect.contains(p)).map(|p| {
+        format!("{p} is not in this node's [server] protect: add it there or change the user")
+    })
 }
 
 /// What changed for one user between two sets from the store, for the log (never a secret).
