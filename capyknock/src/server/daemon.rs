@@ -297,7 +297,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     let settings = opts.apply(config::load(&opts.config)?);
     let users = settings.users_table().map_err(DaemonError::Users)?;
-    if users.is_empty() {
+    let from_store = settings
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.seal_key.is_some());
+    if users.is_empty() && !from_store {
         tracing::warn!(
             config = %settings.path.display(),
             "no users configured: every knock will be refused (add one with `capyknock keygen`)"
@@ -473,6 +477,7 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         config_users,
         store_users,
         store_pending: false,
+        applying_store: false,
     };
     if let Some(set) = first_store_users
         && !set.is_empty()
@@ -804,6 +809,8 @@ struct Core {
     store_users: Option<watch::Receiver<StoreUsers>>,
     /// The store's users changed during a reload: applied once it is done.
     store_pending: bool,
+    /// The change running now (`reloading`) is the store's users', not a reload's.
+    applying_store: bool,
 }
 
 impl Core {
@@ -1100,6 +1107,7 @@ impl Core {
             return;
         }
         self.reloading = true;
+        self.applying_store = true;
         let store = self.store_snapshot();
         let settings = self.settings.clone();
         let config_users = self.config_users.clone();
@@ -1112,11 +1120,15 @@ impl Core {
 
     fn finish_reload(&mut self, loaded: Loaded, reply: Option<oneshot::Sender<Response>>) {
         self.reloading = false;
-        if let Ok(r) = &loaded
-            && r.source == Source::Store
-        {
-            if let Ok(r) = loaded {
-                self.apply_reload(r);
+        if std::mem::take(&mut self.applying_store) {
+            match loaded {
+                Ok(r) => {
+                    self.apply_reload(r);
+                }
+                Err(err) => tracing::error!(
+                    "users from the fleet store not applied, the users in force are unchanged: \
+                     {err}"
+                ),
             }
             self.after_reload();
             return;
