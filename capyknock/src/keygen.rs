@@ -89,7 +89,7 @@ pub struct KeygenArgs {
     /// `[cluster]` section (which needs `users_from_store = true` and `seal_key`) instead of
     /// appending it to a config file; every node picks it up without a reload. The first run
     /// creates the seal key file when the store has no user yet: copy it to every node.
-    #[arg(long, value_name = "CONFIG")]
+    #[arg(long, value_name = "CONFIG", conflicts_with = "server_config")]
     pub cluster: Option<PathBuf>,
 
     /// With --cluster: remove this user from the fleet store (its knocks are refused on every

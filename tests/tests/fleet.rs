@@ -20,7 +20,8 @@ use capyknock::{
     server::cluster::{
         config::{ClusterSettings, OnStoreFailure},
         store::{Claim, Store},
-        users::SealKey,
+        user_sync::read_all,
+        users::{SealKey, users_prefix},
     },
     server::control::Request,
 };
@@ -779,6 +780,65 @@ fn users_from_the_store_follow_keygen_cluster_without_reload() {
     for n in [&mut a, &mut b, &mut c, &mut d] {
         assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
     }
+}
+
+/// The store's users are read in pages (a single answer could pass gRPC's message limit): 600
+/// records come back whole, in key order, and a key just past the prefix is not among them.
+#[test]
+fn store_users_are_read_page_by_page() {
+    let etcd = etcd("fleA", 1);
+    let node = Node::new("fup", "node-p", &etcd, "refuse");
+    let settings = ClusterSettings {
+        endpoints: node.endpoints.clone(),
+        node: "node-p".into(),
+        groups: Vec::new(),
+        prefix: PREFIX.into(),
+        tls: None,
+        auth: None,
+        on_store_failure: OnStoreFailure::Refuse,
+        timeout: Duration::from_secs(2),
+        seal_key: None,
+    };
+    let keys: Vec<String> = (0..600u32)
+        .map(|i| format!("{PREFIX}users/{i:032x}"))
+        .collect();
+    let want = keys.clone();
+    let (read, more) = node
+        .lab
+        .server
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let store = Store::start(&settings, Duration::from_secs(90)).unwrap();
+                let t = Instant::now();
+                while !store.is_healthy() {
+                    assert!(t.elapsed() < Duration::from_secs(20), "store not reachable");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                for key in keys.iter().chain([&format!("{PREFIX}users0")]) {
+                    store
+                        .with_member(|mut c| {
+                            let key = key.clone();
+                            async move { c.put(key, b"x".to_vec(), None).await.map(drop) }
+                        })
+                        .await
+                        .unwrap();
+                }
+                let mut client = store.preferred_client().unwrap();
+                let (records, revision, more) =
+                    read_all(&mut client, &users_prefix(PREFIX)).await.unwrap();
+                assert!(revision > 600, "{revision}");
+                (records.into_iter().map(|r| r.key).collect::<Vec<_>>(), more)
+            })
+        })
+        .unwrap();
+    assert!(!more);
+    assert_eq!(read.len(), want.len());
+    assert!(read == want, "not the 600 records in key order");
 }
 
 /// The claim's cost: sequential claims from a node's namespace to a three-member cluster,

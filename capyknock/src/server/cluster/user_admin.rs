@@ -14,11 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 use super::{
     config::ClusterSettings,
     store::{Store, StoreError},
+    user_sync::{Stored, read_all},
     users::{
         MAX_STORE_USERS, SealKey, SealKeyError, open, public_fields, seal, user_key, users_prefix,
     },
@@ -115,13 +116,6 @@ pub struct Added {
     pub seal_key_created: Option<PathBuf>,
 }
 
-/// One record as read.
-struct Stored {
-    key: String,
-    value: Vec<u8>,
-    revision: i64,
-}
-
 /// Runs `op` with a store client connected to `target`'s etcd.
 fn with_store<T>(
     target: &Target,
@@ -149,24 +143,13 @@ fn with_store<T>(
     })
 }
 
-/// Every user record in the store.
+/// Every user record in the store (up to [`MAX_STORE_USERS`]).
 async fn records(store: &Store) -> Result<Vec<Stored>, AdminError> {
     let prefix = users_prefix(store.prefix());
     Ok(store
         .with_member(|mut c: Client| {
             let prefix = prefix.clone();
-            async move {
-                let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
-                Ok(resp
-                    .kvs()
-                    .iter()
-                    .map(|kv| Stored {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        value: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    })
-                    .collect::<Vec<_>>())
-            }
+            async move { Ok(read_all(&mut c, &prefix).await?.0) }
         })
         .await?)
 }

@@ -31,6 +31,65 @@ use crate::error_chain::ErrorChain;
 /// The users the store holds now (every one opened), in key order.
 pub type StoreUsers = Arc<Vec<StoreUser>>;
 
+/// Records read per request: a page of well-formed records (at most
+/// [`super::users::MAX_RECORD_BYTES`] each)
+/// stays far below gRPC's 4 MiB message limit, whatever the number of users.
+const PAGE: i64 = 256;
+
+/// One user record as read.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// `PREFIX users/ID`.
+    pub key: String,
+    /// The record.
+    pub value: Vec<u8>,
+    /// The revision that last wrote it.
+    pub revision: i64,
+}
+
+/// Every record under `users` (`PREFIX users/`, ending in `/`), at most [`MAX_STORE_USERS`],
+/// read page by page at one revision: the records, that revision, and whether records were
+/// left unread (beyond the cap).
+pub async fn read_all(
+    client: &mut Client,
+    users: &str,
+) -> Result<(Vec<Stored>, i64, bool), etcd_client::Error> {
+    // The end of the range: the prefix with its last byte (`/`) plus one.
+    let mut end = users.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    let mut from = users.as_bytes().to_vec();
+    let (mut out, mut revision) = (Vec::new(), 0);
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision != 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = client.get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = resp
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
+        }
+        out.extend(resp.kvs().iter().map(|kv| Stored {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            revision: kv.mod_revision(),
+        }));
+        let Some(last) = resp.kvs().last().filter(|_| resp.more()) else {
+            return Ok((out, revision, false));
+        };
+        if out.len() >= MAX_STORE_USERS {
+            out.truncate(MAX_STORE_USERS);
+            return Ok((out, revision, true));
+        }
+        // The next page starts just after the last key read.
+        from = last.key().to_vec();
+        from.push(0);
+    }
+}
+
 /// First and longest wait before reading the store again after the watch broke.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
 
@@ -90,17 +149,8 @@ impl Sync<'_> {
         backoff: &mut Duration,
     ) -> Result<(), etcd_client::Error> {
         let prefix = users_prefix(self.store.prefix());
-        let limit = i64::try_from(MAX_STORE_USERS).unwrap_or(i64::MAX);
-        let resp = client
-            .get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_limit(limit)),
-            )
-            .await?;
-        let revision = resp
-            .header()
-            .map_or(0, etcd_client::ResponseHeader::revision);
-        if resp.more() {
+        let (records, revision, more) = read_all(&mut client, &prefix).await?;
+        if more {
             tracing::error!(
                 max = MAX_STORE_USERS,
                 "the fleet store holds more user records than a node takes: the first ones in \
@@ -108,8 +158,8 @@ impl Sync<'_> {
             );
         }
         let mut read = BTreeMap::new();
-        for kv in resp.kvs() {
-            if let Some(u) = self.open_logged(kv.key(), kv.value()) {
+        for r in records {
+            if let Some(u) = self.open_logged(r.key.as_bytes(), &r.value) {
                 read.insert(u.key.clone(), u);
             }
         }
