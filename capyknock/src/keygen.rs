@@ -7,6 +7,11 @@
 //! user's authenticator app. Both files are written atomically with mode 0600 and never lose
 //! other entries. Missing flags are asked for on a terminal; without one, keygen says which
 //! flags to pass.
+//!
+//! Fleet mode (`--cluster CONFIG`, docs/FLEET.md "Users from the store"): the same user, the
+//! same client profile and QR code, but the server side is a sealed record in etcd
+//! (`server::cluster::user_admin`) that every node with `users_from_store` picks up without a
+//! reload; `--change NICKNAME` and `--remove NICKNAME` change and remove such users.
 
 pub mod otpauth;
 pub mod qr;
@@ -79,6 +84,28 @@ pub struct KeygenArgs {
     /// Do not draw the QR code in the terminal.
     #[arg(long)]
     pub no_qr: bool,
+
+    /// Fleet mode: put the user into the fleet store (etcd) named by this server config's
+    /// `[cluster]` section (which needs `users_from_store = true` and `seal_key`) instead of
+    /// appending it to a config file; every node picks it up without a reload. The first run
+    /// creates the seal key file when the store has no user yet: copy it to every node.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "server_config")]
+    pub cluster: Option<PathBuf>,
+
+    /// With --cluster: remove this user from the fleet store (its knocks are refused on every
+    /// node at once).
+    #[arg(
+        long,
+        value_name = "NICKNAME",
+        requires = "cluster",
+        conflicts_with = "change"
+    )]
+    pub remove: Option<String>,
+
+    /// With --cluster: change this store user's --ports and/or --access (id and secrets stay,
+    /// so its client profile keeps working).
+    #[arg(long, value_name = "NICKNAME", requires = "cluster")]
+    pub change: Option<String>,
 }
 
 /// Why keygen failed.
@@ -137,6 +164,10 @@ pub enum KeygenError {
     /// The QR code failed.
     #[error(transparent)]
     Qr(#[from] qr::QrError),
+    /// The fleet store refused or could not be reached (`--cluster`).
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Store(#[from] crate::server::cluster::user_admin::AdminError),
     /// Writing the PNG failed.
     #[error("cannot write {}", path.display())]
     Png {
@@ -183,10 +214,18 @@ pub struct Created {
     pub mode: TotpMode,
     /// The `otpauth://` URI (holds the TOTP secret).
     pub otpauth_uri: String,
+    /// `--cluster`: the record's key in the fleet store (the server config was not written).
+    pub store_key: Option<String>,
+    /// `--cluster`: the seal key file, when this run created it.
+    pub seal_key_created: Option<PathBuf>,
 }
 
-/// Runs `capyknock keygen`: writes both files and prints the result, QR code included.
-pub fn run(args: &KeygenArgs) -> Result<Created, KeygenError> {
+/// Runs `capyknock keygen`: writes both files (or, with `--cluster`, the store's record and the
+/// client profile) and prints the result, QR code included; or changes or removes a store user.
+pub fn run(args: &KeygenArgs) -> Result<(), KeygenError> {
+    if let Some(config) = &args.cluster {
+        return run_cluster(args, config);
+    }
     let interactive = std::io::stdin().is_terminal();
     let plan = plan(args, &mut |question, default| {
         if interactive {
@@ -197,7 +236,71 @@ pub fn run(args: &KeygenArgs) -> Result<Created, KeygenError> {
     })?;
     let created = create(&plan)?;
     print_result(&created, args)?;
-    Ok(created)
+    Ok(())
+}
+
+/// `keygen --cluster CONFIG`: fleet mode runs on Linux only.
+#[cfg(not(target_os = "linux"))]
+fn run_cluster(_args: &KeygenArgs, _config: &Path) -> Result<(), KeygenError> {
+    Err(KeygenError::Invalid(
+        "--cluster: fleet mode runs on Linux only for now".into(),
+    ))
+}
+
+/// `keygen --cluster CONFIG`: adds (or, with `--change`/`--remove`, changes or removes) a user
+/// in the fleet store of CONFIG's `[cluster]`.
+#[cfg(target_os = "linux")]
+fn run_cluster(args: &KeygenArgs, config: &Path) -> Result<(), KeygenError> {
+    use crate::server::cluster::user_admin::{self, Target};
+    let settings = server_config::load(config)?;
+    let target = Target::of(&settings).map_err(KeygenError::Store)?;
+    if let Some(nickname) = &args.remove {
+        let (id, key) = user_admin::remove(&target, nickname)?;
+        println!(
+            "Removed user {nickname} (id {id}) from the fleet store ({key})\n  every node with \
+             users_from_store refuses its knocks from now on, no reload needed"
+        );
+        return Ok(());
+    }
+    if let Some(nickname) = &args.change {
+        let mut ports = args.ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() > MAX_PORTS {
+            return Err(KeygenError::Invalid(format!(
+                "a knock can ask for at most {MAX_PORTS} ports; --ports lists {}",
+                ports.len()
+            )));
+        }
+        let ports = (!ports.is_empty()).then_some(ports);
+        let (old, new) = user_admin::change(&target, nickname, ports, args.access)?;
+        println!(
+            "Changed user {} (id {}) in the fleet store: {}\n  every node with \
+             users_from_store applies it, no reload needed (the client profile stays valid; \
+             its ports list only says what a knock asks for)",
+            new.nickname,
+            new.id,
+            crate::server::cluster::users::describe_change(&old, &new)
+        );
+        return Ok(());
+    }
+    let mut args = args.clone();
+    config.clone_into(&mut args.server_config);
+    let interactive = std::io::stdin().is_terminal();
+    let plan = plan(&args, &mut |question, default| {
+        if interactive {
+            ask(question, default)
+        } else {
+            Err(KeygenError::Missing(question.to_owned()))
+        }
+    })?;
+    let (new_user, totp) = new_user(&plan)?;
+    let added = user_admin::add(&target, &new_user)?;
+    let mut created = write_profile(&plan, &new_user, &totp)?;
+    created.store_key = Some(added.key);
+    created.seal_key_created = added.seal_key_created;
+    print_result(&created, &args)?;
+    Ok(())
 }
 
 /// Asks for a missing value: `(what, default)` -> the answer.
@@ -307,20 +410,32 @@ fn server_defaults(path: &Path, wanted: Option<u16>) -> Result<(u16, Duration), 
 
 /// Generates the secrets and writes both files.
 fn create(plan: &Plan) -> Result<Created, KeygenError> {
-    let user_id = UserId::random()?;
-    let key = UserKey::random()?;
-    let totp = TotpSecret::random()?;
-    let new_user = User {
-        id: user_id,
-        nickname: plan.nickname.clone(),
-        key: key.clone(),
-        totp: totp.clone(),
-        totp_mode: plan.mode,
-        ports: plan.ports.clone(),
-        access: plan.access,
-        allow_ip: AllowIp::Source,
-    };
+    let (new_user, totp) = new_user(plan)?;
     server_config::add_user(&plan.server_config, &new_user, plan.knock_port)?;
+    write_profile(plan, &new_user, &totp)
+}
+
+/// The new user, with fresh random secrets.
+fn new_user(plan: &Plan) -> Result<(User, TotpSecret), KeygenError> {
+    let totp = TotpSecret::random()?;
+    Ok((
+        User {
+            id: UserId::random()?,
+            nickname: plan.nickname.clone(),
+            key: UserKey::random()?,
+            totp: totp.clone(),
+            totp_mode: plan.mode,
+            ports: plan.ports.clone(),
+            access: plan.access,
+            allow_ip: AllowIp::Source,
+        },
+        totp,
+    ))
+}
+
+/// Writes `new_user`'s client profile (after the server side has it).
+fn write_profile(plan: &Plan, new_user: &User, totp: &TotpSecret) -> Result<Created, KeygenError> {
+    let (user_id, key) = (new_user.id, new_user.key.clone());
     let account = format!("{}@{}", plan.nickname, plan.server);
     let new_profile = NewProfile {
         name: plan.profile.clone(),
@@ -361,7 +476,9 @@ fn create(plan: &Plan) -> Result<Created, KeygenError> {
         knock_port: plan.knock_port,
         ports: plan.ports.clone(),
         mode: plan.mode,
-        otpauth_uri: otpauth::uri(&account, &totp),
+        otpauth_uri: otpauth::uri(&account, totp),
+        store_key: None,
+        seal_key_created: None,
     })
 }
 
@@ -383,16 +500,39 @@ pub fn handover_path(server_config: &Path, nickname: &str) -> PathBuf {
 fn print_result(c: &Created, args: &KeygenArgs) -> Result<(), KeygenError> {
     let ports: Vec<String> = c.ports.iter().map(ToString::to_string).collect();
     let mut out = String::new();
-    let _ = write!(
-        out,
-        "Added user {} (id {}) to {}\n  ports {}, knock port udp/{}\n  a running server \
-         picks it up with `capyknock reload`\n",
-        c.nickname,
-        c.user_id,
-        c.server_config.display(),
-        ports.join(", "),
-        c.knock_port,
-    );
+    if let Some(key) = &c.store_key {
+        let _ = write!(
+            out,
+            "Added user {} (id {}) to the fleet store ({key})\n  ports {}, knock port \
+             udp/{}\n  every node with users_from_store picks it up, no reload needed\n",
+            c.nickname,
+            c.user_id,
+            ports.join(", "),
+            c.knock_port,
+        );
+    } else {
+        let _ = write!(
+            out,
+            "Added user {} (id {}) to {}\n  ports {}, knock port udp/{}\n  a running server \
+             picks it up with `capyknock reload`\n",
+            c.nickname,
+            c.user_id,
+            c.server_config.display(),
+            ports.join(", "),
+            c.knock_port,
+        );
+    }
+    if let Some(path) = &c.seal_key_created {
+        let _ = writeln!(
+            out,
+            "Created the fleet's seal key {} (mode 0600): copy it to the same path on every \
+             node with users_from_store (mode 0600, root's), e.g. `ssh NODE 'umask 077; cat > \
+             {}' < {}`; keep it out of etcd and its backups",
+            path.display(),
+            path.display(),
+            path.display()
+        );
+    }
     let _ = write!(
         out,
         "Wrote client profile {:?} to {}\n  it holds {}'s secret key: give it to them over a \
@@ -484,6 +624,9 @@ mod tests {
             access: None,
             qr_png: None,
             no_qr: true,
+            cluster: None,
+            remove: None,
+            change: None,
         }
     }
 

@@ -22,7 +22,11 @@ use std::{
     sync::atomic::{AtomicU8, Ordering},
 };
 
-use capyknock::{protocol::users::User, server::config::render_user};
+use capyknock::{
+    client::config::{self as client_config, CodeSource},
+    protocol::users::{AllowIp, TotpMode, User},
+    server::config::render_user,
+};
 use capyknock_testkit::{
     KNOCK_PORT, config::ServerToml, etcd::EtcdCluster, files::write_private, netns::Link,
 };
@@ -120,6 +124,88 @@ impl Node {
     pub fn start(&mut self) {
         self.lab.start();
         self.wait_store_reachable();
+    }
+
+    /// The file of this node's seal key (users from the store).
+    #[must_use]
+    pub fn seal_key(&self) -> PathBuf {
+        self.lab.file("cluster-seal.key")
+    }
+
+    /// Takes users from the store (`users_from_store = true`, `seal_key` = [`Self::seal_key`])
+    /// in the next config written.
+    pub fn use_store_users(&mut self) {
+        let _ = write!(
+            self.cluster_extra,
+            "users_from_store = true\nseal_key = \"{}\"\n",
+            self.seal_key().display()
+        );
+    }
+
+    /// Runs `capyknock keygen --cluster CONFIG ARGS` in the node's namespace (where etcd is
+    /// reachable); panics unless it succeeds; returns its standard output.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "often called only for its effect"
+    )]
+    pub fn keygen(&self, args: &[&str]) -> String {
+        let out = self
+            .lab
+            .server
+            .command(crate::capyknock_bin())
+            .env("RUST_LOG", "warn")
+            .arg("keygen")
+            .arg("--cluster")
+            .arg(self.lab.config())
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "keygen --cluster {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `keygen --cluster` of a machine user `nickname` allowed tcp/22, its profile written to
+    /// the lab's `clients.toml`; the user as the server knows it (from that profile) and
+    /// keygen's output.
+    pub fn keygen_user(&self, nickname: &str) -> (User, String) {
+        let clients = self.lab.file("clients.toml");
+        let server = self.lab.server_addr(false).to_string();
+        let stdout = self.keygen(&[
+            "--nickname",
+            nickname,
+            "--server",
+            &server,
+            "--ports",
+            "22",
+            "--totp-mode",
+            "derived",
+            "--no-qr",
+            "--profile",
+            nickname,
+            "--client-config",
+            &clients.display().to_string(),
+        ]);
+        let config = client_config::load(&clients).unwrap();
+        let profile = config.select(Some(nickname)).unwrap();
+        let CodeSource::Derived(totp) = &profile.code else {
+            panic!("not a derived profile")
+        };
+        let user = User {
+            id: profile.user_id,
+            nickname: nickname.to_owned(),
+            key: profile.key.clone(),
+            totp: totp.clone(),
+            totp_mode: TotpMode::Derived,
+            ports: profile.ports.clone(),
+            access: std::time::Duration::from_mins(5),
+            allow_ip: AllowIp::Source,
+        };
+        (user, stdout)
     }
 
     /// Waits until the log of this run says the store is reachable.

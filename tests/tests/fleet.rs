@@ -21,16 +21,19 @@ use capyknock::{
     server::cluster::{
         config::{ClusterSettings, OnStoreFailure},
         store::{Claim, Store},
+        user_sync::read_all,
+        users::{SealKey, users_prefix},
     },
     server::control::Request,
     server::status::{ClusterStatus, WatchStatus},
 };
+use capyknock_testkit::files::write_private;
 use capyknock_testkit::{
     clock::{time_step, unix_now, wait_for_fresh_step},
     etcd::{ClientTls, EtcdCluster},
 };
 use capyknock_tests::{
-    daemon::{SERVICE, knock, user},
+    daemon::{OTHER_SERVICE, SERVICE, knock, user},
     fleet::{CertFiles, Node, PREFIX, TestCa},
     require_root,
 };
@@ -613,6 +616,299 @@ fn claims_work_over_etcd_tls_with_client_certificates() {
     }
 }
 
+/// Waits until the TOTP step is past `step` (a user's next knock on a node needs a step of its
+/// own: one use per user and step, fleet-wide).
+fn wait_step_after(step: u64) {
+    while time_step() <= step {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits up to 10 s until `lab`'s log of this run has `n` lines with every one of `parts`.
+fn wait_count(n: &Node, parts: &[&str], count: usize) {
+    let started = Instant::now();
+    while n.lab.count_log(parts) < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}: fewer than {count} lines with {parts:?}:\n{}",
+            n.name,
+            n.lab.run_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to 5 s until `n`'s pre-filter has counted more than `before` unknown users.
+fn wait_unknown_user(n: &Node, before: u64) {
+    let started = Instant::now();
+    while n.lab.prefilter("unknown_user") <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}: the knock was not dropped as an unknown user:\n{}",
+            n.name,
+            n.lab.run_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Users from the store (issue 16.5, docs/FLEET.md "Users from the store"): `keygen
+/// --cluster` on one node seals a user into etcd; nodes started after load it before ready;
+/// nodes running pick up an addition, a change (ports, protected at once) and a removal
+/// (knocks dropped as an unknown user's, grants revoked) through the watch, without a reload.
+/// A node with another seal key refuses the record with an error naming its key and keeps its
+/// config's user. No secret reaches a log.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story, in order: each step starts from the state the previous one left"
+)]
+fn users_from_the_store_follow_keygen_cluster_without_reload() {
+    let mut etcd = etcd("fle9", 1);
+    // bob is a [[user]] of every node's config file.
+    let bob = user("bob", 2);
+    let mut a = Node::new("fua", "node-a", &etcd, "refuse");
+    let mut b = Node::new("fub", "node-b", &etcd, "refuse");
+    let mut c = Node::new("fuc", "node-c", &etcd, "refuse");
+    let mut d = Node::new("fud", "node-d", &etcd, "refuse");
+    for n in [&mut a, &mut b, &mut c, &mut d] {
+        n.use_store_users();
+        n.lab.server_extra = "revoke_removed_users = true\n".into();
+        n.write_config(&[&bob]);
+    }
+
+    // The fleet's first store user, before any node runs: keygen creates the seal key (0600)
+    // on A; the admin copies it to B and D. C gets a key of its own (a wrong copy).
+    let (alice, out) = a.keygen_user("alice");
+    assert!(
+        out.contains("Created the fleet's seal key") && out.contains("to the fleet store"),
+        "{out}"
+    );
+    let alice_key = format!("{PREFIX}users/{}", alice.id);
+    assert_eq!(
+        etcd.keys(&format!("{PREFIX}users/")).unwrap(),
+        std::slice::from_ref(&alice_key)
+    );
+    let seal = std::fs::read(a.seal_key()).unwrap();
+    for n in [&b, &d] {
+        write_private(&n.seal_key(), &seal).unwrap();
+    }
+    let other = SealKey::random().unwrap().to_file_text();
+    write_private(&c.seal_key(), other.as_bytes()).unwrap();
+    // A nickname in use is refused.
+    let clash = a
+        .lab
+        .server
+        .command(capyknock_tests::capyknock_bin())
+        .args(["keygen", "--cluster"])
+        .arg(a.lab.config())
+        .args([
+            "--nickname",
+            "ALICE",
+            "--server",
+            "h",
+            "--ports",
+            "22",
+            "--no-qr",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        !clash.status.success() && err.contains("already a user in the fleet store"),
+        "{err}"
+    );
+
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    // Loaded before ready: `start` returned once status answered.
+    for n in [&a, &b] {
+        n.lab
+            .wait_log(&["users from the fleet store caught up", "users=1"]);
+        assert_eq!(n.lab.status().users, 2, "{}: bob and alice", n.name);
+    }
+    // C: the record does not open with its key; an error names it; bob stays.
+    let line = c
+        .lab
+        .wait_log(&["user record in the fleet store refused", &alice_key]);
+    assert!(
+        line.contains("do not open with this node's seal key"),
+        "{line}"
+    );
+    assert_eq!(c.lab.status().users, 1, "C keeps bob only");
+
+    wait_for_fresh_step(10);
+    a.lab.send(&knock(&alice, &[SERVICE], unix_now()), false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=alice"]);
+    a.lab.wait_connect(SERVICE.port, false, true);
+    let before = c.lab.prefilter("unknown_user");
+    c.lab
+        .send(&knock(&alice, &[SERVICE], unix_now() - 30), false, 1);
+    wait_unknown_user(&c, before);
+    c.lab.send(&knock(&bob, &[SERVICE], unix_now()), false, 1);
+    c.lab.wait_log(&["knock accepted", "nickname=bob"]);
+    c.lab.wait_connect(SERVICE.port, false, true);
+
+    // carol, added while A and B run: both open for her, no reload.
+    let (carol, _) = a.keygen_user("carol");
+    for n in [&a, &b] {
+        n.lab
+            .wait_log(&["user added from the fleet store", "nickname=carol"]);
+        wait_count(n, &["users from the fleet store applied"], 1);
+    }
+    // One use per user and TOTP step, fleet-wide: B's knock waits for the next step.
+    let step_a = time_step();
+    a.lab.send(&knock(&carol, &[SERVICE], unix_now()), false, 1);
+    a.lab.wait_log(&["knock accepted", "nickname=carol"]);
+    wait_step_after(step_a);
+    b.lab.send(&knock(&carol, &[SERVICE], unix_now()), false, 1);
+    b.lab.wait_log(&["knock accepted", "nickname=carol"]);
+    b.lab.wait_connect(SERVICE.port, false, true);
+
+    // A change: alice may open tcp/23 too. Both nodes apply it, and protect tcp/23 at once
+    // (no user had it: it was open to everyone); alice's knock for it opens it on B.
+    assert!(b.lab.can_connect(OTHER_SERVICE.port, false));
+    let out = a.keygen(&["--change", "alice", "--ports", "22,23"]);
+    assert!(out.contains("ports tcp/22 -> tcp/22,tcp/23"), "{out}");
+    for n in [&a, &b] {
+        let line = n
+            .lab
+            .wait_log(&["user changed in the fleet store", "nickname=alice"]);
+        assert!(line.contains("ports tcp/22 -> tcp/22,tcp/23"), "{line}");
+    }
+    b.lab.wait_connect(OTHER_SERVICE.port, false, false);
+    b.lab
+        .send(&knock(&alice, &[OTHER_SERVICE], unix_now()), false, 1);
+    b.lab
+        .wait_log(&["knock accepted", "nickname=alice", "ports=tcp/23"]);
+    b.lab.wait_connect(OTHER_SERVICE.port, false, true);
+
+    // A removal: every node drops carol's next knock (an unknown user), and her grants go
+    // (revoke_removed_users = true).
+    let out = a.keygen(&["--remove", "carol"]);
+    assert!(out.contains("Removed user carol"), "{out}");
+    for n in [&a, &b] {
+        n.lab
+            .wait_log(&["user removed from the fleet store", "nickname=carol"]);
+    }
+    b.lab.wait_connect(SERVICE.port, false, false);
+    for n in [&a, &b] {
+        let before = n.lab.prefilter("unknown_user");
+        n.lab.send(&knock(&carol, &[SERVICE], unix_now()), false, 1);
+        wait_unknown_user(n, before);
+        assert_eq!(
+            n.lab.count_log(&["knock accepted", "nickname=carol"]),
+            1,
+            "{}",
+            n.name
+        );
+    }
+    assert!(!b.lab.can_connect(SERVICE.port, false));
+    for n in [&a, &b] {
+        assert_eq!(n.lab.count_log(&["configuration reloaded"]), 0);
+    }
+
+    // etcd restarts: the watches break, the nodes read everything again when it is back and
+    // follow the store as before.
+    etcd.kill_member(0).unwrap();
+    b.lab
+        .wait_log_within(&["fleet watch interrupted", "users"], 10);
+    etcd.start_member(0).unwrap();
+    etcd.wait_healthy(Duration::from_secs(20)).unwrap();
+    for n in [&a, &b] {
+        n.lab
+            .wait_log_within(&["fleet watch resumed and caught up", "users"], 15);
+    }
+    let (dave, _) = a.keygen_user("dave");
+    for n in [&a, &b] {
+        n.lab
+            .wait_log_within(&["user added from the fleet store", "nickname=dave"], 15);
+    }
+
+    // D starts now: alice and dave (not carol) are there before it reports ready.
+    d.start();
+    assert_eq!(d.lab.status().users, 3, "D: bob, alice and dave");
+    let log = d.lab.run_log();
+    let caught = log.find("users from the fleet store caught up").unwrap();
+    let ready = log.find("capyknock daemon ready").unwrap();
+    assert!(
+        caught < ready,
+        "D was ready before it had the store's users:\n{log}"
+    );
+
+    // No secret in any log.
+    for n in [&a, &b, &c, &d] {
+        let log = n.lab.log();
+        for u in [&alice, &carol, &dave] {
+            assert!(!log.contains(&u.key.to_base64_secret()), "{}", n.name);
+            assert!(!log.contains(&u.totp.to_base32_secret()), "{}", n.name);
+        }
+    }
+    for n in [&mut a, &mut b, &mut c, &mut d] {
+        assert!(n.lab.stop(), "{} did not stop cleanly", n.name);
+    }
+}
+
+/// The store's users are read in pages (a single answer could pass gRPC's message limit): 600
+/// records come back whole, in key order, and a key just past the prefix is not among them.
+#[test]
+fn store_users_are_read_page_by_page() {
+    let etcd = etcd("fleA", 1);
+    let node = Node::new("fup", "node-p", &etcd, "refuse");
+    let settings = ClusterSettings {
+        endpoints: node.endpoints.clone(),
+        node: "node-p".into(),
+        groups: Vec::new(),
+        prefix: PREFIX.into(),
+        tls: None,
+        auth: None,
+        on_store_failure: OnStoreFailure::Refuse,
+        timeout: Duration::from_secs(2),
+        seal_key: None,
+    };
+    let keys: Vec<String> = (0..600u32)
+        .map(|i| format!("{PREFIX}users/{i:032x}"))
+        .collect();
+    let want = keys.clone();
+    let (read, more) = node
+        .lab
+        .server
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let store = Store::start(&settings, Duration::from_secs(90)).unwrap();
+                let t = Instant::now();
+                while !store.is_healthy() {
+                    assert!(t.elapsed() < Duration::from_secs(20), "store not reachable");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                for key in keys.iter().chain([&format!("{PREFIX}users0")]) {
+                    store
+                        .with_member(|mut c| {
+                            let key = key.clone();
+                            async move { c.put(key, b"x".to_vec(), None).await.map(drop) }
+                        })
+                        .await
+                        .unwrap();
+                }
+                let mut client = store.preferred_client().unwrap();
+                let (records, revision, more) =
+                    read_all(&mut client, &users_prefix(PREFIX)).await.unwrap();
+                assert!(revision > 600, "{revision}");
+                (records.into_iter().map(|r| r.key).collect::<Vec<_>>(), more)
+            })
+        })
+        .unwrap();
+    assert!(!more);
+    assert_eq!(read.len(), want.len());
+    assert!(read == want, "not the 600 records in key order");
+}
+
 /// The claim's cost: sequential claims from a node's namespace to a three-member cluster,
 /// through the daemon's own store client. Prints p50/p99/max (docs/FLEET.md); fails only when
 /// far off the 5 ms p99 budget, so a busy CI machine does not fail it.
@@ -630,6 +926,7 @@ fn claim_latency_on_three_members() {
         auth: None,
         on_store_failure: OnStoreFailure::Refuse,
         timeout: Duration::from_secs(2),
+        seal_key: None,
     };
     let mut times = node
         .lab

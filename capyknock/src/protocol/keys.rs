@@ -139,6 +139,12 @@ impl UserKey {
         Ok(key)
     }
 
+    /// The raw key: secret material, for sealing it (fleet mode's user records) only.
+    #[must_use]
+    pub const fn expose_secret(&self) -> &[u8; USER_KEY_LEN] {
+        &self.0
+    }
+
     /// The key as standard base64: secret material, for config files only.
     #[must_use]
     pub fn to_base64_secret(&self) -> String {

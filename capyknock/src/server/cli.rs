@@ -210,6 +210,11 @@ pub fn check_config(args: &CheckConfigArgs) -> Result<(), CliError> {
             args.path.display()
         ))
     })?;
+    // Users from the store: the daemon refuses to start without a readable, private seal key.
+    if let Some(path) = s.cluster.as_ref().and_then(|c| c.seal_key.as_deref()) {
+        super::cluster::users::SealKey::read(path)
+            .map_err(|e| CliError::Usage(format!("{}: {}", args.path.display(), ErrorChain(&e))))?;
+    }
     print!("{}", check_report(&args.path, &s));
     Ok(())
 }
@@ -258,7 +263,20 @@ fn check_report(path: &std::path::Path, s: &config::Settings) -> String {
             "the users' ports: no [server] protect"
         }
     );
-    let _ = writeln!(out, "  users:           {}", s.users.len());
+    match s.cluster.as_ref().and_then(|c| c.seal_key.as_ref()) {
+        Some(seal) => {
+            let _ = writeln!(
+                out,
+                "  users:           {} in this file, and those of the fleet store \
+                 (users_from_store, seal key {})",
+                s.users.len(),
+                seal.display()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  users:           {}", s.users.len());
+        }
+    }
     let _ = writeln!(out, "  state directory: {}", s.state_dir.display());
     let _ = writeln!(out, "  control socket:  {}", s.control_socket.display());
     let _ = writeln!(
@@ -470,5 +488,34 @@ mod tests {
             out.contains("warning: no users and no `protect` list"),
             "{out}"
         );
+    }
+
+    /// `check-config` reads the seal key as the daemon does: missing or readable by others is
+    /// a problem, with the fix.
+    #[cfg(unix)]
+    #[test]
+    fn check_config_checks_the_seal_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = (dir.path().join("server.toml"), dir.path().join("seal.key"));
+        let text = format!(
+            "[server]\ninterfaces = \"all\"\n[cluster]\nendpoints = [\"http://e:2379\"]\n\
+             node = \"a\"\nusers_from_store = true\nseal_key = \"{}\"\n",
+            key.display()
+        );
+        crate::private_file::write_atomic(&path, text.as_bytes()).unwrap();
+        let args = CheckConfigArgs { path: path.clone() };
+        let err = check_config(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("keygen --cluster"),
+            "{err}"
+        );
+        super::super::cluster::users::SealKey::create(&key).unwrap();
+        check_config(&args).unwrap();
+        let report = check_report(&path, &config::load(&path).unwrap());
+        assert!(report.contains("and those of the fleet store"), "{report}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_config(&args).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 }

@@ -31,6 +31,7 @@ use super::{
     cluster::{
         fleet::{Fleet, Pending},
         store::StoreError,
+        users::{StoreUser, merge},
     },
     config::{self, ConfigError, Settings},
     control::{Command, ControlError, ControlServer, Request, Response},
@@ -48,7 +49,7 @@ use crate::{
     firewall::{self, BanList, ErrorChain, Firewall, FirewallKind},
     protocol::{
         totp::step_of,
-        users::{Users, UsersError},
+        users::{User, Users, UsersError},
         verify::{self, RejectReason, Verdict, Verifier},
     },
 };
@@ -301,7 +302,11 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     }
     let settings = opts.apply(config::load(&opts.config)?);
     let users = settings.users_table().map_err(DaemonError::Users)?;
-    if users.is_empty() {
+    let from_store = settings
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.seal_key.is_some());
+    if users.is_empty() && !from_store {
         tracing::warn!(
             config = %settings.path.display(),
             "no users configured: every knock will be refused (add one with `capyknock keygen`)"
@@ -422,13 +427,20 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
     // Fleet bans are applied before the daemon reports ready (bounded: a down store delays
     // the start by at most this, and its bans follow when it returns).
     let mut fleet = fleet;
+    let mut store_users = None;
     if let Some(f) = fleet.as_mut() {
         f.set_users(&settings.users);
+        store_users = f.store_users();
         let (tx, local) = (effects.clone(), local_addresses());
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(f.start_sync(tx, local, FLEET_CATCH_UP))
         });
     }
+    // The store's users as caught up (empty when the store did not answer in time): applied
+    // below, before ready, the way a reload applies users.
+    let first_store_users = store_users
+        .as_mut()
+        .map(|rx| rx.borrow_and_update().clone());
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control_path = control.path().to_owned();
@@ -441,7 +453,8 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         replay,
     );
     let (reload_tx, reload_rx) = mpsc::channel(1);
-    let core = Core {
+    let config_users = settings.users.clone();
+    let mut core = Core {
         started: Instant::now(),
         loaded_at: unix(SystemTime::now()),
         limiter: RejectionLimiter::new(settings.log, Instant::now()),
@@ -466,7 +479,28 @@ fn start(mut opts: Options) -> Result<Started, DaemonError> {
         metrics,
         fleet,
         helper: helper_watch,
+        config_users,
+        store_users,
+        store_pending: false,
+        applying_store: false,
     };
+    if let Some(set) = first_store_users
+        && !set.is_empty()
+    {
+        match with_store_users(
+            &core.settings,
+            core.config_users.clone(),
+            &set,
+            Source::Store,
+        ) {
+            Ok(r) => {
+                core.apply_reload(r);
+            }
+            Err(err) => {
+                tracing::error!("users from the fleet store not applied: {err}");
+            }
+        }
+    }
     announce(&core, &control_path);
     super::memory::release_startup_memory();
     Ok(Started {
@@ -672,8 +706,74 @@ async fn shutdown(
     tracing::info!("capyknock daemon stopped; current grants stay until they expire");
 }
 
-/// The result of loading a config on the blocking pool, for a reload.
-type Loaded = Result<(Settings, Users), String>;
+/// The result of loading a config (or merging the store's users) on the blocking pool, for a
+/// reload.
+type Loaded = Result<Reloaded, String>;
+
+/// The store's users as a node last read them.
+type StoreUsers = Arc<Vec<StoreUser>>;
+
+/// What a reload changes to.
+struct Reloaded {
+    /// The new settings, their users the config's and the store's ([`merge`]).
+    settings: Settings,
+    /// The config file's users alone.
+    config_users: Vec<User>,
+    /// The verifier's table of `settings.users`.
+    users: Users,
+    /// What asked for it.
+    source: Source,
+}
+
+/// What asked for a change of users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// SIGHUP or `capyknock reload`: the config file was read again.
+    File,
+    /// The users in the fleet store changed (`users_from_store`).
+    Store,
+}
+
+/// `settings` (whose users are the config file's, `config_users`) with the store's users
+/// joined to them; the refused records are logged. Runs on the blocking pool (it derives
+/// every user's keys).
+fn with_store_users(
+    settings: &Settings,
+    config_users: Vec<User>,
+    store: &[StoreUser],
+    source: Source,
+) -> Result<Reloaded, String> {
+    let mut settings = Settings {
+        users: config_users.clone(),
+        ..settings.clone()
+    };
+    let (users, refused) = merge(&settings, store);
+    for (key, why) in refused {
+        tracing::error!(key = %key, why = %why, "user from the fleet store refused on this node");
+    }
+    settings.users = users;
+    let users = settings
+        .users_table()
+        .map_err(|e| ErrorChain(&e).to_string())?;
+    Ok(Reloaded {
+        settings,
+        config_users,
+        users,
+        source,
+    })
+}
+
+/// The next change of the store's users; never, when they do not come from the store.
+async fn store_change(rx: &mut Option<watch::Receiver<StoreUsers>>) {
+    let changed = match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        // No store users, or their sender is gone: nothing will change any more.
+        std::future::pending::<()>().await;
+    }
+}
 
 /// The core task's state. See the module docs.
 struct Core {
@@ -708,6 +808,14 @@ struct Core {
     fleet: Option<Fleet>,
     /// The firewall helper (privilege separation), watched every tick.
     helper: Option<HelperHandle>,
+    /// The config file's users (`settings.users` adds the store's).
+    config_users: Vec<User>,
+    /// The store's users as they change (`users_from_store`).
+    store_users: Option<watch::Receiver<StoreUsers>>,
+    /// The store's users changed during a reload: applied once it is done.
+    store_pending: bool,
+    /// The change running now (`reloading`) is the store's users', not a reload's.
+    applying_store: bool,
 }
 
 impl Core {
@@ -736,6 +844,7 @@ impl Core {
                     }
                 },
                 Some((loaded, reply)) = reloads.recv() => self.finish_reload(loaded, reply),
+                () = store_change(&mut self.store_users) => self.start_store_users(),
                 Some(cmd) = control.recv() => self.control(cmd),
                 _ = tick.tick() => self.tick(),
                 candidate = self.capture.next() => match candidate {
@@ -974,20 +1083,61 @@ impl Core {
         let path = self.settings.path.clone();
         let opts = self.opts.clone();
         let tx = self.reload_tx.clone();
+        let store = self.store_snapshot();
         tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path)
                 .map_err(|e| e.to_string())
                 .map(|s| opts.apply(s))
-                .and_then(|s| match s.users_table() {
-                    Ok(users) => Ok((s, users)),
-                    Err(e) => Err(ErrorChain(&e).to_string()),
+                .and_then(|s| {
+                    let config_users = s.users.clone();
+                    with_store_users(&s, config_users, &store, Source::File)
                 });
             let _ = tx.blocking_send((loaded, reply));
         });
     }
 
+    /// The store's users as last published (none without `users_from_store`).
+    fn store_snapshot(&mut self) -> StoreUsers {
+        self.store_users
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default()
+    }
+
+    /// The store's users changed: joins them to the config's on the blocking pool, then
+    /// applies them as a reload does (after the reload running now, if any).
+    fn start_store_users(&mut self) {
+        if self.reloading {
+            self.store_pending = true;
+            return;
+        }
+        self.reloading = true;
+        self.applying_store = true;
+        let store = self.store_snapshot();
+        let settings = self.settings.clone();
+        let config_users = self.config_users.clone();
+        let tx = self.reload_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let loaded = with_store_users(&settings, config_users, &store, Source::Store);
+            let _ = tx.blocking_send((loaded, None));
+        });
+    }
+
     fn finish_reload(&mut self, loaded: Loaded, reply: Option<oneshot::Sender<Response>>) {
         self.reloading = false;
+        if std::mem::take(&mut self.applying_store) {
+            match loaded {
+                Ok(r) => {
+                    self.apply_reload(r);
+                }
+                Err(err) => tracing::error!(
+                    "users from the fleet store not applied, the users in force are unchanged: \
+                     {err}"
+                ),
+            }
+            self.after_reload();
+            return;
+        }
         let response = match loaded {
             Err(err) => {
                 // One log line (journald splits lines); the client gets the multi-line text.
@@ -997,7 +1147,7 @@ impl Core {
                     "reload refused, the configuration in force is unchanged:\n{err}"
                 ))
             }
-            Ok((new, users)) => self.apply_reload(new, users),
+            Ok(r) => self.apply_reload(r),
         };
         notify(Notify::Ready(if response.ok {
             "configuration reloaded"
@@ -1007,9 +1157,23 @@ impl Core {
         if let Some(reply) = reply {
             let _ = reply.send(response);
         }
+        self.after_reload();
     }
 
-    fn apply_reload(&mut self, new: Settings, users: Users) -> Response {
+    /// Applies a change of the store's users that arrived during the reload.
+    fn after_reload(&mut self) {
+        if std::mem::take(&mut self.store_pending) {
+            self.start_store_users();
+        }
+    }
+
+    fn apply_reload(&mut self, reloaded: Reloaded) -> Response {
+        let Reloaded {
+            settings: new,
+            config_users,
+            users,
+            source,
+        } = reloaded;
         let plan = reload::plan(&self.settings, new, &self.protected);
         if let Err(err) = set_users(&mut self.capture, &users) {
             // Put the old users back so the pre-filter and the verifier agree.
@@ -1021,6 +1185,7 @@ impl Core {
             ));
         }
         self.users = users;
+        self.config_users = config_users;
         if let Some(fleet) = &self.fleet {
             fleet.set_users(&plan.settings.users);
         }
@@ -1060,12 +1225,20 @@ impl Core {
                 "removed users can no longer knock"
             );
         }
-        tracing::info!(
-            users = self.users.len(),
-            added = plan.added,
-            removed = plan.removed.len(),
-            "configuration reloaded"
-        );
+        match source {
+            Source::File => tracing::info!(
+                users = self.users.len(),
+                added = plan.added,
+                removed = plan.removed.len(),
+                "configuration reloaded"
+            ),
+            Source::Store => tracing::info!(
+                users = self.users.len(),
+                added = plan.added,
+                removed = plan.removed.len(),
+                "users from the fleet store applied (no reload needed)"
+            ),
+        }
         let mut msg = format!(
             "reloaded {}: {} users ({} added, {} removed{})",
             self.settings.path.display(),

@@ -52,6 +52,10 @@ pub struct RawCluster {
     pub on_store_failure: Option<Spanned<String>>,
     /// Longest wait for one claim. Default `500ms`.
     pub timeout: Option<Spanned<ConfigDuration>>,
+    /// Also take users from the store (`PREFIX users/`, `keygen --cluster`). Default `false`.
+    pub users_from_store: Option<Spanned<bool>>,
+    /// The key that seals the store's user records; required with `users_from_store`.
+    pub seal_key: Option<Spanned<String>>,
 }
 
 /// What a node does with a verified knock when etcd cannot be reached in time.
@@ -122,6 +126,9 @@ pub struct ClusterSettings {
     pub on_store_failure: OnStoreFailure,
     /// Longest wait for one claim.
     pub timeout: Duration,
+    /// Users from the store (`users_from_store = true`): the seal key's file; `None`: only the
+    /// config's users.
+    pub seal_key: Option<PathBuf>,
 }
 
 /// Checks `[cluster]` (at `span` in the file); `None` when a problem was recorded in `c`.
@@ -362,6 +369,40 @@ pub fn validate(
         }
     };
 
+    let seal_key = match (raw.users_from_store, raw.seal_key) {
+        (Some(on), seal) if *on.get_ref() => match seal {
+            None => {
+                c.at(
+                    &on.span(),
+                    "users_from_store = true needs seal_key = \"/etc/capyknock/cluster-seal.key\", \
+                     the file with the key that seals the users' secrets in etcd (the first \
+                     `capyknock keygen --cluster` creates it; copy it to every node)",
+                );
+                None
+            }
+            Some(p) => {
+                let path = PathBuf::from(p.get_ref());
+                if !path.is_absolute() {
+                    c.at(
+                        &p.span(),
+                        "seal_key must be an absolute path, e.g. \
+                         \"/etc/capyknock/cluster-seal.key\"",
+                    );
+                }
+                Some(path)
+            }
+        },
+        (_, Some(p)) => {
+            c.at(
+                &p.span(),
+                "seal_key is only used with users_from_store = true: add that line, or remove \
+                 seal_key",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+
     (c.count() == before).then_some(ClusterSettings {
         endpoints,
         node,
@@ -371,6 +412,7 @@ pub fn validate(
         auth,
         on_store_failure,
         timeout,
+        seal_key,
     })
 }
 
@@ -483,6 +525,54 @@ mod tests {
         assert_eq!(s.auth, None);
         assert_eq!(s.on_store_failure, OnStoreFailure::Refuse);
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.seal_key, None);
+    }
+
+    // Unix paths, not absolute on Windows; fleet mode runs on Linux only (docs/WINDOWS.md).
+    #[cfg(unix)]
+    #[test]
+    fn users_from_store_needs_a_seal_key() {
+        let head = "[cluster]\nendpoints = [\"http://e:2379\"]\nnode = \"a\"\n";
+        let s = p(&format!(
+            "{head}users_from_store = true\nseal_key = \"/etc/capyknock/cluster-seal.key\"\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            s.seal_key.as_deref(),
+            Some(std::path::Path::new("/etc/capyknock/cluster-seal.key"))
+        );
+        let s = p(&format!("{head}users_from_store = false\n"))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(s.seal_key, None);
+        for (text, line, want) in [
+            ("users_from_store = true\n", 4, "needs seal_key = "),
+            (
+                "users_from_store = true\nseal_key = \"seal.key\"\n",
+                5,
+                "seal_key must be an absolute path",
+            ),
+            (
+                "seal_key = \"/etc/capyknock/cluster-seal.key\"\n",
+                4,
+                "only used with users_from_store = true",
+            ),
+            (
+                "users_from_store = false\nseal_key = \"/k\"\n",
+                5,
+                "only used with users_from_store = true",
+            ),
+            ("users_from_store = \"store\"\n", 4, "invalid type"),
+        ] {
+            let err = p(&format!("{head}{text}")).unwrap_err();
+            assert!(
+                err.contains(&format!("/etc/capyknock/server.toml:{line}:")) && err.contains(want),
+                "{text:?}: want line {line} and {want:?} in\n{err}"
+            );
+        }
     }
 
     // Unix paths, not absolute on Windows; fleet mode runs on Linux only (docs/WINDOWS.md).

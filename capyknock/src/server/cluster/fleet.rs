@@ -18,13 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{
     bans::BanSync,
     config::{ClusterSettings, OnStoreFailure},
     grants::{LocalUsers, set_local_users, sync_groups},
     store::{BanChange, Claim, Store, StoreError},
+    user_sync::{self, StoreUsers},
+    users::SealKey,
 };
 use crate::{
     error_chain::ErrorChain,
@@ -48,6 +50,9 @@ pub struct Fleet {
     groups: Vec<String>,
     users: LocalUsers,
     grants_caught_up: Arc<AtomicBool>,
+    /// Users from the store (`users_from_store`): the seal key and the published set.
+    store_users: Option<(SealKey, watch::Sender<StoreUsers>)>,
+    users_caught_up: Arc<AtomicBool>,
     policy: OnStoreFailure,
     in_flight: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -84,8 +89,15 @@ pub struct Pending {
 }
 
 impl Fleet {
-    /// Starts the store client (see [`Store::start`]).
+    /// Reads the seal key when users come from the store, and starts the store client (see
+    /// [`Store::start`]).
     pub fn start(settings: &ClusterSettings, freshness: Duration) -> Result<Self, StoreError> {
+        let seal_key = settings
+            .seal_key
+            .as_deref()
+            .map(SealKey::read)
+            .transpose()
+            .map_err(StoreError::SealKey)?;
         let store = Store::start(settings, freshness)?;
         tracing::info!(
             node = %settings.node,
@@ -100,6 +112,8 @@ impl Fleet {
             groups: settings.groups.clone(),
             users: LocalUsers::default(),
             grants_caught_up: Arc::new(AtomicBool::new(false)),
+            store_users: seal_key.map(|k| (k, watch::channel(StoreUsers::default()).0)),
+            users_caught_up: Arc::new(AtomicBool::new(false)),
             policy: settings.on_store_failure,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             counters: Arc::new(Counters::default()),
@@ -110,6 +124,12 @@ impl Fleet {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The users from the store as they change (`users_from_store`), for the daemon's core.
+    #[must_use]
+    pub fn store_users(&self) -> Option<watch::Receiver<StoreUsers>> {
+        self.store_users.as_ref().map(|(_, tx)| tx.subscribe())
     }
 
     /// The users configured here (group grants are applied only for them, and only for their
@@ -134,12 +154,23 @@ impl Fleet {
             effects.clone(),
             Arc::clone(&self.grants_caught_up),
         ));
+        match &self.store_users {
+            Some((key, tx)) => user_sync::start(
+                self.store.clone(),
+                key.clone(),
+                tx.clone(),
+                Arc::clone(&self.users_caught_up),
+            ),
+            None => self.users_caught_up.store(true, Ordering::Release),
+        }
         let sync = BanSync::start(self.store.clone(), effects, local);
         let mut caught_up = sync.wait_caught_up(within).await;
         let started = tokio::time::Instant::now();
         // Ready means claims work too: wait for the first health probe to reach the store.
         while caught_up
-            && !(self.grants_caught_up.load(Ordering::Acquire) && self.store.is_healthy())
+            && !(self.grants_caught_up.load(Ordering::Acquire)
+                && self.users_caught_up.load(Ordering::Acquire)
+                && self.store.is_healthy())
         {
             if started.elapsed() >= within {
                 caught_up = false;
@@ -147,7 +178,14 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if !caught_up {
+        if !caught_up && self.store_users.is_some() {
+            tracing::error!(
+                waited = ?within,
+                "USERS FROM THE FLEET STORE NOT LOADED (store unreachable?): starting with the \
+                 config file's users only, and this node's own bans; the store's users, bans \
+                 and group grants are applied as soon as it answers"
+            );
+        } else if !caught_up {
             tracing::warn!(
                 waited = ?within,
                 "fleet bans and group grants not caught up yet (store unreachable?): starting \

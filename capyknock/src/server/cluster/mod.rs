@@ -5,7 +5,9 @@
 //! transaction; [`bans`] writes bans to etcd and applies the fleet's through a watch; [`grants`]
 //! shares group grants (`scope = "group:NAME"`) the same way; [`watch_retry`] is how those
 //! watches start again after a break (backoff, one log line for the break and one for the return),
-//! [`watch_health`] how far behind the store each is (for `status`); [`fleet`]
+//! [`watch_health`] how far behind the store each is (for `status`); [`users`] seals the users
+//! kept in the store (`users_from_store`), [`user_sync`] keeps a node's copy of them and
+//! [`user_admin`] is `keygen --cluster`'s side; [`fleet`]
 //! hooks the claim into the daemon between verification and the worker
 //! (which opens the firewall). The store parts are Linux-only for now; elsewhere [`unsupported`]
 //! gives the daemon the same names and refuses `[cluster]` with a clear error.
@@ -22,6 +24,11 @@ pub mod keys;
 pub mod store;
 #[cfg(not(target_os = "linux"))]
 pub mod unsupported;
+#[cfg(target_os = "linux")]
+pub mod user_admin;
+#[cfg(target_os = "linux")]
+pub mod user_sync;
+pub mod users;
 #[cfg(target_os = "linux")]
 pub mod watch_health;
 #[cfg(target_os = "linux")]

@@ -76,6 +76,9 @@ pub enum StoreError {
     /// be read.
     #[error("the etcd client key (key in [cluster])")]
     TlsKey(#[source] crate::private_file::PrivateFileError),
+    /// The seal key of the users from the store could not be read.
+    #[error("users from the store (users_from_store in [cluster])")]
+    SealKey(#[source] super::users::SealKeyError),
     /// No connection yet, or the health probe found the store unreachable.
     #[error("the fleet store (etcd) is unreachable")]
     Unreachable,

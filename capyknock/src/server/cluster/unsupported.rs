@@ -64,6 +64,15 @@ pub mod fleet {
         }
 
         /// Unreachable (no value exists).
+        #[must_use]
+        pub fn store_users(
+            &self,
+        ) -> Option<tokio::sync::watch::Receiver<std::sync::Arc<Vec<super::super::users::StoreUser>>>>
+        {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
         pub fn start_sync(
             &mut self,
             _effects: mpsc::Sender<Effect>,
