@@ -16,6 +16,9 @@ use crate::{
     setup::STABLE,
 };
 
+/// Where the clean copy, its target directory and the installed client live (workspace-relative).
+pub const BASE_DIR: &str = "target/client-build";
+
 /// Targets the client must compile for besides the host (setup adds them to the stable).
 pub const CHECK_TARGETS: &[&str] = &[
     "aarch64-unknown-linux-gnu",
@@ -37,7 +40,7 @@ const ALLOWED_LIBS: &[&str] = &[
 /// Builds and installs the client the public way in a clean environment, checks its `ldd`, and
 /// checks the other targets. Returns the installed binary.
 pub fn run() -> anyhow::Result<PathBuf> {
-    let base = workspace_root().join("target/client-build");
+    let base = workspace_root().join(BASE_DIR);
     let src = base.join("src");
     copy_clean_tree(&src)?;
     let bin_dir = base.join("bin");

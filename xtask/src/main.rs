@@ -8,6 +8,7 @@ mod client_build;
 mod cmd;
 mod demo;
 mod demo_fleet;
+mod disk;
 mod dist;
 mod fuzz;
 mod load;

@@ -17,7 +17,7 @@ use anyhow::bail;
 
 use crate::{
     cmd::{self, command, is_root},
-    setup,
+    disk, setup,
 };
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +29,12 @@ pub struct Options {
     /// Seconds each fuzz target runs in the short fuzzing pass.
     #[arg(long, default_value_t = 20)]
     pub fuzz_seconds: u64,
+    /// Delete each step's build outputs once no later step needs them (the macOS and FreeBSD
+    /// checks, the clean-environment client build, the release builds of `dist`). CI passes it:
+    /// its machine's disk may be small, and a full run otherwise peaks near 30 GB of `target/`.
+    /// Local runs keep them, so the next run is incremental.
+    #[arg(long)]
+    pub reclaim_disk: bool,
 }
 
 /// Test counts summed from `cargo test` output.
@@ -79,7 +85,13 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         let t = Instant::now();
         let result = f(&mut tally);
         steps.push((name, t.elapsed().as_secs_f64(), result.is_ok()));
+        disk::report(name);
         result
+    };
+    let reclaim = |paths: &[&str]| {
+        if opts.reclaim_disk {
+            disk::reclaim(paths);
+        }
     };
 
     let result = (|| -> anyhow::Result<()> {
@@ -116,15 +128,27 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         })?;
         step("windows unit tests (Wine)", &mut windows_unit_tests)?;
         step("other platforms check", &mut |_| platforms_check())?;
+        // The Windows outputs stay: the privileged tests run the Windows debug build.
+        reclaim(&[
+            "target/x86_64-apple-darwin",
+            "target/x86_64-unknown-freebsd",
+        ]);
         step("client build (clean env, other targets)", &mut |_| {
             crate::client_build::run().map(drop)
         })?;
+        reclaim(&[crate::client_build::BASE_DIR]);
         if opts.unprivileged_only {
             bail!("privileged tests skipped (--unprivileged-only): this run is incomplete");
         }
         step("dist --check", &mut |_| {
             crate::dist::dist(&crate::dist::Options { check: true })
         })?;
+        // The packages stay in target/dist; the later steps run the debug build.
+        reclaim(&[
+            "target/release",
+            "target/x86_64-unknown-linux-musl",
+            "target/x86_64-pc-windows-gnu/release",
+        ]);
         step("privileged tests", &mut |t| {
             privileged_builds()?;
             cargo_test(
@@ -147,8 +171,14 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         Ok(())
     })();
 
+    print_summary(&steps, started, &tally);
+    result
+}
+
+/// The table at the end: each step's time and outcome, the total, the test counts.
+fn print_summary(steps: &[(&str, f64, bool)], started: Instant, tally: &Tally) {
     println!("\n==> xtask test summary");
-    for (name, secs, ok) in &steps {
+    for (name, secs, ok) in steps {
         println!(
             "  {:<26} {:>7.1} s  {}",
             name,
@@ -161,7 +191,6 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
         "tests: {} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.ignored
     );
-    result
 }
 
 /// The binaries the privileged tests run: the Linux debug build and the Windows debug build
