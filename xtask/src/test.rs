@@ -29,10 +29,10 @@ pub struct Options {
     /// Seconds each fuzz target runs in the short fuzzing pass.
     #[arg(long, default_value_t = 20)]
     pub fuzz_seconds: u64,
-    /// Delete each step's build outputs once no later step needs them (the macOS and FreeBSD
-    /// checks, the clean-environment client build, the release builds of `dist`). CI passes it:
-    /// its machine's disk may be small, and a full run otherwise peaks near 30 GB of `target/`.
-    /// Local runs keep them, so the next run is incremental.
+    /// Delete each step's outputs once no later step needs them (the Wine prefix of the
+    /// Windows unit tests, the macOS and FreeBSD checks, the clean-environment client build, the
+    /// release builds of `dist`). CI passes it: its machine's disk may be small (one CI run
+    /// filled it). Local runs keep them, so the next run is incremental.
     #[arg(long)]
     pub reclaim_disk: bool,
 }
@@ -127,6 +127,9 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
             )
         })?;
         step("windows unit tests (Wine)", &mut windows_unit_tests)?;
+        // The runner's Wine prefix (it makes a new one when missing); the Wine end-to-end
+        // tests make their own.
+        reclaim(&["target/wine-runner"]);
         step("other platforms check", &mut |_| platforms_check())?;
         // The Windows outputs stay: the privileged tests run the Windows debug build.
         reclaim(&[

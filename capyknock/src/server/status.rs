@@ -76,6 +76,13 @@ pub struct MemberStatus {
     pub name: String,
     /// Where it serves clients.
     pub client_urls: Vec<String>,
+    /// Whether it was the Raft leader when the list was read (requests go to it first).
+    #[serde(default)]
+    pub leader: bool,
+    /// The configured endpoint that reached it (etcd's own answer, whatever URL the member
+    /// advertises); `None`: none of this node's endpoints did (or a daemon before this field).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// One fleet watch (docs/FLEET.md "Status").
@@ -196,7 +203,14 @@ fn render_cluster(out: &mut String, c: &ClusterStatus) {
         let members: Vec<String> = c
             .members
             .iter()
-            .map(|m| format!("{} ({})", m.name, m.client_urls.join(" ")))
+            .map(|m| {
+                let role = if m.leader { "leader, " } else { "" };
+                let via = match &m.endpoint {
+                    Some(e) if !m.client_urls.contains(e) => format!(" via {e}"),
+                    _ => String::new(),
+                };
+                format!("{} ({role}{}{via})", m.name, m.client_urls.join(" "))
+            })
             .collect();
         let _ = writeln!(out, "  etcd members seen: {}", members.join(", "));
     }
@@ -407,10 +421,26 @@ mod tests {
             store_healthy: true,
             answering: "https://10.0.0.1:2379".into(),
             on_store_failure: "refuse".into(),
-            members: vec![MemberStatus {
-                name: "etcd-a".into(),
-                client_urls: vec!["https://10.0.0.1:2379".into()],
-            }],
+            members: vec![
+                MemberStatus {
+                    name: "etcd-a".into(),
+                    client_urls: vec!["https://10.0.0.1:2379".into()],
+                    leader: false,
+                    endpoint: Some("https://10.0.0.1:2379".into()),
+                },
+                MemberStatus {
+                    name: "etcd-b".into(),
+                    client_urls: vec!["https://127.0.0.1:2379".into()],
+                    leader: true,
+                    endpoint: Some("https://etcd-b.example:2379".into()),
+                },
+                MemberStatus {
+                    name: "etcd-c".into(),
+                    client_urls: vec!["https://10.0.0.3:2379".into()],
+                    leader: false,
+                    endpoint: None,
+                },
+            ],
             watches: vec![
                 WatchStatus {
                     name: "bans".into(),
@@ -432,7 +462,9 @@ mod tests {
         for want in [
             "node bastion-1, store reachable",
             "watches: bans lag 3 ms, group grants NOT WATCHING",
-            "etcd members seen: etcd-a (https://10.0.0.1:2379)",
+            "etcd members seen: etcd-a (https://10.0.0.1:2379), \
+             etcd-b (leader, https://127.0.0.1:2379 via https://etcd-b.example:2379), \
+             etcd-c (https://10.0.0.3:2379)",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
@@ -444,8 +476,13 @@ mod tests {
         .unwrap();
         let c = json["cluster"].as_object_mut().unwrap();
         c.remove("watches");
-        c.remove("members");
+        // Members as a daemon before `leader` listed them.
+        c.insert(
+            "members".into(),
+            serde_json::json!([{"name": "etcd-a", "client_urls": []}]),
+        );
         let old: Status = serde_json::from_value(json).unwrap();
         assert!(!render_human(&old).contains("watches:"));
+        assert!(render_human(&old).contains("etcd members seen: etcd-a ()"));
     }
 }

@@ -48,11 +48,12 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// The health probe grants the next claim lease this long before the current one stops
 /// taking new claims.
 const LEASE_AHEAD: Duration = Duration::from_secs(5);
-/// First and longest wait between connection attempts.
-/// The member list is read at the first probe that reaches the store, then every this many.
+/// The member list (and which member leads) is read at the first probe that reaches the
+/// store, then every this many.
 const MEMBER_LIST_EVERY: u64 = 10;
 /// The most members `status` lists (etcd clusters have 3, 5 or 7).
 const MAX_MEMBERS_SHOWN: usize = 16;
+/// First and longest wait between connection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// Most knocks accepted on local state alone (`on_store_failure = "local"`) remembered for
 /// claiming once the store returns; older ones are dropped first.
@@ -261,27 +262,37 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Reads the store's member list (a few names and URLs; capped all the same).
+    /// Reads the store's member list (a few names and URLs; capped all the same), which member
+    /// each endpoint reaches and which member leads, then sends requests to the leader first
+    /// when an endpoint reaches it.
     async fn list_members(&self) {
         let Some(mut client) = self.preferred_client() else {
             return;
         };
-        let listed = tokio::time::timeout(
-            self.inner.timeout.max(Duration::from_millis(300)),
-            client.member_list(),
-        )
-        .await;
+        let wait = self.inner.timeout.max(Duration::from_millis(300));
+        let listed = tokio::time::timeout(wait, client.member_list()).await;
+        let reached = self.members_reached(wait).await;
         match listed {
             Ok(Ok(resp)) => {
-                let members = resp
+                let members: Vec<MemberStatus> = resp
                     .members()
                     .iter()
                     .take(MAX_MEMBERS_SHOWN)
-                    .map(|m| MemberStatus {
-                        name: m.name().to_owned(),
-                        client_urls: m.client_urls().iter().take(4).cloned().collect(),
+                    .map(|m| {
+                        let endpoint = reached.endpoint_of(m.id());
+                        MemberStatus {
+                            name: m.name().to_owned(),
+                            client_urls: m.client_urls().iter().take(4).cloned().collect(),
+                            leader: reached.leader != 0 && m.id() == reached.leader,
+                            endpoint: endpoint
+                                .and_then(|idx| self.inner.endpoints.get(idx))
+                                .cloned(),
+                        }
                     })
                     .collect();
+                if let Some(idx) = reached.endpoint_of(reached.leader) {
+                    self.prefer_leader(idx);
+                }
                 if let Ok(mut seen) = self.inner.members.lock() {
                     *seen = members;
                 }
@@ -290,6 +301,49 @@ impl Store {
                 tracing::debug!(error = %ErrorChain(&err), "cannot list the etcd members");
             }
             Err(_) => tracing::debug!("the etcd member list did not come in time"),
+        }
+    }
+
+    /// Asks every connected endpoint, at once, which member answers there and which member
+    /// leads (etcd's status call: no Raft round). An endpoint that does not answer within
+    /// `wait` is left out.
+    async fn members_reached(&self, wait: Duration) -> Reached {
+        let mut asks = tokio::task::JoinSet::new();
+        for idx in 0..self.inner.endpoints.len() {
+            if let Some(mut client) = self.client_at(idx) {
+                asks.spawn(async move {
+                    let status = tokio::time::timeout(wait, client.status()).await;
+                    (idx, status)
+                });
+            }
+        }
+        let mut reached = Reached::default();
+        while let Some(done) = asks.join_next().await {
+            let Ok((idx, Ok(Ok(status)))) = done else {
+                continue;
+            };
+            if let Some(header) = status.header() {
+                reached.members.push((header.member_id(), idx));
+            }
+            if reached.leader == 0 {
+                reached.leader = status.leader();
+            }
+        }
+        reached
+    }
+
+    /// Sends requests to endpoint `idx` first: it reaches the leader. A write through a
+    /// follower waits for two more hops between members (the follower forwards it to the
+    /// leader, and learns of the commit from it), so claims through the leader are faster
+    /// (docs/FLEET.md, "Performance"). Failover is unchanged: a member that does not answer is
+    /// passed over, whichever it is.
+    fn prefer_leader(&self, idx: usize) {
+        let was = self.inner.preferred.swap(idx, Ordering::Relaxed);
+        if was != idx {
+            tracing::info!(
+                endpoint = self.inner.endpoints.get(idx).map_or("", String::as_str),
+                "fleet store: requests go to the etcd leader first"
+            );
         }
     }
 
@@ -731,6 +785,29 @@ impl TlsUse {
 }
 
 /// Whether `err` says the lease is gone.
+/// Which member each endpoint reached, and the leader, by etcd member id.
+#[derive(Debug, Default)]
+struct Reached {
+    /// (member id, endpoint index), one per endpoint that answered.
+    members: Vec<(u64, usize)>,
+    /// The leader's member id; 0: none known.
+    leader: u64,
+}
+
+impl Reached {
+    /// The endpoint that reaches member `id` (the first, if several do).
+    fn endpoint_of(&self, id: u64) -> Option<usize> {
+        if id == 0 {
+            return None;
+        }
+        self.members
+            .iter()
+            .filter(|(member, _)| *member == id)
+            .map(|(_, idx)| *idx)
+            .min()
+    }
+}
+
 fn lease_gone(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
 }
@@ -740,6 +817,19 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn the_endpoint_of_a_member_is_the_one_that_reached_it() {
+        let reached = Reached {
+            members: vec![(0xb, 2), (0xa, 1), (0xb, 0)],
+            leader: 0xb,
+        };
+        assert_eq!(reached.endpoint_of(reached.leader), Some(0));
+        assert_eq!(reached.endpoint_of(0xa), Some(1));
+        // A member no endpoint reached, and "no leader known".
+        assert_eq!(reached.endpoint_of(0xc), None);
+        assert_eq!(reached.endpoint_of(0), None);
+    }
 
     #[test]
     fn tls_refusals_get_a_hint_and_other_errors_do_not() {
