@@ -258,11 +258,22 @@ impl Fleet {
         let permit = Arc::clone(&self.in_flight).try_acquire_owned().ok();
         let fleet = self.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let outcome = match &permit {
                 Some(_) => fleet.store.claim(&knock.used).await,
                 None => Err(StoreError::Unreachable),
             };
+            let store_time = started.elapsed();
             drop(permit);
+            if matches!(outcome, Ok(Claim::Claimed)) {
+                // The knock's time in the fleet path, by stage (docs/FLEET.md, "Performance").
+                tracing::debug!(
+                    claim_ms = knock.received.elapsed().as_secs_f64() * 1e3,
+                    before_ms = started.duration_since(knock.received).as_secs_f64() * 1e3,
+                    store_ms = store_time.as_secs_f64() * 1e3,
+                    "claimed"
+                );
+            }
             let share = match (&outcome, &knock.scope) {
                 (Ok(Claim::Claimed), Some(group)) => {
                     Some((group.clone(), knock.grant.clone(), knock.used))
@@ -316,7 +327,6 @@ impl Fleet {
         match outcome {
             Ok(Claim::Claimed) => {
                 self.counters.claimed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(claim_ms = received.elapsed().as_secs_f64() * 1e3, "claimed");
                 grant_effect(grant)
             }
             Ok(Claim::Taken) => {
