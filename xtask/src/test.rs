@@ -31,7 +31,7 @@ pub struct Options {
     pub fuzz_seconds: u64,
     /// Delete each step's outputs once no later step needs them (the Wine prefix of the
     /// Windows unit tests, the macOS and FreeBSD checks, the clean-environment client build, the
-    /// release builds of `dist`). CI passes it: its machine's disk may be small (one CI run
+    /// release builds of `dist`, the Windows build after the privileged tests). CI passes it: its machine's disk may be small (one CI run
     /// filled it). Local runs keep them, so the next run is incremental.
     #[arg(long)]
     pub reclaim_disk: bool,
@@ -159,6 +159,8 @@ pub fn test(opts: &Options) -> anyhow::Result<()> {
                 &["test", "-p", "capyknock-tests", "--", "--test-threads=1"],
             )
         })?;
+        // The Windows build the Wine tests ran; the fuzzing pass that follows needs room.
+        reclaim(&["target/x86_64-pc-windows-gnu"]);
         step("fuzz (short pass)", &mut |_| {
             crate::fuzz::run(&crate::fuzz::FuzzOptions {
                 seconds: opts.fuzz_seconds,
