@@ -31,8 +31,9 @@ pub struct Options {
     pub fuzz_seconds: u64,
     /// Delete each step's outputs once no later step needs them (the Wine prefix of the
     /// Windows unit tests, the macOS and FreeBSD checks, the clean-environment client build, the
-    /// release builds of `dist`, the Windows build after the privileged tests). CI passes it: its machine's disk may be small (one CI run
-    /// filled it). Local runs keep them, so the next run is incremental.
+    /// release builds of `dist`, the Windows build after the privileged tests). CI passes it:
+    /// its machine's disk may be small (one CI run filled it). Local runs keep them, so the
+    /// next run is incremental.
     #[arg(long)]
     pub reclaim_disk: bool,
 }

@@ -784,7 +784,6 @@ impl TlsUse {
     }
 }
 
-/// Whether `err` says the lease is gone.
 /// Which member each endpoint reached, and the leader, by etcd member id.
 #[derive(Debug, Default)]
 struct Reached {
@@ -808,6 +807,7 @@ impl Reached {
     }
 }
 
+/// Whether `err` says the lease is gone.
 fn lease_gone(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("lease not found"))
 }
