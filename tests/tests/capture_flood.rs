@@ -23,7 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capyknock::capture::{Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig};
+use capyknock::capture::{
+    Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig, XdpAttachMode,
+};
 use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
 use capyknock_testkit::{
     KNOCK_PORT,
@@ -201,7 +203,9 @@ fn consume(
             mode,
             ifaces: vec![link.b_if.clone()],
             knock_ports: vec![KNOCK_PORT],
-            xdp_mode: None,
+            // Native: the flood dies where a NIC's driver would drop it (auto takes SKB mode
+            // on a veth).
+            xdp_mode: Some(XdpAttachMode::Native),
             per_source: RateLimitConfig {
                 per_second: 10,
                 burst: 20,

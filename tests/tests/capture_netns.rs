@@ -24,6 +24,7 @@ use std::{
 
 use capyknock::capture::{
     ActiveMode, Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig,
+    XdpAttachMode,
 };
 use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
 use capyknock_testkit::{
@@ -57,7 +58,9 @@ fn capture_config(mode: CaptureMode, link: &Link) -> CaptureConfig {
         mode,
         ifaces: vec![link.b_if.clone()],
         knock_ports: vec![KNOCK_PORT],
-        xdp_mode: None,
+        // Native mode: what these tests check is the program where a NIC's driver runs it (on
+        // a veth, `auto` takes SKB mode: xdp_mode_auto_is_skb_on_a_veth).
+        xdp_mode: Some(XdpAttachMode::Native),
         per_source: RateLimitConfig {
             per_second: 100,
             burst: 100,
@@ -401,4 +404,55 @@ fn auto_mode_picks_xdp_when_it_can() {
         text.contains("ck-missing0") && text.contains("does not exist"),
         "{text}"
     );
+}
+
+/// The XDP attach flag `ip -d link` shows for interface `iface` in `ns`: `xdp` (native),
+/// `xdpgeneric` (SKB), or `None` when no program is attached.
+fn attach_flag(ns: &NetNs, iface: &str) -> Option<String> {
+    let out = ns.ip(&["-o", "link", "show", "dev", iface]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find(|w| ["xdp", "xdpgeneric", "xdpdrv", "xdpoffload"].contains(w))
+        .map(str::to_owned)
+}
+
+#[test]
+fn xdp_mode_auto_is_skb_on_a_veth() {
+    require_root();
+    let server = NetNs::unique("vskb").unwrap();
+    let client = NetNs::unique("vskbc").unwrap();
+    let link = netns::connect(&client, &server, 46).unwrap();
+    // The capture is opened and kept on a thread in the server's namespace while `ip` looks.
+    let attached_as = |xdp_mode: Option<XdpAttachMode>| {
+        let mut config = capture_config(CaptureMode::Xdp, &link);
+        config.xdp_mode = xdp_mode;
+        let (link, server_ref) = (&link, &server);
+        server
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let capture = Capture::open(&config).unwrap();
+                        let reported: Vec<_> = capture
+                            .interfaces()
+                            .into_iter()
+                            .map(|a| a.xdp_mode)
+                            .collect();
+                        let flag = attach_flag(server_ref, &link.b_if);
+                        capture.shutdown();
+                        (reported, flag)
+                    })
+            })
+            .unwrap()
+    };
+    let (reported, flag) = attached_as(None);
+    assert_eq!(reported, [Some(XdpAttachMode::Skb)], "auto on a veth");
+    assert_eq!(flag.as_deref(), Some("xdpgeneric"), "auto on a veth");
+    let (reported, flag) = attached_as(Some(XdpAttachMode::Native));
+    assert_eq!(reported, [Some(XdpAttachMode::Native)], "native forced");
+    assert_eq!(flag.as_deref(), Some("xdp"), "native forced");
+    // Detached on shutdown either way.
+    assert_eq!(attach_flag(&server, &link.b_if), None);
 }

@@ -49,6 +49,10 @@ pub struct Options {
     /// Junk packets per second in the flood runs (paced; the sender may fall short).
     #[arg(long, default_value_t = 100_000)]
     pub flood_rate: u64,
+    /// Times the traffic tests' three programs take turns; each figure is the median over
+    /// the rounds (default 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub traffic_rounds: u32,
     /// XDP attach mode for the traffic tests: `native` (driver) or `skb` (generic).
     #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
     pub xdp_mode: String,
@@ -86,6 +90,7 @@ impl Options {
             quick: true,
             repeat: None,
             rounds: None,
+            traffic_rounds: 1,
             seconds: None,
             flood_rate: 100_000,
             only: None,
@@ -154,15 +159,16 @@ pub fn bench_xdp(opts: &Options) -> anyhow::Result<()> {
             seconds,
             flood_rate: opts.flood_rate,
             xdp_mode: opts.xdp_mode.clone(),
+            rounds: opts.traffic_rounds,
         })?;
         let load_after = load_average();
         let _ = writeln!(
             report,
             "\n## Pass-through traffic\n\nveth between two namespaces, the program attached \
-             ({} mode) to the server's end; {seconds} s per test, flood {} junk \
+             ({} mode) to the server's end; {seconds} s per test, {} round(s), flood {} junk \
              packets/s offered (bad tags for a known user: the dearest rejection). Load average \
              {load_before} before, {load_after} after.\n",
-            opts.xdp_mode, opts.flood_rate
+            opts.xdp_mode, opts.traffic_rounds, opts.flood_rate
         );
         report.push_str(&traffic::table(&traffic));
         results.insert("traffic".to_owned(), traffic);

@@ -28,6 +28,8 @@ pub mod userspace;
 #[cfg(unix)]
 pub mod ifaces;
 #[cfg(target_os = "linux")]
+pub mod link_kind;
+#[cfg(target_os = "linux")]
 pub mod link_watch;
 #[cfg(unix)]
 pub mod pcap;
@@ -125,7 +127,8 @@ impl CaptureMode {
 }
 
 /// How the XDP program attaches to an interface. The config's `xdp_mode` is an
-/// `Option<XdpAttachMode>`: `"auto"` (`None`) tries native and falls back to SKB.
+/// `Option<XdpAttachMode>`: `"auto"` (`None`) tries native and falls back to SKB, except on a
+/// veth, where it takes SKB at once (`xdp::auto_prefers_skb` says why).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
 )]

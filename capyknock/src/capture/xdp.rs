@@ -338,6 +338,12 @@ impl XdpFilter {
                     .map_err(attach_err(mode))?,
                 mode,
             ),
+            None if auto_prefers_skb(iface, ifindex) => (
+                program
+                    .attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(attach_err(XdpAttachMode::Skb))?,
+                XdpAttachMode::Skb,
+            ),
             None => match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(link) => (link, XdpAttachMode::Native),
                 Err(err) => {
@@ -727,6 +733,31 @@ pub const fn action_name(action: u32) -> &'static str {
         3 => "XDP_TX",
         4 => "XDP_REDIRECT",
         _ => "an unknown action",
+    }
+}
+
+/// Whether `xdp_mode = "auto"` attaches to interface `ifindex` in SKB mode rather than trying
+/// native mode first: on a veth. Any program attached in driver mode to a veth makes the veth
+/// driver turn off its peer's segmentation offload and cap its MTU (`veth_xdp_set` in the
+/// kernel), which cost pass-through TCP 64-78 % of its throughput in docs/PERFORMANCE.md's
+/// measurement, while SKB mode on a veth cost nothing measurable and still drops knock-port
+/// traffic before any socket. `xdp_mode = "native"` still attaches natively. When the kind
+/// cannot be read, auto tries native as before.
+fn auto_prefers_skb(iface: &str, ifindex: u32) -> bool {
+    match super::link_kind::of_index(ifindex) {
+        Ok(Some(rtnetlink::packet_route::link::InfoKind::Veth)) => {
+            tracing::info!(
+                iface,
+                "veth: XDP in SKB mode (native mode on a veth turns off the peer's segmentation \
+                 offload, slowing pass-through TCP; xdp_mode = \"native\" forces it)"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(err) => {
+            tracing::debug!(iface, error = %super::ErrorChain(&err), "link kind unknown");
+            false
+        }
     }
 }
 

@@ -13,6 +13,11 @@
 //! trip timed), and both again while a paced junk flood (bad tags for a known user, the
 //! costliest rejection) goes to the knock port. Small tools of ours, no iperf3 needed. The flood
 //! is bounded in time and count and sends only inside the namespaces.
+//!
+//! With several rounds (`--traffic-rounds`) the three programs take turns in every round, so a
+//! machine whose speed drifts (other work, frequency) moves every program's figures alike; the
+//! table shows each figure's median over the rounds and, per round, capyknock's bulk throughput
+//! against no program's of the same round.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -59,7 +64,12 @@ pub struct Plan {
     pub flood_rate: u64,
     /// XDP attach mode: `native` or `skb`.
     pub xdp_mode: String,
+    /// Times the three programs take turns (at least 1).
+    pub rounds: u32,
 }
+
+/// The programs compared, in the order they run in every round (the first is the baseline).
+const PROGRAMS: [&str; 3] = ["none", "pass", "capyknock"];
 
 /// Runs every configuration; returns the figures as JSON.
 pub fn run(plan: &Plan) -> anyhow::Result<Value> {
@@ -72,10 +82,11 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
         24,
     )?;
     let secs = Duration::from_secs(plan.seconds.max(1));
+    let rounds = plan.rounds.max(1);
     let mut rows = Vec::new();
-    for program in ["none", "pass", "capyknock"] {
+    for (round, program) in (1..=rounds).flat_map(|r| PROGRAMS.map(|p| (r, p))) {
         check_interrupted()?;
-        println!("bench-xdp: traffic with XDP program: {program}");
+        println!("bench-xdp: traffic with XDP program: {program} (round {round} of {rounds})");
         let hold = if program == "none" {
             None
         } else {
@@ -93,6 +104,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
         };
         rows.push(json!({
             "program": program,
+            "round": round,
             "bulk": bulk,
             "rr": rr,
             "flood_bulk": bulk_flood,
@@ -100,12 +112,55 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
             "xdp": xdp,
         }));
     }
+    let medians = PROGRAMS
+        .iter()
+        .map(|program| {
+            let of: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r.get("program").and_then(Value::as_str) == Some(program))
+                .collect();
+            median_of(&of)
+        })
+        .collect::<Vec<_>>();
     Ok(json!({
         "seconds": plan.seconds,
         "flood_rate": plan.flood_rate,
         "xdp_mode": plan.xdp_mode,
-        "runs": rows,
+        "rounds": rounds,
+        "runs": medians,
+        "every_run": rows,
     }))
+}
+
+/// One value shaped like `values[0]` whose numbers are the medians of the numbers at the same
+/// place in every value (strings and the like are taken from the first).
+fn median_of(values: &[&Value]) -> Value {
+    match values.first() {
+        Some(Value::Object(first)) => Value::Object(
+            first
+                .iter()
+                .map(|(key, _)| {
+                    let inner: Vec<&Value> = values.iter().filter_map(|v| v.get(key)).collect();
+                    (key.clone(), median_of(&inner))
+                })
+                .collect(),
+        ),
+        Some(Value::Number(_)) => {
+            let mut numbers: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+            numbers.sort_by(f64::total_cmp);
+            let median = match numbers.len() {
+                0 => None,
+                n if n % 2 == 1 => numbers.get(n / 2).copied(),
+                n => numbers
+                    .get(n / 2 - 1)
+                    .zip(numbers.get(n / 2))
+                    .map(|(a, b)| f64::midpoint(*a, *b)),
+            };
+            median.map_or(Value::Null, Value::from)
+        }
+        Some(other) => (*other).clone(),
+        None => Value::Null,
+    }
 }
 
 /// The knock port, user id and step `xdp-bench hold` configures.
@@ -548,5 +603,86 @@ pub fn table(v: &Value) -> String {
             f(get(r, &["flood_rr", "flood", "pps"]), 0),
         );
     }
+    let every: Vec<&Value> = v
+        .get("every_run")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let rounds = v.get("rounds").and_then(Value::as_u64).unwrap_or(1);
+    if rounds > 1 {
+        let bulk_of = |round: u64, program: &str| {
+            every
+                .iter()
+                .find(|r| {
+                    r.get("round").and_then(Value::as_u64) == Some(round)
+                        && r.get("program").and_then(Value::as_str) == Some(program)
+                })
+                .and_then(|r| get(r, &["bulk", "gbit_per_s"]))
+        };
+        let per_round: Vec<String> = (1..=rounds)
+            .map(|round| pct(bulk_of(round, "capyknock"), bulk_of(round, "none")))
+            .collect();
+        let _ = writeln!(
+            t,
+            "\nMedians of {rounds} rounds. TCP bulk, capyknock against no program, round by \
+             round: {}.",
+            per_round.join(", ")
+        );
+    }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(program: &str, round: u64, gbit: f64, rtt: f64) -> Value {
+        json!({
+            "program": program,
+            "round": round,
+            "bulk": { "gbit_per_s": gbit },
+            "rr": { "mean_us": rtt, "per_s": 1000.0, "p99_us": 2.0 * rtt },
+        })
+    }
+
+    #[test]
+    fn medians_are_taken_leaf_by_leaf() {
+        let rows = [
+            row("none", 1, 9.0, 30.0),
+            row("none", 2, 7.0, 20.0),
+            row("none", 3, 8.0, 50.0),
+        ];
+        let m = median_of(&rows.iter().collect::<Vec<_>>());
+        assert_eq!(m["program"], "none");
+        assert_eq!(m["bulk"]["gbit_per_s"], 8.0);
+        assert_eq!(m["rr"]["mean_us"], 30.0);
+        let two = median_of(&[&rows[0], &rows[1]]);
+        assert_eq!(two["bulk"]["gbit_per_s"], 8.0);
+        assert_eq!(median_of(&[]), Value::Null);
+    }
+
+    #[test]
+    fn the_table_shows_medians_and_each_round() {
+        let every = vec![
+            row("none", 1, 10.0, 30.0),
+            row("pass", 1, 9.9, 30.0),
+            row("capyknock", 1, 9.8, 31.0),
+            row("none", 2, 8.0, 30.0),
+            row("pass", 2, 8.2, 30.0),
+            row("capyknock", 2, 8.4, 29.0),
+        ];
+        let runs: Vec<Value> = PROGRAMS
+            .iter()
+            .map(|p| {
+                let of: Vec<&Value> = every.iter().filter(|r| r["program"] == *p).collect();
+                median_of(&of)
+            })
+            .collect();
+        let t = table(&json!({ "rounds": 2, "runs": runs, "every_run": every }));
+        assert!(t.contains("| none | 9.00 | +0.0 % |"), "{t}");
+        assert!(t.contains("| capyknock | 9.10 | +1.1 % |"), "{t}");
+        assert!(t.contains("round by round: -2.0 %, +5.0 %."), "{t}");
+        let one = table(&json!({ "rounds": 1, "runs": [row("none", 1, 1.0, 1.0)] }));
+        assert!(!one.contains("round by round"), "{one}");
+    }
 }

@@ -119,6 +119,10 @@ pub struct Options {
     /// `SCHED_FIFO` (docs/OPERATIONS.md). Left out: normal priority.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=99))]
     pub realtime_priority: Option<u8>,
+    /// Set `xdp_mode` in the daemon's config (xdp capture): `auto` (the default: SKB mode on
+    /// the benchmark's veths), `native` or `skb`.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "native", "skb"])]
+    pub xdp_mode: String,
 }
 
 impl Options {
@@ -138,6 +142,7 @@ impl Options {
             state_dir: None,
             fleet: false,
             realtime_priority: None,
+            xdp_mode: "auto".to_owned(),
         }
     }
 }

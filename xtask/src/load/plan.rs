@@ -22,6 +22,8 @@ pub struct Plan {
     pub fleet: bool,
     /// `--realtime-priority`: the daemon's `realtime_priority`.
     pub realtime_priority: Option<u8>,
+    /// `--xdp-mode`: the daemon's `xdp_mode`.
+    pub xdp_mode: String,
 }
 
 impl Plan {
@@ -68,6 +70,7 @@ impl Plan {
             quick,
             fleet: opts.fleet,
             realtime_priority: opts.realtime_priority,
+            xdp_mode: opts.xdp_mode.clone(),
             state_parent: opts.state_dir.clone(),
         })
     }

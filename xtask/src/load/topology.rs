@@ -108,7 +108,7 @@ impl Lab {
             }
             None => TempDir::create(dir.file("state"), 0o700)?,
         };
-        let mut header = server_header(&dir, &state.path, plan.realtime_priority);
+        let mut header = server_header(&dir, &state.path, plan.realtime_priority, &plan.xdp_mode);
         let etcd = if plan.fleet {
             println!("load: --fleet: three etcd members; every knock is claimed in etcd");
             let etcd = EtcdCluster::start("ckloadetcd", 3)?;
@@ -205,8 +205,8 @@ fn wire(server: &NetNs, client: &NetNs, attacker: &NetNs, sink: &NetNs) -> anyho
 }
 
 /// The server config before the users; keygen appends them. `realtime` sets
-/// `realtime_priority` (`--realtime-priority`).
-fn server_header(dir: &TempDir, state: &Path, realtime: Option<u8>) -> String {
+/// `realtime_priority` (`--realtime-priority`), `xdp_mode` the attach mode (`--xdp-mode`).
+fn server_header(dir: &TempDir, state: &Path, realtime: Option<u8>, xdp_mode: &str) -> String {
     let comment = format!(
         "capyknock load benchmark server (cargo xtask load): everything lives in {}.",
         dir.path.display()
@@ -218,7 +218,10 @@ fn server_header(dir: &TempDir, state: &Path, realtime: Option<u8>) -> String {
         state_dir: state,
         control_socket: &dir.file("control.sock"),
         default_access: Some(ACCESS),
-        extra: &realtime.map_or_else(String::new, |p| format!("realtime_priority = {p}\n")),
+        extra: &format!(
+            "xdp_mode = \"{xdp_mode}\"\n{}",
+            realtime.map_or_else(String::new, |p| format!("realtime_priority = {p}\n"))
+        ),
     }
     .render()
 }
