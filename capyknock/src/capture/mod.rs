@@ -210,7 +210,8 @@ pub struct CaptureConfig {
     pub ifaces: Vec<String>,
     /// UDP ports knocks are sent to (at least one, never 0).
     pub knock_ports: Vec<u16>,
-    /// Force an XDP attach mode; `None` tries native and falls back to SKB.
+    /// Force an XDP attach mode; `None` tries native and falls back to SKB (SKB at once on a
+    /// veth).
     pub xdp_mode: Option<XdpAttachMode>,
     /// Limit per source address (IPv6: per /64), for each user apart.
     pub per_source: RateLimitConfig,

@@ -302,7 +302,8 @@ impl XdpFilter {
     }
 
     /// Attaches to `iface`. With `mode` `None`, tries native (driver) mode first and falls back to
-    /// generic SKB mode, logging the fallback. Returns the mode used.
+    /// generic SKB mode, logging the fallback; a veth gets SKB mode at once
+    /// ([`auto_prefers_skb`]). Returns the mode used.
     pub fn attach(
         &mut self,
         iface: &str,

@@ -209,7 +209,7 @@ pub struct Settings {
     pub interfaces: Vec<String>,
     /// Capture mode.
     pub capture: CaptureMode,
-    /// XDP attach mode; `None` (`"auto"`) tries native, then SKB.
+    /// XDP attach mode; `None` (`"auto"`) tries native, then SKB (SKB at once on a veth).
     pub xdp_mode: Option<XdpAttachMode>,
     /// State directory.
     pub state_dir: PathBuf,
