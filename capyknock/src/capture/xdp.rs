@@ -303,7 +303,7 @@ impl XdpFilter {
 
     /// Attaches to `iface`. With `mode` `None`, tries native (driver) mode first and falls back to
     /// generic SKB mode, logging the fallback; a veth gets SKB mode at once
-    /// ([`auto_prefers_skb`]). Returns the mode used.
+    /// (`auto_prefers_skb`). Returns the mode used.
     pub fn attach(
         &mut self,
         iface: &str,
