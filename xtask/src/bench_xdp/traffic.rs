@@ -14,6 +14,11 @@
 //! costliest rejection) goes to the knock port. Small tools of ours, no iperf3 needed. The flood
 //! is bounded in time and count and sends only inside the namespaces.
 //!
+//! Last for each program, the flood alone: what the whole machine's CPUs spend per junk packet
+//! (sender, veth and receiver, from `/proc/stat`, the same stretch without the flood
+//! subtracted), which is what a flood takes from other traffic, measured without depending on a
+//! TCP transfer's run-to-run noise.
+//!
 //! With several rounds (`--traffic-rounds`) the three programs take turns in every round, so a
 //! machine whose speed drifts (other work, frequency) moves every program's figures alike; the
 //! table shows each figure's median over the rounds and, per round, capyknock's bulk throughput
@@ -98,6 +103,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
         let bulk_flood = bulk_test_during(&client, &server, secs, flood)?;
         let flood = Flood::start(&client, &info, plan.flood_rate, secs)?;
         let rr_flood = rr_test_during(&client, &server, secs, flood)?;
+        let flood_alone = flood_alone(&client, &info, plan.flood_rate, secs)?;
         let xdp = match hold {
             Some(h) => h.finish()?,
             None => Value::Null,
@@ -109,6 +115,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
             "rr": rr,
             "flood_bulk": bulk_flood,
             "flood_rr": rr_flood,
+            "flood_alone": flood_alone,
             "xdp": xdp,
         }));
     }
@@ -528,6 +535,53 @@ impl Flood {
     }
 }
 
+/// `/proc/stat` counts in `USER_HZ`, 100 per second on every Linux architecture we build for.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time of all CPUs together so far, busy (everything but idle and iowait) and in total, in
+/// seconds, from the first line of `/proc/stat`.
+fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("an unexpected /proc/stat")?;
+    let total: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    Ok(((total - idle) / USER_HZ, total / USER_HZ))
+}
+
+/// The flood alone for `secs`, after the same stretch without it: the busy CPU time per junk
+/// packet the flood added (sender, veth and receiver together).
+fn flood_alone(client: &NetNs, info: &Info, rate: u64, secs: Duration) -> anyhow::Result<Value> {
+    let (quiet_start, _) = cpu_seconds()?;
+    std::thread::sleep(secs);
+    let (quiet_end, _) = cpu_seconds()?;
+    let Some(flood) = Flood::start(client, info, rate, secs)? else {
+        return Ok(Value::Null);
+    };
+    let (busy_start, _) = cpu_seconds()?;
+    std::thread::sleep(secs);
+    let flood = flood.stop()?;
+    let (busy_end, _) = cpu_seconds()?;
+    let sent = flood.get("sent").and_then(Value::as_f64).unwrap_or(0.0);
+    let seconds = flood.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+    // The quiet stretch's busy time, scaled to the flood's length, is the background.
+    let quiet_rate = (quiet_end - quiet_start) / secs.as_secs_f64();
+    let added = (busy_end - busy_start) - quiet_rate * seconds;
+    let ns_per_packet = (sent > 0.0).then(|| added * 1e9 / sent);
+    Ok(json!({
+        "flood": flood,
+        "background_cpu_per_s": quiet_rate,
+        "added_cpu_s": added,
+        "ns_per_packet": ns_per_packet,
+    }))
+}
+
 /// 256 knock-sized packets with the right magic, version, user id and step and random tags.
 fn junk_pool(info: &Info) -> Vec<Vec<u8>> {
     (0..256)
@@ -547,89 +601,132 @@ fn junk_pool(info: &Info) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The traffic figures as a Markdown table.
-pub fn table(v: &Value) -> String {
-    use std::fmt::Write as _;
-    let runs: Vec<&Value> = v
-        .get("runs")
+/// The number at `path` in `r`.
+fn at(r: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(r, |v, k| v.get(k))?.as_f64()
+}
+
+/// `x` with `digits` decimals, or `-`.
+fn fixed(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// `x` against `base` in percent, or `-`.
+fn percent(x: Option<f64>, base: Option<f64>) -> String {
+    x.zip(base).filter(|(_, b)| *b > 0.0).map_or_else(
+        || "-".to_owned(),
+        |(x, b)| format!("{:+.1} %", (x / b - 1.0) * 100.0),
+    )
+}
+
+/// `x - base`, or `-`.
+fn delta(x: Option<f64>, base: Option<f64>) -> String {
+    x.zip(base)
+        .map_or_else(|| "-".to_owned(), |(x, b)| format!("{:+.1}", x - b))
+}
+
+/// The array at `key` in `v` (empty when missing).
+fn rows<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
+    v.get(key)
         .and_then(Value::as_array)
         .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let get = |r: &Value, path: &[&str]| path.iter().try_fold(r, |v, k| v.get(k))?.as_f64();
+        .unwrap_or_default()
+}
+
+/// The traffic figures as Markdown tables.
+pub fn table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let runs = rows(v, "runs");
     let base = runs.first().copied();
-    let base_bulk = base.and_then(|b| get(b, &["bulk", "gbit_per_s"]));
-    let base_rtt = base.and_then(|b| get(b, &["rr", "mean_us"]));
-    let base_bulk_flood = base.and_then(|b| get(b, &["flood_bulk", "gbit_per_s"]));
-    let base_rtt_flood = base.and_then(|b| get(b, &["flood_rr", "mean_us"]));
-    let f = |x: Option<f64>, digits: usize| {
-        x.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
-    };
-    let pct = |x: Option<f64>, b: Option<f64>| {
-        x.zip(b).filter(|(_, b)| *b > 0.0).map_or_else(
-            || "-".to_owned(),
-            |(x, b)| format!("{:+.1} %", (x / b - 1.0) * 100.0),
-        )
-    };
-    let diff = |x: Option<f64>, b: Option<f64>| {
-        x.zip(b)
-            .map_or_else(|| "-".to_owned(), |(x, b)| format!("{:+.1}", x - b))
-    };
+    let base_of = |path: &[&str]| base.and_then(|b| at(b, path));
+    let base_bulk = base_of(&["bulk", "gbit_per_s"]);
+    let base_rtt = base_of(&["rr", "mean_us"]);
+    let base_bulk_flood = base_of(&["flood_bulk", "gbit_per_s"]);
+    let base_rtt_flood = base_of(&["flood_rr", "mean_us"]);
     let mut t = String::from(
         "| XDP program | TCP bulk Gbit/s | vs none | TCP RR/s | RTT mean / p99 µs | RTT vs none µs \
          | with flood: bulk Gbit/s | vs none + flood | with flood: RTT mean / p99 µs | vs none + flood µs \
          | flood pps (bulk / RR) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for r in runs {
+    for &r in &runs {
         let name = r.get("program").and_then(Value::as_str).unwrap_or("?");
-        let bulk = get(r, &["bulk", "gbit_per_s"]);
-        let rtt = get(r, &["rr", "mean_us"]);
-        let bulk_f = get(r, &["flood_bulk", "gbit_per_s"]);
-        let rtt_f = get(r, &["flood_rr", "mean_us"]);
+        let bulk = at(r, &["bulk", "gbit_per_s"]);
+        let rtt = at(r, &["rr", "mean_us"]);
+        let bulk_f = at(r, &["flood_bulk", "gbit_per_s"]);
+        let rtt_f = at(r, &["flood_rr", "mean_us"]);
         let _ = writeln!(
             t,
             "| {name} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} / {} |",
-            f(bulk, 2),
-            pct(bulk, base_bulk),
-            f(get(r, &["rr", "per_s"]), 0),
-            f(rtt, 1),
-            f(get(r, &["rr", "p99_us"]), 1),
-            diff(rtt, base_rtt),
-            f(bulk_f, 2),
-            pct(bulk_f, base_bulk_flood),
-            f(rtt_f, 1),
-            f(get(r, &["flood_rr", "p99_us"]), 1),
-            diff(rtt_f, base_rtt_flood),
-            f(get(r, &["flood_bulk", "flood", "pps"]), 0),
-            f(get(r, &["flood_rr", "flood", "pps"]), 0),
+            fixed(bulk, 2),
+            percent(bulk, base_bulk),
+            fixed(at(r, &["rr", "per_s"]), 0),
+            fixed(rtt, 1),
+            fixed(at(r, &["rr", "p99_us"]), 1),
+            delta(rtt, base_rtt),
+            fixed(bulk_f, 2),
+            percent(bulk_f, base_bulk_flood),
+            fixed(rtt_f, 1),
+            fixed(at(r, &["flood_rr", "p99_us"]), 1),
+            delta(rtt_f, base_rtt_flood),
+            fixed(at(r, &["flood_bulk", "flood", "pps"]), 0),
+            fixed(at(r, &["flood_rr", "flood", "pps"]), 0),
         );
     }
-    let every: Vec<&Value> = v
-        .get("every_run")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let rounds = v.get("rounds").and_then(Value::as_u64).unwrap_or(1);
-    if rounds > 1 {
-        let bulk_of = |round: u64, program: &str| {
-            every
-                .iter()
-                .find(|r| {
-                    r.get("round").and_then(Value::as_u64) == Some(round)
-                        && r.get("program").and_then(Value::as_str) == Some(program)
-                })
-                .and_then(|r| get(r, &["bulk", "gbit_per_s"]))
-        };
-        let per_round: Vec<String> = (1..=rounds)
-            .map(|round| pct(bulk_of(round, "capyknock"), bulk_of(round, "none")))
-            .collect();
+    t.push_str(&flood_alone_table(&runs));
+    t.push_str(&rounds_line(v));
+    t
+}
+
+/// The flood-alone figures (CPU per junk packet), when the runs have them.
+fn flood_alone_table(runs: &[&Value]) -> String {
+    use std::fmt::Write as _;
+    let ns_of = |r: &Value| at(r, &["flood_alone", "ns_per_packet"]);
+    let Some(base) = runs.first().and_then(|b| ns_of(b)) else {
+        return String::new();
+    };
+    let mut t = String::from(
+        "\nThe flood alone (no TCP): CPU time all vCPUs spent per junk packet, sender included, \
+         the same stretch without the flood subtracted.\n\n\
+         | XDP program | flood pps | CPU ns per junk packet | vs none ns |\n\
+         | --- | ---: | ---: | ---: |\n",
+    );
+    for &r in runs {
+        let name = r.get("program").and_then(Value::as_str).unwrap_or("?");
         let _ = writeln!(
             t,
-            "\nMedians of {rounds} rounds. TCP bulk, capyknock against no program, round by \
-             round: {}.",
-            per_round.join(", ")
+            "| {name} | {} | {} | {} |",
+            fixed(at(r, &["flood_alone", "flood", "pps"]), 0),
+            fixed(ns_of(r), 0),
+            delta(ns_of(r), Some(base)),
         );
     }
     t
+}
+
+/// With several rounds: capyknock's bulk throughput against no program's, round by round.
+fn rounds_line(v: &Value) -> String {
+    let rounds = v.get("rounds").and_then(Value::as_u64).unwrap_or(1);
+    if rounds < 2 {
+        return String::new();
+    }
+    let every = rows(v, "every_run");
+    let bulk_of = |round: u64, program: &str| {
+        every
+            .iter()
+            .find(|r| {
+                r.get("round").and_then(Value::as_u64) == Some(round)
+                    && r.get("program").and_then(Value::as_str) == Some(program)
+            })
+            .and_then(|r| at(r, &["bulk", "gbit_per_s"]))
+    };
+    let per_round: Vec<String> = (1..=rounds)
+        .map(|round| percent(bulk_of(round, "capyknock"), bulk_of(round, "none")))
+        .collect();
+    format!(
+        "\nMedians of {rounds} rounds. TCP bulk, capyknock against no program, round by round: \
+         {}.\n",
+        per_round.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -678,7 +775,12 @@ mod tests {
                 median_of(&of)
             })
             .collect();
+        let mut runs = runs;
+        for (r, ns) in runs.iter_mut().zip([900.0, 950.0, 870.0]) {
+            r["flood_alone"] = json!({ "ns_per_packet": ns, "flood": { "pps": 1000.0 } });
+        }
         let t = table(&json!({ "rounds": 2, "runs": runs, "every_run": every }));
+        assert!(t.contains("| capyknock | 1000 | 870 | -30.0 |"), "{t}");
         assert!(t.contains("| none | 9.00 | +0.0 % |"), "{t}");
         assert!(t.contains("| capyknock | 9.10 | +1.1 % |"), "{t}");
         assert!(t.contains("round by round: -2.0 %, +5.0 %."), "{t}");
