@@ -375,23 +375,28 @@ fn xdp_pcap_and_udp_modes_deliver_the_same_candidates() {
     }
 }
 
+/// Runs `f` on a thread in `ns` inside a current-thread tokio runtime (`Capture::open` needs one
+/// for its `AsyncFd`).
+fn in_runtime<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        f()
+    })
+    .unwrap()
+}
+
 #[test]
 fn auto_mode_picks_xdp_when_it_can() {
     require_root();
     let server = NetNs::unique("auto").unwrap();
     let client = NetNs::unique("autoc").unwrap();
     let link = netns::connect(&client, &server, 45).unwrap();
-    // Capture::open needs a tokio runtime (for its AsyncFd), on a thread inside the namespace.
     let open = |config: CaptureConfig| {
-        server
-            .run(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async { Capture::open(&config).map(|c| c.mode()) })
-            })
-            .unwrap()
+        in_runtime(&server, move || Capture::open(&config).map(|c| c.mode()))
     };
     let mode = open(capture_config(CaptureMode::Auto, &link)).unwrap();
     assert_eq!(mode, ActiveMode::Xdp);
@@ -426,26 +431,17 @@ fn xdp_mode_auto_is_skb_on_a_veth() {
     let attached_as = |xdp_mode: Option<XdpAttachMode>| {
         let mut config = capture_config(CaptureMode::Xdp, &link);
         config.xdp_mode = xdp_mode;
-        let (link, server_ref) = (&link, &server);
-        server
-            .run(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async {
-                        let capture = Capture::open(&config).unwrap();
-                        let reported: Vec<_> = capture
-                            .interfaces()
-                            .into_iter()
-                            .map(|a| a.xdp_mode)
-                            .collect();
-                        let flag = attach_flag(server_ref, &link.b_if);
-                        capture.shutdown();
-                        (reported, flag)
-                    })
-            })
-            .unwrap()
+        in_runtime(&server, || {
+            let capture = Capture::open(&config).unwrap();
+            let reported: Vec<_> = capture
+                .interfaces()
+                .into_iter()
+                .map(|a| a.xdp_mode)
+                .collect();
+            let flag = attach_flag(&server, &link.b_if);
+            capture.shutdown();
+            (reported, flag)
+        })
     };
     let (reported, flag) = attached_as(None);
     assert_eq!(reported, [Some(XdpAttachMode::Skb)], "auto on a veth");
