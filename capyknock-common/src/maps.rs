@@ -15,6 +15,11 @@ pub const XDP_PROGRAM: &str = "capyknock";
 /// Name of the empty XDP program (passes every frame at once) in the same object: the floor
 /// `cargo xtask bench-xdp` measures the real program against. The daemon never loads it.
 pub const XDP_PASS_PROGRAM: &str = "capyknock_pass";
+/// Name of the same pre-filter as a tc ingress program (`xdp_mode = "tc"`, and what `"auto"`
+/// attaches to a veth), sharing every map with [`XDP_PROGRAM`].
+pub const TC_PROGRAM: &str = "capyknock_tc";
+/// Name of the empty tc program: the floor of [`TC_PROGRAM`] for benchmarks.
+pub const TC_PASS_PROGRAM: &str = "capyknock_tc_pass";
 
 /// `Array<u64>` of [`KNOCK_PORT_WORDS`] words: a bitmap of the UDP destination ports that are
 /// knock ports (bit `port % 64` of word `port / 64`, [`knock_port_bit`]). An array lookup is

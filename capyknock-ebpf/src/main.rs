@@ -1,6 +1,9 @@
-//! The capyknock XDP program.
+//! The capyknock XDP program, and the same pre-filter as a tc ingress program.
 //!
-//! Sees every frame on the interface before the network stack. UDP to a knock port (the
+//! The XDP program (`capyknock`) sees every frame on the interface before the network stack.
+//! The tc program (`capyknock_tc`) runs the same code on the socket buffer at tc ingress; the
+//! daemon attaches it to veths, where XDP slows the traffic it passes (`xdp::auto_prefers_tc`
+//! in the daemon). Both read the frame through the [`Hook`] trait and share every map. UDP to a knock port (the
 //! `KNOCK_PORTS` map, filled by userspace) is always dropped here, so no socket and no ICMP error
 //! ever answers a knock or a scan; everything else passes untouched. Among the dropped frames,
 //! only those the pre-filter (`capyknock_common::prefilter`, shared with and tested in userspace)
@@ -29,10 +32,10 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
-    macros::{map, xdp},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use capyknock_common::{
     counters::Counter,
@@ -94,6 +97,10 @@ static LOG_GATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(LogEvent::COUN
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// `TCX_NEXT` (also `TC_ACT_UNSPEC`): leave the frame to the next tc program, else pass it.
+const TCX_NEXT: i32 = -1;
+/// `TC_ACT_SHOT`: drop the frame.
+const TC_ACT_SHOT: i32 = 2;
 /// `-EEXIST`: the key was there already (another CPU won a race).
 const EEXIST: i64 = -17;
 /// The interface index of loopback in every network namespace; `BPF_PROG_TEST_RUN` without a
@@ -155,19 +162,118 @@ fn log_event(event: LogEvent, code: i64) {
     }
 }
 
+/// What the pre-filter needs of the hook a frame came in through: XDP (the frame before any
+/// socket buffer) or tc ingress (the socket buffer, for veths: see `capyknock_tc`).
+trait Hook {
+    /// Start of the directly readable bytes (the whole frame in XDP, the linear part in tc).
+    fn data(&self) -> usize;
+    /// End of the directly readable bytes.
+    fn data_end(&self) -> usize;
+    /// The frame's full length (in tc also the bytes in page fragments).
+    fn frame_len(&self) -> usize;
+    /// Copies `len` bytes at `offset` into `to` with the hook's helper; 0 on success.
+    ///
+    /// # Safety
+    /// `to` must be valid for `len` bytes of writes.
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64;
+    /// The index of the interface the frame came in on.
+    fn ifindex(&self) -> u32;
+}
+
+impl Hook for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64 {
+        // SAFETY: the caller guarantees `to`; the helper checks the packet bounds itself.
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, to, len) }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `ctx` is the program's valid `xdp_md` for this run.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+impl Hook for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64 {
+        // SAFETY: the caller guarantees `to`; the helper checks the packet bounds itself and
+        // reads page fragments too.
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast_const().cast(), offset, to, len) }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `skb` is the program's valid `__sk_buff` for this run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
 /// A byte array on an 8-byte boundary.
 #[repr(C, align(8))]
 struct Aligned<const N: usize>([u8; N]);
 
-/// Bounds-checked reads from the packet: direct loads for small fields, the
-/// `bpf_xdp_load_bytes` helper for larger blocks (the verifier cannot follow long copies from
-/// packet pointers at variable offsets).
-struct XdpFrame<'a>(&'a XdpContext);
+/// Bounds-checked reads from the packet: direct loads for small fields in the directly readable
+/// part, the hook's load-bytes helper for larger blocks (the verifier cannot follow long copies
+/// from packet pointers at variable offsets) and for fields beyond the linear part of a socket
+/// buffer.
+struct PacketFrame<'a, H>(&'a H);
 
-impl Frame for XdpFrame<'_> {
+impl<H: Hook> PacketFrame<'_, H> {
+    /// The `N` bytes at `offset` through the helper.
+    #[inline(always)]
+    fn load_with_helper<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        // 8-byte aligned, so the 64-bit words of the header (SipHash's input) are read with one
+        // load each instead of eight byte loads. Not zeroed first: the helper takes
+        // uninitialised memory, and zeroing would cost a byte loop (BPF has no wide memset).
+        let mut out = core::mem::MaybeUninit::<Aligned<N>>::uninit();
+        // SAFETY: the helper copies at most N bytes into `out`, which is N bytes long.
+        let rc = unsafe {
+            self.0
+                .load_bytes(offset as u32, out.as_mut_ptr().cast(), N as u32)
+        };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: the helper returned 0, so it wrote all N bytes.
+        Some(unsafe { out.assume_init() }.0)
+    }
+}
+
+impl<H: Hook> Frame for PacketFrame<'_, H> {
     #[inline(always)]
     fn len(&self) -> usize {
-        self.0.data_end() - self.0.data()
+        self.0.frame_len()
     }
 
     #[inline(always)]
@@ -176,26 +282,17 @@ impl Frame for XdpFrame<'_> {
             return None;
         }
         if N > 8 {
-            // 8-byte aligned, so the 64-bit words of the header (SipHash's input) are read
-            // with one load each instead of eight byte loads.
-            // Not zeroed first: the helper takes uninitialised memory, and zeroing would cost
-            // a byte loop (BPF has no wide memset).
-            let mut out = core::mem::MaybeUninit::<Aligned<N>>::uninit();
-            // SAFETY: the helper copies at most N bytes into `out`, which is N bytes long, and
-            // checks the packet bounds itself.
-            let rc = unsafe {
-                bpf_xdp_load_bytes(self.0.ctx, offset as u32, out.as_mut_ptr().cast(), N as u32)
-            };
-            if rc != 0 {
-                return None;
-            }
-            // SAFETY: the helper returned 0, so it wrote all N bytes.
-            return Some(unsafe { out.assume_init() }.0);
+            return self.load_with_helper(offset);
         }
         let start = self.0.data();
         let end = self.0.data_end();
         if start + offset + N > end {
-            return None;
+            // Beyond the directly readable bytes: the end of the frame in XDP, possibly a page
+            // fragment of a socket buffer in tc.
+            if offset + N > self.0.frame_len() {
+                return None;
+            }
+            return self.load_with_helper(offset);
         }
         // SAFETY: the check above proves [start + offset, start + offset + N) lies inside the
         // packet buffer, which the kernel keeps valid for the whole program run; the read is
@@ -205,13 +302,13 @@ impl Frame for XdpFrame<'_> {
 }
 
 /// The pre-filter's view of the maps.
-struct KernelEnv<'a> {
-    ctx: &'a XdpContext,
+struct KernelEnv<'a, H> {
+    hook: &'a H,
     /// The clock, read at most once per frame and only when a rate limit asks.
     now_ns: Option<u64>,
 }
 
-impl KernelEnv<'_> {
+impl<H: Hook> KernelEnv<'_, H> {
     #[inline(always)]
     fn config(&self) -> Config {
         CONFIG.get(0).copied().unwrap_or_default()
@@ -262,7 +359,7 @@ impl KernelEnv<'_> {
     }
 }
 
-impl Env for KernelEnv<'_> {
+impl<H: Hook> Env for KernelEnv<'_, H> {
     #[inline(always)]
     fn is_knock_port(&self, port: u16) -> bool {
         let (word, bit) = knock_port_bit(port);
@@ -356,12 +453,11 @@ impl Env for KernelEnv<'_> {
         // (the bytes by the helper, which copies exactly KNOCK_LEN bytes into the array).
         unsafe {
             (*event).src_addr = addr;
-            (*event).ifindex = (*self.ctx.ctx).ingress_ifindex;
+            (*event).ifindex = self.hook.ifindex();
             (*event).src_port = src.port;
             (*event).family = family;
             (*event).pad = 0;
-            let rc = bpf_xdp_load_bytes(
-                self.ctx.ctx,
+            let rc = self.hook.load_bytes(
                 offset as u32,
                 (*event).bytes.as_mut_ptr().cast(),
                 KNOCK_LEN as u32,
@@ -377,27 +473,43 @@ impl Env for KernelEnv<'_> {
     }
 }
 
+/// Runs the pre-filter on the frame `hook` holds and counts its verdict.
+#[inline(always)]
+fn filter<H: Hook>(hook: &H) -> (Counter, KernelEnv<'_, H>) {
+    let mut env = KernelEnv { hook, now_ns: None };
+    let verdict = prefilter::check_frame(&PacketFrame(hook), &mut env);
+    count(verdict);
+    (verdict, env)
+}
+
 #[xdp]
 pub fn capyknock(ctx: XdpContext) -> u32 {
-    let mut env = KernelEnv {
-        ctx: &ctx,
-        now_ns: None,
-    };
-    let verdict = prefilter::check_frame(&XdpFrame(&ctx), &mut env);
-    count(verdict);
+    let (verdict, mut env) = filter(&ctx);
     // The daemon's self-test (`XdpFilter::self_test`): a malformed datagram to a knock port
     // (a first fragment) run with BPF_PROG_TEST_RUN, which presents it as arriving on loopback.
     // Checked only on this rare rejection path, never for traffic that passes or for junk.
-    if verdict == Counter::Malformed
-        // SAFETY: `ctx.ctx` is the program's valid `xdp_md` for this run.
-        && unsafe { (*ctx.ctx).ingress_ifindex } == LOOPBACK_IFINDEX
-    {
+    if verdict == Counter::Malformed && ctx.ifindex() == LOOPBACK_IFINDEX {
         env.log(LogEvent::SelfTest, 0);
     }
     if verdict.passes() {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// The same pre-filter at tc ingress (tcx), which the daemon attaches to veths instead of XDP:
+/// there XDP runs only in generic mode, which copies every non-linear segment (bulk TCP)
+/// before any program runs, or in driver mode, which turns off the peer's GSO. At tc ingress
+/// the program sees the socket buffer as it is. Passing frames go on to the next tc program
+/// (`TCX_NEXT`); the rest are dropped (`TC_ACT_SHOT`).
+#[classifier]
+pub fn capyknock_tc(ctx: TcContext) -> i32 {
+    let (verdict, _) = filter(&ctx);
+    if verdict.passes() {
+        TCX_NEXT
+    } else {
+        TC_ACT_SHOT
     }
 }
 
@@ -409,11 +521,18 @@ pub fn capyknock_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The floor of [`capyknock_tc`]: a tc program that passes every frame at once.
+#[classifier]
+pub fn capyknock_tc_pass(_ctx: TcContext) -> i32 {
+    TCX_NEXT
+}
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for this run and not
-        // shared with other CPUs; preemption is off while an XDP program runs.
+        // shared with other CPUs; migration is off while a BPF program runs, and the XDP and
+        // tc programs never interrupt each other (both run in softirq context).
         unsafe { *slot += 1 };
     }
 }

@@ -1,6 +1,6 @@
-//! Runs frames through the XDP program (`BPF_PROG_TEST_RUN`, no interface needed) and through
-//! the userspace pre-filter side by side, so tests can demand that both give the same verdict
-//! and deliver the same bytes.
+//! Runs frames through the kernel pre-filter (`BPF_PROG_TEST_RUN`, no interface needed), as the
+//! XDP program or as the tc program, and through the userspace pre-filter side by side, so
+//! tests can demand that both give the same verdict and deliver the same bytes.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -34,6 +34,33 @@ pub const STEP: u64 = 59_000_123;
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
 pub const XDP_PASS: u32 = 2;
+/// `TCX_NEXT`: the tc program passes the frame on.
+pub const TCX_NEXT: i32 = -1;
+/// `TC_ACT_SHOT`: the tc program drops the frame.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Whether `BPF_PROG_TEST_RUN` takes `frame` for a tc program: at least an Ethernet header, and
+/// with the IPv4 or IPv6 EtherType at least that fixed IP header too (the kernel refuses
+/// shorter ones with `EINVAL`; measured on Linux 6.18, every length from 14 to 69 bytes).
+#[must_use]
+pub fn tc_test_run_takes(frame: &[u8]) -> bool {
+    let min = match frame.get(12..14) {
+        Some([0x08, 0x00]) => 14 + 20,
+        Some([0x86, 0xdd]) => 14 + 40,
+        Some(_) => 14,
+        None => return false,
+    };
+    frame.len() >= min
+}
+
+/// Which of the object's two pre-filter programs the kernel side runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The XDP program.
+    Xdp,
+    /// The tc ingress program (what `xdp_mode = "auto"` attaches to a veth).
+    Tc,
+}
 
 /// What one side made of a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +73,10 @@ pub struct Outcome {
 
 /// The kernel program and the userspace pre-filter, configured alike.
 pub struct Harness {
-    /// The loaded XDP program.
+    /// The loaded programs (the tc one loaded by its first run).
     pub filter: XdpFilter,
+    /// The program [`Self::kernel`] runs.
+    hook: Hook,
     events: RingBuf<MapData>,
     /// The userspace pre-filter.
     pub user: UserPrefilter,
@@ -67,6 +96,12 @@ impl Harness {
     /// [`USER_B`] / [`KEY_B`], time step [`STEP`] and the given rate limits. Needs root.
     #[must_use]
     pub fn new(config: Config) -> Self {
+        Self::with_hook(config, Hook::Xdp)
+    }
+
+    /// [`Self::new`], with the kernel side running `hook`'s program.
+    #[must_use]
+    pub fn with_hook(config: Config, hook: Hook) -> Self {
         crate::require_root();
         let users = [(USER, KEY), (USER_B, KEY_B)];
         let mut filter = XdpFilter::load(&[KNOCK_PORT]).expect("load the XDP program");
@@ -79,6 +114,7 @@ impl Harness {
         user.set_time_step(STEP);
         Self {
             filter,
+            hook,
             events,
             user,
         }
@@ -92,10 +128,27 @@ impl Harness {
 
     /// Runs `frame` through the kernel program: its verdict (the one counter that went up by
     /// one; all others must stay), the candidate it put in the ring buffer, and its action,
-    /// which must be `XDP_PASS` exactly for `not_knock`.
+    /// which must be `XDP_PASS` (tc: `TCX_NEXT`) exactly for `not_knock`.
     pub fn kernel(&mut self, frame: &[u8]) -> Outcome {
         let before = self.filter.counters().unwrap();
-        let action = self.filter.test_run(frame).unwrap();
+        let passed = match self.hook {
+            Hook::Xdp => {
+                let action = self.filter.test_run(frame).unwrap();
+                assert!(
+                    [XDP_PASS, XDP_DROP].contains(&action),
+                    "XDP action {action}"
+                );
+                action == XDP_PASS
+            }
+            Hook::Tc => {
+                let verdict = self.filter.test_run_tc(frame).unwrap();
+                assert!(
+                    [TCX_NEXT, TC_ACT_SHOT].contains(&verdict),
+                    "tc verdict {verdict}"
+                );
+                verdict == TCX_NEXT
+            }
+        };
         let delta = self.filter.counters().unwrap().since(&before);
         let changed: Vec<Counter> = Counter::ALL
             .iter()
@@ -107,8 +160,13 @@ impl Harness {
             "counters changed by {delta} for {frame:02x?}"
         );
         let verdict = changed[0];
-        let want = if verdict.passes() { XDP_PASS } else { XDP_DROP };
-        assert_eq!(action, want, "XDP action for verdict {}", verdict.name());
+        assert_eq!(
+            passed,
+            verdict.passes(),
+            "{:?} action for verdict {}",
+            self.hook,
+            verdict.name()
+        );
         let candidate = self.events.next().map(|record| {
             parse_event(&record).unwrap_or_else(|| panic!("bad ring record {:?}", &*record))
         });
@@ -140,8 +198,12 @@ impl Harness {
     }
 
     /// Runs `frame` through both sides; they must agree (verdict, source, bytes). Returns the
-    /// kernel's outcome.
+    /// kernel's outcome. With the tc program, a frame the kernel's test run refuses
+    /// ([`tc_test_run_takes`]) goes through userspace only.
     pub fn both(&mut self, frame: &[u8]) -> Outcome {
+        if self.hook == Hook::Tc && !tc_test_run_takes(frame) {
+            return self.user(frame);
+        }
         let kernel = self.kernel(frame);
         let user = self.user(frame);
         assert_eq!(

@@ -203,7 +203,7 @@ fn consume(
             mode,
             ifaces: vec![link.b_if.clone()],
             knock_ports: vec![KNOCK_PORT],
-            // Native: the flood dies where a NIC's driver would drop it (auto takes SKB mode
+            // Native: the flood dies where a NIC's driver would drop it (auto takes tc ingress
             // on a veth).
             xdp_mode: Some(XdpAttachMode::Native),
             per_source: RateLimitConfig {

@@ -9,7 +9,8 @@
 //!
 //! - xdp: real knocks reach userspace, junk does not (the counters say why), other TCP/UDP and
 //!   IPv6 pass, and a UDP socket bound to the knock port receives nothing while XDP is attached
-//!   (and does once it is detached, which proves the check can fail).
+//!   (and does once it is detached, which proves the check can fail). The same with the
+//!   pre-filter at tc ingress (`xdp_mode = "tc"`, what `auto` takes on a veth).
 //! - The same traffic through the xdp, pcap and udp modes yields the same candidates and the
 //!   same knock-port verdicts.
 //! - A flood of junk: how many packets per second the XDP path drops while the consumer stays
@@ -22,11 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use capyknock::capture::{
     ActiveMode, Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig,
     XdpAttachMode,
 };
-use capyknock_common::{counters::Counter, wire::KNOCK_LEN};
+use capyknock_common::{counters::Counter, maps::TC_PROGRAM, wire::KNOCK_LEN};
 use capyknock_testkit::{
     KNOCK_PORT,
     netns::{self, Link, NetNs},
@@ -59,7 +61,8 @@ fn capture_config(mode: CaptureMode, link: &Link) -> CaptureConfig {
         ifaces: vec![link.b_if.clone()],
         knock_ports: vec![KNOCK_PORT],
         // Native mode: what these tests check is the program where a NIC's driver runs it (on
-        // a veth, `auto` takes SKB mode: xdp_mode_auto_is_skb_on_a_veth).
+        // a veth, `auto` takes tc ingress: xdp_mode_auto_is_tc_on_a_veth; tc's own run is
+        // tc_ingress_delivers_knocks_drops_junk_and_passes_other_traffic).
         xdp_mode: Some(XdpAttachMode::Native),
         per_source: RateLimitConfig {
             per_second: 100,
@@ -83,8 +86,9 @@ enum ClientSays {
     ProbeSent,
 }
 
-/// Runs `mode` on the server, the standard traffic from the client, and reports.
-fn run_mode(mode: CaptureMode, subnet: u8) -> (Link, ServerReport) {
+/// Runs `mode` on the server (xdp attached in `xdp_mode`), the standard traffic from the client,
+/// and reports.
+fn run_mode(mode: CaptureMode, xdp_mode: XdpAttachMode, subnet: u8) -> (Link, ServerReport) {
     require_root();
     let server = NetNs::unique("srv").unwrap();
     let client = NetNs::unique("cli").unwrap();
@@ -96,7 +100,11 @@ fn run_mode(mode: CaptureMode, subnet: u8) -> (Link, ServerReport) {
     let report = std::thread::scope(|s| {
         let srv = s.spawn(move || {
             server_ref
-                .run(move || server_side(mode, link_ref, &ready_tx, &client_rx, &detached_tx))
+                .run(move || {
+                    let mut config = capture_config(mode, link_ref);
+                    config.xdp_mode = Some(xdp_mode);
+                    server_side(&config, &ready_tx, &client_rx, &detached_tx)
+                })
                 .unwrap()
         });
         let cli = s.spawn(move || {
@@ -129,8 +137,7 @@ fn run_mode(mode: CaptureMode, subnet: u8) -> (Link, ServerReport) {
 }
 
 fn server_side(
-    mode: CaptureMode,
-    link: &Link,
+    config: &CaptureConfig,
     ready: &mpsc::Sender<()>,
     client: &mpsc::Receiver<ClientSays>,
     detached: &mpsc::Sender<()>,
@@ -139,6 +146,7 @@ fn server_side(
         .enable_all()
         .build()
         .unwrap();
+    let mode = config.mode;
     rt.block_on(async {
         // In xdp mode a socket sits on the knock port: XDP must keep it starving.
         let knock_socket = (mode == CaptureMode::Xdp).then(|| {
@@ -151,7 +159,7 @@ fn server_side(
         let tcp = TcpListener::bind(("::", OTHER_TCP)).unwrap();
         tcp.set_nonblocking(true).unwrap();
 
-        let mut capture = Capture::open(&capture_config(mode, link)).unwrap();
+        let mut capture = Capture::open(config).unwrap();
         capture.set_users(&[(USER, KEY)]).unwrap();
         capture.set_time_step(STEP).unwrap();
         ready.send(()).unwrap();
@@ -310,8 +318,19 @@ fn expected_candidates(link: &Link) -> Vec<(SocketAddr, [u8; KNOCK_LEN])> {
 
 #[test]
 fn xdp_delivers_knocks_drops_junk_and_passes_other_traffic() {
-    let (link, report) = run_mode(CaptureMode::Xdp, 41);
-    println!("xdp counters: {}", report.counters);
+    delivers_knocks_drops_junk_and_passes_other_traffic(XdpAttachMode::Native, 41);
+}
+
+#[test]
+fn tc_ingress_delivers_knocks_drops_junk_and_passes_other_traffic() {
+    delivers_knocks_drops_junk_and_passes_other_traffic(XdpAttachMode::Tc, 47);
+}
+
+/// The pre-filter attached in `xdp_mode`: the standard traffic's knocks delivered once, its junk
+/// dropped and counted, other UDP and TCP passed, and the knock port open again after detach.
+fn delivers_knocks_drops_junk_and_passes_other_traffic(xdp_mode: XdpAttachMode, subnet: u8) {
+    let (link, report) = run_mode(CaptureMode::Xdp, xdp_mode, subnet);
+    println!("{xdp_mode} counters: {}", report.counters);
     assert_eq!(report.mode, ActiveMode::Xdp);
     let mut got = report.candidates.clone();
     got.sort();
@@ -351,7 +370,8 @@ fn xdp_pcap_and_udp_modes_deliver_the_same_candidates() {
         .into_iter()
         .enumerate()
     {
-        let (link, report) = run_mode(mode, 42 + u8::try_from(i).unwrap());
+        let subnet = 42 + u8::try_from(i).unwrap();
+        let (link, report) = run_mode(mode, XdpAttachMode::Native, subnet);
         println!("{:?} counters: {}", report.mode, report.counters);
         let mut got = report.candidates.clone();
         got.sort();
@@ -421,13 +441,26 @@ fn attach_flag(ns: &NetNs, iface: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The names of the tcx programs on the ingress of `iface`, asked from inside `ns` (the
+/// Debian 12 `tc` predates tcx and does not list them).
+fn tcx_ingress_programs(ns: &NetNs, iface: &str) -> Vec<String> {
+    ns.run(|| {
+        let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).unwrap();
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+    .unwrap()
+}
+
 #[test]
-fn xdp_mode_auto_is_skb_on_a_veth() {
+fn xdp_mode_auto_is_tc_on_a_veth() {
     require_root();
-    let server = NetNs::unique("vskb").unwrap();
-    let client = NetNs::unique("vskbc").unwrap();
+    let server = NetNs::unique("vtc").unwrap();
+    let client = NetNs::unique("vtcc").unwrap();
     let link = netns::connect(&client, &server, 46).unwrap();
-    // The capture is opened and kept on a thread in the server's namespace while `ip` looks.
+    // The capture is opened and kept on a thread in the server's namespace while we look.
     let attached_as = |xdp_mode: Option<XdpAttachMode>| {
         let mut config = capture_config(CaptureMode::Xdp, &link);
         config.xdp_mode = xdp_mode;
@@ -439,16 +472,22 @@ fn xdp_mode_auto_is_skb_on_a_veth() {
                 .map(|a| a.xdp_mode)
                 .collect();
             let flag = attach_flag(&server, &link.b_if);
+            let tc = tcx_ingress_programs(&server, &link.b_if);
             capture.shutdown();
-            (reported, flag)
+            (reported, flag, tc)
         })
     };
-    let (reported, flag) = attached_as(None);
-    assert_eq!(reported, [Some(XdpAttachMode::Skb)], "auto on a veth");
-    assert_eq!(flag.as_deref(), Some("xdpgeneric"), "auto on a veth");
-    let (reported, flag) = attached_as(Some(XdpAttachMode::Native));
+    let (reported, flag, tc) = attached_as(None);
+    assert_eq!(reported, [Some(XdpAttachMode::Tc)], "auto on a veth");
+    assert_eq!((flag, tc), (None, vec![TC_PROGRAM.to_owned()]), "auto");
+    let (reported, flag, tc) = attached_as(Some(XdpAttachMode::Skb));
+    assert_eq!(reported, [Some(XdpAttachMode::Skb)], "skb forced");
+    assert_eq!(flag.as_deref(), Some("xdpgeneric"), "skb forced");
+    assert!(tc.is_empty(), "skb forced: {tc:?}");
+    let (reported, flag, _) = attached_as(Some(XdpAttachMode::Native));
     assert_eq!(reported, [Some(XdpAttachMode::Native)], "native forced");
     assert_eq!(flag.as_deref(), Some("xdp"), "native forced");
-    // Detached on shutdown either way.
+    // Detached on shutdown every time.
     assert_eq!(attach_flag(&server, &link.b_if), None);
+    assert!(tcx_ingress_programs(&server, &link.b_if).is_empty());
 }

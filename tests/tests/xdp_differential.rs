@@ -1,4 +1,5 @@
-//! Differential test: random and mutated frames through the XDP program (`BPF_PROG_TEST_RUN`)
+//! Differential test: random and mutated frames through the kernel pre-filter
+//! (`BPF_PROG_TEST_RUN`), as the XDP program and as the tc program (each with maps of its own),
 //! and through the userspace pre-filter must get the same verdict, and delivered knocks the same
 //! bytes. Needs root (loads BPF).
 //!
@@ -11,7 +12,7 @@ use std::{cell::RefCell, collections::BTreeMap};
 use capyknock_common::{counters::Counter, maps::Config};
 use capyknock_tests::{
     frames::{self, KNOCK_PORT, SRC_PORT, SRC_V4, SRC_V6},
-    xdp_harness::{Harness, KEY, KEY_B, STEP, USER, USER_B},
+    xdp_harness::{Harness, Hook, KEY, KEY_B, STEP, USER, USER_B},
 };
 use proptest::{
     prelude::*,
@@ -157,7 +158,8 @@ fn run_with(
     cases: u32,
     config: Config,
 ) -> BTreeMap<&'static str, u32> {
-    let harness = RefCell::new(Harness::new(config));
+    let xdp = RefCell::new(Harness::with_hook(config, Hook::Xdp));
+    let tc = RefCell::new(Harness::with_hook(config, Hook::Tc));
     let seen = RefCell::new(BTreeMap::new());
     let mut runner = TestRunner::new(RunnerConfig {
         cases,
@@ -165,7 +167,9 @@ fn run_with(
         ..RunnerConfig::default()
     });
     let result = runner.run(&strategy, |frame| {
-        let verdict = harness.borrow_mut().both(&frame).verdict;
+        let verdict = xdp.borrow_mut().both(&frame).verdict;
+        let tc_verdict = tc.borrow_mut().both(&frame).verdict;
+        prop_assert_eq!(verdict, tc_verdict, "XDP and tc disagree on {:02x?}", frame);
         *seen.borrow_mut().entry(verdict.name()).or_insert(0) += 1;
         Ok(())
     });

@@ -1,6 +1,8 @@
 //! The XDP program's verdicts on crafted frames through `BPF_PROG_TEST_RUN` (no interface
 //! needed), every one compared with the userspace pre-filter on the same bytes: both must give
-//! the same verdict and hand on the same knock. Needs root (loads BPF).
+//! the same verdict and hand on the same knock. The tests of verdicts by frame (encapsulations,
+//! other traffic, every rejection class, malformed datagrams, truncation) run the tc program
+//! too. Needs root (loads BPF).
 
 use capyknock_common::{
     counters::Counter,
@@ -10,11 +12,16 @@ use capyknock_common::{
 };
 use capyknock_tests::{
     frames::{self, KNOCK_PORT, SRC_PORT, SRC_V4, SRC_V6},
-    xdp_harness::{Harness, KEY, KEY_B, STEP, USER, USER_B, XDP_DROP, XDP_PASS},
+    xdp_harness::{Harness, Hook, KEY, KEY_B, STEP, USER, USER_B, XDP_DROP, XDP_PASS},
 };
 
 fn harness() -> Harness {
     Harness::new(Config::default())
+}
+
+/// A harness for the XDP program and one for the tc program, each with maps of its own.
+fn every_hook() -> [Harness; 2] {
+    [Hook::Xdp, Hook::Tc].map(|hook| Harness::with_hook(Config::default(), hook))
 }
 
 fn knock(nonce: u32) -> [u8; KNOCK_LEN] {
@@ -82,189 +89,194 @@ fn encapsulations(first_nonce: u32) -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn valid_knocks_are_delivered_from_every_encapsulation() {
-    let mut h = harness();
-    for (name, frame) in encapsulations(1) {
-        let outcome = h.check(&frame, Counter::Delivered);
-        let c = outcome.candidate.unwrap();
-        let v6 = name.contains("ipv6");
-        assert_eq!(c.src.ip(), frames::default_src(v6), "{name}");
-        assert_eq!(c.src.port(), SRC_PORT, "{name}");
-        let offset = frame.len() - KNOCK_LEN - if name.contains("padding") { 6 } else { 0 };
-        assert_eq!(&c.bytes[..], &frame[offset..offset + KNOCK_LEN], "{name}");
-        // The same knock again, in the same wrapping: a duplicate, still dropped.
-        h.check(&frame, Counter::Duplicate);
+    for mut h in every_hook() {
+        for (name, frame) in encapsulations(1) {
+            let outcome = h.check(&frame, Counter::Delivered);
+            let c = outcome.candidate.unwrap();
+            let v6 = name.contains("ipv6");
+            assert_eq!(c.src.ip(), frames::default_src(v6), "{name}");
+            assert_eq!(c.src.port(), SRC_PORT, "{name}");
+            let offset = frame.len() - KNOCK_LEN - if name.contains("padding") { 6 } else { 0 };
+            assert_eq!(&c.bytes[..], &frame[offset..offset + KNOCK_LEN], "{name}");
+            // The same knock again, in the same wrapping: a duplicate, still dropped.
+            h.check(&frame, Counter::Duplicate);
+        }
     }
 }
 
 #[test]
 fn other_traffic_passes_untouched() {
-    let mut h = harness();
-    let k = knock(1);
-    let mut seven_ext = Vec::new();
-    for _ in 0..7 {
-        seven_ext.push((frames::DSTOPTS, frames::ext_options(0)));
-    }
-    for (name, frame) in [
-        ("udp to another port", frames::ipv4_udp(0, 53, &k)),
-        ("udp6 to another port", frames::ipv6_udp(53, &k)),
-        ("tcp to the knock port", frames::ipv4_tcp(KNOCK_PORT)),
-        ("tcp6 to the knock port", frames::ipv6_tcp(KNOCK_PORT)),
-        ("tcp to ssh", frames::ipv4_tcp(22)),
-        ("arp", frames::arp()),
-        (
-            "three vlan tags (not parsed)",
-            frames::vlan(v4(&k), &[0x88a8, 0x8100, 0x8100]),
-        ),
-        (
-            "ipv4 later fragment",
-            frames::ipv4_udp_full(SRC_V4, SRC_PORT, 0, 0x0020, KNOCK_PORT, &k),
-        ),
-        (
-            "ipv6 later fragment",
-            frames::ipv6_udp_full(
-                SRC_V6,
-                SRC_PORT,
-                &[(frames::FRAGMENT, frames::ext_fragment(64 << 3))],
-                KNOCK_PORT,
-                &k,
+    for mut h in every_hook() {
+        let k = knock(1);
+        let mut seven_ext = Vec::new();
+        for _ in 0..7 {
+            seven_ext.push((frames::DSTOPTS, frames::ext_options(0)));
+        }
+        for (name, frame) in [
+            ("udp to another port", frames::ipv4_udp(0, 53, &k)),
+            ("udp6 to another port", frames::ipv6_udp(53, &k)),
+            ("tcp to the knock port", frames::ipv4_tcp(KNOCK_PORT)),
+            ("tcp6 to the knock port", frames::ipv6_tcp(KNOCK_PORT)),
+            ("tcp to ssh", frames::ipv4_tcp(22)),
+            ("arp", frames::arp()),
+            (
+                "three vlan tags (not parsed)",
+                frames::vlan(v4(&k), &[0x88a8, 0x8100, 0x8100]),
             ),
-        ),
-        (
-            "ipv6 with more extension headers than walked",
-            frames::ipv6_udp_full(SRC_V6, SRC_PORT, &seven_ext, KNOCK_PORT, &k),
-        ),
-        (
-            "ipv6 esp",
-            frames::ipv6_udp_full(SRC_V6, SRC_PORT, &[(50, vec![0; 16])], KNOCK_PORT, &k),
-        ),
-    ] {
-        let outcome = h.both(&frame);
-        assert_eq!(outcome.verdict, Counter::NotKnock, "{name}");
+            (
+                "ipv4 later fragment",
+                frames::ipv4_udp_full(SRC_V4, SRC_PORT, 0, 0x0020, KNOCK_PORT, &k),
+            ),
+            (
+                "ipv6 later fragment",
+                frames::ipv6_udp_full(
+                    SRC_V6,
+                    SRC_PORT,
+                    &[(frames::FRAGMENT, frames::ext_fragment(64 << 3))],
+                    KNOCK_PORT,
+                    &k,
+                ),
+            ),
+            (
+                "ipv6 with more extension headers than walked",
+                frames::ipv6_udp_full(SRC_V6, SRC_PORT, &seven_ext, KNOCK_PORT, &k),
+            ),
+            (
+                "ipv6 esp",
+                frames::ipv6_udp_full(SRC_V6, SRC_PORT, &[(50, vec![0; 16])], KNOCK_PORT, &k),
+            ),
+        ] {
+            let outcome = h.both(&frame);
+            assert_eq!(outcome.verdict, Counter::NotKnock, "{name}");
+        }
     }
 }
 
 #[test]
 fn every_rejection_class() {
-    let mut h = harness();
-    let good = knock(1);
-    let flip = |at: usize, mask: u8| {
-        let mut k = good;
-        k[at] ^= mask;
-        k
-    };
-    // Sizes.
-    h.check(&v4(&[]), Counter::WrongSize);
-    h.check(&v4(&good[..KNOCK_LEN - 1]), Counter::WrongSize);
-    h.check(&v6(&[good.as_slice(), &[0]].concat()), Counter::WrongSize);
-    h.check(&v4(&[0u8; 1400]), Counter::WrongSize);
-    // Header.
-    h.check(&v4(&flip(0, 0x20)), Counter::BadHeader);
-    h.check(&v4(&flip(VERSION_OFFSET, 0x03)), Counter::BadHeader);
-    for i in 0..3 {
-        h.check(&v6(&flip(RESERVED_OFFSET + i, 0x01)), Counter::BadHeader);
+    for mut h in every_hook() {
+        let good = knock(1);
+        let flip = |at: usize, mask: u8| {
+            let mut k = good;
+            k[at] ^= mask;
+            k
+        };
+        // Sizes.
+        h.check(&v4(&[]), Counter::WrongSize);
+        h.check(&v4(&good[..KNOCK_LEN - 1]), Counter::WrongSize);
+        h.check(&v6(&[good.as_slice(), &[0]].concat()), Counter::WrongSize);
+        h.check(&v4(&[0u8; 1400]), Counter::WrongSize);
+        // Header.
+        h.check(&v4(&flip(0, 0x20)), Counter::BadHeader);
+        h.check(&v4(&flip(VERSION_OFFSET, 0x03)), Counter::BadHeader);
+        for i in 0..3 {
+            h.check(&v6(&flip(RESERVED_OFFSET + i, 0x01)), Counter::BadHeader);
+        }
+        h.check(&v4(&[0u8; KNOCK_LEN]), Counter::BadHeader);
+        // User and step.
+        h.check(&v4(&flip(USER_ID_OFFSET + 15, 0x80)), Counter::UnknownUser);
+        for step in [STEP - 2, STEP + 2, 0, u64::MAX] {
+            h.check(&v4(&frames::knock(&KEY, USER, step, 2)), Counter::StaleStep);
+        }
+        for (i, step) in [STEP - 1, STEP + 1].into_iter().enumerate() {
+            let k = frames::knock(&KEY, USER, step, 3 + i as u32);
+            h.check(&v4(&k), Counter::Delivered);
+        }
+        // Tag: any bit of it, or of what it covers (with the user and step still valid).
+        for i in 0..8 {
+            h.check(&v4(&flip(TAG_OFFSET + i, 1 << i)), Counter::BadTag);
+        }
+        for at in [33, 40, 55] {
+            h.check(&v6(&flip(at, 0x10)), Counter::BadTag);
+        }
+        h.check(
+            &v4(&frames::knock(&[0x55; 16], USER, STEP, 9)),
+            Counter::BadTag,
+        );
+        // Delivered once, then duplicates: the same bytes, a different body (not covered by the
+        // tag), another source.
+        h.check(&v4(&good), Counter::Delivered);
+        h.check(&v4(&good), Counter::Duplicate);
+        h.check(&v4(&flip(200, 0xff)), Counter::Duplicate);
+        h.check(&v6(&good), Counter::Duplicate);
     }
-    h.check(&v4(&[0u8; KNOCK_LEN]), Counter::BadHeader);
-    // User and step.
-    h.check(&v4(&flip(USER_ID_OFFSET + 15, 0x80)), Counter::UnknownUser);
-    for step in [STEP - 2, STEP + 2, 0, u64::MAX] {
-        h.check(&v4(&frames::knock(&KEY, USER, step, 2)), Counter::StaleStep);
-    }
-    for (i, step) in [STEP - 1, STEP + 1].into_iter().enumerate() {
-        let k = frames::knock(&KEY, USER, step, 3 + i as u32);
-        h.check(&v4(&k), Counter::Delivered);
-    }
-    // Tag: any bit of it, or of what it covers (with the user and step still valid).
-    for i in 0..8 {
-        h.check(&v4(&flip(TAG_OFFSET + i, 1 << i)), Counter::BadTag);
-    }
-    for at in [33, 40, 55] {
-        h.check(&v6(&flip(at, 0x10)), Counter::BadTag);
-    }
-    h.check(
-        &v4(&frames::knock(&[0x55; 16], USER, STEP, 9)),
-        Counter::BadTag,
-    );
-    // Delivered once, then duplicates: the same bytes, a different body (not covered by the
-    // tag), another source.
-    h.check(&v4(&good), Counter::Delivered);
-    h.check(&v4(&good), Counter::Duplicate);
-    h.check(&v4(&flip(200, 0xff)), Counter::Duplicate);
-    h.check(&v6(&good), Counter::Duplicate);
 }
 
 #[test]
 fn malformed_knock_port_datagrams_are_dropped() {
-    let mut h = harness();
-    let k = knock(1);
-    // IPv4 first fragment (MF set), IPv6 fragment header with M set.
-    h.check(
-        &frames::ipv4_udp_full(SRC_V4, SRC_PORT, 0, 0x2000, KNOCK_PORT, &k),
-        Counter::Malformed,
-    );
-    h.check(
-        &frames::ipv6_udp_full(
+    for mut h in every_hook() {
+        let k = knock(1);
+        // IPv4 first fragment (MF set), IPv6 fragment header with M set.
+        h.check(
+            &frames::ipv4_udp_full(SRC_V4, SRC_PORT, 0, 0x2000, KNOCK_PORT, &k),
+            Counter::Malformed,
+        );
+        h.check(
+            &frames::ipv6_udp_full(
+                SRC_V6,
+                SRC_PORT,
+                &[(frames::FRAGMENT, frames::ext_fragment(1))],
+                KNOCK_PORT,
+                &k,
+            ),
+            Counter::Malformed,
+        );
+        // UDP length disagreeing with the IP length, both ways, on both families.
+        for frame in [v4(&k), v6(&k)] {
+            let udp_len_at = frames::udp_offset(&frame) + 4;
+            for delta in [1i32, -1, 8, -264] {
+                let mut f = frame.clone();
+                let len = u16::from_be_bytes([f[udp_len_at], f[udp_len_at + 1]]);
+                let len = u16::try_from(i32::from(len) + delta).unwrap();
+                f[udp_len_at..udp_len_at + 2].copy_from_slice(&len.to_be_bytes());
+                h.check(&f, Counter::Malformed);
+            }
+        }
+        // IPv4 total length shorter than the headers, and longer than the frame.
+        let mut f = v4(&k);
+        f[16..18].copy_from_slice(&20u16.to_be_bytes());
+        h.check(&f, Counter::Malformed);
+        let mut f = v4(&k);
+        f[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        h.check(&f, Counter::Malformed);
+        // IPv6 payload length that cannot hold its extension headers.
+        let mut f = frames::ipv6_udp_full(
             SRC_V6,
             SRC_PORT,
-            &[(frames::FRAGMENT, frames::ext_fragment(1))],
+            &[(frames::HOPOPTS, frames::ext_options(3))],
             KNOCK_PORT,
             &k,
-        ),
-        Counter::Malformed,
-    );
-    // UDP length disagreeing with the IP length, both ways, on both families.
-    for frame in [v4(&k), v6(&k)] {
-        let udp_len_at = frames::udp_offset(&frame) + 4;
-        for delta in [1i32, -1, 8, -264] {
-            let mut f = frame.clone();
-            let len = u16::from_be_bytes([f[udp_len_at], f[udp_len_at + 1]]);
-            let len = u16::try_from(i32::from(len) + delta).unwrap();
-            f[udp_len_at..udp_len_at + 2].copy_from_slice(&len.to_be_bytes());
-            h.check(&f, Counter::Malformed);
-        }
+        );
+        f[18..20].copy_from_slice(&8u16.to_be_bytes());
+        h.check(&f, Counter::Malformed);
+        // Headers announcing a knock the frame does not hold.
+        let full = v6(&k);
+        h.check(&full[..full.len() - 1], Counter::Malformed);
+        // And after all that, the knock itself is fine.
+        h.check(&v4(&k), Counter::Delivered);
     }
-    // IPv4 total length shorter than the headers, and longer than the frame.
-    let mut f = v4(&k);
-    f[16..18].copy_from_slice(&20u16.to_be_bytes());
-    h.check(&f, Counter::Malformed);
-    let mut f = v4(&k);
-    f[16..18].copy_from_slice(&1000u16.to_be_bytes());
-    h.check(&f, Counter::Malformed);
-    // IPv6 payload length that cannot hold its extension headers.
-    let mut f = frames::ipv6_udp_full(
-        SRC_V6,
-        SRC_PORT,
-        &[(frames::HOPOPTS, frames::ext_options(3))],
-        KNOCK_PORT,
-        &k,
-    );
-    f[18..20].copy_from_slice(&8u16.to_be_bytes());
-    h.check(&f, Counter::Malformed);
-    // Headers announcing a knock the frame does not hold.
-    let full = v6(&k);
-    h.check(&full[..full.len() - 1], Counter::Malformed);
-    // And after all that, the knock itself is fine.
-    h.check(&v4(&k), Counter::Delivered);
 }
 
 #[test]
 fn truncated_at_every_offset() {
-    let mut h = harness();
-    for (name, full) in encapsulations(100) {
-        if name.contains("padding") {
-            continue;
+    for mut h in every_hook() {
+        for (name, full) in encapsulations(100) {
+            if name.contains("padding") {
+                continue;
+            }
+            let header_end = full.len() - KNOCK_LEN;
+            // BPF_PROG_TEST_RUN needs at least an Ethernet header.
+            for len in 14..full.len() {
+                let expected = if len < header_end {
+                    Counter::NotKnock
+                } else {
+                    Counter::Malformed
+                };
+                let outcome = h.both(&full[..len]);
+                assert_eq!(outcome.verdict, expected, "{name} cut to {len}");
+            }
+            h.check(&full, Counter::Delivered);
         }
-        let header_end = full.len() - KNOCK_LEN;
-        // BPF_PROG_TEST_RUN needs at least an Ethernet header.
-        for len in 14..full.len() {
-            let expected = if len < header_end {
-                Counter::NotKnock
-            } else {
-                Counter::Malformed
-            };
-            let outcome = h.both(&full[..len]);
-            assert_eq!(outcome.verdict, expected, "{name} cut to {len}");
-        }
-        h.check(&full, Counter::Delivered);
     }
 }
 

@@ -53,8 +53,9 @@ pub struct Options {
     /// the rounds (default 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub traffic_rounds: u32,
-    /// XDP attach mode for the traffic tests: `native` (driver) or `skb` (generic).
-    #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
+    /// Attach mode for the traffic tests: `native` (driver XDP), `skb` (generic XDP) or `tc`
+    /// (the same programs at tc ingress, what the daemon's `auto` takes on a veth).
+    #[arg(long, default_value = "native", value_parser = ["native", "skb", "tc"])]
     pub xdp_mode: String,
     /// Run only one part: `cost` (per frame class) or `traffic` (pass-through TCP).
     #[arg(long, value_enum)]
@@ -84,7 +85,9 @@ pub enum Part {
 }
 
 impl Options {
-    /// The CI smoke test: `--quick` on the debug build.
+    /// The CI smoke test: `--quick` on the debug build, the traffic part at tc ingress (what
+    /// the daemon's `xdp_mode = "auto"` takes on a veth; native XDP on a veth has its own
+    /// end-to-end tests).
     pub fn ci_smoke() -> Self {
         Self {
             quick: true,
@@ -94,7 +97,7 @@ impl Options {
             seconds: None,
             flood_rate: 100_000,
             only: None,
-            xdp_mode: "native".to_owned(),
+            xdp_mode: "tc".to_owned(),
             bin: None,
             debug: true,
             no_build: false,

@@ -3,10 +3,9 @@
 //! blocking rtnetlink socket, in the calling thread's network namespace (not `/sys`, which
 //! shows the namespace it was mounted in).
 //!
-//! `xdp_mode = "auto"` uses it: on a veth it attaches in SKB mode, because attaching any
-//! program in driver mode to a veth turns off the peer's segmentation offload and caps its MTU,
-//! which costs pass-through TCP two thirds of its throughput (docs/PERFORMANCE.md,
-//! "Pass-through traffic").
+//! `xdp_mode = "auto"` uses it: on a veth it attaches the tc program, because XDP on a veth
+//! slows the TCP it passes (in driver mode the peer loses its segmentation offload; in SKB mode
+//! every non-linear segment is copied first): docs/PERFORMANCE.md, "Pass-through traffic".
 
 use rtnetlink::{
     packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},

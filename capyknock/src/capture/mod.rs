@@ -126,9 +126,9 @@ impl CaptureMode {
     }
 }
 
-/// How the XDP program attaches to an interface. The config's `xdp_mode` is an
-/// `Option<XdpAttachMode>`: `"auto"` (`None`) tries native and falls back to SKB, except on a
-/// veth, where it takes SKB at once (`xdp::auto_prefers_skb` says why).
+/// How the pre-filter attaches to an interface. The config's `xdp_mode` is an
+/// `Option<XdpAttachMode>`: `"auto"` (`None`) tries native XDP and falls back to SKB, except on
+/// a veth, where it takes tc ingress (`xdp::auto_prefers_tc` says why).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
 )]
@@ -138,6 +138,9 @@ pub enum XdpAttachMode {
     Native,
     /// Generic mode in the network stack; works with every driver.
     Skb,
+    /// Not XDP: the same pre-filter as a tc ingress program (tcx, Linux 6.6 or later), which
+    /// sees the socket buffer as the stack has it, without generic XDP's copy.
+    Tc,
 }
 
 impl XdpAttachMode {

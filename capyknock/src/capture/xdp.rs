@@ -1,4 +1,5 @@
-//! Loads the capyknock XDP program, fills its maps, attaches it to interfaces, reads its counters
+//! Loads the capyknock XDP program (and, for veths, the same pre-filter as a tc ingress
+//! program, which shares its maps), fills its maps, attaches it to interfaces, reads its counters
 //! and consumes its ring buffer on a thread of its own (`capyknock-ring`), which hands
 //! candidates to the daemon's core through a bounded channel. The program itself is
 //! `capyknock-ebpf`; `build.rs` compiles it into [`OBJECT`].
@@ -22,7 +23,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
+        XdpMode, tc::SchedClassifierLinkId, tc::TcAttachOptions, xdp::XdpLinkId,
+    },
 };
 use capyknock_common::{
     counters::Counter,
@@ -90,7 +94,7 @@ pub enum XdpError {
     #[error(transparent)]
     Iface(#[from] IfaceError),
     /// Attaching failed.
-    #[error("cannot attach XDP to interface {iface:?} in {mode} mode")]
+    #[error("cannot attach the pre-filter to interface {iface:?} in {mode} mode")]
     Attach {
         /// The interface.
         iface: String,
@@ -144,17 +148,34 @@ pub enum XdpError {
     },
 }
 
-/// The loaded (and verified) XDP program with its maps.
+/// The loaded (and verified) XDP program with its maps, and the same pre-filter as a tc
+/// program, loaded when an interface first needs it.
 #[derive(Debug)]
 pub struct XdpFilter {
     ebpf: Ebpf,
-    /// The program in the object this filter runs: [`maps::XDP_PROGRAM`], or the empty
-    /// [`maps::XDP_PASS_PROGRAM`] for benchmarks.
-    program: &'static str,
+    /// The programs in the object this filter runs.
+    programs: Programs,
+    /// Whether the tc program is loaded (done at its first attachment).
+    tc_loaded: bool,
     /// The ports set in the `KNOCK_PORTS` bitmap.
     knock_ports: Vec<u16>,
     /// Attached interfaces by index: name, link, mode.
-    links: BTreeMap<u32, (String, XdpLinkId, XdpAttachMode)>,
+    links: BTreeMap<u32, (String, Link, XdpAttachMode)>,
+}
+
+/// The names of a filter's XDP and tc programs in the object: the pre-filter
+/// ([`maps::XDP_PROGRAM`], [`maps::TC_PROGRAM`]), or the empty ones for benchmarks.
+#[derive(Debug, Clone, Copy)]
+struct Programs {
+    xdp: &'static str,
+    tc: &'static str,
+}
+
+/// One attachment.
+#[derive(Debug)]
+enum Link {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
 }
 
 /// What one `BPF_PROG_TEST_RUN` with a repeat count reported.
@@ -200,16 +221,25 @@ impl XdpFilter {
     /// Loads the program into the kernel and sets the knock ports. Rate limits start unlimited
     /// and the users map empty.
     pub fn load(knock_ports: &[u16]) -> Result<Self, XdpError> {
-        Self::load_program(maps::XDP_PROGRAM, knock_ports)
+        let programs = Programs {
+            xdp: maps::XDP_PROGRAM,
+            tc: maps::TC_PROGRAM,
+        };
+        Self::load_programs(programs, knock_ports)
     }
 
-    /// Loads the empty program of the same object ([`maps::XDP_PASS_PROGRAM`], which passes
-    /// every frame at once): the floor benchmarks measure the real program against.
+    /// Loads the empty programs of the same object ([`maps::XDP_PASS_PROGRAM`] and
+    /// [`maps::TC_PASS_PROGRAM`], which pass every frame at once): the floor benchmarks measure
+    /// the real programs against.
     pub fn load_pass() -> Result<Self, XdpError> {
-        Self::load_program(maps::XDP_PASS_PROGRAM, &[])
+        let programs = Programs {
+            xdp: maps::XDP_PASS_PROGRAM,
+            tc: maps::TC_PASS_PROGRAM,
+        };
+        Self::load_programs(programs, &[])
     }
 
-    fn load_program(program: &'static str, knock_ports: &[u16]) -> Result<Self, XdpError> {
+    fn load_programs(programs: Programs, knock_ports: &[u16]) -> Result<Self, XdpError> {
         if OBJECT.is_empty() {
             return Err(XdpError::NotBuilt);
         }
@@ -221,12 +251,13 @@ impl XdpFilter {
             .btf(None)
             .load(OBJECT)
             .map_err(classify_load_error)?;
-        program_mut(&mut ebpf, program)?
+        program_mut(&mut ebpf, programs.xdp)?
             .load()
             .map_err(XdpError::Program)?;
         let mut filter = Self {
             ebpf,
-            program,
+            programs,
+            tc_loaded: false,
             knock_ports: Vec::new(),
             links: BTreeMap::new(),
         };
@@ -301,9 +332,9 @@ impl XdpFilter {
         array.set(0, config, 0).map_err(map_err)
     }
 
-    /// Attaches to `iface`. With `mode` `None`, tries native (driver) mode first and falls back to
-    /// generic SKB mode, logging the fallback; a veth gets SKB mode at once
-    /// (`auto_prefers_skb`). Returns the mode used.
+    /// Attaches to `iface`. With `mode` `None`, tries native (driver) XDP first and falls back to
+    /// generic SKB mode, logging the fallback; a veth gets the tc program instead
+    /// (`auto_prefers_tc`), or SKB mode if tcx is unavailable. Returns the mode used.
     pub fn attach(
         &mut self,
         iface: &str,
@@ -324,45 +355,96 @@ impl XdpFilter {
         if let Some((_, _, used)) = self.links.get(&ifindex) {
             return Ok(*used);
         }
-        let program = program_mut(&mut self.ebpf, self.program)?;
-        let attach_err = |mode| {
-            move |source| XdpError::Attach {
-                iface: iface.to_owned(),
-                mode,
-                source,
-            }
-        };
         let (link, used) = match mode {
-            Some(mode) => (
-                program
-                    .attach_to_if_index(ifindex, aya_mode(mode))
-                    .map_err(attach_err(mode))?,
-                mode,
-            ),
-            None if auto_prefers_skb(iface, ifindex) => (
-                program
-                    .attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(attach_err(XdpAttachMode::Skb))?,
-                XdpAttachMode::Skb,
-            ),
-            None => match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Some(XdpAttachMode::Tc) => (self.attach_tc(iface)?, XdpAttachMode::Tc),
+            Some(mode) => (self.attach_xdp(iface, ifindex, mode)?, mode),
+            None if auto_prefers_tc(iface, ifindex) => match self.attach_tc(iface) {
+                Ok(link) => (link, XdpAttachMode::Tc),
+                Err(err) => {
+                    tracing::warn!(
+                        iface,
+                        error = %super::ErrorChain(&err),
+                        "tc ingress unavailable on this veth, using XDP in SKB mode"
+                    );
+                    let mode = XdpAttachMode::Skb;
+                    (self.attach_xdp(iface, ifindex, mode)?, mode)
+                }
+            },
+            None => match self.attach_xdp(iface, ifindex, XdpAttachMode::Native) {
                 Ok(link) => (link, XdpAttachMode::Native),
                 Err(err) => {
                     tracing::warn!(
                         iface,
-                        error = %err,
+                        error = %super::ErrorChain(&err),
                         "native XDP unavailable on this interface, using SKB mode"
                     );
-                    let link = program
-                        .attach_to_if_index(ifindex, XdpMode::Skb)
-                        .map_err(attach_err(XdpAttachMode::Skb))?;
-                    (link, XdpAttachMode::Skb)
+                    let mode = XdpAttachMode::Skb;
+                    (self.attach_xdp(iface, ifindex, mode)?, mode)
                 }
             },
         };
-        tracing::info!(iface, ifindex, mode = %used, "XDP pre-filter attached");
+        tracing::info!(iface, ifindex, mode = %used, "pre-filter attached");
         self.links.insert(ifindex, (iface.to_owned(), link, used));
         Ok(used)
+    }
+
+    /// Attaches the XDP program to `ifindex` in `mode` (native or SKB).
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: XdpAttachMode,
+    ) -> Result<Link, XdpError> {
+        let xdp_mode = match mode {
+            XdpAttachMode::Native => XdpMode::Driver,
+            XdpAttachMode::Skb | XdpAttachMode::Tc => XdpMode::Skb,
+        };
+        program_mut(&mut self.ebpf, self.programs.xdp)?
+            .attach_to_if_index(ifindex, xdp_mode)
+            .map(Link::Xdp)
+            .map_err(|source| XdpError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            })
+    }
+
+    /// Attaches the tc program to the ingress of `iface` with a tcx link (first loading the
+    /// program, if no interface had it yet). Passing frames go on to the tc programs after
+    /// it.
+    fn attach_tc(&mut self, iface: &str) -> Result<Link, XdpError> {
+        let attach_err = |source| XdpError::Attach {
+            iface: iface.to_owned(),
+            mode: XdpAttachMode::Tc,
+            source,
+        };
+        self.loaded_tc_program()?
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map(Link::Tc)
+            .map_err(attach_err)
+    }
+
+    /// The tc program, loaded first if nothing has used it yet.
+    fn loaded_tc_program(&mut self) -> Result<&mut SchedClassifier, XdpError> {
+        let program = tc_program_mut(&mut self.ebpf, self.programs.tc)?;
+        if !self.tc_loaded {
+            program.load().map_err(XdpError::Program)?;
+            self.tc_loaded = true;
+        }
+        Ok(program)
+    }
+
+    /// Closes one attachment.
+    fn detach(&mut self, link: Link) -> Result<(), XdpError> {
+        match link {
+            Link::Xdp(link) => program_mut(&mut self.ebpf, self.programs.xdp)?.detach(link),
+            Link::Tc(link) => tc_program_mut(&mut self.ebpf, self.programs.tc)?.detach(link),
+        }
+        .map_err(XdpError::Program)
     }
 
     /// The interfaces attached to, with their modes, by interface index.
@@ -379,29 +461,25 @@ impl XdpFilter {
             .collect()
     }
 
-    /// Forgets interface `ifindex`, which is gone (the kernel removed its XDP program with it).
+    /// Forgets interface `ifindex`, which is gone (the kernel removed the attachment with it).
     pub fn forget(&mut self, ifindex: u32) {
         let Some((iface, link, _)) = self.links.remove(&ifindex) else {
             return;
         };
-        if let Ok(program) = program_mut(&mut self.ebpf, self.program) {
-            // Closes our link; the interface, and so the attachment, is gone already.
-            if let Err(err) = program.detach(link) {
-                tracing::debug!(iface, error = %err, "XDP link of a removed interface");
-            }
+        // Closes our link; the interface, and so the attachment, is gone already.
+        if let Err(err) = self.detach(link) {
+            tracing::debug!(iface, error = %super::ErrorChain(&err), "link of a removed interface");
         }
     }
 
     /// Detaches from every interface (dropping the filter does the same).
     pub fn detach_all(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        let Ok(program) = program_mut(&mut self.ebpf, self.program) else {
-            return;
-        };
-        for (iface, link, _) in links.into_values() {
-            match program.detach(link) {
-                Ok(()) => tracing::info!(iface, "XDP pre-filter detached"),
-                Err(err) => tracing::warn!(iface, error = %err, "XDP detach failed"),
+        for (iface, link, _) in std::mem::take(&mut self.links).into_values() {
+            match self.detach(link) {
+                Ok(()) => tracing::info!(iface, "pre-filter detached"),
+                Err(err) => {
+                    tracing::warn!(iface, error = %super::ErrorChain(&err), "detach failed");
+                }
             }
         }
     }
@@ -420,7 +498,7 @@ impl XdpFilter {
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunTiming, XdpError> {
-        let program = program_mut(&mut self.ebpf, self.program)?;
+        let program = program_mut(&mut self.ebpf, self.programs.xdp)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -435,16 +513,46 @@ impl XdpFilter {
             .map_err(XdpError::Program)
     }
 
-    /// The kernel's run count and run time of the program, counted only while BPF statistics
-    /// are enabled (`kernel.bpf_stats_enabled`, or [`aya::sys::enable_stats`]).
+    /// Runs the tc program once on `frame` with `BPF_PROG_TEST_RUN` (which presents it as
+    /// arriving on loopback) and returns its verdict: -1 (`TCX_NEXT`: passes) or 2
+    /// (`TC_ACT_SHOT`: dropped). Maps, counters and the ring buffer are updated as for a real
+    /// frame. The kernel refuses a frame shorter than an Ethernet header (tc never sees one).
+    pub fn test_run_tc(&mut self, frame: &[u8]) -> Result<i32, XdpError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        self.loaded_tc_program()?
+            .test_run(opts)
+            .map(|r| r.return_value.cast_signed())
+            .map_err(XdpError::Program)
+    }
+
+    /// The kernel's run count and run time of the filter's programs (XDP and tc, summed),
+    /// counted only while BPF statistics are enabled (`kernel.bpf_stats_enabled`, or
+    /// [`aya::sys::enable_stats`]).
     pub fn run_stats(&mut self) -> Result<RunStats, XdpError> {
-        let info = program_mut(&mut self.ebpf, self.program)?
-            .info()
-            .map_err(XdpError::Program)?;
-        Ok(RunStats {
-            run_count: info.run_count(),
-            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-        })
+        let mut infos = vec![
+            program_mut(&mut self.ebpf, self.programs.xdp)?
+                .info()
+                .map_err(XdpError::Program)?,
+        ];
+        if self.tc_loaded {
+            infos.push(
+                tc_program_mut(&mut self.ebpf, self.programs.tc)?
+                    .info()
+                    .map_err(XdpError::Program)?,
+            );
+        }
+        Ok(infos
+            .iter()
+            .fold(RunStats::default(), |sum, info| RunStats {
+                run_count: sum.run_count.saturating_add(info.run_count()),
+                run_time_ns: sum
+                    .run_time_ns
+                    .saturating_add(u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX)),
+            }))
     }
 
     /// Starts forwarding the program's log records into `tracing` (rate-limited; see
@@ -667,18 +775,21 @@ fn read_ring(
     }
 }
 
-fn aya_mode(mode: XdpAttachMode) -> XdpMode {
-    match mode {
-        XdpAttachMode::Native => XdpMode::Driver,
-        XdpAttachMode::Skb => XdpMode::Skb,
-    }
-}
-
 fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError + Copy {
     move |source| XdpError::Map { name, source }
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(name)
+        .ok_or(XdpError::Missing(name))?
+        .try_into()
+        .map_err(XdpError::Program)
+}
+
+fn tc_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, XdpError> {
     ebpf.program_mut(name)
         .ok_or(XdpError::Missing(name))?
         .try_into()
@@ -737,20 +848,21 @@ pub const fn action_name(action: u32) -> &'static str {
     }
 }
 
-/// Whether `xdp_mode = "auto"` attaches to interface `ifindex` in SKB mode rather than trying
-/// native mode first: on a veth. Any program attached in driver mode to a veth makes the veth
-/// driver turn off its peer's segmentation offload and cap its MTU (`veth_xdp_set` in the
-/// kernel), which cost pass-through TCP 64-78 % of its throughput in docs/PERFORMANCE.md's
-/// measurement, while SKB mode on a veth cost nothing measurable and still drops knock-port
-/// traffic before any socket. `xdp_mode = "native"` still attaches natively. When the kind
-/// cannot be read, auto tries native as before.
-fn auto_prefers_skb(iface: &str, ifindex: u32) -> bool {
+/// Whether `xdp_mode = "auto"` attaches the tc program to interface `ifindex` rather than
+/// trying native XDP first: on a veth. Driver-mode XDP on a veth makes the veth driver turn off
+/// its peer's segmentation offload and cap its MTU (`veth_xdp_set` in the kernel), which cost
+/// pass-through TCP 64-78 % of its throughput (docs/PERFORMANCE.md); generic (SKB) XDP copies
+/// every non-linear segment before any program runs, which made bulk TCP under a knock-port
+/// flood slower than with no program at all. At tc ingress the program sees the socket buffer
+/// as it is and still drops knock-port traffic before any socket. `xdp_mode = "native"` or
+/// `"skb"` still forces XDP. When the kind cannot be read, auto tries native XDP.
+fn auto_prefers_tc(iface: &str, ifindex: u32) -> bool {
     match super::link_kind::of_index(ifindex) {
         Ok(Some(rtnetlink::packet_route::link::InfoKind::Veth)) => {
             tracing::info!(
                 iface,
-                "veth: XDP in SKB mode (native mode on a veth turns off the peer's segmentation \
-                 offload, slowing pass-through TCP; xdp_mode = \"native\" forces it)"
+                "veth: the pre-filter at tc ingress (XDP on a veth slows pass-through TCP; \
+                 xdp_mode = \"native\" or \"skb\" forces XDP)"
             );
             true
         }

@@ -84,7 +84,8 @@ struct HoldArgs {
     /// `capyknock` (the pre-filter) or `pass` (the empty program).
     #[arg(long, default_value = "capyknock")]
     program: String,
-    /// `native`, `skb`, or `auto` (native, else skb).
+    /// `native`, `skb`, `tc` (the same pre-filter at tc ingress), or `auto` (as the daemon's
+    /// `xdp_mode = "auto"`).
     #[arg(long, default_value = "native")]
     xdp_mode: String,
     /// Keep the kernel's BPF run-time statistics on while attached (their clock reads add
@@ -483,14 +484,12 @@ fn info() -> Value {
 
 fn hold(args: &HoldArgs) -> Result<(), BenchError> {
     let mode = match args.xdp_mode.as_str() {
-        "native" => Some(XdpAttachMode::Native),
-        "skb" => Some(XdpAttachMode::Skb),
         "auto" => None,
-        other => {
-            return Err(BenchError::Usage(format!(
-                "--xdp-mode {other:?}: expected native, skb or auto"
-            )));
-        }
+        other => Some(other.parse::<XdpAttachMode>().map_err(|_| {
+            BenchError::Usage(format!(
+                "--xdp-mode {other:?}: expected native, skb, tc or auto"
+            ))
+        })?),
     };
     let mut filter = match args.program.as_str() {
         "capyknock" => {

@@ -1,9 +1,10 @@
-//! Pass-through traffic with and without the XDP program: what capyknock costs the SSH
+//! Pass-through traffic with and without the pre-filter program: what capyknock costs the SSH
 //! sessions and web servers behind it.
 //!
 //! ```text
 //!   [client ns] bx-c 10.96.0.1/24  <---- veth ---->  bx-s 10.96.0.2/24 [server ns]
-//!               TCP senders, junk flood                XDP program here (native mode)
+//!               TCP senders, junk flood                the program here (XDP native or SKB
+//!                                                      mode, or tc ingress: --xdp-mode)
 //!                                                      TCP sinks / echo
 //! ```
 //!
@@ -91,7 +92,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     for (round, program) in (1..=rounds).flat_map(|r| PROGRAMS.map(|p| (r, p))) {
         check_interrupted()?;
-        println!("bench-xdp: traffic with XDP program: {program} (round {round} of {rounds})");
+        println!("bench-xdp: traffic with program: {program} (round {round} of {rounds})");
         let hold = if program == "none" {
             None
         } else {
@@ -644,7 +645,7 @@ pub fn table(v: &Value) -> String {
     let base_bulk_flood = base_of(&["flood_bulk", "gbit_per_s"]);
     let base_rtt_flood = base_of(&["flood_rr", "mean_us"]);
     let mut t = String::from(
-        "| XDP program | TCP bulk Gbit/s | vs none | TCP RR/s | RTT mean / p99 µs | RTT vs none µs \
+        "| program | TCP bulk Gbit/s | vs none | TCP RR/s | RTT mean / p99 µs | RTT vs none µs \
          | with flood: bulk Gbit/s | vs none + flood | with flood: RTT mean / p99 µs | vs none + flood µs \
          | flood pps (bulk / RR) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
@@ -687,7 +688,7 @@ fn flood_alone_table(runs: &[&Value]) -> String {
     let mut t = String::from(
         "\nThe flood alone (no TCP): CPU time all vCPUs spent per junk packet, sender included, \
          the same stretch without the flood subtracted.\n\n\
-         | XDP program | flood pps | CPU ns per junk packet | vs none ns |\n\
+         | program | flood pps | CPU ns per junk packet | vs none ns |\n\
          | --- | ---: | ---: | ---: |\n",
     );
     for &r in runs {

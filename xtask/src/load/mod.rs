@@ -119,9 +119,14 @@ pub struct Options {
     /// `SCHED_FIFO` (docs/OPERATIONS.md). Left out: normal priority.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=99))]
     pub realtime_priority: Option<u8>,
-    /// Set `xdp_mode` in the daemon's config (xdp capture): `auto` (the default: SKB mode on
-    /// the benchmark's veths), `native` or `skb`.
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "native", "skb"])]
+    /// Set `xdp_mode` in the daemon's config (xdp capture): `auto` (the default: tc ingress on
+    /// the benchmark's veths), `native`, `skb` or `tc`.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "auto",
+        value_parser = ["auto", "native", "skb", "tc"]
+    )]
     pub xdp_mode: String,
 }
 

@@ -124,7 +124,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Vec
         other => other.parse::<XdpAttachMode>().map(Some).map_err(|_| {
             c.at(
                 &v.span(),
-                format!("unknown xdp_mode {other:?}: use auto, native or skb"),
+                format!("unknown xdp_mode {other:?}: use auto, native, skb or tc"),
             );
         }),
     });
@@ -679,6 +679,7 @@ ports = ["tcp/22", "udp/51820"]
             ("auto", None),
             ("native", Some(XdpAttachMode::Native)),
             ("skb", Some(XdpAttachMode::Skb)),
+            ("tc", Some(XdpAttachMode::Tc)),
         ] {
             let s = p(&format!("[server]\nxdp_mode = \"{text}\"\n")).unwrap();
             assert_eq!(s.xdp_mode, mode);
