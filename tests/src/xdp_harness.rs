@@ -10,6 +10,8 @@
 )]
 
 use aya::maps::{MapData, RingBuf};
+/// Which of the object's two pre-filter programs the kernel side runs.
+pub use capyknock::capture::xdp::Hook;
 use capyknock::capture::{
     Candidate,
     userspace::UserPrefilter,
@@ -34,10 +36,6 @@ pub const STEP: u64 = 59_000_123;
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
 pub const XDP_PASS: u32 = 2;
-/// `TCX_NEXT`: the tc program passes the frame on.
-pub const TCX_NEXT: i32 = -1;
-/// `TC_ACT_SHOT`: the tc program drops the frame.
-pub const TC_ACT_SHOT: i32 = 2;
 
 /// Whether `BPF_PROG_TEST_RUN` takes `frame` for a tc program: at least an Ethernet header, and
 /// with the IPv4 or IPv6 EtherType at least that fixed IP header too (the kernel refuses
@@ -51,15 +49,6 @@ pub fn tc_test_run_takes(frame: &[u8]) -> bool {
         None => return false,
     };
     frame.len() >= min
-}
-
-/// Which of the object's two pre-filter programs the kernel side runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// The XDP program.
-    Xdp,
-    /// The tc ingress program (what `xdp_mode = "auto"` attaches to a veth).
-    Tc,
 }
 
 /// What one side made of a frame.
@@ -128,27 +117,14 @@ impl Harness {
 
     /// Runs `frame` through the kernel program: its verdict (the one counter that went up by
     /// one; all others must stay), the candidate it put in the ring buffer, and its action,
-    /// which must be `XDP_PASS` (tc: `TCX_NEXT`) exactly for `not_knock`.
+    /// which must be the pass value (`XDP_PASS`, tc `TCX_NEXT`) exactly for `not_knock`.
     pub fn kernel(&mut self, frame: &[u8]) -> Outcome {
         let before = self.filter.counters().unwrap();
-        let passed = match self.hook {
-            Hook::Xdp => {
-                let action = self.filter.test_run(frame).unwrap();
-                assert!(
-                    [XDP_PASS, XDP_DROP].contains(&action),
-                    "XDP action {action}"
-                );
-                action == XDP_PASS
-            }
-            Hook::Tc => {
-                let verdict = self.filter.test_run_tc(frame).unwrap();
-                assert!(
-                    [TCX_NEXT, TC_ACT_SHOT].contains(&verdict),
-                    "tc verdict {verdict}"
-                );
-                verdict == TCX_NEXT
-            }
-        };
+        let action = self
+            .filter
+            .test_run_repeat(self.hook, frame, 1)
+            .unwrap()
+            .action;
         let delta = self.filter.counters().unwrap().since(&before);
         let changed: Vec<Counter> = Counter::ALL
             .iter()
@@ -161,9 +137,9 @@ impl Harness {
         );
         let verdict = changed[0];
         assert_eq!(
-            passed,
-            verdict.passes(),
-            "{:?} action for verdict {}",
+            action,
+            self.hook.returns(verdict.passes()),
+            "{:?} return value for verdict {}",
             self.hook,
             verdict.name()
         );

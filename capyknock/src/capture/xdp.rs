@@ -178,10 +178,33 @@ enum Link {
     Tc(SchedClassifierLinkId),
 }
 
+/// Which of the object's two pre-filter programs: the XDP program or its tc twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The XDP program ([`maps::XDP_PROGRAM`]).
+    Xdp,
+    /// The tc ingress program ([`maps::TC_PROGRAM`]).
+    Tc,
+}
+
+impl Hook {
+    /// What the program returns for a frame it passes or drops: `XDP_PASS` (2) or `XDP_DROP`
+    /// (1); for tc `TCX_NEXT` (-1, so `u32::MAX`) or `TC_ACT_SHOT` (2).
+    #[must_use]
+    pub const fn returns(self, passes: bool) -> u32 {
+        match (self, passes) {
+            (Self::Xdp, true) => XDP_PASS,
+            (Self::Xdp, false) => XDP_DROP,
+            (Self::Tc, true) => TCX_NEXT,
+            (Self::Tc, false) => TC_ACT_SHOT,
+        }
+    }
+}
+
 /// What one `BPF_PROG_TEST_RUN` with a repeat count reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TestRunTiming {
-    /// The program's XDP action.
+    /// The program's return value: an XDP action, or a tc verdict ([`Hook::returns`]).
     pub action: u32,
     /// The kernel's average time per run, in nanoseconds.
     pub ns_per_run: u64,
@@ -484,49 +507,38 @@ impl XdpFilter {
         }
     }
 
-    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` and returns its XDP action.
-    /// No interface needed; maps, counters and the ring buffer are updated as for a real frame.
+    /// Runs the XDP program once on `frame` with `BPF_PROG_TEST_RUN` and returns its XDP
+    /// action. No interface needed; maps, counters and the ring buffer are updated as for a real
+    /// frame.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
-        self.test_run_repeat(frame, 1).map(|t| t.action)
+        self.test_run_repeat(Hook::Xdp, frame, 1).map(|t| t.action)
     }
 
-    /// Runs the program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` (each run sees the
-    /// same bytes, and the maps as the previous run left them) and returns the last action and
-    /// the kernel's average time per run.
+    /// Runs `hook`'s program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` (each run sees
+    /// the same bytes, and the maps as the previous run left them; the kernel presents the frame
+    /// as arriving on loopback) and returns the last return value ([`Hook::returns`]) and the
+    /// kernel's average time per run. For the tc program the kernel refuses a frame shorter than
+    /// an Ethernet header, or than the IP header its EtherType announces.
     pub fn test_run_repeat(
         &mut self,
+        hook: Hook,
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunTiming, XdpError> {
-        let program = program_mut(&mut self.ebpf, self.programs.xdp)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..TestRunOptions::default()
         };
-        program
-            .test_run(opts)
-            .map(|r| TestRunTiming {
-                action: r.return_value,
-                ns_per_run: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
-            })
-            .map_err(XdpError::Program)
-    }
-
-    /// Runs the tc program once on `frame` with `BPF_PROG_TEST_RUN` (which presents it as
-    /// arriving on loopback) and returns its verdict: -1 (`TCX_NEXT`: passes) or 2
-    /// (`TC_ACT_SHOT`: dropped). Maps, counters and the ring buffer are updated as for a real
-    /// frame. The kernel refuses a frame shorter than an Ethernet header (tc never sees one).
-    pub fn test_run_tc(&mut self, frame: &[u8]) -> Result<i32, XdpError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..TestRunOptions::default()
-        };
-        self.loaded_tc_program()?
-            .test_run(opts)
-            .map(|r| r.return_value.cast_signed())
-            .map_err(XdpError::Program)
+        match hook {
+            Hook::Xdp => program_mut(&mut self.ebpf, self.programs.xdp)?.test_run(opts),
+            Hook::Tc => self.loaded_tc_program()?.test_run(opts),
+        }
+        .map(|r| TestRunTiming {
+            action: r.return_value,
+            ns_per_run: u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX),
+        })
+        .map_err(XdpError::Program)
     }
 
     /// The kernel's run count and run time of the filter's programs (XDP and tc, summed),
@@ -628,6 +640,12 @@ impl Drop for XdpFilter {
 
 /// `XDP_DROP`.
 const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+const XDP_PASS: u32 = 2;
+/// `TCX_NEXT` (-1): the tc program leaves the frame to the next one.
+const TCX_NEXT: u32 = u32::MAX;
+/// `TC_ACT_SHOT`: the tc program drops the frame.
+const TC_ACT_SHOT: u32 = 2;
 
 /// The self-test frame: an IPv4 first fragment (more-fragments set) of a UDP datagram to
 /// `port`, which the pre-filter counts as malformed and drops.

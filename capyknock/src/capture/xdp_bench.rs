@@ -7,7 +7,7 @@
 //!
 //! - `cost`: every frame class (a TCP segment to another port, ... a valid knock) through the
 //!   program with `BPF_PROG_TEST_RUN` and a repeat count, beside the empty program of the same
-//!   object (the floor). Two clocks: the kernel's average per test run, and the kernel's BPF
+//!   object (the floor); the XDP program and its tc twin, each beside its own empty program. Two clocks: the kernel's average per test run, and the kernel's BPF
 //!   run-time statistics (`run_time_ns / run_cnt`), enabled with `BPF_ENABLE_STATS` for as long
 //!   as the measurement holds the returned descriptor, so nothing is left switched on if the
 //!   process dies. Each class's verdict is checked: a wrong verdict is an error, not a figure.
@@ -21,6 +21,7 @@ use std::{
     net::Ipv4Addr,
 };
 
+use aya::maps::{MapData, RingBuf};
 use capyknock_common::{
     counters::Counter,
     maps::{Config, TagKey, UserId},
@@ -31,7 +32,7 @@ use serde_json::{Value, json};
 
 use super::{
     CaptureConfig, XdpAttachMode,
-    xdp::{RunStats, XdpError, XdpFilter},
+    xdp::{Hook, RunStats, XdpError, XdpFilter},
 };
 
 /// The user the benchmark configures; `cargo xtask bench-xdp` builds its bad-tag flood for it.
@@ -40,11 +41,6 @@ pub const BENCH_USER: UserId = *b"capyknock-bench!";
 pub const BENCH_TAG_KEY: TagKey = *b"bench-tag-key-00";
 /// The time step the benchmark sets (fixed, so a flood built elsewhere matches it).
 pub const BENCH_STEP: u64 = 59_000_123;
-
-/// `XDP_PASS`.
-const XDP_PASS: u32 = 2;
-/// `XDP_DROP`.
-const XDP_DROP: u32 = 1;
 
 /// `capyknock xdp-bench`.
 #[derive(Debug, clap::Args)]
@@ -289,6 +285,7 @@ fn as_f64(n: u64) -> f64 {
 /// statistics' own clock reads would otherwise inflate the test-run figures).
 fn measure(
     filter: &mut XdpFilter,
+    hook: Hook,
     frame: &[u8],
     repeat: u32,
     rounds: u32,
@@ -299,7 +296,7 @@ fn measure(
     let _enabled = stats.then(enable_stats).transpose()?;
     for _ in 0..rounds {
         let before = filter.run_stats()?;
-        let timing = filter.test_run_repeat(frame, repeat)?;
+        let timing = filter.test_run_repeat(hook, frame, repeat)?;
         let delta = filter.run_stats()?.since(&before);
         action = timing.action;
         if stats {
@@ -323,20 +320,22 @@ fn stats_sysctl_on() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() != "0")
 }
 
-/// `valid` distinct valid knocks through `filter`, one run each, draining the ring buffer after
-/// each; the floor program gets the same frames. Returns the program's per-run figures.
+/// `valid` distinct valid knocks (nonces from `nonce` on) through `hook`'s program of `filter`,
+/// one run each, draining the ring buffer `events` after each; the floor program gets the same
+/// frames. Returns the program's per-run figures.
 fn measure_valid(
     filter: &mut XdpFilter,
     floor: &mut XdpFilter,
+    events: &mut RingBuf<MapData>,
+    hook: Hook,
+    nonce: &mut u32,
     valid: u32,
     rounds: u32,
 ) -> Result<(Figures, Figures, PrefilterDelta), BenchError> {
-    let mut events = filter.take_events()?;
     let mut program = Figures::default();
     let mut empty = Figures::default();
     let before = filter.counters()?;
     let per_round = (valid / rounds.max(1)).max(1);
-    let mut nonce = 1u32;
     for round in 0..rounds.saturating_mul(2) {
         // Even rounds time the test runs, odd ones read the statistics (see `measure`).
         let stats = round % 2 == 1;
@@ -348,11 +347,12 @@ fn measure_valid(
             let frame = ipv4(
                 17,
                 DEFAULT_KNOCK_PORT,
-                &knock(&BENCH_TAG_KEY, BENCH_USER, nonce),
+                &knock(&BENCH_TAG_KEY, BENCH_USER, *nonce),
             );
-            nonce = nonce.wrapping_add(1);
-            sum = sum.saturating_add(filter.test_run_repeat(&frame, 1)?.ns_per_run);
-            sum_floor = sum_floor.saturating_add(floor.test_run_repeat(&frame, 1)?.ns_per_run);
+            *nonce = nonce.wrapping_add(1);
+            sum = sum.saturating_add(filter.test_run_repeat(hook, &frame, 1)?.ns_per_run);
+            sum_floor =
+                sum_floor.saturating_add(floor.test_run_repeat(hook, &frame, 1)?.ns_per_run);
             while events.next().is_some() {}
         }
         if stats {
@@ -389,19 +389,19 @@ impl PrefilterDelta {
     }
 }
 
-fn check_verdict(class: &Class, delta: &PrefilterDelta, action: u32) -> Result<(), BenchError> {
-    let want_action = if class.expected.passes() {
-        XDP_PASS
-    } else {
-        XDP_DROP
-    };
+fn check_verdict(
+    class: &Class,
+    hook: Hook,
+    delta: &PrefilterDelta,
+    action: u32,
+) -> Result<(), BenchError> {
     let got = delta.only();
-    if got != Ok(class.expected) || action != want_action {
+    if got != Ok(class.expected) || action != hook.returns(class.expected.passes()) {
         return Err(BenchError::Verdict {
             class: class.name,
             expected: class.expected.name(),
             got: match got {
-                Ok(c) => format!("{} ({})", c.name(), super::xdp::action_name(action)),
+                Ok(c) => format!("{} ({hook:?} program returned {action})", c.name()),
                 Err(counters) => counters,
             },
         });
@@ -414,49 +414,64 @@ fn cost(args: &CostArgs) -> Result<(), BenchError> {
     let repeat = args.repeat.max(1);
     let mut filter = XdpFilter::load(&[DEFAULT_KNOCK_PORT])?;
     configure(&mut filter, &bench_config(false))?;
+    let mut events = filter.take_events()?;
     let mut floor = XdpFilter::load_pass()?;
     let sysctl_on = stats_sysctl_on();
+    let mut nonce = 1u32;
     let mut out = Vec::new();
     for class in classes() {
-        let (program, empty, delta, action) = if class.expected == Counter::Delivered {
-            configure(&mut filter, &bench_config(true))?;
-            let (p, e, d) = measure_valid(&mut filter, &mut floor, args.valid, rounds)?;
-            (p, e, d, XDP_DROP)
-        } else {
-            if class.expected == Counter::Duplicate {
-                // Deliver it once; every later run is a duplicate.
-                filter.test_run(&class.frame)?;
-            }
-            // Warm up both (caches, branch predictors), then measure.
-            filter.test_run_repeat(&class.frame, repeat.min(10_000))?;
-            floor.test_run_repeat(&class.frame, repeat.min(10_000))?;
-            let before = filter.counters()?;
-            let mut program = Figures::default();
-            let mut empty = Figures::default();
-            let mut action = 0;
-            for stats in [false, true] {
-                action = measure(
+        let mut entry = serde_json::Map::new();
+        entry.insert("class".to_owned(), json!(class.name));
+        entry.insert("what".to_owned(), json!(class.what));
+        entry.insert("verdict".to_owned(), json!(class.expected.name()));
+        entry.insert("frame_len".to_owned(), json!(class.frame.len()));
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let (program, empty, delta, action) = if class.expected == Counter::Delivered {
+                configure(&mut filter, &bench_config(true))?;
+                let (p, e, d) = measure_valid(
                     &mut filter,
-                    &class.frame,
-                    repeat,
+                    &mut floor,
+                    &mut events,
+                    hook,
+                    &mut nonce,
+                    args.valid,
                     rounds,
-                    stats,
-                    &mut program,
                 )?;
-                measure(&mut floor, &class.frame, repeat, rounds, stats, &mut empty)?;
-            }
-            let delta = PrefilterDelta(filter.counters()?.since(&before));
-            (program, empty, delta, action)
-        };
-        check_verdict(&class, &delta, action)?;
-        out.push(json!({
-            "class": class.name,
-            "what": class.what,
-            "verdict": class.expected.name(),
-            "frame_len": class.frame.len(),
-            "program": program.to_json(),
-            "floor": empty.to_json(),
-        }));
+                (p, e, d, hook.returns(false))
+            } else {
+                if class.expected == Counter::Duplicate {
+                    // Deliver it once; every later run (of either program) is a duplicate.
+                    filter.test_run_repeat(hook, &class.frame, 1)?;
+                    while events.next().is_some() {}
+                }
+                // Warm up both (caches, branch predictors), then measure.
+                filter.test_run_repeat(hook, &class.frame, repeat.min(10_000))?;
+                floor.test_run_repeat(hook, &class.frame, repeat.min(10_000))?;
+                let before = filter.counters()?;
+                let mut program = Figures::default();
+                let mut empty = Figures::default();
+                let mut action = 0;
+                for stats in [false, true] {
+                    action = measure(
+                        &mut filter,
+                        hook,
+                        &class.frame,
+                        repeat,
+                        rounds,
+                        stats,
+                        &mut program,
+                    )?;
+                    let (frame, figures) = (&class.frame, &mut empty);
+                    measure(&mut floor, hook, frame, repeat, rounds, stats, figures)?;
+                }
+                let delta = PrefilterDelta(filter.counters()?.since(&before));
+                (program, empty, delta, action)
+            };
+            check_verdict(&class, hook, &delta, action)?;
+            let figures = json!({ "program": program.to_json(), "floor": empty.to_json() });
+            entry.insert(hook_name(hook).to_owned(), figures);
+        }
+        out.push(Value::Object(entry));
     }
     let report = json!({
         "repeat": repeat,
@@ -467,6 +482,14 @@ fn cost(args: &CostArgs) -> Result<(), BenchError> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// The key of `hook`'s figures in the JSON report.
+const fn hook_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => "xdp",
+        Hook::Tc => "tc",
+    }
 }
 
 fn info() -> Value {
