@@ -3,16 +3,17 @@
 //! The XDP program (`capyknock`) sees every frame on the interface before the network stack.
 //! The tc program (`capyknock_tc`) runs the same code on the socket buffer at tc ingress; the
 //! daemon attaches it to veths, where XDP slows the traffic it passes (`xdp::auto_prefers_tc`
-//! in the daemon). Both read the frame through the [`Hook`] trait and share every map. UDP to a knock port (the
-//! `KNOCK_PORTS` map, filled by userspace) is always dropped here, so no socket and no ICMP error
-//! ever answers a knock or a scan; everything else passes untouched. Among the dropped frames,
-//! only those the pre-filter (`capyknock_common::prefilter`, shared with and tested in userspace)
-//! accepts are copied into the `EVENTS` ring buffer for the daemon: right size and header, known
-//! user, current time step, valid tag, not a recent duplicate, within the rate limits. Each
-//! verdict is counted in the per-CPU `COUNTERS` map. Nothing is logged per packet: aya-log
-//! records only rare events (the ring buffer full, a map update that failed, the self-test the
-//! daemon runs at start), at most one per second per kind and CPU, from functions of their own
-//! that the hot path never enters (`log_event`).
+//! in the daemon). Both read the frame through the [`Hook`] trait and share every map.
+//!
+//! UDP to a knock port (the `KNOCK_PORTS` map, filled by userspace) is always dropped here, so
+//! no socket and no ICMP error ever answers a knock or a scan; everything else passes untouched.
+//! Among the dropped frames, only those the pre-filter (`capyknock_common::prefilter`, shared
+//! with and tested in userspace) accepts are copied into the `EVENTS` ring buffer for the
+//! daemon: right size and header, known user, current time step, valid tag, not a recent
+//! duplicate, within the rate limits. Each verdict is counted in the per-CPU `COUNTERS` map.
+//! Nothing is logged per packet: aya-log records only rare events (the ring buffer full, a map
+//! update that failed, the self-test the daemon runs at start), at most one per second per kind
+//! and CPU, from functions of their own that the hot path never enters (`log_event`).
 //!
 //! Cheap early exits (docs/PERFORMANCE.md has the figures): until a frame is known to be UDP to
 //! a knock port the program reads header fields straight from the packet and one word of the

@@ -368,7 +368,10 @@ mod tests {
 
     #[test]
     fn cost_table_per_hook() {
-        let figures = |p: f64| serde_json::json!({"program": {"test_run_ns": p}, "floor": {"test_run_ns": 30.0}});
+        let figures = |p: f64| {
+            let floor = serde_json::json!({"test_run_ns": 30.0});
+            serde_json::json!({"program": {"test_run_ns": p}, "floor": floor})
+        };
         let cost: Value = serde_json::json!({"classes": [
             {"class": "bad_tag", "what": "bad tag", "verdict": "bad_tag",
              "xdp": figures(120.0), "tc": figures(200.0)},

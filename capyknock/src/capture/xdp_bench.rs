@@ -7,14 +7,15 @@
 //!
 //! - `cost`: every frame class (a TCP segment to another port, ... a valid knock) through the
 //!   program with `BPF_PROG_TEST_RUN` and a repeat count, beside the empty program of the same
-//!   object (the floor); the XDP program and its tc twin, each beside its own empty program. Two clocks: the kernel's average per test run, and the kernel's BPF
-//!   run-time statistics (`run_time_ns / run_cnt`), enabled with `BPF_ENABLE_STATS` for as long
-//!   as the measurement holds the returned descriptor, so nothing is left switched on if the
-//!   process dies. Each class's verdict is checked: a wrong verdict is an error, not a figure.
+//!   object (the floor); the XDP program and its tc twin, each beside its own empty program.
+//!   Two clocks: the kernel's average per test run, and the kernel's BPF run-time statistics
+//!   (`run_time_ns / run_cnt`), enabled with `BPF_ENABLE_STATS` for as long as the
+//!   measurement holds the returned descriptor, so nothing is left switched on if the process
+//!   dies. Each class's verdict is checked: a wrong verdict is an error, not a figure.
 //! - `hold`: loads one of the two programs, configures it like `cost` does, attaches it to an
 //!   interface (with `--stats`, enables the statistics) and waits for a line (or end of file) on
-//!   stdin; then prints the run statistics and verdict counters. The pass-through benchmark runs it in a
-//!   network namespace while traffic flows.
+//!   stdin; then prints the run statistics and verdict counters. The pass-through benchmark runs
+//!   it in a network namespace while traffic flows. `--xdp-mode tc` attaches the tc twin.
 
 use std::{
     io::{BufRead as _, Write as _},
