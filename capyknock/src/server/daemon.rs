@@ -1322,7 +1322,7 @@ fn capture_config(settings: &Settings) -> CaptureConfig {
     }
 }
 
-/// The capture part of `status`: the interfaces attached now, with the XDP mode in use on
+/// The capture part of `status`: the interfaces attached now, with the attach mode in use on
 /// each, and which new interfaces are followed.
 fn capture_status(capture: &Capture, settings: &Settings) -> CaptureStatus {
     let attached = capture.interfaces();
