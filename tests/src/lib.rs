@@ -1,6 +1,7 @@
 //! Helpers for capyknock's privileged end-to-end tests, on top of the lab kit
 //! (`capyknock-testkit`: namespaces, veths, the daemon guard, the TCP service, probes, the clock),
-//! with what only the tests need: the daemon lab with fixed-key users ([`daemon`]), the
+//! with what only the tests need: how the pre-filter is attached ([`attach`]), the daemon lab
+//! with fixed-key users ([`daemon`]), the
 //! end-to-end lab driving the real binary ([`e2e`]), the firewall lab ([`firewall`]), fleet
 //! nodes on a real etcd cluster ([`fleet`]), crafted frames ([`frames`]), the XDP differential
 //! harness ([`xdp_harness`]) and the Windows build under Wine ([`wine`]).
@@ -13,6 +14,7 @@
 //! attached to or changed in the machine's own namespace. Tests panic with a message instead of
 //! returning errors, and refuse to run (fail, never skip) when not root.
 
+pub mod attach;
 pub mod daemon;
 pub mod e2e;
 pub mod firewall;

@@ -23,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use capyknock::capture::{
     ActiveMode, Capture, CaptureConfig, CaptureMode, PrefilterCounters, RateLimitConfig,
     XdpAttachMode,
@@ -33,7 +32,10 @@ use capyknock_testkit::{
     KNOCK_PORT,
     netns::{self, Link, NetNs},
 };
-use capyknock_tests::{frames, require_root};
+use capyknock_tests::{
+    attach::{tcx_ingress_programs, xdp_flag},
+    frames, require_root,
+};
 
 const OTHER_UDP: u16 = 5353;
 const OTHER_TCP: u16 = 2222;
@@ -431,29 +433,6 @@ fn auto_mode_picks_xdp_when_it_can() {
     );
 }
 
-/// The XDP attach flag `ip -d link` shows for interface `iface` in `ns`: `xdp` (native),
-/// `xdpgeneric` (SKB), or `None` when no program is attached.
-fn attach_flag(ns: &NetNs, iface: &str) -> Option<String> {
-    let out = ns.ip(&["-o", "link", "show", "dev", iface]).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace()
-        .find(|w| ["xdp", "xdpgeneric", "xdpdrv", "xdpoffload"].contains(w))
-        .map(str::to_owned)
-}
-
-/// The names of the tcx programs on the ingress of `iface`, asked from inside `ns` (the
-/// Debian 12 `tc` predates tcx and does not list them).
-fn tcx_ingress_programs(ns: &NetNs, iface: &str) -> Vec<String> {
-    ns.run(|| {
-        let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).unwrap();
-        programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-            .collect()
-    })
-    .unwrap()
-}
-
 #[test]
 fn xdp_mode_auto_is_tc_on_a_veth() {
     require_root();
@@ -471,7 +450,7 @@ fn xdp_mode_auto_is_tc_on_a_veth() {
                 .into_iter()
                 .map(|a| a.xdp_mode)
                 .collect();
-            let flag = attach_flag(&server, &link.b_if);
+            let flag = xdp_flag(&server, &link.b_if);
             let tc = tcx_ingress_programs(&server, &link.b_if);
             capture.shutdown();
             (reported, flag, tc)
@@ -488,6 +467,6 @@ fn xdp_mode_auto_is_tc_on_a_veth() {
     assert_eq!(reported, [Some(XdpAttachMode::Native)], "native forced");
     assert_eq!(flag.as_deref(), Some("xdp"), "native forced");
     // Detached on shutdown every time.
-    assert_eq!(attach_flag(&server, &link.b_if), None);
+    assert_eq!(xdp_flag(&server, &link.b_if), None);
     assert!(tcx_ingress_programs(&server, &link.b_if).is_empty());
 }

@@ -1,11 +1,14 @@
-//! Restarts of the real daemon: SIGTERM detaches XDP, removes the socket and saves the state;
+//! Restarts of the real daemon: SIGTERM detaches the pre-filter, removes the socket and saves the state;
 //! kill -9 loses nothing: grants keep working while the daemon is down and are still there
 //! afterwards, bans persist, and a knock accepted before the crash is refused as a replay after
 //! it. Needs root. Run: `cargo test -p capyknock-tests --test daemon_restart -- --test-threads=1`.
 
 use capyknock::server::control::Request;
 use capyknock_testkit::clock::{unix_now, wait_for_fresh_step};
-use capyknock_tests::daemon::{DaemonLab, SERVICE, knock, user};
+use capyknock_tests::{
+    attach::prefilter_attachment,
+    daemon::{DaemonLab, SERVICE, knock, user},
+};
 
 #[test]
 fn kill_9_then_restart_keeps_grants_bans_and_replay_state() {
@@ -81,17 +84,12 @@ fn sigterm_detaches_saves_and_leaves_grants() {
     let alice = user("alice", 1);
     lab.write_config(&[&alice]);
     lab.start();
-    let link_info = |lab: &DaemonLab| {
-        let out = lab
-            .server
-            .ip(&["link", "show", "dev", &lab.link.a_if])
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(
-        link_info(&lab).contains("xdp"),
-        "XDP not attached: {}",
-        link_info(&lab)
+    let attached = |lab: &DaemonLab| prefilter_attachment(&lab.server, &lab.link.a_if);
+    // A veth: `xdp_mode = "auto"` attaches at tc ingress.
+    assert_eq!(
+        attached(&lab).as_deref(),
+        Some("tc"),
+        "pre-filter not attached"
     );
 
     wait_for_fresh_step(12);
@@ -99,11 +97,7 @@ fn sigterm_detaches_saves_and_leaves_grants() {
     lab.wait_connect(SERVICE.port, false, true);
 
     assert!(lab.stop(), "SIGTERM exit was not clean:\n{}", lab.log());
-    assert!(
-        !link_info(&lab).contains("xdp"),
-        "XDP still attached: {}",
-        link_info(&lab)
-    );
+    assert_eq!(attached(&lab), None, "pre-filter still attached");
     assert!(!lab.socket().exists(), "control socket left behind");
     assert!(lab.file("state/replay.slots").exists());
     assert!(lab.file("state/bans.json").exists());
