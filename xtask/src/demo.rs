@@ -190,7 +190,9 @@ fn run_story(bin: &Path, story: &mut Story) -> anyhow::Result<()> {
     )?;
     daemon.wait_status_ready(bin, &world.file("control.sock"))?;
     world.daemon = Some(daemon);
-    story.say("server: ready: XDP attached to srv-c and srv-a, nftables table in place");
+    story.say(
+        "server: ready: kernel pre-filter attached to srv-c and srv-a, nftables table in place",
+    );
     story.step()?;
     knock(bin, &world, story, &app)?;
     story.step()?;
