@@ -378,49 +378,55 @@ impl XdpFilter {
         if let Some((_, _, used)) = self.links.get(&ifindex) {
             return Ok(*used);
         }
-        let (link, used) = match mode {
-            Some(XdpAttachMode::Tc) => (self.attach_tc(iface)?, XdpAttachMode::Tc),
-            Some(mode) => (self.attach_xdp(iface, ifindex, mode)?, mode),
-            None if auto_prefers_tc(iface, ifindex) => match self.attach_tc(iface) {
-                Ok(link) => (link, XdpAttachMode::Tc),
-                Err(err) => {
-                    tracing::warn!(
-                        iface,
-                        error = %super::ErrorChain(&err),
-                        "tc ingress unavailable on this veth, using XDP in SKB mode"
-                    );
-                    let mode = XdpAttachMode::Skb;
-                    (self.attach_xdp(iface, ifindex, mode)?, mode)
-                }
-            },
-            None => match self.attach_xdp(iface, ifindex, XdpAttachMode::Native) {
-                Ok(link) => (link, XdpAttachMode::Native),
-                Err(err) => {
-                    tracing::warn!(
-                        iface,
-                        error = %super::ErrorChain(&err),
-                        "native XDP unavailable on this interface, using SKB mode"
-                    );
-                    let mode = XdpAttachMode::Skb;
-                    (self.attach_xdp(iface, ifindex, mode)?, mode)
-                }
-            },
+        let (link, used) = if let Some(mode) = mode {
+            (self.attach_in(iface, ifindex, mode)?, mode)
+        } else {
+            self.attach_auto(iface, ifindex)?
         };
         tracing::info!(iface, ifindex, mode = %used, "pre-filter attached");
         self.links.insert(ifindex, (iface.to_owned(), link, used));
         Ok(used)
     }
 
-    /// Attaches the XDP program to `ifindex` in `mode` (native or SKB).
-    fn attach_xdp(
+    /// `xdp_mode = "auto"`: tc ingress on a veth (`auto_prefers_tc`), native XDP elsewhere, and
+    /// XDP in SKB mode when that fails, with a warning.
+    fn attach_auto(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<(Link, XdpAttachMode), XdpError> {
+        let first = if auto_prefers_tc(iface, ifindex) {
+            XdpAttachMode::Tc
+        } else {
+            XdpAttachMode::Native
+        };
+        match self.attach_in(iface, ifindex, first) {
+            Ok(link) => Ok((link, first)),
+            Err(err) => {
+                tracing::warn!(
+                    iface,
+                    tried = %first,
+                    error = %super::ErrorChain(&err),
+                    "attach mode unavailable on this interface, using XDP in SKB mode"
+                );
+                let mode = XdpAttachMode::Skb;
+                Ok((self.attach_in(iface, ifindex, mode)?, mode))
+            }
+        }
+    }
+
+    /// Attaches in `mode`: the XDP program to `ifindex` in driver or generic mode, or the tc
+    /// program to the ingress of `iface`.
+    fn attach_in(
         &mut self,
         iface: &str,
         ifindex: u32,
         mode: XdpAttachMode,
     ) -> Result<Link, XdpError> {
         let xdp_mode = match mode {
+            XdpAttachMode::Tc => return self.attach_tc(iface),
             XdpAttachMode::Native => XdpMode::Driver,
-            XdpAttachMode::Skb | XdpAttachMode::Tc => XdpMode::Skb,
+            XdpAttachMode::Skb => XdpMode::Skb,
         };
         program_mut(&mut self.ebpf, self.programs.xdp)?
             .attach_to_if_index(ifindex, xdp_mode)
